@@ -1,0 +1,45 @@
+# eoforge: the two commands are `make demo` and `make test`.
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+EOFORGE     := $(VENV)/bin/eoforge
+EOFORGE_HOME ?= $(CURDIR)/.eoforge
+export EOFORGE_HOME
+STAMP       := $(VENV)/.eoforge-installed
+DEMO_SCENES ?= 4
+
+.PHONY: venv demo test lint bench up down status clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml scripts/bootstrap.sh
+	VENV=$(VENV) bash scripts/bootstrap.sh
+
+## make demo: local stack + demo catalog + chip plan + Dual-SimCLR pretraining job on Ray.
+demo: venv
+	$(EOFORGE) up
+	$(EOFORGE) catalog demo --out $(EOFORGE_HOME)/demo-catalog --scenes $(DEMO_SCENES) --seed 0
+	$(EOFORGE) plan --config configs/data/demo.yaml --out $(EOFORGE_HOME)/demo/plan.parquet
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH RAY_ADDRESS=$$($(EOFORGE) status --field ray_dashboard_url) \
+	  ray job submit --working-dir . -- python jobs/pretrain.py --config configs/pretrain/demo.yaml
+
+## make test: lint, then unit and integration tests on real Ray / MLflow / STAC API processes.
+test: venv
+	$(VENV)/bin/ruff check platform jobs tests bench
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check platform jobs tests bench
+	$(VENV)/bin/ruff format --check platform jobs tests bench
+
+bench: venv
+	$(PY) bench/chip_throughput.py
+
+up: venv
+	$(EOFORGE) up
+down: venv
+	$(EOFORGE) down
+status: venv
+	$(EOFORGE) status
+
+clean:
+	-$(EOFORGE) down
+	rm -rf $(EOFORGE_HOME)

@@ -1,0 +1,28 @@
+"""One error family for everything a user can get wrong.
+
+Every message says *what* is wrong and *where* (config field, STAC item id, asset href).
+The CLI and the ``jobs/`` entrypoints turn :class:`EoforgeError` into a one-line message
+and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+
+class EoforgeError(Exception):
+    """Base class of errors caused by input (config, catalog, data, services)."""
+
+
+class ConfigError(EoforgeError):
+    """A config file or value is invalid; the message names the field path."""
+
+
+class CatalogError(EoforgeError):
+    """A STAC catalog or API answered with something unusable."""
+
+
+class ChipReadError(EoforgeError):
+    """A chip's asset is missing or unreadable (the chip is skipped and counted)."""
+
+
+class ServiceError(EoforgeError):
+    """A service (Ray, MLflow, STAC API, Kubernetes) is unreachable or refused."""

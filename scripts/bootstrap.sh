@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create or refresh .venv and install eoforge with its test tools. Idempotent.
+# System packages (PostgreSQL + PostGIS for the STAC API the tests start, kubectl for
+# manifests) are installed with apt when missing and we are root.
+set -euo pipefail
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+
+need_apt=()
+command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
+ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1 || need_apt+=(postgresql-15-postgis-3)
+command -v kubectl >/dev/null || need_apt+=(kubectl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "bootstrap: apt-get install ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "bootstrap: missing system packages: ${need_apt[*]} (run as root or install them)" >&2
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bootstrap: creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip wheel setuptools
+fi
+echo "bootstrap: pip install -e .[test] (first run downloads torch and ray: several minutes)"
+"$VENV/bin/pip" install -q --progress-bar off -e ".[test]"
+touch "$VENV/.eoforge-installed"
