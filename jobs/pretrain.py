@@ -1,0 +1,36 @@
+"""Ray job entrypoint: Dual-SimCLR (or another objective) pretraining from a chip plan.
+
+    ray job submit --working-dir . -- python jobs/pretrain.py --config configs/pretrain/demo.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from eoforge.config import PretrainConfig, check_inputs, load_config
+from eoforge.errors import EoforgeError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse args, validate the config before any work, run the job."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="kind: pretrain YAML")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, PretrainConfig, args.set)
+        check_inputs(cfg)
+        from eoforge.train.pretrain import run_pretrain
+
+        run_pretrain(cfg)
+    except EoforgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

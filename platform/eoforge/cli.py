@@ -1,0 +1,188 @@
+"""``eoforge`` command line: everything a person does by hand.
+
+Input errors (:class:`~eoforge.errors.EoforgeError`) print one message and exit with code 2,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eoforge.errors import EoforgeError
+
+app = typer.Typer(help="eoforge: self-supervised S1/S2 pretraining on Ray + MLflow + KubeRay.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+catalog_app = typer.Typer(help="STAC catalogs: make the demo catalog, build items for local data.",
+                          no_args_is_help=True)
+models_app = typer.Typer(help="The MLflow model registry.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(models_app, name="models")
+
+HomeOpt = Annotated[Path, typer.Option("--home", envvar="EOFORGE_HOME", help="State directory of the local stack.")]
+
+
+def _home_default() -> Path:
+    return Path(os.environ.get("EOFORGE_HOME", ".eoforge"))
+
+
+def _print_json(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- stack
+@app.command()
+def up(
+    home: HomeOpt = _home_default(),
+    dashboard_port: int = typer.Option(8265, help="Ray dashboard / job API port."),
+    ray_port: int = typer.Option(6379, help="Ray GCS port."),
+    client_port: int = typer.Option(10001, help="Ray client server port."),
+    mlflow_port: int = typer.Option(5000, help="MLflow tracking server port."),
+    num_cpus: int | None = typer.Option(None, help="Logical CPUs the Ray head advertises (default max(8, cores))."),
+    random_ports: bool = typer.Option(False, help="Pick free ports for every service (tests, second stacks)."),
+) -> None:
+    """Start the local stack: a Ray head and an MLflow server on 127.0.0.1."""
+    from eoforge.stack import StackPorts, free_port
+    from eoforge.stack import up as stack_up
+
+    if random_ports:
+        ports = StackPorts(free_port(), free_port(), free_port(), free_port(), extra={
+            k: free_port() for k in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                     "metrics-export-port", "runtime-env-agent-port")})
+    else:
+        ports = StackPorts(ray_port, dashboard_port, client_port, mlflow_port)
+    typer.echo("starting MLflow and the Ray head (about 20 s)...", err=True)
+    state = stack_up(home, ports, num_cpus)
+    typer.echo(f"Ray dashboard: {state.ray_dashboard_url}  (RAY_ADDRESS={state.ray_dashboard_url})")
+    typer.echo(f"MLflow:        {state.mlflow_url}  (MLFLOW_TRACKING_URI={state.mlflow_url})")
+    typer.echo(f"state:         {state.home}/stack.json")
+
+
+@app.command()
+def down(home: HomeOpt = _home_default()) -> None:
+    """Stop the local stack started by ``eoforge up`` (by PID)."""
+    from eoforge.stack import down as stack_down
+
+    typer.echo("stopped" if stack_down(home) else f"nothing recorded in {home.absolute()}")
+
+
+@app.command()
+def status(
+    home: HomeOpt = _home_default(),
+    field: str | None = typer.Option(None, help="Print just this field (e.g. ray_dashboard_url)."),
+) -> None:
+    """Report the local stack; exit code 1 when it is not running."""
+    from eoforge.stack import status as stack_status
+
+    report = stack_status(home)
+    if field:
+        if field not in report:
+            raise EoforgeError(f"status: no field {field!r}; fields are {sorted(report)}")
+        typer.echo(str(report[field]))
+    else:
+        _print_json(report)
+    if not report.get("running"):
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- catalog
+@catalog_app.command("demo")
+def catalog_demo(
+    out: Annotated[Path, typer.Option(help="Output directory of the static catalog.")],
+    scenes: int = typer.Option(4, min=1, help="Number of places."),
+    seed: int = typer.Option(0, min=0, help="Random seed (same seed -> same catalog)."),
+    dates: int = typer.Option(3, min=1, help="Acquisitions per place."),
+    size_px: int = typer.Option(256, min=64, help="Scene side in 10 m pixels."),
+) -> None:
+    """Write the synthetic S1/S2/label demo catalog (COGs + STAC + ndjson for pypgstac)."""
+    from eoforge.catalog.demo import write_demo_catalog
+
+    cat = write_demo_catalog(out, scenes=scenes, seed=seed, dates_per_scene=dates, size_px=size_px)
+    typer.echo(f"catalog: {cat.catalog_json}")
+    typer.echo(f"pgstac ndjson: {cat.collections_ndjson}, {cat.items_ndjson}")
+
+
+@catalog_app.command("bigearthnet")
+def catalog_bigearthnet(
+    src: Annotated[Path, typer.Option(help="BigEarthNet-MM folder holding S1/ and S2/ patch folders.")],
+    out: Annotated[Path, typer.Option(help="Output directory of the static catalog.")],
+) -> None:
+    """Build a static STAC catalog for BigEarthNet-MM patches (S1 + S2 items, proj metadata)."""
+    from eoforge.catalog.bigearthnet import write_bigearthnet_catalog
+
+    path = write_bigearthnet_catalog(src, out)
+    typer.echo(f"catalog: {path}")
+
+
+# --------------------------------------------------------------------------- plan
+@app.command()
+def plan(
+    config: Annotated[Path, typer.Option(help="kind: data config.")],
+    out: Annotated[Path, typer.Option(help="GeoParquet chip plan to write.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. chips.size_px=32")] = None,
+) -> None:
+    """Search the catalog, pair S1/S2, lay the chip grid and write the plan (GeoParquet)."""
+    from eoforge.config import DataConfig, load_config
+    from eoforge.plan.io import build_plan
+
+    cfg = load_config(config, DataConfig, set_ or [])
+    digest, n = build_plan(cfg, out)
+    typer.echo(f"plan: {out} ({n} chips, hash {digest})")
+
+
+# --------------------------------------------------------------------------- models
+def _tracking(uri: str | None) -> str:
+    from eoforge.tracking.runs import resolve_tracking_uri
+
+    return resolve_tracking_uri(uri)
+
+
+@models_app.command("list")
+def models_list(tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI")) -> None:
+    """Registered models, their aliases and versions."""
+    from eoforge.tracking.registry import list_models
+
+    rows = list_models(_tracking(tracking_uri))
+    if not rows:
+        typer.echo("no registered models")
+    for row in rows:
+        aliases = ", ".join(f"@{a}->v{v}" for a, v in sorted(row["aliases"].items())) or "-"
+        typer.echo(f"{row['name']}  versions={row['versions']}  latest=v{row['latest']}  aliases: {aliases}")
+
+
+@models_app.command("show")
+def models_show(
+    spec: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/VERSION (models:/ prefix optional).")],
+    tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI"),
+) -> None:
+    """One model version: source, run, metrics, plan hash."""
+    from eoforge.tracking.registry import show_model
+
+    _print_json(show_model(_tracking(tracking_uri), spec))
+
+
+def _register_k8s() -> None:
+    try:
+        from eoforge.k8s.cli import app as k8s_app
+    except ImportError:  # the k8s module is optional at import time
+        return
+    app.add_typer(k8s_app, name="k8s", help="Render and submit KubeRay jobs.")
+
+
+_register_k8s()
+
+
+def main() -> None:
+    """Console entrypoint with one-line errors and exit code 2 for bad input."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        app()
+    except EoforgeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Models: timm backbones per sensor, projection heads, the dual encoder."""

@@ -1,0 +1,1 @@
+"""SSL objectives, one per file, found by name through :mod:`eoforge.ssl.registry`."""

@@ -1,0 +1,213 @@
+"""The local stack: a Ray head and an MLflow tracking server on 127.0.0.1.
+
+``eoforge up`` starts both as process groups of their own and records them in
+``$EOFORGE_HOME/stack.json``; ``eoforge down`` stops them by those PIDs (SIGTERM to the
+group, SIGKILL after a grace period); ``eoforge status`` reports both. Ray jobs started on
+this head inherit ``EOFORGE_HOME``, ``MLFLOW_TRACKING_URI`` and the virtualenv's ``PATH``.
+
+MLflow: SQLite backend (``mlflow.db``) and a local artifact store (``mlartifacts/``),
+served through the tracking server (``--serve-artifacts``), so clients need only HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import requests
+
+from eoforge.errors import ServiceError
+
+STATE_FILE = "stack.json"
+
+
+@dataclass
+class StackPorts:
+    """Ports of the local stack; the defaults are the tools' usual ones."""
+
+    ray_gcs: int = 6379
+    ray_dashboard: int = 8265
+    ray_client: int = 10001
+    mlflow: int = 5000
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class StackState:
+    """What ``eoforge up`` started (persisted as JSON)."""
+
+    home: str
+    ray_pid: int
+    mlflow_pid: int
+    ray_address: str
+    ray_dashboard_url: str
+    mlflow_url: str
+    num_cpus: int
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_http(url: str, what: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180) -> None:
+    """Poll ``url`` until it answers 200, the process dies, or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"{what} exited with code {proc.returncode} while starting; see {log}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise ServiceError(f"{what} did not answer at {url} within {timeout_s:.0f}s; see {log}")
+
+
+def read_state(home: Path) -> StackState | None:
+    """The recorded stack, or None."""
+    path = home / STATE_FILE
+    if not path.is_file():
+        return None
+    return StackState(**json.loads(path.read_text()))
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                stdin=subprocess.DEVNULL)
+
+
+def up(home: Path, ports: StackPorts | None = None, num_cpus: int | None = None) -> StackState:
+    """Start MLflow, then the Ray head; return the recorded state (idempotent when running)."""
+    home = home.absolute()
+    current = read_state(home)
+    if current and _alive(current.ray_pid) and _alive(current.mlflow_pid):
+        return current
+    if current:
+        down(home)
+    ports = ports or StackPorts()
+    home.mkdir(parents=True, exist_ok=True)
+    logs = home / "logs"
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
+    mlflow_cmd = [
+        _bin("mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination", str(home / "mlartifacts"),
+        "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1",
+    ]
+    mlflow_proc = _start(mlflow_cmd, logs / "mlflow.log", env)
+    try:
+        _wait_http(f"{mlflow_url}/health", "MLflow server", mlflow_proc, logs / "mlflow.log")
+    except ServiceError:
+        _kill_group(mlflow_proc.pid)
+        raise
+    # 2-core machines: Ray Train workers and Ray Data readers share cores, so the head
+    # advertises more logical CPUs than it has (CPUs are scheduling tokens in Ray).
+    cpus = num_cpus or max(8, os.cpu_count() or 1)
+    env.update({"EOFORGE_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_url, "RAY_USAGE_STATS_ENABLED": "0"})
+    extra = ports.extra
+    ray_cmd = [
+        _bin("ray"), "start", "--head", "--block",
+        "--node-ip-address", "127.0.0.1",
+        "--port", str(ports.ray_gcs),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports.ray_dashboard),
+        "--ray-client-server-port", str(ports.ray_client),
+        "--num-cpus", str(cpus), "--num-gpus", "0",
+        "--disable-usage-stats",
+    ]
+    for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                 "runtime-env-agent-port", "node-manager-port", "object-manager-port"):
+        if flag in extra:
+            ray_cmd += [f"--{flag}", str(extra[flag])]
+    ray_proc = _start(ray_cmd, logs / "ray.log", env)
+    dashboard = f"http://127.0.0.1:{ports.ray_dashboard}"
+    try:
+        _wait_http(f"{dashboard}/api/version", "Ray head", ray_proc, logs / "ray.log")
+    except ServiceError:
+        _kill_group(ray_proc.pid)
+        _kill_group(mlflow_proc.pid)
+        raise
+    state = StackState(str(home), ray_proc.pid, mlflow_proc.pid, f"127.0.0.1:{ports.ray_gcs}", dashboard,
+                       mlflow_url, cpus)
+    (home / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+    return state
+
+
+def _kill_group(pid: int, grace_s: float = 20) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        try:  # reap our own child if it is one
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def down(home: Path) -> bool:
+    """Stop what ``up`` recorded, by process group; returns False when nothing was recorded."""
+    home = home.absolute()
+    state = read_state(home)
+    if state is None:
+        return False
+    _kill_group(state.ray_pid)
+    _kill_group(state.mlflow_pid)
+    (home / STATE_FILE).unlink(missing_ok=True)
+    return True
+
+
+def status(home: Path) -> dict[str, object]:
+    """Liveness of each service (process alive and HTTP answering)."""
+    state = read_state(home.absolute())
+    if state is None:
+        return {"running": False, "home": str(home.absolute())}
+
+    def answers(url: str) -> bool:
+        try:
+            return requests.get(url, timeout=3).status_code == 200
+        except requests.RequestException:
+            return False
+
+    ray_ok = _alive(state.ray_pid) and answers(f"{state.ray_dashboard_url}/api/version")
+    mlflow_ok = _alive(state.mlflow_pid) and answers(f"{state.mlflow_url}/health")
+    return {"running": ray_ok and mlflow_ok, "ray": ray_ok, "mlflow": mlflow_ok, **asdict(state)}

@@ -1,0 +1,1 @@
+"""Tracking stage: MLflow runs (config, plan hash, metrics) and the model registry."""

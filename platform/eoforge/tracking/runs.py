@@ -1,0 +1,106 @@
+"""MLflow runs: where the server is, one run per job, resumed by run name.
+
+The tracking URI is, in order: the config's ``mlflow.tracking_uri``, ``$MLFLOW_TRACKING_URI``,
+or the local stack's server (``$EOFORGE_HOME/stack.json`` written by ``eoforge up``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from eoforge.errors import ServiceError
+
+RUN_NAME_TAG = "eoforge.run_name"
+
+
+def eoforge_home() -> Path:
+    """The local state directory (``$EOFORGE_HOME``, default ``./.eoforge``)."""
+    return Path(os.environ.get("EOFORGE_HOME", ".eoforge")).absolute()
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """Pick the tracking URI (see module docstring) and check that the server answers."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        state = eoforge_home() / "stack.json"
+        if state.is_file():
+            uri = json.loads(state.read_text()).get("mlflow_url")
+    if not uri:
+        raise ServiceError(
+            "MLflow: no tracking URI: set mlflow.tracking_uri in the config or $MLFLOW_TRACKING_URI, "
+            "or start the local stack with `eoforge up`"
+        )
+    if uri.startswith(("http://", "https://")):
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
+        except requests.RequestException as exc:
+            raise ServiceError(f"MLflow tracking server {uri}: unreachable ({type(exc).__name__}: {exc})") from None
+    return uri
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dict -> {'a.b.c': 'value'} with string values (MLflow params)."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return flat
+
+
+def start_or_resume_run(tracking_uri: str, experiment: str, run_name: str) -> tuple[str, bool]:
+    """Return (run_id, resumed): the unfinished run tagged with ``run_name``, or a new one."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    previous = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if previous:
+        run_id = previous[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id, True
+    run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
+    return run.info.run_id, False
+
+
+def run_url(tracking_uri: str, run_id: str) -> str:
+    """Browser URL of a run in the MLflow UI."""
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+class MetricLogger:
+    """Rank-0 metric logging into an existing run (batched into one request per call)."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        self.run_id = run_id
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log several metrics at one step."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+        )

@@ -1,0 +1,1 @@
+"""Train stage: Ray Train TorchTrainer driver and the per-worker pretraining loop."""

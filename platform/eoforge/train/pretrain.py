@@ -1,0 +1,145 @@
+"""Pretraining driver: plan -> Ray Data -> Ray Train TorchTrainer -> MLflow run + registry.
+
+Runs on the Ray driver (``jobs/pretrain.py``): checks the services, makes sure the chip plan
+exists, opens (or resumes, by run name) the MLflow run, fits the TorchTrainer, then logs the
+trained backbones as a model version registered under ``mlflow.registered_model`` with the
+configured alias. Rerunning the same config (same ``run.storage_path`` and ``run.name``)
+resumes from the last checkpoint, in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from eoforge.config import DataConfig, PretrainConfig, check_inputs, load_config
+from eoforge.tracking.runs import flatten, resolve_tracking_uri, run_url, start_or_resume_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    """What a pretraining job leaves behind."""
+
+    run_id: str
+    run_url: str
+    model_uri: str
+    model_version: str
+    plan_hash: str
+    final_loss: float
+    steps: int
+    skipped_chips: int
+
+
+def ensure_plan(cfg: PretrainConfig) -> tuple[str, int]:
+    """Return (plan hash, chips in the configured split); build the plan first if it is missing."""
+    from eoforge.plan.io import build_plan, read_plan
+
+    if not Path(cfg.data.plan).exists():
+        assert cfg.data.config is not None  # check_inputs guarantees it
+        log.info("plan %s missing: building it from %s", cfg.data.plan, cfg.data.config)
+        build_plan(load_config(cfg.data.config, DataConfig), cfg.data.plan)
+    frame, digest = read_plan(cfg.data.plan)
+    n = len(frame) if cfg.data.split == "all" else int((frame["split"] == cfg.data.split).sum())
+    return digest, n
+
+
+def _storage(cfg: PretrainConfig) -> tuple[str, object | None]:
+    from eoforge.train.storage import resolve_storage
+
+    return resolve_storage(cfg.run.storage_path)
+
+
+def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
+    """Run one pretraining job end to end (see module docstring)."""
+    import mlflow
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from eoforge.data.dataset import build_chip_dataset
+    from eoforge.models.dual import DualEncoder
+    from eoforge.tracking.registry import register_backbone
+    from eoforge.train.loop import load_state, train_loop_per_worker
+
+    check_inputs(cfg)
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    plan_hash, n_chips = ensure_plan(cfg)
+    run_id, resumed = start_or_resume_run(uri, cfg.mlflow.experiment, cfg.run.name)
+    client = mlflow.MlflowClient(uri)
+    if not resumed:
+        params = flatten(cfg.model_dump(mode="json"))
+        params.update({"plan.hash": plan_hash, "plan.chips": str(n_chips)})
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()])
+        client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
+        client.set_tag(run_id, "eoforge.plan_hash", plan_hash)
+        client.set_tag(run_id, "eoforge.job", "pretrain")
+    print(f"[eoforge] MLflow run {'resumed' if resumed else 'started'}: {run_url(uri, run_id)}", flush=True)
+    print(f"[eoforge] plan {cfg.data.plan} ({plan_hash[:12]}), {n_chips} chips in split {cfg.data.split!r}", flush=True)
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    dataset = build_chip_dataset(
+        cfg.data.plan,
+        split=cfg.data.split,
+        normalize=cfg.data.normalize,
+        min_valid_fraction=cfg.data.min_valid_fraction,
+        read_tasks=cfg.data.read_tasks,
+        read_cpus=cfg.data.read_cpus,
+    )
+    storage_path, storage_fs = _storage(cfg)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "mlflow": {"uri": uri, "run_id": run_id}},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": dataset},
+    )
+    try:
+        result = trainer.fit()
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    if result.checkpoint is None:
+        client.set_terminated(run_id, status="FAILED")
+        raise RuntimeError(f"run {cfg.run.name}: training finished without a checkpoint")
+
+    with result.checkpoint.as_directory() as ckpt_dir:
+        state = load_state(ckpt_dir)
+    model = DualEncoder(cfg.model.backbone, cfg.model.proj_dim, cfg.model.proj_hidden_dim)
+    model.load_state_dict(state["model"])
+    backbone = model.backbones.eval()
+    run = client.get_run(run_id)
+    skipped = int(run.data.metrics.get("data/skipped_chips", 0))
+    final_loss = float(run.data.metrics.get("train/loss", float("nan")))
+    card = {
+        "backbone": cfg.model.backbone,
+        "objective": cfg.objective.kind,
+        "temperature": cfg.objective.temperature,
+        "s1_bands": backbone.s1_bands,
+        "s2_bands": backbone.s2_bands,
+        "normalize": cfg.data.normalize,
+        "plan_hash": plan_hash,
+        "steps": int(state["step"]),
+    }
+    version, model_uri = register_backbone(backbone, cfg.mlflow.registered_model, cfg.mlflow.alias, run_id, uri, card)
+    client.log_metric(run_id, "train/steps", int(state["step"]))
+    client.set_terminated(run_id, status="FINISHED")
+    url = run_url(uri, run_id)
+    print(f"[eoforge] MLflow run: {url}", flush=True)
+    print(f"[eoforge] registered model: {model_uri} (version {version})", flush=True)
+    return PretrainResult(run_id, url, model_uri, version, plan_hash, final_loss, int(state["step"]), skipped)
