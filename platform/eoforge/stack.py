@@ -130,10 +130,19 @@ def up(home: Path, ports: StackPorts | None = None, num_cpus: int | None = None)
     except ServiceError:
         _kill_group(mlflow_proc.pid)
         raise
-    # 2-core machines: Ray Train workers and Ray Data readers share cores, so the head
-    # advertises more logical CPUs than it has (CPUs are scheduling tokens in Ray).
-    cpus = num_cpus or max(8, os.cpu_count() or 1)
-    env.update({"EOFORGE_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_url, "RAY_USAGE_STATS_ENABLED": "0"})
+    # Small machines: 2 Ray Train workers (1 CPU each) plus 2 chip readers (0.5 CPU each) must
+    # fit at once, so the head advertises at least 4 logical CPUs (CPUs are scheduling tokens).
+    cpus = num_cpus or max(4, os.cpu_count() or 1)
+    env.update({
+        "EOFORGE_HOME": str(home),
+        "MLFLOW_TRACKING_URI": mlflow_url,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # a loaded 2-core machine can take over a minute to start a worker that imports torch
+        "RAY_worker_register_timeout_seconds": env.get("RAY_worker_register_timeout_seconds", "300"),
+        # no idle workers started ahead of demand: each costs a Python start-up on few cores
+        "RAY_prestart_worker_first_driver": env.get("RAY_prestart_worker_first_driver", "0"),
+        "RAY_enable_worker_prestart": env.get("RAY_enable_worker_prestart", "0"),
+    })
     extra = ports.extra
     ray_cmd = [
         _bin("ray"), "start", "--head", "--block",

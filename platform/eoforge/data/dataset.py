@@ -1,7 +1,7 @@
 """Ray Data pipeline: chip plan -> chip pixels, streamed to training workers.
 
-``read_parquet(plan)`` (metadata only, one row per chip) is repartitioned so several CPU
-tasks read COG windows in parallel, then ``map_batches(ChipBatchReader)`` turns rows into
+The plan's rows (metadata only, one per chip) are split into several blocks so several CPU
+actors read COG windows in parallel, then ``map_batches(ChipBatchReader)`` turns rows into
 
 - ``s1``: float32 [B, 2, H, W], ``s2``: float32 [B, 12, H, W] (see :mod:`eoforge.data.reader`),
 - ``valid_fraction``: float32 [B], ``label``: uint8 [B, H, W] (255 where the plan has none),
@@ -18,7 +18,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import pyarrow.dataset as pads
 
 from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES
 from eoforge.data.reader import read_chip
@@ -89,12 +88,18 @@ def build_chip_dataset(
         read_cpus: logical CPUs reserved per reading task.
         rows_per_task: chips per ``map_batches`` call.
     """
+    import pyarrow.parquet as pq
     import ray.data
 
-    filt = None if split == "all" else pads.field("split") == split
-    ds = ray.data.read_parquet(plan_path, columns=STREAM_COLUMNS, filter=filt)
-    n_rows = ds.count()
-    ds = ds.repartition(max(1, min(n_rows, read_tasks * 4)))
+    # The plan is metadata only (about 1 kB per chip): the driver reads the rows it needs and
+    # hands them to Ray Data as several blocks, so chip reading starts in parallel at once.
+    filters = None if split == "all" else [("split", "=", split)]
+    table = pq.read_table(plan_path, columns=STREAM_COLUMNS, filters=filters)
+    if table.num_rows == 0:
+        raise ChipReadError(f"chip plan {plan_path}: no chips in split {split!r}")
+    n_blocks = max(1, min(table.num_rows, read_tasks * 4))
+    step = -(-table.num_rows // n_blocks)
+    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
     return ds.map_batches(
         ChipBatchReader,
         fn_constructor_kwargs={"normalize": normalize, "min_valid_fraction": min_valid_fraction},

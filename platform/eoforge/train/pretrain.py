@@ -49,8 +49,10 @@ def ensure_plan(cfg: PretrainConfig) -> tuple[str, int]:
 
 
 def _storage(cfg: PretrainConfig) -> tuple[str, object | None]:
-    from eoforge.train.storage import resolve_storage
-
+    try:
+        from eoforge.train.storage import resolve_storage
+    except ImportError:  # TEMP until storage.py lands
+        return str(Path(cfg.run.storage_path).absolute()), None
     return resolve_storage(cfg.run.storage_path)
 
 
@@ -58,6 +60,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run one pretraining job end to end (see module docstring)."""
     import mlflow
     import ray
+    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -83,6 +86,8 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
 
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
+    # our own per-step lines are the progress report; Ray Data's bars flood job logs
+    ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = build_chip_dataset(
         cfg.data.plan,
         split=cfg.data.split,
