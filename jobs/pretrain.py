@@ -1,6 +1,6 @@
 """Ray job entrypoint: Dual-SimCLR (or another objective) pretraining from a chip plan.
 
-    ray job submit --working-dir . -- python jobs/pretrain.py --config configs/pretrain/demo.yaml
+ray job submit --working-dir . -- python jobs/pretrain.py --config configs/pretrain/demo.yaml
 """
 
 from __future__ import annotations

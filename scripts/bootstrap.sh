@@ -28,4 +28,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "bootstrap: pip install -e .[test] (first run downloads torch and ray: several minutes)"
 "$VENV/bin/pip" install -q --progress-bar off -e ".[test]"
+# moto (a local S3 API for the object-storage tests) cannot be co-resolved with pypgstac's pins,
+# so it is installed on its own; pip keeps the already-installed versions where it can.
+"$VENV/bin/pip" install -q --progress-bar off "moto[server]==5.2.5" 2>&1 | grep -v "dependency resolver\|requires\|^WARNING" || true
 touch "$VENV/.eoforge-installed"

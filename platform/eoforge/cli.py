@@ -17,10 +17,14 @@ import typer
 
 from eoforge.errors import EoforgeError
 
-app = typer.Typer(help="eoforge: self-supervised S1/S2 pretraining on Ray + MLflow + KubeRay.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-catalog_app = typer.Typer(help="STAC catalogs: make the demo catalog, build items for local data.",
-                          no_args_is_help=True)
+app = typer.Typer(
+    help="eoforge: self-supervised S1/S2 pretraining on Ray + MLflow + KubeRay.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+catalog_app = typer.Typer(
+    help="STAC catalogs: make the demo catalog, build items for local data.", no_args_is_help=True
+)
 models_app = typer.Typer(help="The MLflow model registry.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(models_app, name="models")
@@ -52,9 +56,21 @@ def up(
     from eoforge.stack import up as stack_up
 
     if random_ports:
-        ports = StackPorts(free_port(), free_port(), free_port(), free_port(), extra={
-            k: free_port() for k in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                     "metrics-export-port", "runtime-env-agent-port")})
+        ports = StackPorts(
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            extra={
+                k: free_port()
+                for k in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "metrics-export-port",
+                    "runtime-env-agent-port",
+                )
+            },
+        )
     else:
         ports = StackPorts(ray_port, dashboard_port, client_port, mlflow_port)
     typer.echo("starting MLflow and the Ray head (about 20 s)...", err=True)

@@ -95,12 +95,8 @@ class CatalogConfig(Strict):
 class PairingConfig(Strict):
     """How S1 and S2 acquisitions are paired."""
 
-    max_days: Annotated[float, Field(ge=0)] = Field(
-        3.0, description="Largest |t_S1 - t_S2| of a pair, days."
-    )
-    min_overlap: Fraction = Field(
-        0.5, description="Smallest intersection area / S2 footprint area of a pair."
-    )
+    max_days: Annotated[float, Field(ge=0)] = Field(3.0, description="Largest |t_S1 - t_S2| of a pair, days.")
+    min_overlap: Fraction = Field(0.5, description="Smallest intersection area / S2 footprint area of a pair.")
     one_s1_per_s2: bool = Field(True, description="Keep only the closest-in-time S1 item per S2 item.")
 
 
@@ -211,9 +207,7 @@ class RunConfig(Strict):
 class MlflowConfig(Strict):
     """Tracking server and model registry."""
 
-    tracking_uri: str | None = Field(
-        None, description="Default: $MLFLOW_TRACKING_URI, else the local stack's server."
-    )
+    tracking_uri: str | None = Field(None, description="Default: $MLFLOW_TRACKING_URI, else the local stack's server.")
     experiment: str = "eoforge-pretrain"
     registered_model: str = Field("eoforge-dual-simclr", min_length=1)
     alias: str = Field("candidate", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")

@@ -100,8 +100,9 @@ def _bin(name: str) -> str:
 def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, stdin=subprocess.DEVNULL
+        )
 
 
 def up(home: Path, ports: StackPorts | None = None, num_cpus: int | None = None) -> StackState:
@@ -119,10 +120,18 @@ def up(home: Path, ports: StackPorts | None = None, num_cpus: int | None = None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
     mlflow_cmd = [
-        _bin("mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-        "--artifacts-destination", str(home / "mlartifacts"),
-        "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1",
+        _bin("mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(home / "mlartifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(ports.mlflow),
+        "--workers",
+        "1",
     ]
     mlflow_proc = _start(mlflow_cmd, logs / "mlflow.log", env)
     try:
@@ -133,28 +142,48 @@ def up(home: Path, ports: StackPorts | None = None, num_cpus: int | None = None)
     # Small machines: 2 Ray Train workers (1 CPU each) plus 2 chip readers (0.5 CPU each) must
     # fit at once, so the head advertises at least 4 logical CPUs (CPUs are scheduling tokens).
     cpus = num_cpus or max(4, os.cpu_count() or 1)
-    env.update({
-        "EOFORGE_HOME": str(home),
-        "MLFLOW_TRACKING_URI": mlflow_url,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # a loaded 2-core machine can take over a minute to start a worker that imports torch
-        "RAY_worker_register_timeout_seconds": env.get("RAY_worker_register_timeout_seconds", "300"),
-        # no idle workers started ahead of demand: each costs a Python start-up on few cores
-        "RAY_prestart_worker_first_driver": env.get("RAY_prestart_worker_first_driver", "0"),
-        "RAY_enable_worker_prestart": env.get("RAY_enable_worker_prestart", "0"),
-    })
+    env.update(
+        {
+            "EOFORGE_HOME": str(home),
+            "MLFLOW_TRACKING_URI": mlflow_url,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # a loaded 2-core machine can take over a minute to start a worker that imports torch
+            "RAY_worker_register_timeout_seconds": env.get("RAY_worker_register_timeout_seconds", "300"),
+            # no idle workers started ahead of demand: each costs a Python start-up on few cores
+            "RAY_prestart_worker_first_driver": env.get("RAY_prestart_worker_first_driver", "0"),
+            "RAY_enable_worker_prestart": env.get("RAY_enable_worker_prestart", "0"),
+        }
+    )
     extra = ports.extra
     ray_cmd = [
-        _bin("ray"), "start", "--head", "--block",
-        "--node-ip-address", "127.0.0.1",
-        "--port", str(ports.ray_gcs),
-        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports.ray_dashboard),
-        "--ray-client-server-port", str(ports.ray_client),
-        "--num-cpus", str(cpus), "--num-gpus", "0",
+        _bin("ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(ports.ray_gcs),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(ports.ray_dashboard),
+        "--ray-client-server-port",
+        str(ports.ray_client),
+        "--num-cpus",
+        str(cpus),
+        "--num-gpus",
+        "0",
         "--disable-usage-stats",
     ]
-    for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-                 "runtime-env-agent-port", "node-manager-port", "object-manager-port"):
+    for flag in (
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+        "node-manager-port",
+        "object-manager-port",
+    ):
         if flag in extra:
             ray_cmd += [f"--{flag}", str(extra[flag])]
     ray_proc = _start(ray_cmd, logs / "ray.log", env)
@@ -165,8 +194,9 @@ def up(home: Path, ports: StackPorts | None = None, num_cpus: int | None = None)
         _kill_group(ray_proc.pid)
         _kill_group(mlflow_proc.pid)
         raise
-    state = StackState(str(home), ray_proc.pid, mlflow_proc.pid, f"127.0.0.1:{ports.ray_gcs}", dashboard,
-                       mlflow_url, cpus)
+    state = StackState(
+        str(home), ray_proc.pid, mlflow_proc.pid, f"127.0.0.1:{ports.ray_gcs}", dashboard, mlflow_url, cpus
+    )
     (home / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
     return state
 

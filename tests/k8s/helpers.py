@@ -62,7 +62,5 @@ def find(objects: list[Obj], kind: str, name: str | None = None) -> list[Obj]:
 def cluster_specs(objects: list[Obj]) -> list[tuple[str, Obj]]:
     """(label, Ray cluster spec) of every RayCluster and every RayJob's rayClusterSpec."""
     specs = [(f"RayCluster/{o['metadata']['name']}", o["spec"]) for o in find(objects, "RayCluster")]
-    specs += [
-        (f"RayJob/{o['metadata']['name']}", o["spec"]["rayClusterSpec"]) for o in find(objects, "RayJob")
-    ]
+    specs += [(f"RayJob/{o['metadata']['name']}", o["spec"]["rayClusterSpec"]) for o in find(objects, "RayJob")]
     return specs

@@ -42,9 +42,7 @@ def test_runs_as_a_numeric_non_root_user() -> None:
 def test_dependencies_are_installed_before_the_source_is_copied() -> None:
     ins = _instructions()
     copies = [(i, a) for i, (w, a) in enumerate(ins) if w in ("COPY", "ADD")]
-    assert not [a for _, a in copies if re.search(r"(^|\s)\.\s", a + " ")], (
-        "COPY . busts the dependency cache"
-    )
+    assert not [a for _, a in copies if re.search(r"(^|\s)\.\s", a + " ")], "COPY . busts the dependency cache"
     deps_copy = next(i for i, a in copies if a.endswith("pyproject.toml ./"))
     deps_install = next(i for i, (w, a) in enumerate(ins) if w == "RUN" and "pip install -r" in a)
     first_source = min(i for i, a in copies if re.search(r"\b(platform|jobs|configs)\b", a))
@@ -73,9 +71,7 @@ def test_dockerfile_says_how_to_build_and_push() -> None:
 
 def test_dockerignore_keeps_the_context_small_but_complete() -> None:
     patterns = [
-        p.strip()
-        for p in (ROOT / ".dockerignore").read_text().splitlines()
-        if p.strip() and not p.startswith("#")
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
     ]
 
     def ignored(path: str) -> bool:

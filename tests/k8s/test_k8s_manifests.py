@@ -77,9 +77,7 @@ def test_ray_objects_validate_against_kuberay_v1_crds(
         assert not errors, f"{obj['kind']}/{obj['metadata']['name']} ({overlay}):\n" + "\n".join(errors)
 
 
-def test_crd_validation_catches_unknown_fields(
-    crd_schemas: dict[str, Obj], rendered: dict[str, list[Obj]]
-) -> None:
+def test_crd_validation_catches_unknown_fields(crd_schemas: dict[str, Obj], rendered: dict[str, list[Obj]]) -> None:
     job = find(rendered["gke"], "RayJob")[0]
     bad = yaml.safe_load(yaml.safe_dump(job))
     bad["spec"]["shutdownAfterJobFinish"] = True  # typo
@@ -98,9 +96,7 @@ def test_core_objects_validate_strictly(rendered: dict[str, list[Obj]], overlay:
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            problems.append(
-                f"{obj['kind']}/{obj['metadata']['name']}: {'/'.join(map(str, exc.path))}: {exc.message}"
-            )
+            problems.append(f"{obj['kind']}/{obj['metadata']['name']}: {'/'.join(map(str, exc.path))}: {exc.message}")
     assert not problems, "\n".join(problems)
 
 
@@ -124,9 +120,7 @@ def _gpus(container: Obj) -> int:
 
 
 @pytest.mark.parametrize("overlay", GPU_OVERLAYS)
-def test_gpu_groups_request_gpus_and_tolerate_the_pool_taint(
-    rendered: dict[str, list[Obj]], overlay: str
-) -> None:
+def test_gpu_groups_request_gpus_and_tolerate_the_pool_taint(rendered: dict[str, list[Obj]], overlay: str) -> None:
     for where, spec in cluster_specs(rendered[overlay]):
         assert spec["enableInTreeAutoscaling"] is True, where
         gpu_groups = [g for g in spec["workerGroupSpecs"] if _gpus(g["template"]["spec"]["containers"][0])]
@@ -188,7 +182,7 @@ def _pod_specs(obj: Any, where: str = "") -> list[tuple[str, Obj]]:
 
 def _check_container(ctx: Obj, pod_ctx: Obj, where: str) -> list[str]:
     bad = []
-    if not (ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True):
+    if ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is not True:
         bad.append(f"{where}: runAsNonRoot is not true")
     if ctx.get("runAsUser", pod_ctx.get("runAsUser")) == 0:
         bad.append(f"{where}: runAsUser 0")
@@ -219,16 +213,12 @@ def test_no_container_can_run_as_root(rendered: dict[str, list[Obj]], overlay: s
                 if not set(vol) - {"name"} <= RESTRICTED_VOLUMES:
                     problems.append(f"{name}{where}: volume {vol['name']} is not allowed under 'restricted'")
             for c in pod.get("initContainers", []) + pod["containers"]:
-                problems += _check_container(
-                    c.get("securityContext", {}), pod_ctx, f"{name}{where}/{c['name']}"
-                )
+                problems += _check_container(c.get("securityContext", {}), pod_ctx, f"{name}{where}/{c['name']}")
                 checked += 1
         if obj["kind"] == "RayCluster" or obj["kind"] == "RayJob":
             spec = obj["spec"] if obj["kind"] == "RayCluster" else obj["spec"]["rayClusterSpec"]
             # The autoscaler sidecar KubeRay adds to the head takes its securityContext from here.
-            problems += _check_container(
-                spec["autoscalerOptions"]["securityContext"], {}, f"{name}/autoscaler"
-            )
+            problems += _check_container(spec["autoscalerOptions"]["securityContext"], {}, f"{name}/autoscaler")
     assert not problems, "\n".join(problems)
     assert checked >= 10
 
@@ -241,9 +231,7 @@ def test_namespace_enforces_pod_security_restricted(rendered: dict[str, list[Obj
 
 # --------------------------------------------------------------------------- jobs and configs
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_rayjobs_run_on_the_raycluster_spec_and_clean_up(
-    rendered: dict[str, list[Obj]], overlay: str
-) -> None:
+def test_rayjobs_run_on_the_raycluster_spec_and_clean_up(rendered: dict[str, list[Obj]], overlay: str) -> None:
     objs = rendered[overlay]
     (cluster,) = find(objs, "RayCluster")
     assert cluster["spec"]["rayVersion"] == "2.60.0"
@@ -251,15 +239,11 @@ def test_rayjobs_run_on_the_raycluster_spec_and_clean_up(
     assert set(jobs) == {"pretrain", "sweep"}
     for kind, job in jobs.items():
         spec = job["spec"]
-        assert spec["rayClusterSpec"] == cluster["spec"], (
-            f"{overlay}: RayJob cluster != RayCluster (replacements?)"
-        )
+        assert spec["rayClusterSpec"] == cluster["spec"], f"{overlay}: RayJob cluster != RayCluster (replacements?)"
         assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
         assert spec["submissionMode"] == "K8sJobMode"
         words = spec["entrypoint"].split()
-        assert words[:3] == ["python", f"jobs/{kind}.py", "--config"] and words[3].startswith(
-            f"configs/{kind}/"
-        )
+        assert words[:3] == ["python", f"jobs/{kind}.py", "--config"] and words[3].startswith(f"configs/{kind}/")
         assert (ROOT / words[3]).is_file(), words[3]
         images = {c["image"] for _, pod in _pod_specs(spec) for c in pod["containers"]}
         assert len(images) == 1 and "eoforge" in images.pop()  # head, workers and submitter: one image
@@ -310,9 +294,7 @@ def test_mlflow_serves_its_in_cluster_names(rendered: dict[str, list[Obj]], over
     assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-db", "key": "uri"}
     assert {"secretRef": {"name": "eoforge-s3", "optional": True}} in container["envFrom"]
     (storage,) = [
-        find(objs, "ConfigMap", e["configMapRef"]["name"])[0]
-        for e in container["envFrom"]
-        if "configMapRef" in e
+        find(objs, "ConfigMap", e["configMapRef"]["name"])[0] for e in container["envFrom"] if "configMapRef" in e
     ]
     assert storage["data"]["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
     # Every tracking URI a Ray pod uses must pass MLflow's own Host check.
@@ -344,15 +326,11 @@ def test_network_policies_admit_only_cluster_pods(rendered: dict[str, list[Obj]]
     assert ray["ingress"][1]["ports"] == [{"protocol": "TCP", "port": 8265}]
     submitter_labels = [j["spec"]["submitterPodTemplate"]["metadata"]["labels"] for j in find(objs, "RayJob")]
     peers = ray["ingress"][1]["from"]
-    assert all(
-        peers[0]["podSelector"]["matchLabels"].items() <= labels.items() for labels in submitter_labels
-    )
+    assert all(peers[0]["podSelector"]["matchLabels"].items() <= labels.items() for labels in submitter_labels)
     assert peers[1]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}
     # Each policy selects pods that exist (no typo leaves a server open).
     templates = [
-        t["spec"]["template"]["metadata"]["labels"]
-        for t in objs
-        if t["kind"] in ("Deployment", "StatefulSet")
+        t["spec"]["template"]["metadata"]["labels"] for t in objs if t["kind"] in ("Deployment", "StatefulSet")
     ]
     for name, spec in policies.items():
         if name != "ray-cluster":

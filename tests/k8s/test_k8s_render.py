@@ -71,9 +71,7 @@ def test_another_config_changes_only_name_and_entrypoint(
     assert same == template
 
 
-def test_cli_render_prints_the_rayjob(
-    rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cli_render_prints_the_rayjob(rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     result = CliRunner().invoke(
         app, ["render", "--config", "configs/pretrain/cluster-example.yaml", "--overlay", "eks"]
@@ -117,9 +115,7 @@ def test_more_workers_than_gpus_is_refused(project: Path) -> None:
     _edit(project / "configs/pretrain/cluster-example.yaml", scaling={"num_workers": 99})
     with pytest.raises(ConfigError, match=r"num_workers: 99.*at most 4 GPUs"):
         render_job(project / "configs/pretrain/cluster-example.yaml", "gke", project)
-    _edit(
-        project / "configs/pretrain/cluster-example.yaml", scaling={"num_workers": 2, "cpus_per_worker": 64}
-    )
+    _edit(project / "configs/pretrain/cluster-example.yaml", scaling={"num_workers": 2, "cpus_per_worker": 64})
     with pytest.raises(ConfigError, match="cpus_per_worker: 64 CPUs"):
         render_job(project / "configs/pretrain/cluster-example.yaml", "eks", project)
 
@@ -132,9 +128,7 @@ def test_invalid_config_fails_with_its_field(project: Path) -> None:
 
 def test_config_not_in_the_configmap_generator_is_refused(project: Path) -> None:
     shutil.copy(project / "configs/pretrain/cluster-example.yaml", project / "configs/pretrain/unlisted.yaml")
-    with pytest.raises(
-        ConfigError, match=r"configs/pretrain/unlisted.yaml is not in ConfigMap.*configs/kustomization"
-    ):
+    with pytest.raises(ConfigError, match=r"configs/pretrain/unlisted.yaml is not in ConfigMap.*configs/kustomization"):
         render_job(project / "configs/pretrain/unlisted.yaml", "gke", project)
 
 

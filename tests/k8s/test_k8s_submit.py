@@ -166,9 +166,7 @@ def job() -> RenderedJob:
 
 
 # --------------------------------------------------------------------------- submit
-def test_submit_posts_configmaps_then_the_rayjob(
-    api_server: FakeApiServer, kubeconfig: str, job: RenderedJob
-) -> None:
+def test_submit_posts_configmaps_then_the_rayjob(api_server: FakeApiServer, kubeconfig: str, job: RenderedJob) -> None:
     created = submit(job, api_client(kubeconfig))
 
     reqs = api_server.requests
@@ -197,9 +195,7 @@ def test_submit_to_another_namespace(api_server: FakeApiServer, kubeconfig: str,
 def test_existing_configmaps_are_fine(api_server: FakeApiServer, kubeconfig: str, job: RenderedJob) -> None:
     def respond(req: Request) -> Reply:
         if req.path.endswith("/configmaps"):
-            return 409, status_obj(
-                409, "AlreadyExists", f'configmaps "{req.body["metadata"]["name"]}" already exists'
-            )
+            return 409, status_obj(409, "AlreadyExists", f'configmaps "{req.body["metadata"]["name"]}" already exists')
         return happy_cluster(req)
 
     api_server.respond = respond
@@ -222,25 +218,19 @@ def test_unknown_context(kubeconfig: str) -> None:
         api_client(kubeconfig, context="prod")
 
 
-def test_missing_crd_says_install_kuberay(
-    api_server: FakeApiServer, kubeconfig: str, job: RenderedJob
-) -> None:
+def test_missing_crd_says_install_kuberay(api_server: FakeApiServer, kubeconfig: str, job: RenderedJob) -> None:
     def respond(req: Request) -> Reply:
         if req.path.startswith("/apis/ray.io/"):
             return 404, b"404 page not found\n"  # the API server's answer for a group it does not serve
         return happy_cluster(req)
 
     api_server.respond = respond
-    with pytest.raises(
-        ServiceError, match=r"does not serve ray.io/v1 RayJobs; install the KubeRay operator: helm"
-    ):
+    with pytest.raises(ServiceError, match=r"does not serve ray.io/v1 RayJobs; install the KubeRay operator: helm"):
         submit(job, api_client(kubeconfig))
 
 
 def test_forbidden_namespace(api_server: FakeApiServer, kubeconfig: str, job: RenderedJob) -> None:
-    message = (
-        'configmaps is forbidden: User "alice" cannot create resource "configmaps" in the namespace "prod"'
-    )
+    message = 'configmaps is forbidden: User "alice" cannot create resource "configmaps" in the namespace "prod"'
     api_server.respond = lambda req: (403, status_obj(403, "Forbidden", message, {"kind": "configmaps"}))
     with pytest.raises(ServiceError) as err:
         submit(job, api_client(kubeconfig), namespace="prod")
@@ -303,9 +293,7 @@ def test_status_of_an_unknown_job(api_server: FakeApiServer, kubeconfig: str) ->
 
 
 def test_wait_follows_until_terminal(api_server: FakeApiServer, kubeconfig: str) -> None:
-    states = iter(
-        [("Initializing", ""), ("Running", "RUNNING"), ("Running", "RUNNING"), ("Complete", "SUCCEEDED")]
-    )
+    states = iter([("Initializing", ""), ("Running", "RUNNING"), ("Running", "RUNNING"), ("Complete", "SUCCEEDED")])
 
     def respond(req: Request) -> Reply:
         deployment, job_status = next(states)
@@ -316,9 +304,7 @@ def test_wait_follows_until_terminal(api_server: FakeApiServer, kubeconfig: str)
 
     api_server.respond = respond
     seen: list[str] = []
-    final = wait_for(
-        api_client(kubeconfig), "j", "eoforge", 60, lambda s: seen.append(s["deployment"]), poll_s=0
-    )
+    final = wait_for(api_client(kubeconfig), "j", "eoforge", 60, lambda s: seen.append(s["deployment"]), poll_s=0)
     assert seen == ["Initializing", "Running", "Complete"] and final["job"] == "SUCCEEDED"
 
 
@@ -345,15 +331,11 @@ def test_logs_before_the_submitter_exists(api_server: FakeApiServer, kubeconfig:
 
 
 # --------------------------------------------------------------------------- the eoforge command
-def test_cli_submit_status_logs(
-    api_server: FakeApiServer, kubeconfig: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cli_submit_status_logs(api_server: FakeApiServer, kubeconfig: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     runner = CliRunner()
     config = "configs/pretrain/cluster-example.yaml"
-    result = runner.invoke(
-        app, ["submit", "--config", config, "--overlay", "gke", "--kubeconfig", kubeconfig]
-    )
+    result = runner.invoke(app, ["submit", "--config", config, "--overlay", "gke", "--kubeconfig", kubeconfig])
     assert result.exit_code == 0, result.output
     assert "created RayJob eoforge/eoforge-pretrain-example" in result.output
     assert api_server.requests[-1].body["spec"]["entrypoint"].endswith(config)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-
 from eoforge.stack import free_port
 
 
@@ -52,8 +51,9 @@ class StacApi:
                 self.uvicorn.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.uvicorn.kill()
-        subprocess.run(_as_pg_user([self.pg_ctl, "-D", str(self.datadir), "-m", "fast", "stop"]),
-                       check=False, capture_output=True)
+        subprocess.run(
+            _as_pg_user([self.pg_ctl, "-D", str(self.datadir), "-m", "fast", "stop"]), check=False, capture_output=True
+        )
         shutil.rmtree(self.datadir.parent, ignore_errors=True)
 
 
@@ -68,27 +68,61 @@ def start_stac_api(collections_ndjson: Path, items_ndjson: Path) -> StacApi:
             shutil.chown(d, "postgres", "postgres")
     port = free_port()
     pg_ctl = _pg_bin("pg_ctl")
-    subprocess.run(_as_pg_user([_pg_bin("initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
-                   check=True, capture_output=True)
-    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockdir} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    subprocess.run(_as_pg_user([pg_ctl, "-D", str(datadir), "-o", opts, "-l", str(root / "pg.log"), "-w", "start"]),
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_pg_user([_pg_bin("initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+        check=True,
+        capture_output=True,
+    )
+    opts = (
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {sockdir} "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    )
+    subprocess.run(
+        _as_pg_user([pg_ctl, "-D", str(datadir), "-o", opts, "-l", str(root / "pg.log"), "-w", "start"]),
+        check=True,
+        capture_output=True,
+    )
     base = f"postgresql://postgres@127.0.0.1:{port}"
-    subprocess.run([_pg_bin("psql"), f"{base}/postgres", "-qc", "CREATE DATABASE stac"], check=True, capture_output=True)
+    subprocess.run(
+        [_pg_bin("psql"), f"{base}/postgres", "-qc", "CREATE DATABASE stac"], check=True, capture_output=True
+    )
     dsn = f"{base}/stac"
     bindir = Path(sys.executable).parent
     subprocess.run([str(bindir / "pypgstac"), "migrate", "--dsn", dsn], check=True, capture_output=True)
     for kind, path in (("collections", collections_ndjson), ("items", items_ndjson)):
-        subprocess.run([str(bindir / "pypgstac"), "load", kind, str(path), "--dsn", dsn, "--method", "upsert"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(bindir / "pypgstac"), "load", kind, str(path), "--dsn", dsn, "--method", "upsert"],
+            check=True,
+            capture_output=True,
+        )
     api_port = free_port()
-    env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(port), PGUSER="postgres", PGPASSWORD="unused",
-               PGDATABASE="stac", POSTGRES_HOST_READER="127.0.0.1", POSTGRES_HOST_WRITER="127.0.0.1",
-               POSTGRES_PORT=str(port), POSTGRES_USER="postgres", POSTGRES_PASS="unused", POSTGRES_DBNAME="stac")
+    env = dict(
+        os.environ,
+        PGHOST="127.0.0.1",
+        PGPORT=str(port),
+        PGUSER="postgres",
+        PGPASSWORD="unused",
+        PGDATABASE="stac",
+        POSTGRES_HOST_READER="127.0.0.1",
+        POSTGRES_HOST_WRITER="127.0.0.1",
+        POSTGRES_PORT=str(port),
+        POSTGRES_USER="postgres",
+        POSTGRES_PASS="unused",
+        POSTGRES_DBNAME="stac",
+    )
     proc = subprocess.Popen(
-        [str(bindir / "uvicorn"), "stac_fastapi.pgstac.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(api_port)],
-        env=env, stdout=open(root / "uvicorn.log", "wb"), stderr=subprocess.STDOUT,
+        [
+            str(bindir / "uvicorn"),
+            "stac_fastapi.pgstac.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(api_port),
+        ],
+        env=env,
+        stdout=open(root / "uvicorn.log", "wb"),
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{api_port}"
     api = StacApi(url, dsn, datadir, proc, pg_ctl)

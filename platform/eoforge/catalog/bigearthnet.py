@@ -38,16 +38,20 @@ def _asset(path: Path, roles: list[str], extra: dict[str, object]) -> tuple[pyst
             "proj:transform": list(src.transform)[:6],
         }
         bounds, crs = src.bounds, src.crs.to_string()
-    asset = pystac.Asset(path.absolute().as_uri(), media_type=pystac.MediaType.GEOTIFF, roles=roles,
-                         extra_fields={**proj, **extra})
+    asset = pystac.Asset(
+        path.absolute().as_uri(), media_type=pystac.MediaType.GEOTIFF, roles=roles, extra_fields={**proj, **extra}
+    )
     return asset, {"bounds": bounds, "crs": crs}
 
 
-def _item(item_id: str, collection: str, when: datetime, bounds: object, crs: str, props: dict[str, object]) -> pystac.Item:
+def _item(
+    item_id: str, collection: str, when: datetime, bounds: object, crs: str, props: dict[str, object]
+) -> pystac.Item:
     to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     foot = shp_transform(to_ll.transform, box(*bounds))  # type: ignore[misc]
-    return pystac.Item(item_id, mapping(foot), list(foot.bounds), when, {"proj:code": crs, **props},
-                       collection=collection)
+    return pystac.Item(
+        item_id, mapping(foot), list(foot.bounds), when, {"proj:code": crs, **props}, collection=collection
+    )
 
 
 def _when(meta: dict[str, str]) -> datetime:
@@ -71,15 +75,23 @@ def s2_item(folder: Path) -> pystac.Item:
         path = folder / f"{folder.name}_{band.name}.tif"
         if not path.is_file():
             raise CatalogError(f"BigEarthNet patch {folder.name}: missing band file {path.name}")
-        extra = {"eo:bands": [{"name": band.name, "common_name": band.common_name,
-                               "center_wavelength": band.center_wavelength_um}],
-                 "gsd": band.resolution_m}
+        extra = {
+            "eo:bands": [
+                {"name": band.name, "common_name": band.common_name, "center_wavelength": band.center_wavelength_um}
+            ],
+            "gsd": band.resolution_m,
+        }
         assets[band.name], grid = _asset(path, ["data"], extra)
         if band.name == "B02":
             info = grid
-    item = _item(folder.name, S2_COLLECTION, _when(meta), info["bounds"], str(info["crs"]),
-                 {"platform": "sentinel-2", "eo:cloud_cover": 0.0,
-                  "bigearthnet:labels": meta.get("labels", [])})
+    item = _item(
+        folder.name,
+        S2_COLLECTION,
+        _when(meta),
+        info["bounds"],
+        str(info["crs"]),
+        {"platform": "sentinel-2", "eo:cloud_cover": 0.0, "bigearthnet:labels": meta.get("labels", [])},
+    )
     for key, asset in assets.items():
         item.add_asset(key, asset)
     return item
@@ -95,10 +107,21 @@ def s1_item(folder: Path) -> pystac.Item:
         if not path.is_file():
             raise CatalogError(f"BigEarthNet patch {folder.name}: missing band file {path.name}")
         assets[band], info = _asset(path, ["data"], {"raster:bands": [{"unit": "dB", "data_type": "float32"}]})
-    item = _item(folder.name, S1_COLLECTION, _when(meta), info["bounds"], str(info["crs"]),
-                 {"platform": "sentinel-1", "sar:polarizations": ["VV", "VH"], "sar:instrument_mode": "IW",
-                  "sar:product_type": "GRD", "bigearthnet:s2_patch": meta.get("corresponding_s2_patch"),
-                  "bigearthnet:labels": meta.get("labels", [])})
+    item = _item(
+        folder.name,
+        S1_COLLECTION,
+        _when(meta),
+        info["bounds"],
+        str(info["crs"]),
+        {
+            "platform": "sentinel-1",
+            "sar:polarizations": ["VV", "VH"],
+            "sar:instrument_mode": "IW",
+            "sar:product_type": "GRD",
+            "bigearthnet:s2_patch": meta.get("corresponding_s2_patch"),
+            "bigearthnet:labels": meta.get("labels", []),
+        },
+    )
     for key, asset in assets.items():
         item.add_asset(key, asset)
     return item
@@ -114,13 +137,25 @@ def write_bigearthnet_catalog(src: Path, out: Path) -> Path:
     for cid, dirs, build in ((S2_COLLECTION, s2_dirs, s2_item), (S1_COLLECTION, s1_dirs, s1_item)):
         items = [build(d) for d in dirs]
         extent = pystac.Extent(
-            pystac.SpatialExtent([[min(i.bbox[0] for i in items), min(i.bbox[1] for i in items),
-                                   max(i.bbox[2] for i in items), max(i.bbox[3] for i in items)]]),
+            pystac.SpatialExtent(
+                [
+                    [
+                        min(i.bbox[0] for i in items),
+                        min(i.bbox[1] for i in items),
+                        max(i.bbox[2] for i in items),
+                        max(i.bbox[3] for i in items),
+                    ]
+                ]
+            ),
             pystac.TemporalExtent([[min(i.datetime for i in items), max(i.datetime for i in items)]]),
         )
-        coll = pystac.Collection(cid, f"BigEarthNet-MM {cid[-2:].upper()} patches; eo:cloud_cover=0 assumed "
-                                 "(patches were selected cloud-free). CDLA-Permissive-1.0.", extent,
-                                 license="CDLA-Permissive-1.0")
+        coll = pystac.Collection(
+            cid,
+            f"BigEarthNet-MM {cid[-2:].upper()} patches; eo:cloud_cover=0 assumed "
+            "(patches were selected cloud-free). CDLA-Permissive-1.0.",
+            extent,
+            license="CDLA-Permissive-1.0",
+        )
         coll.add_items(items)
         catalog.add_child(coll)
     out.mkdir(parents=True, exist_ok=True)

@@ -228,9 +228,7 @@ def _label_item(scene: Scene, when: datetime, sources: list[pystac.Item], data: 
     return item
 
 
-def _collection(
-    cid: str, what: str, items: list[pystac.Item], summaries: dict, ext: list[str]
-) -> pystac.Collection:
+def _collection(cid: str, what: str, items: list[pystac.Item], summaries: dict, ext: list[str]) -> pystac.Collection:
     """A collection holding ``items``: extent from their bboxes and times, item_assets from the first."""
     bboxes = np.array([it.bbox for it in items])
     times = sorted(it.datetime for it in items if it.datetime is not None)
@@ -260,9 +258,7 @@ def _collection(
     return collection
 
 
-def _collections(
-    s2: list[pystac.Item], s1: list[pystac.Item], labels: list[pystac.Item]
-) -> list[pystac.Collection]:
+def _collections(s2: list[pystac.Item], s1: list[pystac.Item], labels: list[pystac.Item]) -> list[pystac.Collection]:
     s2_summaries = {
         "platform": ["sentinel-2a"],
         "constellation": ["sentinel-2"],

@@ -37,7 +37,6 @@ def asset_href(item: pystac.Item, band: str, provider: str = "eoforge", required
             return asset.get_absolute_href() or asset.href
     if required:
         raise CatalogError(
-            f"item {item.id} ({item.collection_id}): no asset for band {band!r}; "
-            f"assets are {sorted(item.assets)}"
+            f"item {item.id} ({item.collection_id}): no asset for band {band!r}; assets are {sorted(item.assets)}"
         )
     return None

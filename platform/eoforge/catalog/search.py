@@ -95,9 +95,7 @@ class StaticCatalogBackend:
         """Filter the catalog's items in memory (see module docstring for the semantics)."""
         index = self._index()
         if query.collection not in index:
-            raise CatalogError(
-                f"static catalog: collection {query.collection!r} not found; has {sorted(index)}"
-            )
+            raise CatalogError(f"static catalog: collection {query.collection!r} not found; has {sorted(index)}")
         start, end = parse_interval(query.datetime) if query.datetime else (None, None)
         area = box(*query.bbox) if query.bbox else None
         found = []
@@ -167,9 +165,7 @@ def open_backend(cfg: CatalogConfig) -> SearchBackend:
 def search_sensor_items(cfg: CatalogConfig) -> tuple[list[pystac.Item], list[pystac.Item]]:
     """Search S2 (with the cloud filter) and S1 items for a data config; returns (s2, s1)."""
     backend = open_backend(cfg)
-    s2 = backend.search(
-        SearchQuery(cfg.s2_collection, cfg.bbox, cfg.datetime, cfg.max_cloud_cover, cfg.max_items)
-    )
+    s2 = backend.search(SearchQuery(cfg.s2_collection, cfg.bbox, cfg.datetime, cfg.max_cloud_cover, cfg.max_items))
     s1 = backend.search(SearchQuery(cfg.s1_collection, cfg.bbox, cfg.datetime, None, cfg.max_items))
     log.info("catalog %s: %d S2 items, %d S1 items", cfg.url, len(s2), len(s1))
     return s2, s1

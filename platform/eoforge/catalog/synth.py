@@ -187,9 +187,7 @@ def cloud_cover_percent(scl: np.ndarray) -> float:
     return round(100.0 * float(np.isin(scl, (3, 8, 9)).mean()), 3)
 
 
-def _cloud_alpha(
-    u: np.ndarray, v: np.ndarray, blobs: np.ndarray, scale: float, noise: np.ndarray
-) -> np.ndarray:
+def _cloud_alpha(u: np.ndarray, v: np.ndarray, blobs: np.ndarray, scale: float, noise: np.ndarray) -> np.ndarray:
     """Cloud opacity in [0, 1] at scene-relative metres (u east, v south); blobs rows (cu, cv, r)."""
     core = np.zeros(u.shape)
     for cu, cv, r in blobs:

@@ -138,9 +138,7 @@ def _value_noise(u: np.ndarray, v: np.ndarray, salt: int) -> np.ndarray:
     u0, v0 = int(fu.min()), int(fv.min())
     nu = int(fu.max()) - u0 + 2
     # Hash only the lattice nodes the points touch, then gather the 4 corners of each point.
-    lattice = _hash_unit(
-        np.arange(u0, u0 + nu)[None, :], np.arange(v0, int(fv.max()) + 2)[:, None], salt
-    ).ravel()
+    lattice = _hash_unit(np.arange(u0, u0 + nu)[None, :], np.arange(v0, int(fv.max()) + 2)[:, None], salt).ravel()
     idx = (fv - v0).astype(np.intp) * nu + (fu - u0).astype(np.intp)
     a, b = lattice.take(idx), lattice.take(idx + 1)
     c, d = lattice.take(idx + nu), lattice.take(idx + nu + 1)

@@ -117,6 +117,11 @@ def read_band(href: str, grid: ChipGrid, resampling: Resampling, fill: float) ->
     return out
 
 
+def _href(value: object) -> str | None:
+    """A plan cell holding an optional href (None / NaN / "" mean absent)."""
+    return value if isinstance(value, str) and value else None
+
+
 def read_chip(row: dict[str, object], mode: str = "ssl4eo") -> Chip:
     """Read the chip of one plan row.
 
@@ -135,19 +140,16 @@ def read_chip(row: dict[str, object], mode: str = "ssl4eo") -> Chip:
     if missing:
         raise ChipReadError(f"chip {row.get('chip_id')}: no asset for bands {missing}")
     with rasterio.Env(**GDAL_ENV):
-        s2 = np.stack([
-            read_band(s2_assets[b], grid, Resampling.bilinear, 0.0) for b in S2_BAND_NAMES
-        ])
-        s1 = np.stack([
-            read_band(s1_assets[b], grid, Resampling.bilinear, np.nan) for b in S1_BAND_NAMES
-        ])
+        s2 = np.stack([read_band(s2_assets[b], grid, Resampling.bilinear, 0.0) for b in S2_BAND_NAMES])
+        s1 = np.stack([read_band(s1_assets[b], grid, Resampling.bilinear, np.nan) for b in S1_BAND_NAMES])
         valid = np.all(s2 > 0, axis=0) & np.all(np.isfinite(s1), axis=0)
-        if row.get("scl_href"):
-            scl = read_band(str(row["scl_href"]), grid, Resampling.nearest, 0.0)
+        scl_href, label_href = _href(row.get("scl_href")), _href(row.get("label_href"))
+        if scl_href:
+            scl = read_band(scl_href, grid, Resampling.nearest, 0.0)
             valid &= ~np.isin(scl.astype(np.uint8), S2_SCL_INVALID)
         label = None
-        if row.get("label_href"):
-            label = read_band(str(row["label_href"]), grid, Resampling.nearest, 255.0).astype(np.uint8)
+        if label_href:
+            label = read_band(label_href, grid, Resampling.nearest, 255.0).astype(np.uint8)
     s1 = np.nan_to_num(s1, nan=0.0)
     return Chip(
         s1=normalize(s1, S1_DB_MEAN, S1_DB_STD, valid, mode),

@@ -24,9 +24,7 @@ app = typer.Typer(help="Render, submit and follow KubeRay RayJobs (k8s/ overlays
 ConfigOpt = Annotated[
     Path, typer.Option("--config", "-c", help="A config under configs/ (e.g. configs/pretrain/X.yaml).")
 ]
-OverlayOpt = Annotated[
-    str, typer.Option("--overlay", "-o", help="k8s/overlays/<overlay>: gke, eks or local.")
-]
+OverlayOpt = Annotated[str, typer.Option("--overlay", "-o", help="k8s/overlays/<overlay>: gke, eks or local.")]
 ProjectOpt = Annotated[
     Path | None,
     typer.Option("--project-dir", help="The eoforge checkout (default: found from the current directory)."),
@@ -38,12 +36,8 @@ KubeconfigOpt = Annotated[
     str | None,
     typer.Option("--kubeconfig", envvar="KUBECONFIG", help="kubeconfig file (default ~/.kube/config)."),
 ]
-ContextOpt = Annotated[
-    str | None, typer.Option("--context", help="kubeconfig context (default: the current one).")
-]
-NameArg = Annotated[
-    str, typer.Argument(help="RayJob name (run.name, DNS-safe; `eoforge k8s submit` prints it).")
-]
+ContextOpt = Annotated[str | None, typer.Option("--context", help="kubeconfig context (default: the current one).")]
+NameArg = Annotated[str, typer.Argument(help="RayJob name (run.name, DNS-safe; `eoforge k8s submit` prints it).")]
 DEFAULT_NAMESPACE = "eoforge"
 
 

@@ -238,15 +238,11 @@ def wait_for(
         if summary["deployment"] in TERMINAL:
             return summary
         if time.monotonic() >= deadline:
-            raise ServiceError(
-                f"RayJob {namespace}/{name}: still {summary['deployment']} after {timeout_s:g} s"
-            )
+            raise ServiceError(f"RayJob {namespace}/{name}: still {summary['deployment']} after {timeout_s:g} s")
         time.sleep(poll_s)
 
 
-def stream_logs(
-    api: ApiClient, name: str, namespace: str, write: Callable[[str], None], follow: bool = True
-) -> str:
+def stream_logs(api: ApiClient, name: str, namespace: str, write: Callable[[str], None], follow: bool = True) -> str:
     """Write the log of the RayJob's submitter pod (it relays the Ray job driver's output).
 
     Returns:

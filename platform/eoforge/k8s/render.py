@@ -261,21 +261,13 @@ def render_job(
     if objects is None:
         objects = kustomize(overlay_dir(root, overlay))
     templates = [
-        o
-        for o in objects
-        if o.get("kind") == "RayJob" and o["metadata"].get("labels", {}).get(JOB_LABEL) == kind
+        o for o in objects if o.get("kind") == "RayJob" and o["metadata"].get("labels", {}).get(JOB_LABEL) == kind
     ]
     if kind not in KINDS:
-        raise ConfigError(
-            f"{config_path}: kind {kind!r} has no config model yet; config kinds are {sorted(KINDS)}"
-        )
+        raise ConfigError(f"{config_path}: kind {kind!r} has no config model yet; config kinds are {sorted(KINDS)}")
     if len(templates) != 1:
         have = sorted(
-            {
-                o["metadata"].get("labels", {}).get(JOB_LABEL, "?")
-                for o in objects
-                if o.get("kind") == "RayJob"
-            }
+            {o["metadata"].get("labels", {}).get(JOB_LABEL, "?") for o in objects if o.get("kind") == "RayJob"}
         )
         raise ConfigError(
             f"{config_path}: overlay {overlay!r} has {len(templates)} RayJobs labelled {JOB_LABEL}={kind} "
@@ -297,9 +289,7 @@ def render_job(
         )
     entrypoint = job["spec"].get("entrypoint", "")
     if not _CONFIG_ARG.search(entrypoint):
-        raise ConfigError(
-            f"RayJob {job['metadata']['name']}: entrypoint {entrypoint!r} has no --config argument"
-        )
+        raise ConfigError(f"RayJob {job['metadata']['name']}: entrypoint {entrypoint!r} has no --config argument")
     job["spec"]["entrypoint"] = _CONFIG_ARG.sub(lambda m: m.group(1) + rel.as_posix(), entrypoint, count=1)
     run = getattr(cfg, "run", None)
     job["metadata"]["name"] = rayjob_name(getattr(run, "name", None) or path.stem)

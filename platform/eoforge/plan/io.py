@@ -50,8 +50,9 @@ def plan_hash(frame: gpd.GeoDataFrame) -> str:
     ordered = frame.sort_values("chip_id")
     wkt = shapely.to_wkt(ordered.geometry.values, rounding_precision=9)
     for (_, row), geom in zip(ordered[cols].iterrows(), wkt, strict=True):
-        record = {c: (list(row[c]) if hasattr(row[c], "__len__") and not isinstance(row[c], str) else row[c])
-                  for c in cols}
+        record = {
+            c: (list(row[c]) if hasattr(row[c], "__len__") and not isinstance(row[c], str) else row[c]) for c in cols
+        }
         h.update(json.dumps(record, sort_keys=True, default=str).encode())
         h.update(geom.encode())
     return h.hexdigest()

@@ -22,7 +22,12 @@ def register_backbone(
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
         info = mlflow.pytorch.log_model(
-            model, name="backbone", registered_model_name=name, metadata=card, pip_requirements=[]
+            model,
+            name="backbone",
+            registered_model_name=name,
+            metadata=card,
+            pip_requirements=[],
+            serialization_format="pickle",
         )
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri)

@@ -47,7 +47,9 @@ def _gather_errors(errors: dict[str, str]) -> dict[str, str]:
 
 def _save_state(model: torch.nn.Module, opt: torch.optim.Optimizer, position: dict[str, int]) -> str:
     tmp = tempfile.mkdtemp(prefix="eoforge-ckpt-")
-    torch.save({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(), **position}, Path(tmp) / STATE_FILE)
+    torch.save(
+        {"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(), **position}, Path(tmp) / STATE_FILE
+    )
     (Path(tmp) / "position.json").write_text(json.dumps(position))
     return tmp
 
@@ -85,7 +87,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         opt.load_state_dict(state["optimizer"])
         position = {k: int(state[k]) for k in position}
         if rank == 0:
-            print(f"[eoforge] resumed from checkpoint at step {position['step']} (epoch {position['epoch']})", flush=True)
+            print(
+                f"[eoforge] resumed from checkpoint at step {position['step']} (epoch {position['epoch']})", flush=True
+            )
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
 
@@ -142,8 +146,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if logger is not None and step % cfg.train.log_every_steps == 0:
                 logger.log({"train/loss": loss_value, "train/chips_per_s": chips_per_s, "epoch": epoch}, step)
                 total = f"/{max_steps}" if max_steps else ""
-                print(f"[eoforge] step {step}{total} epoch {epoch + 1}/{cfg.train.epochs} "
-                      f"loss {loss_value:.4f} {chips_per_s:.1f} chips/s", flush=True)
+                print(
+                    f"[eoforge] step {step}{total} epoch {epoch + 1}/{cfg.train.epochs} "
+                    f"loss {loss_value:.4f} {chips_per_s:.1f} chips/s",
+                    flush=True,
+                )
             if step % cfg.train.checkpoint_every_steps == 0:
                 report()
             if max_steps is not None and step >= max_steps:

@@ -43,9 +43,7 @@ def _first(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:
     return None
 
 
-def s3_filesystem(
-    env: Mapping[str, str] | None = None, allow_bucket_creation: bool = False
-) -> pyarrow.fs.S3FileSystem:
+def s3_filesystem(env: Mapping[str, str] | None = None, allow_bucket_creation: bool = False) -> pyarrow.fs.S3FileSystem:
     """A pyarrow S3 filesystem configured from the environment (endpoint, region).
 
     Args:
@@ -78,9 +76,7 @@ def s3_filesystem(
 def _bucket_path(storage_path: str) -> str:
     url = urlparse(storage_path)
     if not url.netloc:
-        raise ConfigError(
-            f"run.storage_path: {storage_path!r} has no bucket; expected {url.scheme}://bucket/prefix"
-        )
+        raise ConfigError(f"run.storage_path: {storage_path!r} has no bucket; expected {url.scheme}://bucket/prefix")
     prefix = url.path.strip("/")
     return f"{url.netloc}/{prefix}" if prefix else url.netloc
 

@@ -1,0 +1,61 @@
+"""Session fixtures: the demo catalog on disk, the local stack (Ray head + MLflow server)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "data" / "real-samples").is_dir():
+        pytest.fail(f"{SHARED} is missing: CI and developers keep ../shared beside the repo")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def demo_catalog(tmp_path_factory: pytest.TempPathFactory):
+    from eoforge.catalog.demo import write_demo_catalog
+
+    return write_demo_catalog(tmp_path_factory.mktemp("demo") / "catalog", scenes=2, seed=0, size_px=128)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real Ray head and MLflow server on free ports, stopped by PID at the end."""
+    from eoforge.stack import StackPorts, down, free_port, up
+
+    home = tmp_path_factory.mktemp("eoforge-home")
+    ports = StackPorts(
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        extra={
+            k: free_port()
+            for k in (
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "metrics-export-port",
+                "runtime-env-agent-port",
+            )
+        },
+    )
+    state = up(home, ports)
+    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "EOFORGE_HOME")}
+    os.environ.update({"MLFLOW_TRACKING_URI": state.mlflow_url, "EOFORGE_HOME": str(home)})
+    try:
+        yield state
+    finally:
+        down(home)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

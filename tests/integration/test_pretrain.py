@@ -1,0 +1,117 @@
+"""Pretraining as a user runs it: `ray job submit` of jobs/pretrain.py on the local stack."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from eoforge.plan.build import plan_rows
+from eoforge.plan.io import read_plan, write_plan
+
+from tests.integration.test_catalog_and_chips import data_cfg
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def submit(stack, config: Path, *overrides: str, timeout_s: float = 900) -> str:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(stack.ray_dashboard_url)
+    sets = " ".join(f"--set {o}" for o in overrides)
+    job = client.submit_job(
+        entrypoint=f"{sys.executable} jobs/pretrain.py --config {config} {sets}", runtime_env={"working_dir": str(REPO)}
+    )
+    deadline = time.monotonic() + timeout_s
+    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, f"job {job} did not finish in {timeout_s}s"
+        time.sleep(2)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
+    return logs
+
+
+@pytest.fixture(scope="module")
+def trained(stack, demo_catalog, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pretrain")
+    cfg_data = data_cfg(str(demo_catalog.catalog_json))
+    rows = plan_rows(cfg_data)
+    # corrupt one chip's S2 B03: a truncated COG must be skipped and counted, not fail the job
+    victim = rows[0]
+    assets = json.loads(victim["s2_assets"])
+    good = Path(assets["B03"].removeprefix("file://"))
+    bad = tmp / "corrupt_B03.tif"
+    bad.write_bytes(good.read_bytes()[:700])
+    assets["B03"] = f"file://{bad}"
+    victim["s2_assets"] = json.dumps(assets, sort_keys=True)
+    write_plan(rows, tmp / "plan.parquet", cfg_data)
+    config = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())
+    config["data"].update({"plan": str(tmp / "plan.parquet"), "split": "all", "config": None})
+    config["model"]["proj_dim"] = 32
+    config["optim"]["lr"] = 0.001
+    config["train"].update({"epochs": 4, "batch_size": 4, "checkpoint_every_steps": 3})
+    config["run"].update({"name": "it-pretrain", "storage_path": str(tmp / "ray_results")})
+    config["mlflow"].update({"experiment": "it", "registered_model": "it-dual-simclr"})
+    (tmp / "pretrain.yaml").write_text(yaml.safe_dump(config))
+    logs = submit(stack, tmp / "pretrain.yaml")
+    return {"tmp": tmp, "logs": logs, "config": tmp / "pretrain.yaml", "victim": victim["chip_id"]}
+
+
+def _run(stack, name: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(stack.mlflow_url)
+    exp = client.get_experiment_by_name("it")
+    return client, client.search_runs([exp.experiment_id], f"tags.`eoforge.run_name` = '{name}'")[0]
+
+
+def test_pretrain_lowers_loss_and_logs_lineage(stack, trained) -> None:
+    client, run = _run(stack, "it-pretrain")
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
+    assert len(losses) >= 8
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    _, plan_hash = read_plan(trained["tmp"] / "plan.parquet")
+    assert run.data.params["plan.hash"] == plan_hash
+    assert run.info.status == "FINISHED"
+    assert "models:/it-dual-simclr@candidate" in trained["logs"]
+
+
+def test_corrupt_cog_is_skipped_and_counted(stack, trained) -> None:
+    import mlflow
+
+    client, run = _run(stack, "it-pretrain")
+    assert run.data.metrics["data/skipped_chips"] >= 1
+    path = client.download_artifacts(run.info.run_id, "data/skipped_chips.json", str(trained["tmp"]))
+    skipped = json.loads(Path(path).read_text())
+    assert trained["victim"] in skipped
+    assert "corrupt_B03.tif" in skipped[trained["victim"]]
+    assert mlflow  # imported for the artifact client
+
+
+def test_registered_model_loads_by_alias_and_runs_forward(stack, trained) -> None:
+    import mlflow.pytorch
+    import torch
+
+    mlflow.set_tracking_uri(stack.mlflow_url)
+    model = mlflow.pytorch.load_model("models:/it-dual-simclr@candidate")
+    out = model(torch.zeros(3, 2, 64, 64), torch.zeros(3, 12, 64, 64))
+    assert out.shape == (3, 1024)  # resnet18 pooled features of both sensors
+    from eoforge.tracking.registry import show_model
+
+    shown = show_model(stack.mlflow_url, "it-dual-simclr@candidate")
+    assert shown["aliases"] == ["candidate"] and shown["tags"]["eoforge.backbone"] == "resnet18"
+
+
+def test_rerun_with_same_name_resumes_from_checkpoint(stack, trained) -> None:
+    client, run = _run(stack, "it-pretrain")
+    steps_before = int(run.data.metrics["train/steps"])
+    logs = submit(stack, trained["config"], "train.epochs=6")
+    assert f"resumed from checkpoint at step {steps_before}" in logs
+    client, run = _run(stack, "it-pretrain")
+    resumed = [m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")]
+    assert steps_before in resumed
+    assert int(run.data.metrics["train/steps"]) > steps_before
