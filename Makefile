@@ -31,7 +31,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check platform jobs tests bench
 
 bench: venv
-	$(PY) bench/chip_throughput.py
+	$(PY) bench/chip_throughput.py --ray
 
 up: venv
 	$(EOFORGE) up
