@@ -49,10 +49,8 @@ def ensure_plan(cfg: PretrainConfig) -> tuple[str, int]:
 
 
 def _storage(cfg: PretrainConfig) -> tuple[str, object | None]:
-    try:
-        from eoforge.train.storage import resolve_storage
-    except ImportError:  # TEMP until storage.py lands
-        return str(Path(cfg.run.storage_path).absolute()), None
+    from eoforge.train.storage import resolve_storage
+
     return resolve_storage(cfg.run.storage_path)
 
 
