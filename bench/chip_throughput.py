@@ -47,10 +47,9 @@ def main() -> None:
         }
         if args.ray:
             import ray
-
             from eoforge.data.dataset import build_chip_dataset
 
-            ray.init(num_cpus=4, include_dashboard=False)
+            ray.init(address="local", num_cpus=4, include_dashboard=False)
             ray.data.DataContext.get_current().enable_progress_bars = False
             ds = build_chip_dataset(str(Path(tmp) / "plan.parquet"), split="all", read_tasks=2)
             t0 = time.perf_counter()
