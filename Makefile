@@ -4,6 +4,8 @@ PY          := $(VENV)/bin/python
 EOFORGE     := $(VENV)/bin/eoforge
 EOFORGE_HOME ?= $(CURDIR)/.eoforge
 export EOFORGE_HOME
+RAY_AUTH_MODE ?= disabled
+export RAY_AUTH_MODE
 STAMP       := $(VENV)/.eoforge-installed
 DEMO_SCENES ?= 4
 

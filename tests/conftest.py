@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# the test stack runs without Ray token auth (loopback only), clients must agree
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 SHARED = REPO.parent / "shared"
 
 
