@@ -31,24 +31,10 @@ def demo_catalog(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real Ray head and MLflow server on free ports, stopped by PID at the end."""
-    from eoforge.stack import StackPorts, down, free_port, up
+    from eoforge.stack import StackPorts, down, up
 
     home = tmp_path_factory.mktemp("eoforge-home")
-    ports = StackPorts(
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        extra={
-            k: free_port()
-            for k in (
-                "dashboard-agent-listen-port",
-                "dashboard-agent-grpc-port",
-                "metrics-export-port",
-                "runtime-env-agent-port",
-            )
-        },
-    )
+    ports = StackPorts.random()
     state = up(home, ports)
     old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "EOFORGE_HOME")}
     os.environ.update({"MLFLOW_TRACKING_URI": state.mlflow_url, "EOFORGE_HOME": str(home)})

@@ -52,27 +52,10 @@ def up(
     random_ports: bool = typer.Option(False, help="Pick free ports for every service (tests, second stacks)."),
 ) -> None:
     """Start the local stack: a Ray head and an MLflow server on 127.0.0.1."""
-    from eoforge.stack import StackPorts, free_port
+    from eoforge.stack import StackPorts
     from eoforge.stack import up as stack_up
 
-    if random_ports:
-        ports = StackPorts(
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            extra={
-                k: free_port()
-                for k in (
-                    "dashboard-agent-listen-port",
-                    "dashboard-agent-grpc-port",
-                    "metrics-export-port",
-                    "runtime-env-agent-port",
-                )
-            },
-        )
-    else:
-        ports = StackPorts(ray_port, dashboard_port, client_port, mlflow_port)
+    ports = StackPorts.random() if random_ports else StackPorts(ray_port, dashboard_port, client_port, mlflow_port)
     typer.echo("starting MLflow and the Ray head (about 20 s)...", err=True)
     state = stack_up(home, ports, num_cpus)
     typer.echo(f"Ray dashboard: {state.ray_dashboard_url}  (RAY_ADDRESS={state.ray_dashboard_url})")

@@ -38,6 +38,17 @@ class StackPorts:
     mlflow: int = 5000
     extra: dict[str, int] = field(default_factory=dict)
 
+    @classmethod
+    def random(cls) -> StackPorts:
+        """Free ports for every service, so a second stack (tests) can run beside the default one."""
+        agent = (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+        )
+        return cls(free_port(), free_port(), free_port(), free_port(), extra={k: free_port() for k in agent})
+
 
 @dataclass
 class StackState:
@@ -147,9 +158,9 @@ def up(home: Path, ports: StackPorts | None = None, num_cpus: int | None = None)
             "EOFORGE_HOME": str(home),
             "MLFLOW_TRACKING_URI": mlflow_url,
             "RAY_USAGE_STATS_ENABLED": "0",
-        # the head listens on 127.0.0.1 only; Ray turns token auth on by itself once any
-        # ~/.ray/auth_token exists, which would make the local stack answer 401
-        "RAY_AUTH_MODE": env.get("RAY_AUTH_MODE", "disabled"),
+            # the head listens on 127.0.0.1 only; Ray turns token auth on by itself once any
+            # ~/.ray/auth_token exists, which would make the local stack answer 401
+            "RAY_AUTH_MODE": env.get("RAY_AUTH_MODE", "disabled"),
             # a loaded 2-core machine can take over a minute to start a worker that imports torch
             "RAY_worker_register_timeout_seconds": env.get("RAY_worker_register_timeout_seconds", "300"),
             # no idle workers started ahead of demand: each costs a Python start-up on few cores
