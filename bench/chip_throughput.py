@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from eoforge.catalog.demo import write_demo_catalog
 from eoforge.config import DataConfig, parse_config
 from eoforge.data.reader import read_chip
+from eoforge.demo.catalog import write_demo_catalog
 from eoforge.plan.io import build_plan, read_plan
 
 

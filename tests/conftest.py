@@ -23,7 +23,7 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_catalog(tmp_path_factory: pytest.TempPathFactory):
-    from eoforge.catalog.demo import write_demo_catalog
+    from eoforge.demo.catalog import write_demo_catalog
 
     return write_demo_catalog(tmp_path_factory.mktemp("demo") / "catalog", scenes=2, seed=0, size_px=128)
 

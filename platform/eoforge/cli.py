@@ -100,7 +100,7 @@ def catalog_demo(
     size_px: int = typer.Option(256, min=64, help="Scene side in 10 m pixels."),
 ) -> None:
     """Write the synthetic S1/S2/label demo catalog (COGs + STAC + ndjson for pypgstac)."""
-    from eoforge.catalog.demo import write_demo_catalog
+    from eoforge.demo.catalog import write_demo_catalog
 
     cat = write_demo_catalog(out, scenes=scenes, seed=seed, dates_per_scene=dates, size_px=size_px)
     typer.echo(f"catalog: {cat.catalog_json}")
@@ -113,7 +113,7 @@ def catalog_bigearthnet(
     out: Annotated[Path, typer.Option(help="Output directory of the static catalog.")],
 ) -> None:
     """Build a static STAC catalog for BigEarthNet-MM patches (S1 + S2 items, proj metadata)."""
-    from eoforge.catalog.bigearthnet import write_bigearthnet_catalog
+    from eoforge.demo.bigearthnet import write_bigearthnet_catalog
 
     path = write_bigearthnet_catalog(src, out)
     typer.echo(f"catalog: {path}")

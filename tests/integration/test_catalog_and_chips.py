@@ -99,8 +99,8 @@ def test_chip_pixels_equal_direct_reads_and_s1_is_coregistered(demo_catalog, tmp
 
 def test_bigearthnet_real_samples_stream_exact_pixels(shared_dir: Path, stack, tmp_path: Path) -> None:
     import ray
-    from eoforge.catalog.bigearthnet import write_bigearthnet_catalog
     from eoforge.data.dataset import build_chip_dataset
+    from eoforge.demo.bigearthnet import write_bigearthnet_catalog
 
     src = shared_dir / "data/real-samples/bigearthnet-mm-example"
     catalog = write_bigearthnet_catalog(src, tmp_path / "ben")

@@ -12,9 +12,9 @@ import pystac
 import pytest
 import rasterio
 from eoforge.catalog.bands import DFC_CLASSES, S2_BAND_NAMES, S2_BANDS
-from eoforge.catalog.demo import DemoCatalog, cloud_kind, write_demo_catalog
-from eoforge.catalog.synth import cloud_cover_percent, make_scene, render_s2
-from eoforge.catalog.world import World
+from eoforge.demo.catalog import DemoCatalog, cloud_kind, write_demo_catalog
+from eoforge.demo.synth import cloud_cover_percent, make_scene, render_s2
+from eoforge.demo.world import World
 from eoforge.errors import ConfigError
 from pyproj import Transformer
 from rasterio.warp import Resampling, reproject

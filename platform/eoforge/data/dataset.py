@@ -5,7 +5,8 @@ actors read COG windows in parallel, then ``map_batches(ChipBatchReader)`` turns
 
 - ``s1``: float32 [B, 2, H, W], ``s2``: float32 [B, 12, H, W] (see :mod:`eoforge.data.reader`),
 - ``valid_fraction``: float32 [B], ``label``: uint8 [B, H, W] (255 where the plan has none),
-- ``chip_id``: str [B], ``ok``: bool [B], ``error``: str [B].
+- ``chip_id``: str [B], ``split``: str [B], ``item_labels``: str [B] (JSON list of class names),
+- ``ok``: bool [B], ``error``: str [B].
 
 A chip whose asset is missing or corrupt, or whose valid fraction is below the threshold,
 comes out with ``ok = False`` and the reason in ``error`` instead of failing the job; the
@@ -40,6 +41,10 @@ class ChipBatchReader:
         size = int(batch["size_px"][0]) if n else 0
         out: dict[str, Any] = {
             "chip_id": np.asarray(batch["chip_id"], dtype=object),
+            "split": np.asarray(batch["split"], dtype=object) if "split" in batch else np.full(n, "", dtype=object),
+            "item_labels": (
+                np.asarray(batch["item_labels"], dtype=object) if "item_labels" in batch else np.full(n, "[]", object)
+            ),
             "s1": np.zeros((n, len(S1_BAND_NAMES), size, size), np.float32),
             "s2": np.zeros((n, len(S2_BAND_NAMES), size, size), np.float32),
             "label": np.full((n, size, size), 255, np.uint8),

@@ -83,6 +83,19 @@ def split_of(crs: str, x0: float, y0: float, seed: int, splits: SplitConfig) -> 
     return "val" if u < splits.train + splits.val else "test"
 
 
+#: Item properties that hold a whole-scene list of class names (e.g. BigEarthNet's CORINE labels).
+ITEM_LABEL_KEYS = ("bigearthnet:labels", "eoforge:labels")
+
+
+def item_label_list(item: pystac.Item) -> list[str]:
+    """The class names an item carries for the whole item (multi-label datasets), else []."""
+    for key in ITEM_LABEL_KEYS:
+        value = item.properties.get(key)
+        if isinstance(value, list):
+            return [str(v) for v in value]
+    return []
+
+
 def _to_lonlat(crs: str) -> Transformer:
     return Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
 
@@ -101,6 +114,7 @@ def chip_rows_for_pair(
     s1_assets = {b: asset_href(pair.s1, b, provider) for b in S1_BAND_NAMES}
     scl = asset_href(pair.s2, S2_SCL_ASSET, provider, required=False)
     res = cfg.chips.resolution_m
+    item_labels = item_label_list(pair.s2)
     rows: list[dict[str, object]] = []
     for r in range(0, grid.shape[0] - size + 1, stride):
         for c in range(0, grid.shape[1] - size + 1, stride):
@@ -132,6 +146,7 @@ def chip_rows_for_pair(
                     "s1_assets": json.dumps(s1_assets, sort_keys=True),
                     "scl_href": scl,
                     "label_href": label_href,
+                    "item_labels": json.dumps(item_labels),
                     "split": split_of(grid.crs, x0, y0, cfg.seed, cfg.splits),
                 }
             )

@@ -39,6 +39,7 @@ STREAM_COLUMNS = [
     "s1_assets",
     "scl_href",
     "label_href",
+    "item_labels",
     "split",
 ]
 

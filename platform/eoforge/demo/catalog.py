@@ -11,7 +11,7 @@
   absolute ``file:///`` hrefs.
 
 Scene k is ``size_px`` × ``size_px`` pixels at 10 m in EPSG:32632 near 9.3°E 45°N (see
-:mod:`eoforge.catalog.synth`); each has ``dates_per_scene`` Sentinel-2 L2A acquisitions
+:mod:`eoforge.demo.synth`); each has ``dates_per_scene`` Sentinel-2 L2A acquisitions
 (12 bands at native 10/20/60 m, uint16 reflectance ×10000, plus SCL), one Sentinel-1 GRD
 acquisition 0-2 days from each (VV/VH float32 dB on a 0.0001° lon/lat grid with 2-3 corner
 reflectors) and one DFC2020 label map (uint8 classes 0-7 on the 10 m grid). Same seed, same
@@ -40,9 +40,9 @@ import numpy as np
 import pystac
 
 from eoforge.catalog.bands import DFC_CLASSES, DFC_IGNORE, S1_BANDS, S2_BANDS, S2_SCL_ASSET
-from eoforge.catalog.cog import Grid, write_cog
-from eoforge.catalog.synth import Scene, make_scene, render_s1, render_s2, stream
-from eoforge.catalog.world import World
+from eoforge.demo.cog import Grid, write_cog
+from eoforge.demo.synth import Scene, make_scene, render_s1, render_s2, stream
+from eoforge.demo.world import World
 from eoforge.errors import ConfigError
 
 S2_COLLECTION, S1_COLLECTION, LABEL_COLLECTION = "sentinel-2-l2a", "sentinel-1-grd", "dfc-labels"

@@ -4,7 +4,7 @@ A :class:`Scene` is one square of ``size_px`` × ``size_px`` pixels at 10 m in E
 with its 20 m and 60 m Sentinel-2 grids (same upper-left corner, snapped to 60 m, sizes
 ``ceil(size_px / 2)`` and ``ceil(size_px / 6)``: the 60 m grid may reach up to 50 m past
 the scene's right and bottom edges), and a lon/lat Sentinel-1 grid (0.0001°) covering the
-scene plus 300 m on every side. Everything is drawn from :class:`~eoforge.catalog.world.World`
+scene plus 300 m on every side. Everything is drawn from :class:`~eoforge.demo.world.World`
 and from random streams keyed by (seed, scene, date), so a scene does not depend on how
 many other scenes or dates are generated.
 """
@@ -19,8 +19,8 @@ import numpy as np
 from affine import Affine
 
 from eoforge.catalog.bands import S2_BANDS
-from eoforge.catalog.cog import Grid, transform_xy
-from eoforge.catalog.world import SCL_OF_CLASS, FractalNoise, World, s1_backscatter_db, s2_signature
+from eoforge.demo.cog import Grid, transform_xy
+from eoforge.demo.world import SCL_OF_CLASS, FractalNoise, World, s1_backscatter_db, s2_signature
 
 UTM = "EPSG:32632"
 LONLAT = "EPSG:4326"

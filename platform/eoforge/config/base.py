@@ -1,0 +1,101 @@
+"""Shared pieces of every config kind: base model, value types, YAML, overrides, error lines.
+
+The strict base model, value types, ``${VAR}`` expansion, YAML reading, ``--set`` overrides
+and error formatting.
+
+Path-valued fields may use ``${VAR}`` (expanded from the environment, e.g. ``${EOFORGE_HOME}``);
+an unset variable is an error. Relative paths are resolved against the current directory
+of the process that loads the config. This module imports only pydantic and yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from eoforge.errors import ConfigError
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_vars(value: str) -> str:
+    """Expand ``${VAR}`` from the environment; raise ValueError naming an unset variable."""
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ValueError(f"environment variable ${{{name}}} is not set")
+        return os.environ[name]
+
+    return _VAR.sub(sub, value)
+
+
+def _expand_path(value: Any) -> Any:
+    if isinstance(value, str | Path):
+        text = expand_vars(str(value))
+        if "://" in text:  # URLs and object-store paths are kept as they are
+            return text
+        return str(Path(text).expanduser())
+    return value
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+PathStr = Annotated[str, Field(min_length=1)]
+
+
+# --------------------------------------------------------------------------- loading
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: ``<source>: <field.path>: <reason>``."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.batch_size=16")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file into a dict, with errors that name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping with a 'kind' key, got {type(raw).__name__}")
+    return raw

@@ -1,0 +1,130 @@
+"""``kind: finetune``: one fine-tuning (or linear-probe) job on a labelled chip plan.
+
+Train on the plan's ``train`` split (a label fraction of it), select on ``val``, report on
+``test``; the splits are by place, as the planner made them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from eoforge.config.base import Fraction, NonNegInt, PosFloat, PosInt, Strict
+from eoforge.config.jobs import PlanInput, RunConfig, ScalingConfig
+
+#: Class sets by name (see eoforge.finetune.tasks for the lists and their sources).
+CLASS_SETS = ("dfc8", "bigearthnet43", "bigearthnet19")
+
+
+class TaskConfig(Strict):
+    """What is predicted from a chip, and from which labels."""
+
+    kind: Literal["classification", "multilabel", "segmentation"] = Field(
+        description="'classification': the chip's majority class; 'multilabel': every class covering at least "
+        "min_class_fraction of the chip (or the item's own label list); 'segmentation': per pixel."
+    )
+    classes: Literal["dfc8", "bigearthnet43", "bigearthnet19"] | list[str] = Field(
+        "dfc8", description="A named class set or the class names in label-id order."
+    )
+    label_source: Literal["raster", "item"] = Field(
+        "raster",
+        description="'raster': the plan's per-pixel label COG (class id = index in classes, ignore_index "
+        "unlabelled); 'item': the plan's item_labels list (class names), multilabel only.",
+    )
+    ignore_index: Annotated[int, Field(ge=0, le=255)] = 255
+    min_class_fraction: Fraction = Field(0.1, description="Multilabel: smallest share of a class in a chip.")
+    min_labelled_fraction: Fraction = Field(
+        0.5, description="Chips whose labelled (not ignore_index) pixel share is below this are left out."
+    )
+
+    @model_validator(mode="after")
+    def _item_labels_are_multilabel(self) -> TaskConfig:
+        if self.label_source == "item" and self.kind != "multilabel":
+            raise ValueError("label_source 'item' (a list of class names per chip) only serves kind 'multilabel'")
+        return self
+
+
+class BackboneConfig(Strict):
+    """Where the backbone's starting weights come from."""
+
+    source: str = Field(
+        "scratch",
+        description="'models:/NAME@ALIAS' or 'models:/NAME/VERSION' (MLflow registry), a checkpoint directory "
+        "or state.pt of a pretraining run, or 'scratch' (random init: the supervised baseline).",
+    )
+    name: str = Field("resnet18", description="timm model for 'scratch'; must match the card otherwise.")
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, v: str) -> str:
+        if v.startswith("models:/"):
+            spec = v.removeprefix("models:/")
+            if not ("@" in spec or "/" in spec) or spec.startswith(("@", "/")) or spec.endswith(("@", "/")):
+                raise ValueError(f"{v!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        return v
+
+
+class LabelSubsetConfig(Strict):
+    """Which share of the train split's labelled chips is used."""
+
+    fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="Label fraction in (0, 1]; stratified, seeded and nested (see finetune.fractions)."
+    )
+    seed: NonNegInt = Field(0, description="Subset seed: same seed, same chips, whatever the method.")
+
+
+class FinetuneOptimConfig(Strict):
+    """AdamW for the head, and for the backbone in full fine-tuning."""
+
+    lr: PosFloat = 1e-3
+    backbone_lr_scale: PosFloat = Field(
+        0.1, description="Full fine-tune: backbone lr = lr * backbone_lr_scale (1.0 = one lr for all)."
+    )
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+
+
+class FinetuneTrainConfig(Strict):
+    """Loop length and evaluation."""
+
+    epochs: PosInt = 10
+    batch_size: PosInt = Field(32, description="Per-worker batch size (chips).")
+    eval_every_epochs: PosInt = Field(1, description="Evaluate on val (and report to Tune) every N epochs.")
+    seed: NonNegInt = Field(0, description="Weight init and shuffling seed.")
+
+
+class FinetuneMlflowConfig(Strict):
+    """Where the run goes, and whether the result is registered."""
+
+    tracking_uri: str | None = None
+    experiment: str = "eoforge-finetune"
+    registered_model: str | None = Field(
+        None, description="Register the fine-tuned model under this name (None: log the run only)."
+    )
+    champion_alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+class FinetuneConfig(Strict):
+    """``kind: finetune``."""
+
+    kind: Literal["finetune"]
+    data: PlanInput
+    task: TaskConfig
+    backbone: BackboneConfig = BackboneConfig()
+    mode: Literal["linear_probe", "finetune"] = Field(
+        "finetune", description="'linear_probe': frozen backbone, only the head trains; 'finetune': everything."
+    )
+    labels: LabelSubsetConfig = LabelSubsetConfig()
+    optim: FinetuneOptimConfig = FinetuneOptimConfig()
+    train: FinetuneTrainConfig = FinetuneTrainConfig()
+    scaling: ScalingConfig = ScalingConfig(num_workers=1)
+    run: RunConfig
+    mlflow: FinetuneMlflowConfig = FinetuneMlflowConfig()
+    cache_dir: str | None = Field(
+        None, description="Where decoded labelled chips are kept between jobs (default: <storage_path>/chip-cache)."
+    )
+
+    @property
+    def metric(self) -> str:
+        """The validation metric that selects models (higher is better)."""
+        return {"classification": "val/aa", "multilabel": "val/map", "segmentation": "val/miou"}[self.task.kind]

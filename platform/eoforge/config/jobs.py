@@ -1,0 +1,70 @@
+"""Sections shared by the job kinds (pretrain, finetune, sweep): plan input, Ray scaling, run identity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import Field, field_validator
+
+from eoforge.config.base import Fraction, NonNegInt, PathStr, PosFloat, PosInt, Strict, _expand_path
+from eoforge.errors import ConfigError
+
+
+class PlanInput(Strict):
+    """A chip plan a job streams; ``plan`` is built from ``config`` when it does not exist."""
+
+    plan: PathStr = Field(description="GeoParquet chip plan path.")
+    config: PathStr | None = Field(None, description="kind: data config used to build the plan if missing.")
+    normalize: Literal["ssl4eo", "none"] = Field(
+        "ssl4eo", description="'ssl4eo': (x - mean) / std with SSL4EO-S12 constants; 'none': raw units."
+    )
+    min_valid_fraction: Fraction = Field(
+        0.5, description="Chips whose valid (not nodata, not cloud) S2 pixel fraction is below this are skipped."
+    )
+    read_tasks: PosInt = Field(2, description="Parallel Ray Data chip-reading tasks.")
+    read_cpus: PosFloat = Field(0.5, description="Logical CPUs per chip-reading task.")
+
+    _expand = field_validator("plan", "config", mode="before")(_expand_path)
+
+
+class PlanSource(PlanInput):
+    """A plan plus the split a pretraining job streams."""
+
+    split: Literal["train", "val", "test", "all"] = "train"
+
+
+class ScalingConfig(Strict):
+    """Mirrors ray.train.ScalingConfig."""
+
+    num_workers: PosInt = 2
+    use_gpu: bool = False
+    cpus_per_worker: PosFloat = 1.0
+
+
+class RunConfig(Strict):
+    """Mirrors ray.train.RunConfig: rerunning with the same (storage_path, name) resumes."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    storage_path: PathStr = Field(description="Local directory or s3:// URI for checkpoints.")
+    max_failures: NonNegInt = 0
+
+    _expand = field_validator("storage_path", mode="before")(_expand_path)
+
+
+class HasPlanInput(Protocol):
+    """Any config kind with a ``data`` plan section."""
+
+    data: PlanInput
+
+
+def check_inputs(cfg: HasPlanInput) -> None:
+    """Checks that need the file system: the plan or the config that builds it must exist.
+
+    Works for any config with a ``data: PlanSource`` section (pretrain, finetune).
+    """
+    if not Path(cfg.data.plan).exists():
+        if cfg.data.config is None:
+            raise ConfigError(f"data.plan: {cfg.data.plan} does not exist and data.config is not set")
+        if not Path(cfg.data.config).is_file():
+            raise ConfigError(f"data.config: {cfg.data.config} does not exist")
