@@ -9,6 +9,55 @@ from pydantic import Field, field_validator, model_validator
 from eoforge.config.base import Fraction, NonNegInt, PathStr, PosFloat, PosInt, Strict, _expand_path
 
 
+class ProfileConfig(Strict):
+    """A provider profile declared in config (see :mod:`eoforge.catalog.providers`), no code needed."""
+
+    name: str | None = Field(None, description="Name recorded in the plan (default: the provider name).")
+    extends: str | None = Field(None, description="Built-in profile to start from (default: catalog.provider).")
+    s2_assets: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="Canonical S2 band (B01..B12, B8A) -> asset key(s) of the provider."
+    )
+    s2_template: str | None = Field(
+        None, description="Asset key template tried after s2_assets, e.g. '{band}_{res}m' ({res}: native metres)."
+    )
+    scl_asset: str | list[str] | None = Field(None, description="Asset key(s) of the scene classification layer.")
+    s1_assets: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="'vv' / 'vh' -> asset key(s) of the provider."
+    )
+    s1_units: Literal["dB", "linear", "amplitude"] | None = Field(
+        None, description="Units of the S1 assets: dB, linear power (gamma0/sigma0) or amplitude DN (GRD)."
+    )
+    s1_product: str | None = Field(None, description="S1 product recorded in the plan (GRD, RTC, ...).")
+    s1_calibration_assets: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="'vv' / 'vh' -> asset key(s) of the GRD calibration annotation XML."
+    )
+    gdal_env: dict[str, str] | None = Field(
+        None, description="Extra GDAL options for reading (never secrets: those stay in the environment)."
+    )
+
+    @field_validator("s2_assets", "s1_assets", "s1_calibration_assets")
+    @classmethod
+    def _check_bands(cls, v: dict[str, Any], info: Any) -> Any:
+        from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_ASSET
+
+        allowed = set(S2_BAND_NAMES) | {S2_SCL_ASSET} if info.field_name == "s2_assets" else set(S1_BAND_NAMES)
+        unknown = sorted(set(v) - allowed)
+        if unknown:
+            raise ValueError(f"unknown band(s) {unknown}; canonical names are {sorted(allowed)}")
+        return v
+
+    @field_validator("gdal_env")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, str] | None) -> Any:
+        secret = [k for k in (v or {}) if any(s in k.upper() for s in ("SECRET", "TOKEN", "PASSWORD", "KEY_ID"))]
+        if secret:
+            raise ValueError(f"{secret}: secrets never go in a config; set them in the environment of the workers")
+        return v
+
+
+PROVIDERS = ("eoforge", "planetary_computer", "earth_search", "earth_search_v0", "cdse", "aws_rtc", "custom")
+
+
 class CatalogConfig(Strict):
     """Where items come from and how they are filtered."""
 
@@ -16,8 +65,20 @@ class CatalogConfig(Strict):
         description="'static': a STAC catalog on disk (catalog.json); 'stac_api': a STAC API URL."
     )
     url: PathStr = Field(description="catalog.json path / file:// URL, or the STAC API root URL.")
-    provider: Literal["eoforge", "planetary_computer", "earth_search"] = Field(
-        "eoforge", description="Asset-name profile of the catalog (see eoforge.catalog.providers)."
+    provider: Literal[PROVIDERS] = Field(  # type: ignore[valid-type]
+        "eoforge", description="Provider profile of the catalog (see eoforge.catalog.providers)."
+    )
+    profile: ProfileConfig | None = Field(None, description="Declare or extend a provider profile in config.")
+    signing: str | None = Field(
+        None,
+        description="Href signing hook run just before each read: none | planetary_computer | module:function "
+        "(default: the provider's). Signed URLs are never stored in a plan or a run.",
+    )
+    s1_units: Literal["dB", "linear", "amplitude"] | None = Field(
+        None, description="Override the S1 units the profile / item metadata imply."
+    )
+    aoi: dict[str, Any] | None = Field(
+        None, description="GeoJSON geometry (lon/lat) of the area of interest: clips the chip grid (with bbox)."
     )
     s2_collection: str = "sentinel-2-l2a"
     s1_collection: str = "sentinel-1-grd"
@@ -39,6 +100,27 @@ class CatalogConfig(Strict):
     def _check_bbox(cls, v: tuple[float, float, float, float] | None) -> Any:
         if v is not None and not (v[0] < v[2] and v[1] < v[3]):
             raise ValueError("bbox must be (west, south, east, north) with west < east and south < north")
+        return v
+
+    @field_validator("signing")
+    @classmethod
+    def _check_signing(cls, v: str | None) -> Any:
+        if v is not None and v not in ("none", "planetary_computer") and ":" not in v:
+            raise ValueError("signing must be 'none', 'planetary_computer' or 'module:function'")
+        return v
+
+    @field_validator("aoi")
+    @classmethod
+    def _check_aoi(cls, v: dict[str, Any] | None) -> Any:
+        if v is not None:
+            from shapely.geometry import shape
+
+            try:
+                geom = shape(v)
+            except Exception as exc:
+                raise ValueError(f"aoi is not a GeoJSON geometry: {exc}") from None
+            if geom.is_empty or geom.area <= 0:
+                raise ValueError("aoi must be a polygon with a positive area")
         return v
 
 

@@ -4,25 +4,48 @@ The chip grid (CRS, transform, size) comes from the plan row. For each band:
 
 - same CRS, same pixel size and an integer pixel offset (S2 10 m bands): a plain windowed
   read, so the values are the stored pixels, bit for bit;
-- anything else (S2 20/60 m bands, S1 on its own CRS/grid): GDAL warps onto the chip grid
-  through a :class:`rasterio.vrt.WarpedVRT` (bilinear for measurements, nearest for
-  classes: SCL and labels).
+- a file with a CRS on another grid (S2 20/60 m bands, S1 RTC or dB products): GDAL warps onto
+  the chip grid through a :class:`rasterio.vrt.WarpedVRT` (bilinear for measurements, nearest
+  for classes: SCL and labels);
+- a file with no CRS but ground control points (Sentinel-1 GRD in radar geometry): the source
+  window the chip needs is found through the GCPs, and that window is warped onto the chip grid
+  with the GCPs nearest to it (:func:`rasterio.warp.reproject` with ``gcps``). The item's
+  ``proj:transform`` is never used for GRD (providers publish bbox-derived values that are wrong);
+- a file with neither a CRS nor GCPs: :class:`~eoforge.errors.ChipReadError`, never a silent read.
+
+Units (recorded per chip in the plan by :mod:`eoforge.catalog.radiometry`):
+
+- S2: ``value = DN * gain + offset`` per band (``s2_radiometry``), which removes the baseline
+  04.00 offset exactly once; DN 0 is nodata, masked before the map;
+- S1 (``s1_units``): ``dB`` as stored; ``linear`` (RTC gamma0, calibrated sigma0) -> ``10 log10``;
+  ``amplitude`` (GRD DN) -> sigma0 with the calibration annotation when the plan links it
+  (``s1_calibration``), else the documented approximation :data:`GRD_APPROX_DB_OFFSET`. Values
+  <= 0 are masked (they have no dB value).
 
 Hrefs may be local paths, ``file://`` URLs, ``http(s)://`` or ``s3://`` (GDAL's /vsi handlers).
+They are signed just before they are opened (``access`` column: ``planetary_computer``,
+``none`` or ``module:function``); a signed URL lives only inside this call.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import math
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 import rasterio
+from pyproj import Transformer
+from rasterio.control import GroundControlPoint
 from rasterio.enums import Resampling
-from rasterio.transform import Affine
+from rasterio.transform import Affine, GCPTransformer
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_INVALID
@@ -85,30 +108,159 @@ def _aligned_window(src: rasterio.DatasetReader, grid: ChipGrid) -> Window | Non
     return Window(round(col), round(row), grid.size, grid.size)
 
 
-def read_band(href: str, grid: ChipGrid, resampling: Resampling, fill: float) -> np.ndarray:
-    """Read band 1 of ``href`` on ``grid``: float32 [H, W]; outside / nodata pixels get ``fill``.
+#: GRD DN -> sigma0 without a calibration annotation. Sentinel-1 IW/EW GRD calibration LUTs give a
+#: constant betaNought of 237 (``beta0 = DN^2 / 237^2``); sigma0 = beta0 * sin(incidence), taken at
+#: 37 degrees (IW mid-swath). ``sigma0_dB ~= 20 log10(DN) + GRD_APPROX_DB_OFFSET``; error about
+#: +-1 dB across the swath (30-46 degrees), thermal noise not removed. Prefer RTC products.
+GRD_BETA_NOUGHT = 237.0
+GRD_APPROX_INCIDENCE_DEG = 37.0
+GRD_APPROX_DB_OFFSET = float(-20 * np.log10(GRD_BETA_NOUGHT) + 10 * np.log10(np.sin(np.radians(37.0))))
+
+#: GCPs used for the local polynomial around one chip's source window.
+_LOCAL_GCPS = 16
+
+
+# ----------------------------------------------------------------------------------------- signing
+
+
+@functools.lru_cache(maxsize=16)
+def resolve_signer(name: str | None) -> Callable[[str], str]:
+    """The href signing hook a plan names: ``none``, ``planetary_computer`` or ``module:function``.
 
     Raises:
-        ChipReadError: the file is missing, corrupt or unreadable.
+        ChipReadError: the hook cannot be imported.
     """
+    if not name or name == "none":
+        return lambda href: href
+    if name == "planetary_computer":
+        try:
+            import planetary_computer
+        except ImportError as exc:
+            raise ChipReadError(f"signing 'planetary_computer': package not installed ({exc})") from None
+        return planetary_computer.sign
+    module, _, attr = name.partition(":")
     try:
-        with rasterio.open(gdal_path(href)) as src:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ChipReadError(f"signing hook {name!r}: cannot import ({exc})") from None
+    if not callable(fn):
+        raise ChipReadError(f"signing hook {name!r}: not callable")
+    return fn
+
+
+def _sign(href: str, sign: Callable[[str], str] | None) -> str:
+    if sign is None:
+        return href
+    try:
+        return str(sign(href))
+    except Exception as exc:  # a signing service error must skip the chip, not kill the worker
+        raise ChipReadError(f"{href}: signing failed: {type(exc).__name__}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def _gcp_window(
+    src: rasterio.DatasetReader, grid: ChipGrid
+) -> tuple[Window, list[GroundControlPoint], object, GCPTransformer] | None:
+    """Source window (+ margin) under the chip, the GCPs nearest to it, their CRS and a transformer.
+
+    Returns None when the chip does not touch the image.
+    """
+    gcps, gcp_crs = src.gcps
+    if not gcps or gcp_crs is None:
+        raise ChipReadError("no CRS and no GCPs: the file cannot be georeferenced (refusing a silent read)")
+    if len(gcps) < 3:
+        raise ChipReadError(f"only {len(gcps)} GCPs: at least 3 are needed to georeference")
+    t = np.linspace(0, grid.size, 9)
+    cols = np.concatenate([t, np.full_like(t, grid.size), t[::-1], np.zeros_like(t), [grid.size / 2]])
+    rows = np.concatenate([np.zeros_like(t), t, np.full_like(t, grid.size), t[::-1], [grid.size / 2]])
+    xs, ys = grid.transform * (cols, rows)
+    lon, lat = Transformer.from_crs(grid.crs, gcp_crs, always_xy=True).transform(xs, ys)
+    full = GCPTransformer(gcps)
+    r, c = full.rowcol(np.asarray(lon), np.asarray(lat), op=lambda v: v)
+    r, c = np.asarray(r, float), np.asarray(c, float)
+    # nearest GCPs to the chip centre (pixel space) -> a local fit, accurate within a GCP cell
+    centre = np.array([r[-1], c[-1]])
+    pts = np.array([[g.row, g.col] for g in gcps])
+    near = [gcps[i] for i in np.argsort(np.hypot(*(pts - centre).T))[: min(len(gcps), _LOCAL_GCPS)]]
+    local = GCPTransformer(near)
+    r, c = local.rowcol(np.asarray(lon), np.asarray(lat), op=lambda v: v)
+    r, c = np.asarray(r, float), np.asarray(c, float)
+    pad = 8 + 0.1 * max(np.ptp(r), np.ptp(c))
+    r0, r1 = max(0, math.floor(r.min() - pad)), min(src.height, math.ceil(r.max() + pad))
+    c0, c1 = max(0, math.floor(c.min() - pad)), min(src.width, math.ceil(c.max() + pad))
+    if r0 >= r1 or c0 >= c1:
+        return None
+    return Window(c0, r0, c1 - c0, r1 - r0), near, gcp_crs, local
+
+
+def _read_by_gcps(src: rasterio.DatasetReader, grid: ChipGrid, resampling: Resampling, fill: float) -> np.ndarray:
+    """Warp the chip's source window of a GCP-georeferenced file onto the chip grid."""
+    found = _gcp_window(src, grid)
+    out = np.full((grid.size, grid.size), fill, np.float32)
+    if found is None:
+        return out
+    win, near, gcp_crs, _ = found
+    data = src.read(1, window=win).astype(np.float32)
+    shifted = [GroundControlPoint(row=g.row - win.row_off, col=g.col - win.col_off, x=g.x, y=g.y, z=g.z) for g in near]
+    reproject(
+        source=data,
+        destination=out,
+        gcps=shifted,
+        src_crs=gcp_crs,
+        src_nodata=src.nodata,
+        dst_transform=grid.transform,
+        dst_crs=grid.crs,
+        dst_nodata=fill,
+        resampling=resampling,
+    )
+    return out
+
+
+def read_band(
+    href: str,
+    grid: ChipGrid,
+    resampling: Resampling,
+    fill: float,
+    sign: Callable[[str], str] | None = None,
+) -> np.ndarray:
+    """Read band 1 of ``href`` on ``grid``: float32 [H, W]; outside / nodata pixels get ``fill``.
+
+    Args:
+        href: the unsigned href from the plan.
+        grid: the chip grid.
+        resampling: resampling when the file is not on the chip grid.
+        fill: value of pixels outside the file or nodata.
+        sign: signing hook applied to ``href`` just before opening it (None: as is).
+
+    Raises:
+        ChipReadError: the file is missing, corrupt, unreadable, or cannot be georeferenced.
+    """
+    path = gdal_path(_sign(href, sign))
+    try:
+        with rasterio.open(path) as src:
             nodata = src.nodata
-            window = _aligned_window(src, grid)
-            if window is not None:
-                data = src.read(1, window=window, boundless=True, fill_value=nodata if nodata is not None else fill)
+            if src.crs is None:
+                data = _read_by_gcps(src, grid, resampling, fill)
             else:
-                with WarpedVRT(
-                    src,
-                    crs=grid.crs,
-                    transform=grid.transform,
-                    width=grid.size,
-                    height=grid.size,
-                    resampling=resampling,
-                    src_nodata=nodata,
-                    nodata=nodata if nodata is not None else fill,
-                ) as vrt:
-                    data = vrt.read(1)
+                window = _aligned_window(src, grid)
+                if window is not None:
+                    data = src.read(1, window=window, boundless=True, fill_value=nodata if nodata is not None else fill)
+                else:
+                    with WarpedVRT(
+                        src,
+                        crs=grid.crs,
+                        transform=grid.transform,
+                        width=grid.size,
+                        height=grid.size,
+                        resampling=resampling,
+                        src_nodata=nodata,
+                        nodata=nodata if nodata is not None else fill,
+                    ) as vrt:
+                        data = vrt.read(1)
+    except ChipReadError as exc:
+        raise ChipReadError(f"{href}: {exc}") from None
     except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
         raise ChipReadError(f"{href}: {type(exc).__name__}: {exc}") from None
     out = data.astype(np.float32)
@@ -117,9 +269,110 @@ def read_band(href: str, grid: ChipGrid, resampling: Resampling, fill: float) ->
     return out
 
 
+# ----------------------------------------------------------------------------------------- units
+
+
+def _calibration_lut(xml_text: str, kind: str = "sigmaNought") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lines [L], pixels [P], values [L, P]) of a Sentinel-1 calibration annotation."""
+    root = ET.fromstring(xml_text)
+    vectors = root.findall(".//calibrationVector")
+    if not vectors:
+        raise ChipReadError("calibration annotation has no calibrationVector")
+    lines = np.array([float(v.findtext("line")) for v in vectors])
+    pixels = np.array([float(x) for x in (vectors[0].findtext("pixel") or "").split()])
+    values = []
+    for v in vectors:
+        px = np.array([float(x) for x in (v.findtext("pixel") or "").split()])
+        val = np.array([float(x) for x in (v.findtext(kind) or "").split()])
+        values.append(np.interp(pixels, px, val))
+    return lines, pixels, np.vstack(values)
+
+
+def _bilinear(lines: np.ndarray, pixels: np.ndarray, values: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    i = np.clip(np.searchsorted(lines, r) - 1, 0, len(lines) - 2)
+    j = np.clip(np.searchsorted(pixels, c) - 1, 0, len(pixels) - 2)
+    tr = np.clip((r - lines[i]) / (lines[i + 1] - lines[i]), 0, 1)
+    tc = np.clip((c - pixels[j]) / (pixels[j + 1] - pixels[j]), 0, 1)
+    top = values[i, j] * (1 - tc) + values[i, j + 1] * tc
+    bottom = values[i + 1, j] * (1 - tc) + values[i + 1, j + 1] * tc
+    return top * (1 - tr) + bottom * tr
+
+
+def _read_text(href: str, sign: Callable[[str], str] | None) -> str:
+    path = gdal_path(_sign(href, sign))
+    try:
+        if "://" in path:
+            import requests
+
+            resp = requests.get(path, timeout=30)
+            resp.raise_for_status()
+            return resp.text
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except Exception as exc:
+        raise ChipReadError(f"{href}: calibration annotation unreadable: {type(exc).__name__}: {exc}") from None
+
+
+def grd_calibration_on_grid(
+    measurement_href: str, calibration_href: str, grid: ChipGrid, sign: Callable[[str], str] | None = None
+) -> np.ndarray:
+    """The sigmaNought calibration constant A [H, W] at every chip pixel (sigma0 = DN^2 / A^2).
+
+    The chip pixels are traced back to the GRD's (line, pixel) through its GCPs and the LUT of the
+    calibration annotation is interpolated there.
+    """
+    lines, pixels, values = _calibration_lut(_read_text(calibration_href, sign))
+    try:
+        with rasterio.open(gdal_path(_sign(measurement_href, sign))) as src:
+            found = _gcp_window(src, grid) if src.crs is None else None
+    except rasterio.errors.RasterioError as exc:
+        raise ChipReadError(f"{measurement_href}: {exc}") from None
+    if found is None:
+        raise ChipReadError(f"{measurement_href}: calibration LUTs need a GCP-georeferenced GRD inside the chip")
+    _, _, gcp_crs, local = found
+    cols, rows = np.meshgrid(np.arange(grid.size) + 0.5, np.arange(grid.size) + 0.5)
+    xs, ys = grid.transform * (cols.ravel(), rows.ravel())
+    lon, lat = Transformer.from_crs(grid.crs, gcp_crs, always_xy=True).transform(xs, ys)
+    r, c = local.rowcol(np.asarray(lon), np.asarray(lat), op=lambda v: v)
+    return _bilinear(lines, pixels, values, np.asarray(r, float), np.asarray(c, float)).reshape(grid.size, grid.size)
+
+
+def s1_to_db(x: np.ndarray, units: str, calibration: np.ndarray | None = None) -> np.ndarray:
+    """S1 values in ``units`` -> dB; NaN where there is no value (nodata, values <= 0).
+
+    Args:
+        x: float32 [H, W] as read (NaN = nodata).
+        units: ``dB``, ``linear`` (power) or ``amplitude`` (GRD DN).
+        calibration: sigmaNought LUT on the chip grid (amplitude only); None: the approximation.
+    """
+    if units == "dB":
+        return x
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if units == "linear":
+            out = 10.0 * np.log10(np.where(x > 0, x, np.nan))
+        elif units == "amplitude":
+            if calibration is not None:
+                out = 10.0 * np.log10(np.where(x > 0, x * x, np.nan) / (calibration * calibration))
+            else:
+                out = 20.0 * np.log10(np.where(x > 0, x, np.nan)) + GRD_APPROX_DB_OFFSET
+        else:
+            raise ChipReadError(f"unknown S1 units {units!r}; expected dB, linear or amplitude")
+    return out.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------- chips
+
+
 def _href(value: object) -> str | None:
     """A plan cell holding an optional href (None / NaN / "" mean absent)."""
     return value if isinstance(value, str) and value else None
+
+
+def _json_cell(row: dict[str, object], key: str, default: object) -> object:
+    value = row.get(key)
+    if isinstance(value, str) and value:
+        return json.loads(value)
+    return default
 
 
 def read_chip(row: dict[str, object], mode: str = "ssl4eo") -> Chip:
@@ -127,11 +380,14 @@ def read_chip(row: dict[str, object], mode: str = "ssl4eo") -> Chip:
 
     Args:
         row: a plan row with ``crs``, ``transform`` (6 numbers), ``size_px``, ``s2_assets``,
-            ``s1_assets`` (JSON band -> href), ``scl_href`` and ``label_href`` (may be None).
+            ``s1_assets`` (JSON band -> href), ``scl_href`` and ``label_href`` (may be None); and,
+            from plans with provider profiles, ``s2_radiometry`` (JSON band -> [gain, offset]),
+            ``s1_units``, ``s1_calibration`` (JSON band -> href) and ``access`` (JSON per sensor:
+            ``signing`` hook name and GDAL ``env``). Rows without them read as dB S1, DN-as-is S2.
         mode: normalisation, see :mod:`eoforge.data.normalize`.
 
     Raises:
-        ChipReadError: an asset is missing from the row, or its file cannot be read.
+        ChipReadError: an asset is missing from the row, its file cannot be read or georeferenced.
     """
     grid = ChipGrid(str(row["crs"]), Affine(*list(row["transform"])[:6]), int(row["size_px"]))
     s2_assets = json.loads(str(row["s2_assets"]))
@@ -139,17 +395,35 @@ def read_chip(row: dict[str, object], mode: str = "ssl4eo") -> Chip:
     missing = [b for b in S2_BAND_NAMES if not s2_assets.get(b)] + [b for b in S1_BAND_NAMES if not s1_assets.get(b)]
     if missing:
         raise ChipReadError(f"chip {row.get('chip_id')}: no asset for bands {missing}")
-    with rasterio.Env(**GDAL_ENV):
-        s2 = np.stack([read_band(s2_assets[b], grid, Resampling.bilinear, 0.0) for b in S2_BAND_NAMES])
-        s1 = np.stack([read_band(s1_assets[b], grid, Resampling.bilinear, np.nan) for b in S1_BAND_NAMES])
-        valid = np.all(s2 > 0, axis=0) & np.all(np.isfinite(s1), axis=0)
+    radiometry: dict = _json_cell(row, "s2_radiometry", {})  # type: ignore[assignment]
+    calibration: dict = _json_cell(row, "s1_calibration", {})  # type: ignore[assignment]
+    access: dict = _json_cell(row, "access", {})  # type: ignore[assignment]
+    units = str(row.get("s1_units") or "dB")
+    s2_access, s1_access = access.get("s2", {}), access.get("s1", {})
+    sign2, sign1 = resolve_signer(s2_access.get("signing")), resolve_signer(s1_access.get("signing"))
+    with rasterio.Env(**GDAL_ENV, **s2_access.get("env", {})):
+        raw = np.stack([read_band(s2_assets[b], grid, Resampling.bilinear, 0.0, sign2) for b in S2_BAND_NAMES])
+        valid = np.all(raw > 0, axis=0)
+        gains = np.array([radiometry.get(b, [1.0, 0.0])[0] for b in S2_BAND_NAMES], np.float32)[:, None, None]
+        offsets = np.array([radiometry.get(b, [1.0, 0.0])[1] for b in S2_BAND_NAMES], np.float32)[:, None, None]
+        s2 = np.where(raw > 0, raw * gains + offsets, 0.0).astype(np.float32)
         scl_href, label_href = _href(row.get("scl_href")), _href(row.get("label_href"))
         if scl_href:
-            scl = read_band(scl_href, grid, Resampling.nearest, 0.0)
+            scl = read_band(scl_href, grid, Resampling.nearest, 0.0, sign2)
             valid &= ~np.isin(scl.astype(np.uint8), S2_SCL_INVALID)
         label = None
         if label_href:
-            label = read_band(label_href, grid, Resampling.nearest, 255.0).astype(np.uint8)
+            label = read_band(label_href, grid, Resampling.nearest, 255.0, sign2).astype(np.uint8)
+    with rasterio.Env(**GDAL_ENV, **s1_access.get("env", {})):
+        bands = []
+        for b in S1_BAND_NAMES:
+            x = read_band(s1_assets[b], grid, Resampling.bilinear, np.nan, sign1)
+            lut = None
+            if units == "amplitude" and calibration.get(b):
+                lut = grd_calibration_on_grid(s1_assets[b], calibration[b], grid, sign1)
+            bands.append(s1_to_db(x, units, lut))
+        s1 = np.stack(bands)
+    valid &= np.all(np.isfinite(s1), axis=0)
     s1 = np.nan_to_num(s1, nan=0.0)
     return Chip(
         s1=normalize(s1, S1_DB_MEAN, S1_DB_STD, valid, mode),
