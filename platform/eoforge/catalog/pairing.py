@@ -39,8 +39,25 @@ class Pair:
         return (self.s2.id, self.s1.id)
 
 
-def pair_items(s2_items: list[pystac.Item], s1_items: list[pystac.Item], cfg: PairingConfig) -> list[Pair]:
-    """Find S1<->S2 pairs; returns them sorted by (S2 id, S1 id)."""
+def pair_items(
+    s2_items: list[pystac.Item],
+    s1_items: list[pystac.Item],
+    cfg: PairingConfig,
+    stats: dict[str, object] | None = None,
+) -> list[Pair]:
+    """Find S1<->S2 pairs; returns them sorted by (S2 id, S1 id).
+
+    Args:
+        s2_items: Sentinel-2 items.
+        s1_items: Sentinel-1 items.
+        cfg: pairing window and overlap.
+        stats: when given, filled with what removed candidates: ``s2_with_intersecting_s1``,
+            ``s2_with_s1_in_window``, ``s2_with_s1_in_window_and_overlap``, ``closest_dt_days``
+            (smallest |dt| of any intersecting pair) and ``best_overlap_in_window``.
+    """
+    n_intersecting = n_window = n_overlap = 0
+    closest_dt: float | None = None
+    best_overlap: float | None = None
     s1_geoms = [shape(it.geometry) for it in s1_items]
     tree = STRtree(s1_geoms)
     pairs: list[Pair] = []
@@ -49,18 +66,34 @@ def pair_items(s2_items: list[pystac.Item], s1_items: list[pystac.Item], cfg: Pa
             continue
         foot = shape(s2.geometry)
         candidates = []
-        for idx in tree.query(foot, predicate="intersects"):
-            s1 = s1_items[int(idx)]
+        hits = [int(i) for i in tree.query(foot, predicate="intersects")] if s1_geoms else []
+        in_window = False
+        for idx in hits:
+            s1 = s1_items[idx]
             if s1.datetime is None:
                 continue
             dt_days = (s1.datetime - s2.datetime).total_seconds() / 86400.0
+            closest_dt = abs(dt_days) if closest_dt is None else min(closest_dt, abs(dt_days))
             if abs(dt_days) > cfg.max_days:
                 continue
-            overlap = foot.intersection(s1_geoms[int(idx)]).area / max(foot.area, 1e-12)
+            in_window = True
+            overlap = foot.intersection(s1_geoms[idx]).area / max(foot.area, 1e-12)
+            best_overlap = overlap if best_overlap is None else max(best_overlap, overlap)
             if overlap < cfg.min_overlap:
                 continue
             candidates.append(Pair(s2, s1, dt_days, overlap))
+        n_intersecting += bool(hits)
+        n_window += in_window
+        n_overlap += bool(candidates)
         if cfg.one_s1_per_s2 and candidates:
             candidates = [min(candidates, key=lambda p: (abs(p.dt_days), -p.overlap, p.s1.id))]
         pairs.extend(candidates)
+    if stats is not None:
+        stats.update(
+            s2_with_intersecting_s1=n_intersecting,
+            s2_with_s1_in_window=n_window,
+            s2_with_s1_in_window_and_overlap=n_overlap,
+            closest_dt_days=None if closest_dt is None else round(closest_dt, 3),
+            best_overlap_in_window=None if best_overlap is None else round(best_overlap, 4),
+        )
     return sorted(pairs, key=lambda p: p.key)

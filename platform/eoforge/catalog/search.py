@@ -162,10 +162,22 @@ def open_backend(cfg: CatalogConfig) -> SearchBackend:
     return StacApiBackend(cfg.url, page_size=cfg.page_size)
 
 
-def search_sensor_items(cfg: CatalogConfig) -> tuple[list[pystac.Item], list[pystac.Item]]:
+def search_bbox(cfg: CatalogConfig) -> tuple[float, float, float, float] | None:
+    """The lon/lat bbox the searches use: ``catalog.bbox``, else the bounds of ``catalog.aoi``."""
+    if cfg.bbox is not None:
+        return cfg.bbox
+    if cfg.aoi is not None:
+        return tuple(float(v) for v in shape(cfg.aoi).bounds)  # type: ignore[return-value]
+    return None
+
+
+def search_sensor_items(
+    cfg: CatalogConfig, backend: SearchBackend | None = None
+) -> tuple[list[pystac.Item], list[pystac.Item]]:
     """Search S2 (with the cloud filter) and S1 items for a data config; returns (s2, s1)."""
-    backend = open_backend(cfg)
-    s2 = backend.search(SearchQuery(cfg.s2_collection, cfg.bbox, cfg.datetime, cfg.max_cloud_cover, cfg.max_items))
-    s1 = backend.search(SearchQuery(cfg.s1_collection, cfg.bbox, cfg.datetime, None, cfg.max_items))
+    backend = backend or open_backend(cfg)
+    bbox = search_bbox(cfg)
+    s2 = backend.search(SearchQuery(cfg.s2_collection, bbox, cfg.datetime, cfg.max_cloud_cover, cfg.max_items))
+    s1 = backend.search(SearchQuery(cfg.s1_collection, bbox, cfg.datetime, None, cfg.max_items))
     log.info("catalog %s: %d S2 items, %d S1 items", cfg.url, len(s2), len(s1))
     return s2, s1

@@ -1,10 +1,20 @@
 """Build the chip plan: one row per chip of every S1/S2 pair, computed once.
 
-Chips are squares of ``size_px`` pixels at ``resolution_m`` laid on the S2 item's own UTM
-grid (its 10 m band grid), stepping by ``stride_px``. A chip is kept when it lies fully
-inside the S2 raster and inside the S1 footprint. The split of a chip depends only on
-its place (CRS + grid origin) and the seed, so the same place is in the same split on
-every date (no leakage between train and test through repeated acquisitions).
+Stages, each counted (``PlanStats``, stored in the plan's metadata and logged):
+
+1. search S2 (with the cloud filter) and S1 items;
+2. resolve every item through the provider profile: S2 band assets, grid and radiometry; S1
+   ``sar:polarizations`` (VV and VH needed), assets, product and units. An item that cannot
+   serve is skipped with its reason, never fatal;
+3. pair S1 with S2 (footprint overlap, acquisition window);
+4. lay the chip grid: squares of ``size_px`` pixels at ``resolution_m`` on the S2 item's own
+   UTM grid (its 10 m band grid), stepping by ``stride_px``, clipped to ``catalog.bbox`` /
+   ``catalog.aoi`` (chips that intersect the area), kept when inside the S1 footprint.
+
+When no chip is left, the error names the stage and filter that removed them. The split of a
+chip depends only on its place (CRS + grid origin) and the seed, so the same place is in the
+same split on every date (no leakage between train and test through repeated acquisitions).
+Hrefs are stored as published (unsigned); the reader signs them at read time.
 """
 
 from __future__ import annotations
@@ -12,24 +22,61 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+import math
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pystac
 import rasterio
 from pyproj import Transformer
 from rasterio.transform import Affine
 from shapely.geometry import Polygon, box, shape
+from shapely.geometry.base import BaseGeometry
 from shapely.ops import transform as shp_transform
+from shapely.prepared import prep
 
 from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_ASSET
 from eoforge.catalog.pairing import Pair, pair_items
-from eoforge.catalog.providers import asset_href
-from eoforge.catalog.search import SearchQuery, open_backend, search_sensor_items
+from eoforge.catalog.providers import ProviderProfile, asset_href, find_asset, href_of, resolve_profile
+from eoforge.catalog.radiometry import item_polarizations, s1_product, s1_units, s2_dn_map
+from eoforge.catalog.search import SearchQuery, open_backend, search_bbox, search_sensor_items
 from eoforge.config import DataConfig, SplitConfig
 from eoforge.errors import CatalogError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlanStats:
+    """What each planning stage kept, and which items were skipped and why."""
+
+    stages: dict[str, int] = field(default_factory=dict)
+    pairing: dict[str, Any] = field(default_factory=dict)
+    skipped_items: list[dict[str, str]] = field(default_factory=list)
+
+    def skip(self, item: pystac.Item, reason: str) -> None:
+        """Record a skipped item."""
+        self.skipped_items.append({"item": item.id, "collection": item.collection_id or "", "reason": reason})
+        log.warning("skipping item %s (%s): %s", item.id, item.collection_id, reason)
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        """Counts of skipped items per reason kind (text before the first colon)."""
+        return dict(Counter(s["reason"].split(":")[0] for s in self.skipped_items))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (plan metadata, MLflow)."""
+        return {
+            "stages": self.stages,
+            "pairing": self.pairing,
+            "skipped_items": self.skipped_items,
+            "skipped_by_reason": self.skipped_by_reason(),
+        }
+
+    def summary(self) -> str:
+        """One line of stage counts."""
+        return ", ".join(f"{k}={v}" for k, v in self.stages.items())
 
 
 @dataclass(frozen=True)
@@ -50,10 +97,12 @@ def _item_crs(item: pystac.Item, asset: pystac.Asset | None) -> str | None:
     return None
 
 
-def s2_grid(item: pystac.Item, provider: str, resolution_m: float) -> Grid:
+def s2_grid(item: pystac.Item, provider: str | ProviderProfile, resolution_m: float) -> Grid:
     """The S2 item's grid at ``resolution_m`` (from proj metadata of its 10 m B02 asset, else the file)."""
-    href = asset_href(item, "B02", provider)
-    asset = next((a for a in item.assets.values() if (a.get_absolute_href() or a.href) == href), None)
+    profile = provider if isinstance(provider, ProviderProfile) else resolve_profile(provider)
+    href = asset_href(item, "B02", profile)
+    found = find_asset(item, "B02", profile)
+    asset = found[1] if found else None
     crs = _item_crs(item, asset)
     fields = asset.extra_fields if asset else {}
     tr = fields.get("proj:transform") or item.properties.get("proj:transform")
@@ -62,7 +111,7 @@ def s2_grid(item: pystac.Item, provider: str, resolution_m: float) -> Grid:
         try:
             with rasterio.open(href) as src:
                 crs, affine, shp = src.crs.to_string(), src.transform, (src.height, src.width)
-        except rasterio.errors.RasterioIOError as exc:
+        except (rasterio.errors.RasterioIOError, AttributeError) as exc:
             raise CatalogError(f"item {item.id}: no proj metadata and {href} unreadable: {exc}") from None
     else:
         affine = Affine(*tr[:6])
@@ -100,33 +149,163 @@ def _to_lonlat(crs: str) -> Transformer:
     return Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
 
 
+@dataclass(frozen=True)
+class S2Source:
+    """What the plan needs of one S2 item: band hrefs, SCL, radiometry and its grid."""
+
+    assets: dict[str, str]
+    scl: str | None
+    radiometry: dict[str, list[float]]
+    grid: Grid
+
+
+@dataclass(frozen=True)
+class S1Source:
+    """What the plan needs of one S1 item: band hrefs, product, units, calibration annotations."""
+
+    assets: dict[str, str]
+    product: str
+    units: str
+    calibration: dict[str, str]
+
+
+def prepare_s2(item: pystac.Item, profile: ProviderProfile, resolution_m: float) -> S2Source:
+    """Resolve an S2 item through the profile.
+
+    Raises:
+        CatalogError: a band is missing or the grid cannot be known (the item is skipped).
+    """
+    assets: dict[str, str] = {}
+    radiometry: dict[str, list[float]] = {}
+    missing = []
+    for band in S2_BAND_NAMES:
+        found = find_asset(item, band, profile)
+        if found is None:
+            missing.append(band)
+            continue
+        assets[band] = href_of(found[1])
+        gain, offset, _ = s2_dn_map(item, found[1])
+        radiometry[band] = [gain, offset]
+    if missing:
+        raise CatalogError(
+            f"missing band: no asset for {missing} (profile {profile.name!r} tried e.g. "
+            f"{profile.keys_for(missing[0])}); assets are {sorted(item.assets)}"
+        )
+    scl = find_asset(item, S2_SCL_ASSET, profile)
+    try:
+        grid = s2_grid(item, profile, resolution_m)
+    except CatalogError as exc:
+        raise CatalogError(f"grid: {exc}") from None
+    return S2Source(assets, href_of(scl[1]) if scl else None, radiometry, grid)
+
+
+def prepare_s1(item: pystac.Item, profile: ProviderProfile, units_override: str | None = None) -> S1Source:
+    """Resolve an S1 item through the profile.
+
+    Raises:
+        CatalogError: the item lacks VV or VH (``sar:polarizations`` or assets): it is skipped.
+    """
+    pols = item_polarizations(item)
+    if pols is not None and not {"VV", "VH"} <= set(pols):
+        raise CatalogError(f"polarisation: sar:polarizations {pols} lacks {sorted({'VV', 'VH'} - set(pols))}")
+    assets: dict[str, str] = {}
+    units: set[str] = set()
+    calibration: dict[str, str] = {}
+    for band in S1_BAND_NAMES:
+        found = find_asset(item, band, profile)
+        if found is None:
+            raise CatalogError(
+                f"polarisation: no asset for {band!r} (tried {profile.keys_for(band)}); has {sorted(item.assets)}"
+            )
+        assets[band] = href_of(found[1])
+        units.add(s1_units(item, found[1], profile, units_override))
+        for key in profile.s1_calibration_keys.get(band, ()):
+            if key in item.assets:
+                calibration[band] = href_of(item.assets[key])
+                break
+    if len(units) != 1:
+        raise CatalogError(f"units: VV and VH assets disagree on units {sorted(units)}")
+    unit = units.pop()
+    return S1Source(assets, s1_product(item, profile), unit, calibration if unit == "amplitude" else {})
+
+
+def area_of_interest(cfg: DataConfig) -> BaseGeometry | None:
+    """``catalog.aoi`` intersected with ``catalog.bbox`` (lon/lat), or whichever is set, or None."""
+    area: BaseGeometry | None = shape(cfg.catalog.aoi) if cfg.catalog.aoi else None
+    if cfg.catalog.bbox is not None:
+        bb = box(*cfg.catalog.bbox)
+        area = bb if area is None else area.intersection(bb)
+    return area
+
+
+def _densified_to(crs: str, geom: BaseGeometry) -> BaseGeometry:
+    """A lon/lat geometry in ``crs``, its edges densified (0.01 degree) so they stay true."""
+    to = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    return shp_transform(to.transform, geom.segmentize(0.01))
+
+
 def chip_rows_for_pair(
-    pair: Pair, cfg: DataConfig, label_items: list[pystac.Item] | None = None
+    pair: Pair,
+    cfg: DataConfig,
+    label_items: list[pystac.Item] | None = None,
+    profile: ProviderProfile | None = None,
+    sources: tuple[S2Source, S1Source] | None = None,
+    stats: PlanStats | None = None,
 ) -> list[dict[str, object]]:
     """Plan rows (plain dicts) for one S1/S2 pair."""
-    provider = cfg.catalog.provider
-    grid = s2_grid(pair.s2, provider, cfg.chips.resolution_m)
+    profile = profile or resolve_profile(cfg.catalog.provider, _declared(cfg))
+    res = cfg.chips.resolution_m
+    s2_src, s1_src = sources or (prepare_s2(pair.s2, profile, res), prepare_s1(pair.s1, profile, cfg.catalog.s1_units))
+    grid = s2_src.grid
     size = cfg.chips.size_px
     stride = cfg.chips.stride_px or size
     to_ll = _to_lonlat(grid.crs)
     s1_foot = shape(pair.s1.geometry)
-    s2_assets = {b: asset_href(pair.s2, b, provider) for b in S2_BAND_NAMES}
-    s1_assets = {b: asset_href(pair.s1, b, provider) for b in S1_BAND_NAMES}
-    scl = asset_href(pair.s2, S2_SCL_ASSET, provider, required=False)
-    res = cfg.chips.resolution_m
+    s1_utm = _densified_to(grid.crs, s1_foot)
+    margin = 5 * res
+    surely_in, maybe_in = prep(s1_utm.buffer(-margin)), prep(s1_utm.buffer(margin))
     item_labels = item_label_list(pair.s2)
+    access = json.dumps(
+        {
+            "s2": {"signing": _signing(cfg, profile), "env": profile.env_for(pair.s2.collection_id)},
+            "s1": {"signing": _signing(cfg, profile), "env": profile.env_for(pair.s1.collection_id)},
+        },
+        sort_keys=True,
+    )
+    # the grid's chip origins, clipped to the area of interest
+    n_rows = max(0, (grid.shape[0] - size) // stride + 1)
+    n_cols = max(0, (grid.shape[1] - size) // stride + 1)
+    r_lo, r_hi, c_lo, c_hi = 0, n_rows, 0, n_cols
+    area = area_of_interest(cfg)
+    area_utm = None
+    if area is not None:
+        area_utm = _densified_to(grid.crs, area)
+        x_min, y_min, x_max, y_max = area_utm.bounds
+        x0, y0, step = grid.transform.c, grid.transform.f, stride * res
+        c_lo = max(0, math.floor((x_min - x0 - size * res) / step))
+        c_hi = min(n_cols, math.ceil((x_max - x0) / step) + 1)
+        r_lo = max(0, math.floor((y0 - y_max - size * res) / step))
+        r_hi = min(n_rows, math.ceil((y0 - y_min) / step) + 1)
+        area_utm = prep(area_utm)
+    in_area = 0
     rows: list[dict[str, object]] = []
-    for r in range(0, grid.shape[0] - size + 1, stride):
-        for c in range(0, grid.shape[1] - size + 1, stride):
+    for ri in range(r_lo, r_hi):
+        for ci in range(c_lo, c_hi):
+            r, c = ri * stride, ci * stride
             x0, y0 = grid.transform * (c, r)
             chip_utm = box(x0, y0 - size * res, x0 + size * res, y0)
-            chip_ll: Polygon = shp_transform(to_ll.transform, chip_utm)
-            if chip_ll.difference(s1_foot).area > 1e-3 * chip_ll.area:  # not inside S1 (1e-3: edge round-off)
+            if area_utm is not None and not area_utm.intersects(chip_utm):
                 continue
+            in_area += 1
+            if not maybe_in.intersects(chip_utm):
+                continue
+            chip_ll: Polygon = shp_transform(to_ll.transform, chip_utm)
+            if not surely_in.contains(chip_utm) and chip_ll.difference(s1_foot).area > 1e-3 * chip_ll.area:
+                continue  # not inside S1 (1e-3: edge round-off)
             label_href = None
             for lab in label_items or []:
                 if shape(lab.geometry).contains(chip_ll):
-                    label_href = asset_href(lab, "labels", provider, required=False)
+                    label_href = asset_href(lab, "labels", profile, required=False)
                     break
             rows.append(
                 {
@@ -142,37 +321,148 @@ def chip_rows_for_pair(
                     "s1_datetime": pair.s1.datetime.isoformat() if pair.s1.datetime else None,
                     "dt_days": round(pair.dt_days, 6),
                     "cloud_cover": pair.s2.properties.get("eo:cloud_cover"),
-                    "s2_assets": json.dumps(s2_assets, sort_keys=True),
-                    "s1_assets": json.dumps(s1_assets, sort_keys=True),
-                    "scl_href": scl,
+                    "s2_assets": json.dumps(s2_src.assets, sort_keys=True),
+                    "s1_assets": json.dumps(s1_src.assets, sort_keys=True),
+                    "scl_href": s2_src.scl,
                     "label_href": label_href,
                     "item_labels": json.dumps(item_labels),
                     "split": split_of(grid.crs, x0, y0, cfg.seed, cfg.splits),
+                    "provider": profile.name,
+                    "s2_radiometry": json.dumps(s2_src.radiometry, sort_keys=True),
+                    "s1_product": s1_src.product,
+                    "s1_units": s1_src.units,
+                    "s1_calibration": json.dumps(s1_src.calibration, sort_keys=True),
+                    "access": access,
                 }
             )
+    if stats is not None:
+        for key, n in (("chips_on_grid", n_rows * n_cols), ("chips_in_aoi", in_area), ("chips_in_s1", len(rows))):
+            stats.stages[key] = stats.stages.get(key, 0) + n
     return rows
+
+
+def _declared(cfg: DataConfig) -> dict[str, Any] | None:
+    return cfg.catalog.profile.model_dump(exclude_none=True) if cfg.catalog.profile else None
+
+
+def _signing(cfg: DataConfig, profile: ProviderProfile) -> str:
+    return cfg.catalog.signing or profile.signing
+
+
+def _why_no_items(cfg: DataConfig, backend: Any, collection: str, cloud: bool) -> str:
+    """Name the search filter that removed every item of ``collection`` (a few 1-item searches)."""
+    c = cfg.catalog
+    bbox = search_bbox(c)
+    probes: list[tuple[str, SearchQuery]] = []
+    if cloud and c.max_cloud_cover < 100:
+        probes.append(
+            (f"cloud cover (max_cloud_cover={c.max_cloud_cover:g})", SearchQuery(collection, bbox, c.datetime, None, 1))
+        )
+    if c.datetime:
+        probes.append((f"datetime {c.datetime!r}", SearchQuery(collection, bbox, None, None, 1)))
+    if bbox:
+        probes.append((f"bbox/aoi {list(bbox)}", SearchQuery(collection, None, None, None, 1)))
+    for name, query in probes:
+        try:
+            if backend.search(query):
+                return f"the {name} filter removed them"
+        except CatalogError:
+            break
+    return f"collection {collection!r} has no items"
+
+
+def plan_rows_with_stats(cfg: DataConfig) -> tuple[list[dict[str, object]], PlanStats]:
+    """Search, resolve, pair and grid: every chip row of a data config (sorted by chip id) and the stats.
+
+    Raises:
+        CatalogError: no chip is left; the message names the stage and the filter.
+    """
+    stats = PlanStats()
+    profile = resolve_profile(cfg.catalog.provider, _declared(cfg))
+    backend = open_backend(cfg.catalog)
+    s2_all, s1_all = search_sensor_items(cfg.catalog, backend)
+    stats.stages.update(s2_found=len(s2_all), s1_found=len(s1_all))
+    where = f"catalog {cfg.catalog.url}"
+
+    def fail(msg: str) -> CatalogError:
+        stats_line = stats.summary()
+        skipped = stats.skipped_by_reason()
+        return CatalogError(
+            f"{where}: no chips planned: {msg} [{stats_line}" + (f"; skipped items {skipped}]" if skipped else "]")
+        )
+
+    if not s2_all:
+        raise fail(
+            f"no S2 items in {cfg.catalog.s2_collection!r}: "
+            + _why_no_items(cfg, backend, cfg.catalog.s2_collection, True)
+        )
+    if not s1_all:
+        raise fail(
+            f"no S1 items in {cfg.catalog.s1_collection!r}: "
+            + _why_no_items(cfg, backend, cfg.catalog.s1_collection, False)
+        )
+    res = cfg.chips.resolution_m
+    s2_src: dict[str, S2Source] = {}
+    s1_src: dict[str, S1Source] = {}
+    s2_ok, s1_ok = [], []
+    for item in s2_all:
+        try:
+            s2_src[item.id] = prepare_s2(item, profile, res)
+            s2_ok.append(item)
+        except CatalogError as exc:
+            stats.skip(item, str(exc))
+    for item in s1_all:
+        try:
+            s1_src[item.id] = prepare_s1(item, profile, cfg.catalog.s1_units)
+            s1_ok.append(item)
+        except CatalogError as exc:
+            stats.skip(item, str(exc))
+    stats.stages.update(s2_usable=len(s2_ok), s1_usable=len(s1_ok))
+    if not s2_ok:
+        raise fail(f"all {len(s2_all)} S2 items were skipped (first: {stats.skipped_items[0]['reason']})")
+    if not s1_ok:
+        first = next(
+            (s for s in stats.skipped_items if s["collection"] == (s1_all[0].collection_id or "")),
+            stats.skipped_items[-1],
+        )
+        raise fail(f"all {len(s1_all)} S1 items were skipped (first: {first['reason']})")
+    pairs = pair_items(s2_ok, s1_ok, cfg.pairing, stats.pairing)
+    stats.stages["pairs"] = len(pairs)
+    if not pairs:
+        pg = stats.pairing
+        if not pg.get("s2_with_intersecting_s1"):
+            raise fail("overlap: no S1 footprint intersects any S2 footprint (check the bbox and the collections)")
+        if not pg.get("s2_with_s1_in_window"):
+            raise fail(
+                f"pairing window: footprints intersect, but the closest S1 acquisition is "
+                f"{pg.get('closest_dt_days')} days from its S2 (pairing.max_days={cfg.pairing.max_days:g})"
+            )
+        raise fail(
+            f"overlap: within the pairing window the largest S1/S2 overlap is {pg.get('best_overlap_in_window')} "
+            f"of the S2 footprint (pairing.min_overlap={cfg.pairing.min_overlap:g})"
+        )
+    labels: list[pystac.Item] = []
+    if cfg.catalog.label_collection:
+        labels = backend.search(SearchQuery(cfg.catalog.label_collection, search_bbox(cfg.catalog), None, None, None))
+    log.info("planning %d pairs (%s)", len(pairs), stats.summary())
+    rows: list[dict[str, object]] = []
+    for i, pair in enumerate(pairs, 1):
+        sources = (s2_src[pair.s2.id], s1_src[pair.s1.id])
+        rows.extend(chip_rows_for_pair(pair, cfg, labels, profile, sources, stats))
+        log.info("[%d/%d] %s + %s: %d chips so far", i, len(pairs), pair.s2.id, pair.s1.id, len(rows))
+    log.info("plan stages: %s; skipped items by reason: %s", stats.summary(), stats.skipped_by_reason())
+    if not rows:
+        if not stats.stages.get("chips_in_aoi"):
+            raise fail(f"bbox/aoi: no chip of the {len(pairs)} pairs' grids intersects the area of interest")
+        raise fail(
+            f"overlap: none of the {stats.stages['chips_in_aoi']} chips in the area lies inside its S1 footprint"
+        )
+    return sorted(rows, key=lambda row: str(row["chip_id"])), stats
 
 
 def plan_rows(cfg: DataConfig) -> list[dict[str, object]]:
     """Search, pair and grid: every chip row of a data config, sorted by chip id."""
-    s2, s1 = search_sensor_items(cfg.catalog)
-    pairs = pair_items(s2, s1, cfg.pairing)
-    labels: list[pystac.Item] = []
-    if cfg.catalog.label_collection:
-        labels = open_backend(cfg.catalog).search(
-            SearchQuery(cfg.catalog.label_collection, cfg.catalog.bbox, None, None, None)
-        )
-    log.info("planning %d pairs (%d S2 items, %d S1 items)", len(pairs), len(s2), len(s1))
-    rows: list[dict[str, object]] = []
-    for i, pair in enumerate(pairs, 1):
-        rows.extend(chip_rows_for_pair(pair, cfg, labels))
-        log.info("[%d/%d] %s + %s: %d chips so far", i, len(pairs), pair.s2.id, pair.s1.id, len(rows))
-    if not rows:
-        raise CatalogError(
-            f"catalog {cfg.catalog.url}: no chips planned ({len(s2)} S2 items, {len(s1)} S1 items, "
-            f"{len(pairs)} pairs within {cfg.pairing.max_days} days); widen the search or the pairing window"
-        )
-    return sorted(rows, key=lambda row: str(row["chip_id"]))
+    return plan_rows_with_stats(cfg)[0]
 
 
 def ensure_parent(path: str | Path) -> Path:

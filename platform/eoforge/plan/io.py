@@ -20,12 +20,14 @@ import shapely
 
 from eoforge.config import DataConfig
 from eoforge.errors import CatalogError
-from eoforge.plan.build import ensure_parent, plan_rows
+from eoforge.plan.build import PlanStats, ensure_parent, plan_rows_with_stats
 
 log = logging.getLogger(__name__)
 
 HASH_KEY = b"eoforge:plan_hash"
 CONFIG_KEY = b"eoforge:data_config"
+#: Per-stage counts and skipped items of the planning run (not part of the hash).
+STATS_KEY = b"eoforge:plan_stats"
 
 #: Columns a Ray Data read of the plan needs (geometry is for people and GIS tools).
 STREAM_COLUMNS = [
@@ -41,6 +43,11 @@ STREAM_COLUMNS = [
     "label_href",
     "item_labels",
     "split",
+    "s2_radiometry",
+    "s1_product",
+    "s1_units",
+    "s1_calibration",
+    "access",
 ]
 
 
@@ -59,7 +66,12 @@ def plan_hash(frame: gpd.GeoDataFrame) -> str:
     return h.hexdigest()
 
 
-def write_plan(rows: list[dict[str, object]], out: str | Path, data_cfg: DataConfig | None = None) -> str:
+def write_plan(
+    rows: list[dict[str, object]],
+    out: str | Path,
+    data_cfg: DataConfig | None = None,
+    stats: PlanStats | None = None,
+) -> str:
     """Write rows as GeoParquet (geometry in EPSG:4326); returns the plan hash."""
     frame = gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
     digest = plan_hash(frame)
@@ -71,6 +83,8 @@ def write_plan(rows: list[dict[str, object]], out: str | Path, data_cfg: DataCon
     meta[HASH_KEY] = digest.encode()
     if data_cfg is not None:
         meta[CONFIG_KEY] = data_cfg.model_dump_json().encode()
+    if stats is not None:
+        meta[STATS_KEY] = json.dumps(stats.to_dict(), sort_keys=True).encode()
     pq.write_table(table.replace_schema_metadata(meta), tmp)
     tmp.replace(path)  # atomic: a crash never leaves a half-written plan under the real name
     return digest
@@ -78,9 +92,9 @@ def write_plan(rows: list[dict[str, object]], out: str | Path, data_cfg: DataCon
 
 def build_plan(cfg: DataConfig, out: str | Path) -> tuple[str, int]:
     """Search, pair, grid and write the plan; returns (hash, number of chips)."""
-    rows = plan_rows(cfg)
-    digest = write_plan(rows, out, cfg)
-    log.info("plan %s: %d chips, hash %s", out, len(rows), digest[:12])
+    rows, stats = plan_rows_with_stats(cfg)
+    digest = write_plan(rows, out, cfg, stats)
+    log.info("plan %s: %d chips, hash %s; stages %s", out, len(rows), digest[:12], stats.summary())
     return digest, len(rows)
 
 
@@ -112,3 +126,10 @@ def stored_hash(path: str | Path) -> str:
     """The hash stored in a plan's metadata, without reading the rows."""
     meta = pq.read_schema(path).metadata or {}
     return meta.get(HASH_KEY, b"").decode()
+
+
+def plan_stats(path: str | Path) -> dict[str, object]:
+    """Per-stage counts and skipped items stored in a plan's metadata ({} for older plans)."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(STATS_KEY)
+    return json.loads(raw.decode()) if raw else {}
