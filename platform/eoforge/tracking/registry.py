@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from eoforge.errors import ServiceError
 
 
 def register_backbone(
-    model: Any, name: str, alias: str, run_id: str, tracking_uri: str, card: dict[str, Any]
+    model: Any,
+    name: str,
+    alias: str | None,
+    run_id: str,
+    tracking_uri: str,
+    card: dict[str, Any],
+    artifact_name: str = "backbone",
 ) -> tuple[str, str]:
     """Log ``model`` (a torch module) into ``run_id``, register it under ``name`` and set ``alias``.
 
+    The card is stored as the model's ``metadata`` (read back by :func:`model_card`).
+
     Returns:
-        (version, model URI ``models:/NAME@ALIAS``).
+        (version, model URI ``models:/NAME@ALIAS``, or ``models:/NAME/VERSION`` without an alias).
     """
     import mlflow
     import mlflow.pytorch
@@ -23,7 +32,7 @@ def register_backbone(
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
         info = mlflow.pytorch.log_model(
             model,
-            name="backbone",
+            name=artifact_name,
             registered_model_name=name,
             metadata=card,
             pip_requirements=[],
@@ -31,11 +40,12 @@ def register_backbone(
         )
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri)
-    client.set_registered_model_alias(name, alias, version)
-    for key in ("plan_hash", "objective", "backbone"):
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    for key in ("plan_hash", "objective", "backbone", "task", "label_fraction", "mode"):
         if key in card:
             client.set_model_version_tag(name, version, f"eoforge.{key}", str(card[key]))
-    return version, f"models:/{name}@{alias}"
+    return version, f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
 
 
 def list_models(tracking_uri: str) -> list[dict[str, Any]]:
@@ -87,3 +97,123 @@ def show_model(tracking_uri: str, spec: str) -> dict[str, Any]:
         "plan_hash": run.data.params.get("plan.hash") if run else None,
         "uri": f"models:/{mv.name}/{mv.version}",
     }
+
+
+def resolve_model_version(tracking_uri: str, uri: str) -> Any:
+    """The ModelVersion of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+
+    Raises:
+        ServiceError: no such model, alias or version; the message lists what the registry has.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    spec = uri.removeprefix("models:/")
+    client = MlflowClient(tracking_uri)
+    if "@" in spec:
+        name, alias, version = *spec.split("@", 1), ""
+    else:
+        name, _, version = spec.partition("/")
+        alias = ""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(rm.name for rm in client.search_registered_models())
+        raise ServiceError(
+            f"{uri}: no registered model {name!r} at {tracking_uri}; registered models: {names}"
+        ) from None
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        if not version:
+            raise ServiceError(f"{uri}: give models:/NAME@ALIAS or models:/NAME/VERSION")
+        return client.get_model_version(name, version)
+    except MlflowException:
+        aliases = sorted(client.get_registered_model(name).aliases or {})
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        what = f"alias {alias!r}" if alias else f"version {version!r}"
+        raise ServiceError(f"{uri}: model {name!r} has no {what}; aliases: {aliases}, versions: {versions}") from None
+
+
+def model_card(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
+    """The card (``metadata``) a model version was logged with; {} when it has none."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mv = MlflowClient(tracking_uri).get_model_version(name, version)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        info = mlflow.models.get_model_info(f"models:/{name}/{version}")
+    except Exception:  # an artifact not logged by eoforge: no card
+        return {"source": mv.source}
+    return dict(info.metadata or {})
+
+
+def promote(tracking_uri: str, name: str, version: str, alias: str) -> str:
+    """Point ``alias`` of ``name`` at ``version`` (by hand: ``eoforge models promote``); returns the URI."""
+    from mlflow import MlflowClient
+
+    resolve_model_version(tracking_uri, f"models:/{name}/{version}")  # clean error if missing
+    MlflowClient(tracking_uri).set_registered_model_alias(name, alias, str(version))
+    return f"models:/{name}@{alias}"
+
+
+@dataclass(frozen=True)
+class ChampionDecision:
+    """Whether a new version took the champion alias, and why."""
+
+    promoted: bool
+    reason: str
+    previous_version: str | None
+    previous_value: float | None
+
+
+METRIC_NAME_TAG, METRIC_VALUE_TAG = "eoforge.val_metric", "eoforge.val_metric_value"
+
+
+def decide_champion(
+    tracking_uri: str, name: str, version: str, metric: str, value: float, alias: str = "champion"
+) -> ChampionDecision:
+    """Move ``alias`` to ``version`` only if its validation ``metric`` beats the current champion's.
+
+    The rule: no current champion -> promote; the champion was selected on another metric ->
+    keep it (not comparable); otherwise promote only when ``value`` is strictly greater.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    client.set_model_version_tag(name, version, METRIC_NAME_TAG, metric)
+    client.set_model_version_tag(name, version, METRIC_VALUE_TAG, repr(float(value)))
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        current = None
+    if current is None or current.version == str(version):
+        client.set_registered_model_alias(name, alias, str(version))
+        return ChampionDecision(
+            True, f"no current {alias}: version {version} ({metric} {value:.4f}) takes it", None, None
+        )
+    cur_metric = (current.tags or {}).get(METRIC_NAME_TAG)
+    cur_value = float((current.tags or {}).get(METRIC_VALUE_TAG, "nan"))
+    if cur_metric != metric:
+        return ChampionDecision(
+            False,
+            f"kept version {current.version}: it was selected on {cur_metric!r}, not comparable with {metric!r}",
+            current.version,
+            cur_value,
+        )
+    if value > cur_value:
+        client.set_registered_model_alias(name, alias, str(version))
+        return ChampionDecision(
+            True,
+            f"version {version} {metric} {value:.4f} > {cur_value:.4f} of version {current.version}",
+            current.version,
+            cur_value,
+        )
+    return ChampionDecision(
+        False,
+        f"kept version {current.version}: {metric} {cur_value:.4f} >= {value:.4f} of version {version}",
+        current.version,
+        cur_value,
+    )

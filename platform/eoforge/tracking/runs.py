@@ -56,8 +56,10 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def start_or_resume_run(tracking_uri: str, experiment: str, run_name: str) -> tuple[str, bool]:
-    """Return (run_id, resumed): the unfinished run tagged with ``run_name``, or a new one."""
+def start_or_resume_run(
+    tracking_uri: str, experiment: str, run_name: str, tags: Mapping[str, str] | None = None
+) -> tuple[str, bool]:
+    """Return (run_id, resumed): the run tagged with ``run_name``, or a new one with ``tags``."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -73,7 +75,7 @@ def start_or_resume_run(tracking_uri: str, experiment: str, run_name: str) -> tu
         run_id = previous[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id, True
-    run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
+    run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **(tags or {})})
     return run.info.run_id, False
 
 

@@ -1,0 +1,1 @@
+"""Fine-tuning stage: labelled chips, label-fraction subsets, task heads, the Ray Train loop, the driver."""

@@ -1,0 +1,139 @@
+"""Labelled chips, decoded once: a Parquet cache of a plan's pixels that every fine-tuning trial reads.
+
+Fine-tuning runs many short jobs (methods x label fractions x lrs x seeds) over the same
+small labelled set, for many epochs each. Reading COG windows for every epoch of every trial
+would spend the sweep on GDAL. So the plan's chips go through the same Ray Data reader as
+pretraining (:func:`eoforge.data.dataset.build_chip_dataset`) once, and are written as
+Parquet (Ray Data ``write_parquet``; tensor columns) under
+``<cache_dir>/<plan hash>-<normalize>-mv<min_valid_fraction>/``. A ``_SUCCESS`` file written
+last marks a complete cache; a half-written one is rebuilt. Trials then stream rows from it
+with ``ray.data.read_parquet`` filtered to their split and label subset.
+
+Columns: ``chip_id`` str, ``split`` str, ``ok`` bool, ``error`` str, ``s1`` float32 [2, H, W],
+``s2`` float32 [12, H, W], ``label`` uint8 [H, W] (255 where none), ``item_labels`` str (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from eoforge.config.jobs import PlanInput
+from eoforge.errors import ChipReadError
+
+log = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS"
+INDEX_COLUMNS = ["chip_id", "split", "ok", "error", "label", "item_labels"]
+TRAIN_COLUMNS = ["chip_id", "s1", "s2", "label", "item_labels"]
+
+
+def cache_key(plan_hash: str, data: PlanInput) -> str:
+    """Folder name of a plan's cache: what changes the pixels (plan, normalisation, valid threshold)."""
+    return f"{plan_hash[:16]}-{data.normalize}-mv{data.min_valid_fraction:g}"
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+
+
+def is_complete(cache: str) -> bool:
+    """Whether ``cache`` holds a finished cache (its ``_SUCCESS`` marker exists)."""
+    fs, path = _fs(cache)
+    return fs.get_file_info(f"{path}/{SUCCESS}").type == pafs.FileType.File
+
+
+def ensure_chip_cache(data: PlanInput, plan_hash: str, cache_dir: str) -> str:
+    """Decode every chip of the plan once into a Parquet cache; returns its URI (local path or s3://...).
+
+    Runs a Ray Data job (needs ``ray.init`` done). Chips that cannot be read are kept as
+    ``ok = False`` rows with their reason, so the count of skipped chips is known later.
+    """
+    from eoforge.data.dataset import build_chip_dataset
+
+    cache = f"{cache_dir.rstrip('/')}/{cache_key(plan_hash, data)}"
+    if is_complete(cache):
+        log.info("chip cache %s is complete: reusing it", cache)
+        return cache
+    fs, path = _fs(cache)
+    fs.delete_dir_contents(path, missing_dir_ok=True)
+    fs.create_dir(path, recursive=True)
+    print(f"[eoforge] decoding the plan's chips once into {cache}", flush=True)
+    ds = build_chip_dataset(
+        data.plan,
+        split="all",
+        normalize=data.normalize,
+        min_valid_fraction=data.min_valid_fraction,
+        read_tasks=data.read_tasks,
+        read_cpus=data.read_cpus,
+    )
+    ds = ds.drop_columns(["valid_fraction"])
+    ds.write_parquet(cache, filesystem=None if "://" in cache else pafs.LocalFileSystem())
+    with fs.open_output_stream(f"{path}/{SUCCESS}") as out:
+        out.write(json.dumps({"plan_hash": plan_hash, "normalize": data.normalize}).encode())
+    return cache
+
+
+@dataclass(frozen=True)
+class ChipIndex:
+    """What the driver needs to pick subsets: one entry per cached chip (no S1/S2 pixels).
+
+    Attributes:
+        chip_id: [N] str; split: [N] str; ok: [N] bool; error: [N] str;
+        label: [N, H, W] uint8 (255 where none); item_labels: [N] str (JSON lists).
+    """
+
+    chip_id: np.ndarray
+    split: np.ndarray
+    ok: np.ndarray
+    error: np.ndarray
+    label: np.ndarray
+    item_labels: np.ndarray
+
+    def skipped(self) -> dict[str, str]:
+        """{chip_id: reason} of the chips that could not be read."""
+        return {str(c): str(e) for c, e in zip(self.chip_id[~self.ok], self.error[~self.ok], strict=True)}
+
+
+def read_index(cache: str) -> ChipIndex:
+    """Read the cache's small columns (labels included, pixels not)."""
+    fs, path = _fs(cache)
+    dataset = pq.ParquetDataset(path, filesystem=fs)
+    table = dataset.read(columns=INDEX_COLUMNS)
+    if table.num_rows == 0:
+        raise ChipReadError(f"chip cache {cache}: no rows")
+    label_col = table.column("label").combine_chunks()
+    labels = _tensor_column(label_col, np.uint8)
+    return ChipIndex(
+        chip_id=np.asarray(table.column("chip_id").to_pylist(), dtype=object),
+        split=np.asarray(table.column("split").to_pylist(), dtype=object),
+        ok=np.asarray(table.column("ok").to_pylist(), dtype=bool),
+        error=np.asarray(table.column("error").to_pylist(), dtype=object),
+        label=labels,
+        item_labels=np.asarray(table.column("item_labels").to_pylist(), dtype=object),
+    )
+
+
+def _tensor_column(col: Any, dtype: type) -> np.ndarray:
+    """A Ray tensor-extension (or list) column as one numpy array [N, ...]."""
+    if hasattr(col.type, "to_pandas_dtype") and hasattr(col, "to_numpy_ndarray"):
+        return np.asarray(col.to_numpy_ndarray(), dtype=dtype)
+    return np.stack([np.asarray(v, dtype=dtype) for v in col.to_pylist()])
+
+
+def labelled_dataset(cache: str, split: str, chip_ids: list[str] | None = None) -> Any:
+    """A Ray Dataset of readable cached chips of ``split`` (optionally only ``chip_ids``)."""
+    import ray.data
+
+    expr = (pc.field("split") == split) & (pc.field("ok") == True)  # noqa: E712 (pyarrow expression)
+    if chip_ids is not None:
+        expr = expr & pc.field("chip_id").isin(chip_ids)
+    fs = None if "://" in cache else pafs.LocalFileSystem()
+    return ray.data.read_parquet(cache, filesystem=fs, columns=TRAIN_COLUMNS, filter=expr)

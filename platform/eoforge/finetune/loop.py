@@ -1,0 +1,254 @@
+"""The per-worker fine-tuning loop (Ray Train; one process per GPU or CPU slot).
+
+Each worker builds the same model (the backbone from its :class:`BackboneSpec`, a seeded
+head), trains on its shard of the label subset, and every ``eval_every_epochs`` evaluates
+its shard of ``val`` with the unwrapped model. Confusion matrices (or multi-label scores) are
+summed across workers, so the metrics are exact for the whole split. Every evaluation is a
+``ray.train.report`` (a barrier; Tune sees it through ``TuneReportCallback``, which is what
+ASHA acts on). The best weights on ``val`` are kept; at the end they are evaluated on
+``test`` and rank 0 writes the final metrics, the per-class table and the checkpoint.
+
+Linear probe: the backbone's parameters get no gradient and its BatchNorm stays in eval
+mode, so its weights and statistics end exactly as they started (``eoforge.backbone_sha256_*``
+tags on the run let a user check it).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+STATE_FILE = "finetune_state.pt"
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _sum_array(x: np.ndarray) -> np.ndarray:
+    if _world() > 1:
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+        dist.all_reduce(t)
+        return t.numpy()
+    return x.astype(np.float64)
+
+
+def _gather_list(items: list[Any]) -> list[Any]:
+    if _world() > 1:
+        parts: list[list[Any] | None] = [None] * _world()
+        dist.all_gather_object(parts, items)
+        return [x for part in parts for x in (part or [])]
+    return items
+
+
+def _targets(task: Any, batch: dict[str, np.ndarray]) -> np.ndarray:
+    return np.stack(
+        [task.target(batch["label"][i], str(batch["item_labels"][i])) for i in range(len(batch["chip_id"]))]
+    )
+
+
+def _loss(task: Any, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if task.kind == "multilabel":
+        return F.binary_cross_entropy_with_logits(logits, target.float())
+    return F.cross_entropy(logits, target.long(), ignore_index=task.ignore_index)
+
+
+def evaluate(model: torch.nn.Module, shard: Any, task: Any, batch_size: int, device: torch.device) -> dict[str, Any]:
+    """Evaluate a split shard: headline metrics plus ``per_class`` ([K] lists), summed over workers."""
+    from eoforge.finetune.metrics import (
+        confusion,
+        multilabel_metrics,
+        multilabel_per_class,
+        per_class_from_confusion,
+        single_label_metrics,
+    )
+
+    model.eval()
+    k = task.num_classes
+    cm = np.zeros((k, k), np.float64)
+    scores: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    n = 0
+    with torch.no_grad():
+        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            target = _targets(task, batch)
+            logits = model(torch.from_numpy(batch["s1"]).to(device), torch.from_numpy(batch["s2"]).to(device))
+            n += len(target)
+            if task.kind == "multilabel":
+                scores.append(torch.sigmoid(logits).cpu().numpy())
+                targets.append(target)
+            else:
+                cm += confusion(target, logits.argmax(dim=1).cpu().numpy(), k, task.ignore_index)
+    n = int(_sum_array(np.array([n]))[0])
+    if task.kind == "multilabel":
+        all_scores = _gather_list([s for s in scores])
+        all_targets = _gather_list([t for t in targets])
+        s = np.concatenate(all_scores) if all_scores else np.zeros((0, k))
+        t = np.concatenate(all_targets) if all_targets else np.zeros((0, k))
+        metrics: dict[str, Any] = multilabel_metrics(s, t)
+        per_class = multilabel_per_class(s, t) if len(t) else {}
+    else:
+        cm = _sum_array(cm)
+        metrics = single_label_metrics(cm, segmentation=task.kind == "segmentation")
+        per_class = per_class_from_confusion(cm)
+    metrics["n"] = n
+    metrics["per_class"] = {key: [float(v) for v in vals] for key, vals in per_class.items()}
+    return metrics
+
+
+def per_class_csv(classes: tuple[str, ...], per_class: dict[str, list[float]]) -> str:
+    """The per-class table as CSV text (one row per class)."""
+    out = io.StringIO()
+    cols = list(per_class)
+    writer = csv.writer(out)
+    writer.writerow(["class", *cols])
+    for i, name in enumerate(classes):
+        writer.writerow([name, *(round(per_class[c][i], 6) for c in cols)])
+    return out.getvalue()
+
+
+def _flat(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
+    return {f"{prefix}/{k}": float(v) for k, v in metrics.items() if k != "per_class"}
+
+
+def finetune_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entrypoint. ``config``: ``cfg`` (FinetuneConfig dict), ``task``, ``backbone`` (spec), ``mlflow``."""
+    import ray.train
+    import ray.train.torch
+
+    from eoforge.config.finetune import FinetuneConfig
+    from eoforge.finetune.backbone import load_backbone, state_sha256
+    from eoforge.finetune.heads import FinetuneModel
+    from eoforge.finetune.tasks import Task
+    from eoforge.tracking.runs import MetricLogger
+
+    cfg = FinetuneConfig.model_validate(config["cfg"])
+    task = Task(**config["task"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.manual_seed(cfg.train.seed)
+    backbone = load_backbone(config["backbone"], config["mlflow"]["uri"])
+    sha_start = state_sha256(backbone)
+    model = FinetuneModel(backbone, task.kind, task.num_classes, int(config["chip_size"]))
+    head_params = list(model.head.parameters())
+    groups = [{"params": head_params, "lr": cfg.optim.lr}]
+    if cfg.mode == "linear_probe":
+        model.freeze_backbone()
+    else:
+        groups.append({"params": list(model.backbone.parameters()), "lr": cfg.optim.lr * cfg.optim.backbone_lr_scale})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
+    start_epoch, best_value, best_epoch, best_state = 0, -np.inf, 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, best_value, best_epoch = state["epoch"], state["best_value"], state["best_epoch"]
+        best_state = state["best_state"]
+    model = ray.train.torch.prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+    device = ray.train.torch.get_device()
+    logger = MetricLogger(config["mlflow"]["uri"], config["mlflow"]["run_id"]) if rank == 0 else None
+    if logger is not None and checkpoint is None:
+        logger.client.set_tag(logger.run_id, "eoforge.backbone_sha256_start", sha_start)
+    metric_key = cfg.metric.split("/", 1)[1]
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    bs = cfg.train.batch_size
+
+    def save(epoch: int, final: dict[str, Any] | None = None) -> ray.train.Checkpoint | None:
+        if rank != 0:
+            return None
+        d = tempfile.mkdtemp(prefix="eoforge-ft-")
+        state = {
+            "model": core.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": epoch,
+            "best_value": best_value,
+            "best_epoch": best_epoch,
+            "best_state": best_state,
+        }
+        torch.save(state, Path(d) / STATE_FILE)
+        if final is not None:
+            (Path(d) / "final_metrics.json").write_text(json.dumps(final))
+        return ray.train.Checkpoint.from_directory(d)
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        model.train()
+        t0, losses, seen = time.perf_counter(), [], 0
+        for batch in train_shard.iter_batches(
+            batch_size=bs,
+            batch_format="numpy",
+            local_shuffle_buffer_size=4 * bs,
+            local_shuffle_seed=cfg.train.seed + epoch,
+        ):
+            target = torch.from_numpy(_targets(task, batch)).to(device)
+            logits = model(torch.from_numpy(batch["s1"]).to(device), torch.from_numpy(batch["s2"]).to(device))
+            loss = _loss(task, logits, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            seen += len(target)
+        loss_sum, n_batches = _sum_array(np.array([sum(losses), len(losses)]))
+        train_loss = float(loss_sum / max(n_batches, 1.0))
+        if (epoch + 1) % cfg.train.eval_every_epochs and epoch + 1 != cfg.train.epochs:
+            continue
+        val = evaluate(core, val_shard, task, bs, device)
+        if val[metric_key] > best_value:
+            best_value, best_epoch = float(val[metric_key]), epoch + 1
+            best_state = copy.deepcopy(core.state_dict())
+        metrics = {"epoch": epoch + 1, "train/loss": train_loss, **_flat("val", val), "best/" + metric_key: best_value}
+        if logger is not None:
+            logger.log(metrics, epoch + 1)
+            print(
+                f"[eoforge] epoch {epoch + 1}/{cfg.train.epochs} loss {train_loss:.4f} "
+                f"{cfg.metric} {val[metric_key]:.4f} ({seen} chips on rank 0 in {time.perf_counter() - t0:.1f}s)",
+                flush=True,
+            )
+        last = epoch + 1 == cfg.train.epochs
+        if not last:
+            ray.train.report(metrics, checkpoint=None)
+
+    # final: best-on-val weights, evaluated on val and test
+    if best_state is not None:
+        core.load_state_dict(best_state)
+    val = evaluate(core, val_shard, task, bs, device)
+    test = evaluate(core, ray.train.get_dataset_shard("test"), task, bs, device)
+    final = {
+        "epoch": cfg.train.epochs,
+        "best_epoch": best_epoch,
+        **_flat("val", val),
+        **_flat("test", test),
+        "best/" + metric_key: float(val[metric_key]),
+    }
+    if logger is not None:
+        logger.log(final, cfg.train.epochs + 1)
+        client, run_id = logger.client, logger.run_id
+        client.set_tag(run_id, "eoforge.backbone_sha256_end", state_sha256(core.backbone))
+        for split_name, res in (("val", val), ("test", test)):
+            if res["per_class"]:
+                client.log_text(
+                    run_id, per_class_csv(task.classes, res["per_class"]), f"metrics/per_class_{split_name}.csv"
+                )
+                rows = [
+                    {"class": c, **{k: v[i] for k, v in res["per_class"].items()}} for i, c in enumerate(task.classes)
+                ]
+                client.log_table(
+                    run_id,
+                    data={k: [r[k] for r in rows] for k in rows[0]},
+                    artifact_file=f"metrics/per_class_{split_name}.json",
+                )
+    ray.train.report(final, checkpoint=save(cfg.train.epochs, final))

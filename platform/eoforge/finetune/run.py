@@ -1,0 +1,315 @@
+"""Fine-tuning driver: labelled plan -> chip cache -> label subset -> Ray Train -> MLflow (+ registry).
+
+Runs on the Ray driver (``jobs/finetune.py``) or inside a Ray Tune trial (``jobs/sweep.py``).
+It checks the services, makes sure the plan and its decoded chip cache exist, picks the
+label subset (:mod:`eoforge.finetune.fractions`), resolves the backbone, opens the MLflow run
+(a child of the sweep's run inside a sweep), fits a TorchTrainer and, when
+``mlflow.registered_model`` is set, registers the result and applies the champion rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from eoforge.config.finetune import FinetuneConfig
+from eoforge.config.jobs import check_inputs
+from eoforge.errors import CatalogError
+from eoforge.finetune.backbone import BackboneSpec, resolve_backbone
+from eoforge.finetune.chips import ChipIndex, ensure_chip_cache, labelled_dataset, read_index
+from eoforge.finetune.fractions import label_subset
+from eoforge.finetune.tasks import Task
+from eoforge.tracking.runs import flatten, resolve_tracking_uri, run_url, start_or_resume_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelledSplits:
+    """Chip ids a job trains, selects and reports on.
+
+    Attributes:
+        train_all: every usable train chip; train: the label subset of it;
+        val, test: every usable chip of those splits; strata: stratum per train_all chip;
+        skipped: {chip_id: reason} of chips that could not be read.
+    """
+
+    train_all: list[str]
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    strata: list[int]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def labelled_splits(index: ChipIndex, task: Task, fraction: float, seed: int) -> LabelledSplits:
+    """Usable chips per split and the train label subset (see :mod:`eoforge.finetune.fractions`)."""
+    usable = np.array(
+        [
+            bool(ok) and task.usable(lab, str(il))
+            for ok, lab, il in zip(index.ok, index.label, index.item_labels, strict=True)
+        ]
+    )
+    by_split = {s: [i for i in np.flatnonzero(usable & (index.split == s))] for s in ("train", "val", "test")}
+    train_idx = by_split["train"]
+    freq = None
+    if task.kind == "multilabel":
+        freq = sum(
+            (task.target(index.label[i], str(index.item_labels[i])) for i in train_idx), np.zeros(task.num_classes)
+        )
+    strata = [task.stratum(index.label[i], str(index.item_labels[i]), freq) for i in train_idx]
+    train_ids = [str(index.chip_id[i]) for i in train_idx]
+    return LabelledSplits(
+        train_all=train_ids,
+        train=label_subset(train_ids, strata, fraction, seed),
+        val=[str(index.chip_id[i]) for i in by_split["val"]],
+        test=[str(index.chip_id[i]) for i in by_split["test"]],
+        strata=strata,
+        skipped=index.skipped(),
+    )
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a fine-tuning job leaves behind."""
+
+    run_id: str
+    run_url: str
+    metrics: dict[str, float]
+    checkpoint_path: str | None
+    train_chips: int
+    model_uri: str | None = None
+    champion: dict[str, Any] | None = None
+
+
+def ensure_plan_hash(cfg: FinetuneConfig) -> str:
+    """The plan's hash; the plan is built first from ``data.config`` when missing."""
+    from eoforge.config import DataConfig, load_config
+    from eoforge.plan.io import build_plan, stored_hash
+
+    if not Path(cfg.data.plan).exists():
+        assert cfg.data.config is not None  # check_inputs guarantees it
+        log.info("plan %s missing: building it from %s", cfg.data.plan, cfg.data.config)
+        build_plan(load_config(cfg.data.config, DataConfig), cfg.data.plan)
+    digest = stored_hash(cfg.data.plan)
+    if not digest:
+        raise CatalogError(f"chip plan {cfg.data.plan}: no eoforge:plan_hash metadata; not written by eoforge")
+    return digest
+
+
+def cache_dir_of(cfg: FinetuneConfig) -> str:
+    """Where the decoded chips live (``cache_dir`` or ``<run.storage_path>/chip-cache``)."""
+    return cfg.cache_dir or f"{cfg.run.storage_path.rstrip('/')}/chip-cache"
+
+
+def prepare_chips(cfg: FinetuneConfig) -> tuple[str, str]:
+    """(plan hash, chip cache URI): plan built if missing, chips decoded once (needs Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    plan_hash = ensure_plan_hash(cfg)
+    return plan_hash, ensure_chip_cache(cfg.data, plan_hash, cache_dir_of(cfg))
+
+
+def _model_card(
+    cfg: FinetuneConfig, task: Task, spec: BackboneSpec, plan_hash: str, metrics: dict[str, float]
+) -> dict[str, Any]:
+    from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES
+
+    return {
+        "task": task.kind,
+        "classes": list(task.classes),
+        "s1_bands": list(S1_BAND_NAMES),
+        "s2_bands": list(S2_BAND_NAMES),
+        "normalize": cfg.data.normalize,
+        "backbone": spec.name,
+        "backbone_source": spec.uri or spec.path or spec.source,
+        "mode": cfg.mode,
+        "label_fraction": cfg.labels.fraction,
+        "label_seed": cfg.labels.seed,
+        "plan_hash": plan_hash,
+        "metrics": {k: round(v, 6) for k, v in metrics.items() if k.startswith(("val/", "test/"))},
+    }
+
+
+def register_finetuned(
+    checkpoint_dir: str,
+    cfg: FinetuneConfig,
+    task: Task,
+    spec: BackboneSpec,
+    plan_hash: str,
+    metrics: dict[str, float],
+    run_id: str,
+    tracking_uri: str,
+    name: str,
+    alias: str,
+    chip_size: int,
+) -> tuple[str, str, dict[str, Any]]:
+    """Log the best-on-val model of a checkpoint, register it under ``name``, apply the champion rule.
+
+    Returns:
+        (version, ``models:/NAME@ALIAS`` if promoted else ``models:/NAME/VERSION``, decision as a dict).
+    """
+    import dataclasses
+
+    import torch
+    from mlflow import MlflowClient
+
+    from eoforge.finetune.backbone import load_backbone
+    from eoforge.finetune.heads import FinetuneModel
+    from eoforge.finetune.loop import STATE_FILE
+    from eoforge.tracking.registry import decide_champion, register_backbone
+
+    state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+    model = FinetuneModel(load_backbone(spec, tracking_uri), task.kind, task.num_classes, chip_size)
+    model.load_state_dict(state["best_state"] or state["model"])
+    card = _model_card(cfg, task, spec, plan_hash, metrics)
+    version, _ = register_backbone(model.eval(), name, None, run_id, tracking_uri, card, artifact_name="model")
+    decision = decide_champion(tracking_uri, name, version, cfg.metric, float(metrics[cfg.metric]), alias)
+    client = MlflowClient(tracking_uri)
+    client.set_tag(run_id, "eoforge.champion_decision", "promoted" if decision.promoted else "kept")
+    client.set_tag(run_id, "eoforge.champion_reason", decision.reason)
+    print(f"[eoforge] champion rule: {decision.reason}", flush=True)
+    uri = f"models:/{name}@{alias}" if decision.promoted else f"models:/{name}/{version}"
+    return version, uri, dataclasses.asdict(decision)
+
+
+def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_trial: bool = False) -> FinetuneResult:
+    """Run one fine-tuning job end to end (see module docstring)."""
+    import mlflow
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from eoforge.finetune.loop import finetune_loop_per_worker
+    from eoforge.train.storage import resolve_storage
+
+    check_inputs(cfg)
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    task = Task.from_config(cfg.task)
+    spec = resolve_backbone(cfg.backbone.source, cfg.backbone.name, uri, cfg.data.normalize)
+    plan_hash, cache = prepare_chips(cfg)
+    index = read_index(cache)
+    splits = labelled_splits(index, task, cfg.labels.fraction, cfg.labels.seed)
+    for name, ids in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        if not ids:
+            raise CatalogError(
+                f"chip plan {cfg.data.plan}: no usable labelled chips in split {name!r} for task {task.kind} "
+                f"(label_source {task.label_source}); {len(splits.skipped)} chips unreadable. "
+                "Check the plan's label collection and splits."
+            )
+    chip_size = int(index.label.shape[-1])
+
+    tags = {"eoforge.job": "finetune", "eoforge.plan_hash": plan_hash, "eoforge.task": task.kind}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run_id, resumed = start_or_resume_run(uri, cfg.mlflow.experiment, cfg.run.name, tags=tags)
+    client = mlflow.MlflowClient(uri)
+    subset_digest = hashlib.sha256("\n".join(splits.train).encode()).hexdigest()
+    if not resumed:
+        params = flatten(cfg.model_dump(mode="json"))
+        params.update(
+            {
+                "plan.hash": plan_hash,
+                "backbone.resolved": spec.uri or spec.path or "scratch",
+                "labels.train_chips": str(len(splits.train)),
+                "labels.train_chips_all": str(len(splits.train_all)),
+                "labels.realised_fraction": f"{len(splits.train) / max(len(splits.train_all), 1):.4f}",
+                "labels.subset_sha256": subset_digest,
+                "eval.val_chips": str(len(splits.val)),
+                "eval.test_chips": str(len(splits.test)),
+            }
+        )
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()])
+        client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
+        client.log_dict(
+            run_id,
+            {"fraction": cfg.labels.fraction, "seed": cfg.labels.seed, "chip_ids": splits.train},
+            "labels/subset.json",
+        )
+        client.log_metric(run_id, "data/skipped_chips", len(splits.skipped))
+        if splits.skipped:
+            client.log_dict(run_id, dict(sorted(splits.skipped.items())), "data/skipped_chips.json")
+    print(f"[eoforge] MLflow run {'resumed' if resumed else 'started'}: {run_url(uri, run_id)}", flush=True)
+    print(
+        f"[eoforge] {task.kind} on {len(splits.train)}/{len(splits.train_all)} train chips "
+        f"(fraction {cfg.labels.fraction:g}, seed {cfg.labels.seed}), {len(splits.val)} val, {len(splits.test)} test; "
+        f"backbone {spec.uri or spec.path or 'scratch'} ({cfg.mode})",
+        flush=True,
+    )
+
+    callbacks = []
+    if tune_trial:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    storage_path, storage_fs = resolve_storage(cfg.run.storage_path)
+    trainer = TorchTrainer(
+        finetune_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "task": task.__dict__,
+            "backbone": spec.to_dict(),
+            "mlflow": {"uri": uri, "run_id": run_id},
+            "chip_size": chip_size,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks,
+        ),
+        datasets={
+            "train": labelled_dataset(cache, "train", splits.train),
+            "val": labelled_dataset(cache, "val", splits.val),
+            "test": labelled_dataset(cache, "test", splits.test),
+        },
+    )
+    try:
+        result = trainer.fit()
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+    ckpt_path = result.checkpoint.path if result.checkpoint else None
+    model_uri, decision = None, None
+    if cfg.mlflow.registered_model and result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            _, model_uri, decision = register_finetuned(
+                d,
+                cfg,
+                task,
+                spec,
+                plan_hash,
+                metrics,
+                run_id,
+                uri,
+                cfg.mlflow.registered_model,
+                cfg.mlflow.champion_alias,
+                chip_size,
+            )
+    client.set_terminated(run_id, status="FINISHED")
+    url = run_url(uri, run_id)
+    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("val/", "test/")) and k.count("/") == 1}
+    print(f"[eoforge] finished {cfg.run.name}: {json.dumps(shown)}", flush=True)
+    print(f"[eoforge] MLflow run: {url}", flush=True)
+    if model_uri:
+        print(f"[eoforge] registered model: {model_uri}", flush=True)
+    return FinetuneResult(run_id, url, metrics, ckpt_path, len(splits.train), model_uri, decision)

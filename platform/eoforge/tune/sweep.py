@@ -1,0 +1,301 @@
+"""Label-fraction / hyperparameter sweeps: one Ray Tune experiment over fine-tuning jobs.
+
+The grid is method (backbone source + mode) x label fraction x seed, times a grid or
+log-uniform search over lr. Each trial is a Tune function trainable that runs one
+fine-tuning job on Ray Train (:func:`eoforge.finetune.run.run_finetune`, with
+``TuneReportCallback``): the Train V2 pattern, not the deprecated ``Tuner(trainer)``.
+ASHA, when enabled, stops trials on the validation metric reported every evaluation.
+
+MLflow: the sweep is one parent run; each trial is a child run (``mlflow.parentRunId``).
+The parent gets the trials table, the results table (CSV + Markdown), the label-fraction
+plot, and the champion decision. Rerunning the same config (same ``run.name`` and
+``run.storage_path``) restores the Tune experiment: finished trials are not run again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from eoforge.config import FinetuneConfig, SweepConfig, apply_overrides, load_raw, parse_config
+from eoforge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def base_finetune_raw(cfg: SweepConfig, source: str) -> dict[str, Any]:
+    """The base fine-tune config of a sweep as a raw dict, with ``set`` applied and validated once."""
+    raw = load_raw(cfg.base) if isinstance(cfg.base, str) else copy.deepcopy(cfg.base)
+    raw = apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in cfg.set.items()])
+    parse_config(raw, f"{source}: base", FinetuneConfig)  # fail before any work
+    return raw
+
+
+def trial_config(base: dict[str, Any], sweep: dict[str, Any], point: dict[str, Any], trial_name: str) -> FinetuneConfig:
+    """The fine-tune config of one trial: base + the grid point + the sweep's resources and storage."""
+    cfg = SweepConfig.model_validate(sweep)
+    raw = copy.deepcopy(base)
+    method = cfg.search.methods[point["method"]]
+    raw.setdefault("backbone", {})["source"] = method.source
+    if method.mode:
+        raw["mode"] = method.mode
+    raw.setdefault("labels", {}).update({"fraction": point["label_fraction"], "seed": point["seed"]})
+    raw.setdefault("train", {})["seed"] = point["seed"]
+    if point.get("lr") is not None:
+        raw.setdefault("optim", {})["lr"] = point["lr"]
+    raw["scaling"] = {
+        "num_workers": cfg.resources.num_workers,
+        "cpus_per_worker": cfg.resources.cpus_per_worker,
+        "use_gpu": cfg.resources.use_gpu,
+    }
+    root = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
+    raw["run"] = {"name": trial_name, "storage_path": f"{root}/trials"}
+    raw.setdefault("cache_dir", f"{cfg.run.storage_path.rstrip('/')}/chip-cache")
+    raw["mlflow"] = {
+        "tracking_uri": cfg.mlflow.tracking_uri,
+        "experiment": cfg.mlflow.experiment,
+        "registered_model": None,
+    }
+    return FinetuneConfig.model_validate(raw)
+
+
+def _trial(config: dict[str, Any], base: dict[str, Any], sweep: dict[str, Any], parent_run_id: str) -> None:
+    """Tune function trainable: one fine-tuning job on Ray Train."""
+    import ray.tune
+
+    from eoforge.finetune.run import run_finetune
+
+    ctx = ray.tune.get_context()
+    name = f"{sweep['run']['name']}-{ctx.get_trial_id()}"
+    cfg = trial_config(base, sweep, config, name)
+    result = run_finetune(cfg, parent_run_id=parent_run_id, tune_trial=True)
+    final = {k: v for k, v in result.metrics.items() if k.startswith(("val/", "test/", "best/"))}
+    ray.tune.report(
+        {**final, "mlflow_run_id": result.run_id, "checkpoint_path": result.checkpoint_path or "", "done_trial": 1}
+    )
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep leaves behind."""
+
+    parent_run_id: str
+    trials: pd.DataFrame
+    summary: pd.DataFrame
+    table_markdown: str
+    champion_uri: str | None
+    champion: dict[str, Any] | None
+
+
+def _param_space(cfg: SweepConfig, base_lr: float) -> dict[str, Any]:
+    from ray import tune
+
+    space: dict[str, Any] = {
+        "method": tune.grid_search(list(cfg.search.methods)),
+        "label_fraction": tune.grid_search(cfg.search.label_fractions),
+        "seed": tune.grid_search(cfg.search.seeds),
+    }
+    if cfg.search.lr_loguniform is not None:
+        space["lr"] = tune.loguniform(*cfg.search.lr_loguniform)
+    elif cfg.search.lr is not None:
+        space["lr"] = tune.grid_search(cfg.search.lr)
+    else:
+        space["lr"] = base_lr
+    return space
+
+
+def trials_frame(results: Any, val_metric: str, test_metric: str) -> pd.DataFrame:
+    """One row per trial: its grid point, status, metrics, child run and checkpoint."""
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        c = r.config or {}
+        rows.append(
+            {
+                "trial_id": m.get("trial_id") or getattr(r, "path", "").rsplit("/", 1)[-1],
+                "method": c.get("method"),
+                "label_fraction": c.get("label_fraction"),
+                "seed": c.get("seed"),
+                "lr": c.get("lr"),
+                "status": "error" if r.error else ("finished" if m.get("done_trial") else "stopped"),
+                val_metric: m.get(val_metric) if m.get("done_trial") else None,
+                test_metric: m.get(test_metric) if m.get("done_trial") else None,
+                "mlflow_run_id": m.get("mlflow_run_id"),
+                "checkpoint_path": m.get("checkpoint_path"),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame[[val_metric, test_metric]] = frame[[val_metric, test_metric]].astype(float)
+    return frame.sort_values(["method", "label_fraction", "seed", "lr"]).reset_index(drop=True) if rows else frame
+
+
+def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
+    """Run (or resume) the sweep, write its report into the parent run, apply the champion rule."""
+    import mlflow
+    import ray
+    from ray import tune
+
+    from eoforge.finetune.run import prepare_chips, register_finetuned
+    from eoforge.finetune.tasks import Task
+    from eoforge.tracking.runs import flatten, resolve_tracking_uri, run_url, start_or_resume_run
+    from eoforge.tune.report import markdown_table, plot_label_fractions, summarise
+
+    base = base_finetune_raw(cfg, source)
+    first_point = {"method": next(iter(cfg.search.methods)), "label_fraction": 1.0, "seed": 0, "lr": None}
+    probe = trial_config(base, cfg.model_dump(mode="json"), first_point, f"{cfg.run.name}-probe")
+    task = Task.from_config(probe.task)
+    val_metric, test_metric = probe.metric, "test/" + probe.metric.split("/", 1)[1]
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    # check every method's backbone before any trial starts (a wrong alias fails here, once)
+    from eoforge.finetune.backbone import resolve_backbone
+
+    for name, method in cfg.search.methods.items():
+        try:
+            resolve_backbone(method.source, probe.backbone.name, uri, probe.data.normalize)
+        except Exception as exc:
+            raise type(exc)(f"search.methods.{name}: {exc}") from None
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")  # experiment state saved after every event
+    plan_hash, cache = prepare_chips(probe)  # decode chips once, before trials race for it
+    run_id, resumed = start_or_resume_run(
+        uri, cfg.mlflow.experiment, cfg.run.name, tags={"eoforge.job": "sweep", "eoforge.plan_hash": plan_hash}
+    )
+    client = mlflow.MlflowClient(uri)
+    if not resumed:
+        params = flatten(cfg.model_dump(mode="json", exclude={"base"}))
+        params["plan.hash"] = plan_hash
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()])
+        client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/sweep.yaml")
+    print(f"[eoforge] sweep {'resumed' if resumed else 'started'}: {run_url(uri, run_id)}", flush=True)
+
+    trainable = tune.with_parameters(_trial, base=base, sweep=cfg.model_dump(mode="json"), parent_run_id=run_id)
+    trainable = tune.with_resources(trainable, {"cpu": 0.25})
+    exp_path = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/tune"
+    from eoforge.train.storage import resolve_storage
+
+    storage_path, storage_fs = resolve_storage(f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}")
+    scheduler = None
+    if cfg.asha.enabled:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=probe.train.epochs // probe.train.eval_every_epochs + 2,
+            grace_period=cfg.asha.grace_period,
+            reduction_factor=cfg.asha.reduction_factor,
+        )
+    if tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs):
+        print(f"[eoforge] restoring the Tune experiment at {exp_path}: finished trials are kept", flush=True)
+        tuner = tune.Tuner.restore(
+            exp_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=storage_fs
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(cfg, probe.optim.lr),
+            tune_config=tune.TuneConfig(
+                metric=val_metric,
+                mode="max",
+                scheduler=scheduler,
+                num_samples=cfg.search.num_samples,
+                max_concurrent_trials=cfg.resources.max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
+                verbose=0,
+            ),
+        )
+    results = tuner.fit()
+    trials = trials_frame(results, val_metric, test_metric)
+    summary = summarise(trials, val_metric, test_metric)
+    table = markdown_table(summary, test_metric)
+    print(f"[eoforge] results ({test_metric}; best lr per seed on {val_metric}):\n{table}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trials.to_csv(Path(tmp) / "trials.csv", index=False)
+        summary.to_csv(Path(tmp) / "label_fractions.csv", index=False)
+        (Path(tmp) / "label_fractions.md").write_text(table + "\n")
+        plot_label_fractions(summary, test_metric, Path(tmp) / "label_fractions.png", f"{cfg.run.name}: {task.kind}")
+        client.log_artifacts(run_id, tmp, "results")
+    n_done = int((trials["status"] == "finished").sum()) if not trials.empty else 0
+    client.log_metric(run_id, "sweep/trials_finished", n_done)
+    client.log_metric(run_id, "sweep/trials", len(trials))
+
+    champion_uri, decision = None, None
+    finished = trials.dropna(subset=[val_metric])
+    if not finished.empty:
+        best = finished.loc[finished[val_metric].idxmax()]
+        name = cfg.mlflow.registered_model or f"{cfg.run.name}-{task.kind}"
+        point = {k: best[k] for k in ("method", "label_fraction", "seed", "lr")}
+        best_cfg = trial_config(base, cfg.model_dump(mode="json"), point, f"{cfg.run.name}-{best['trial_id']}")
+        best_cfg.mlflow.registered_model = name
+        from eoforge.finetune.backbone import resolve_backbone
+
+        spec = resolve_backbone(best_cfg.backbone.source, best_cfg.backbone.name, uri, best_cfg.data.normalize)
+        best_metrics = {val_metric: float(best[val_metric]), test_metric: float(best[test_metric])}
+        from ray.train import Checkpoint
+
+        ckpt = (
+            Checkpoint(best["checkpoint_path"], filesystem=storage_fs)
+            if storage_fs
+            else Checkpoint(best["checkpoint_path"])
+        )
+        with ckpt.as_directory() as d:
+            chip = int(read_chip_size(cache))
+            _, _, decision = register_finetuned(
+                d,
+                best_cfg,
+                task,
+                spec,
+                plan_hash,
+                best_metrics,
+                str(best["mlflow_run_id"]),
+                uri,
+                name,
+                cfg.mlflow.champion_alias,
+                chip,
+            )
+        client.set_tag(run_id, "eoforge.champion_decision", "promoted" if decision["promoted"] else "kept")
+        client.set_tag(run_id, "eoforge.champion_reason", decision["reason"])
+        client.set_tag(
+            run_id, "eoforge.best_trial", f"{best['trial_id']} ({best['method']}, fraction {best['label_fraction']})"
+        )
+        champion_uri = f"models:/{name}@{cfg.mlflow.champion_alias}"
+    client.set_terminated(run_id, status="FINISHED")
+    print(f"[eoforge] sweep run: {run_url(uri, run_id)}", flush=True)
+    if champion_uri:
+        print(f"[eoforge] champion: {champion_uri}", flush=True)
+    return SweepResult(run_id, trials, summary, table, champion_uri, decision)
+
+
+def read_chip_size(cache: str) -> int:
+    """Chip side in pixels of a chip cache (from its first label)."""
+    from eoforge.finetune.chips import read_index
+
+    return int(read_index(cache).label.shape[-1])
+
+
+def load_sweep_config(path: str, overrides: list[str] | None = None) -> SweepConfig:
+    """Load and validate a ``kind: sweep`` file, and its base fine-tune config."""
+    from eoforge.config import load_config
+
+    cfg = load_config(path, SweepConfig, overrides)
+    if isinstance(cfg.base, str) and not Path(cfg.base).is_file():
+        raise ConfigError(f"{path}: base: {cfg.base} does not exist")
+    base_finetune_raw(cfg, path)
+    return cfg
