@@ -11,7 +11,8 @@ decided once per item at plan time, from the first rule that applies:
    so the offset is never removed twice. -> ``(1, 0)``.
 2. A processing baseline below 04.00 (``s2:processing_baseline``, ``processing:version``,
    ``sentinel:processing_baseline``, or ``_Nxxyy_`` in ``s2:product_uri``): no offset exists. -> ``(1, 0)``.
-3. ``raster:bands`` ``scale`` / ``offset`` on the asset (Copernicus Data Space, stactools items):
+3. ``raster:bands`` ``scale`` / ``offset`` on the asset (STAC 1.1: ``raster:scale`` / ``raster:offset``;
+   Copernicus Data Space, stactools items):
    ``value = (DN * scale + offset) * 10000``; e.g. ``scale 0.0001, offset -0.1`` -> ``(1, -1000)``.
 4. A baseline of 04.00 or later and no ``raster:bands`` offset (Planetary Computer): ``(1, -1000)``.
 5. Nothing known: the DNs are taken as they are. -> ``(1, 0)``.
@@ -50,8 +51,26 @@ def processing_baseline(item: pystac.Item) -> float | None:
 
 
 def _raster_band(asset: pystac.Asset | None) -> dict[str, Any]:
-    bands = (asset.extra_fields.get("raster:bands") if asset is not None else None) or []
-    return bands[0] if bands and isinstance(bands[0], dict) else {}
+    """Scale / offset / unit / nodata of an asset's first band, STAC 1.0 or 1.1 style.
+
+    STAC 1.0 (raster extension v1) puts them in ``raster:bands[0]``; STAC 1.1 (raster v2, e.g.
+    Copernicus Data Space) puts ``raster:scale`` / ``raster:offset`` / ``unit`` on the asset or in ``bands[0]``.
+    """
+    if asset is None:
+        return {}
+    fields = asset.extra_fields
+    out: dict[str, Any] = {}
+    for source in (fields, *(fields.get("bands") or [])[:1]):
+        if isinstance(source, dict):
+            for key in ("scale", "offset", "unit", "nodata"):
+                if f"raster:{key}" in source:
+                    out[key] = source[f"raster:{key}"]
+                elif key in ("unit", "nodata") and key in source:
+                    out[key] = source[key]
+    bands = fields.get("raster:bands") or []
+    if bands and isinstance(bands[0], dict):
+        out.update({k: v for k, v in bands[0].items() if k in ("scale", "offset", "unit", "nodata")})
+    return out
 
 
 def s2_dn_map(item: pystac.Item, asset: pystac.Asset | None) -> tuple[float, float, str]:
