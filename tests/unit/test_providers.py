@@ -284,3 +284,17 @@ def test_empty_plans_name_the_filter(tmp_path: Path) -> None:
     cdse = write_catalog(tmp_path / "f", [cdse_s2_item(tmp_path / "d5", NORTH, T2023, "05.09"), hh, far])
     with pytest.raises(CatalogError, match=r"all 1 S2 items were skipped.*missing band"):
         build_plan(cfg(cdse, "earth_search"), tmp_path / "x.parquet")  # CDSE keys under the Earth Search profile
+
+
+@pytest.mark.parametrize(
+    "name", ["planetary-computer", "planetary-computer-rtc", "earth-search", "cdse", "custom-provider"]
+)
+def test_provider_configs_load_and_carry_no_secrets(name: str) -> None:
+    from eoforge.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "data" / f"{name}.yaml"
+    c = load_config(path, DataConfig)
+    assert c.catalog.backend == "stac_api" and c.catalog.signing is not None
+    dumped = c.model_dump_json().upper()
+    assert 'SECRET_ACCESS_KEY"' not in dumped and 'SUBSCRIPTION_KEY"' not in dumped
+    resolve_profile(c.catalog.provider, c.catalog.profile.model_dump(exclude_none=True) if c.catalog.profile else None)
