@@ -1,55 +1,95 @@
-"""Two timm backbones (one per sensor) with projection heads.
+"""Two backbones (one per sensor): the artifact every objective trains and registers.
 
-The S1 backbone takes 2 channels (VV, VH), the S2 backbone 12 (S2_BAND_NAMES order).
-Weights start random: nothing is downloaded at run time. Heads follow [ISPRS22]:
-Linear(d, h) -> ReLU -> Linear(h, p).
+The S1 backbone takes 2 channels (VV, VH), the S2 backbone 12 (S2_BAND_NAMES order) by
+default; other band lists (13-band L1C, 202-band hyperspectral) are passed explicitly.
+Weights start random: nothing is downloaded at run time unless ``model.pretrained``.
 """
 
 from __future__ import annotations
 
-import timm
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
 from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES
-from eoforge.errors import ConfigError
+from eoforge.models.backbones import create_backbone
+from eoforge.models.heads import projection_head
+from eoforge.models.spectral import SpectralAdapter
 
+if TYPE_CHECKING:
+    from eoforge.config.pretrain import ModelConfig
 
-def create_backbone(name: str, in_chans: int) -> nn.Module:
-    """A timm backbone returning pooled features (num_classes=0). Shape: (B, C, H, W) -> (B, d)."""
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
-        raise ConfigError(f"model.backbone: {name!r} is not a timm model (similar: {close})")
-    return timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0)
-
-
-def projection_head(dim: int, hidden: int, out: int) -> nn.Sequential:
-    """MLP head: (B, dim) -> (B, out)."""
-    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+__all__ = ["DualBackbone", "DualEncoder", "build_dual_backbone", "create_backbone", "projection_head"]
 
 
 class DualBackbone(nn.Module):
-    """The artifact that is registered: both backbones, no heads.
+    """The artifact that is registered: both backbones (and their spectral adapters), no heads.
 
     ``forward(s1, s2)`` takes s1 (B, 2, H, W) and s2 (B, 12, H, W), normalised as in
     :mod:`eoforge.data.normalize`, and returns the concatenated pooled features (B, d1 + d2).
+    ``.s1`` and ``.s2`` are the timm models themselves (``forward_intermediates`` works on
+    them); when a spectral adapter is configured it lives in ``.s1_adapter`` / ``.s2_adapter``
+    and :meth:`adapt` applies it (Identity otherwise).
     """
 
-    def __init__(self, s1: nn.Module, s2: nn.Module, backbone: str = "") -> None:
+    def __init__(
+        self,
+        s1: nn.Module,
+        s2: nn.Module,
+        backbone: str = "",
+        s1_bands: Sequence[str] | None = None,
+        s2_bands: Sequence[str] | None = None,
+        s1_adapter: nn.Module | None = None,
+        s2_adapter: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.s1 = s1
         self.s2 = s2
         self.backbone_name = backbone
-        self.s1_bands = list(S1_BAND_NAMES)
-        self.s2_bands = list(S2_BAND_NAMES)
+        self.s1_bands = list(s1_bands or S1_BAND_NAMES)
+        self.s2_bands = list(s2_bands or S2_BAND_NAMES)
+        self.s1_adapter = s1_adapter or nn.Identity()
+        self.s2_adapter = s2_adapter or nn.Identity()
+
+    def adapt(self, modality: str, x: Tensor) -> Tensor:
+        """Apply the modality's spectral adapter (Identity when none)."""
+        adapter = getattr(self, f"{modality}_adapter", None)  # None: unpickled from before adapters existed
+        return x if adapter is None else adapter(x)
+
+    def encoder(self, modality: str) -> nn.Module:
+        """The timm backbone of ``modality`` (``s1`` or ``s2``)."""
+        return self.s1 if modality == "s1" else self.s2
+
+    def features(self, modality: str, x: Tensor) -> Tensor:
+        """Pooled features of one modality. Shape: (B, C, H, W) -> (B, d)."""
+        return self.encoder(modality)(self.adapt(modality, x))
 
     def forward(self, s1: Tensor, s2: Tensor) -> Tensor:
         """Features of both sensors, concatenated. Shape: (B, d1 + d2)."""
-        return torch.cat([self.s1(s1), self.s2(s2)], dim=1)
+        return torch.cat([self.features("s1", s1), self.features("s2", s2)], dim=1)
+
+
+def build_dual_backbone(
+    cfg: ModelConfig, s1_bands: Sequence[str] = S1_BAND_NAMES, s2_bands: Sequence[str] = S2_BAND_NAMES
+) -> DualBackbone:
+    """Both backbones as ``model:`` configures them (band lists default to the S1/S2 sets)."""
+    parts: dict[str, tuple[nn.Module, nn.Module | None]] = {}
+    for modality, bands in (("s1", s1_bands), ("s2", s2_bands)):
+        adapter = SpectralAdapter(len(bands), cfg.spectral_adapter) if cfg.spectral_adapter else None
+        in_chans = cfg.spectral_adapter or len(bands)
+        net = create_backbone(
+            cfg.backbone, in_chans, img_size=cfg.img_size, patch_size=cfg.patch_size, pretrained=cfg.pretrained
+        )
+        parts[modality] = (net, adapter)
+    return DualBackbone(
+        parts["s1"][0], parts["s2"][0], cfg.backbone, s1_bands, s2_bands, parts["s1"][1], parts["s2"][1]
+    )
 
 
 class DualEncoder(nn.Module):
-    """Backbones plus heads, trained by a two-modality objective."""
+    """Backbones plus [ISPRS22] heads (kept for code that builds the Dual-SimCLR model directly)."""
 
     def __init__(self, backbone: str, proj_dim: int = 128, proj_hidden_dim: int | None = None) -> None:
         super().__init__()

@@ -11,7 +11,7 @@ F = [u_1..u_N; v_1..v_N] (2N rows), L2-normalise the rows and take S = F F^T / t
 the diagonal removed. Each of the 2N anchors has exactly one positive, its co-located
 partner in the other modality, and 2N - 2 negatives from *both* modalities. The loss is
 the mean over all 2N anchors of the cross-entropy of the positive, so it is symmetric in
-the two modalities.
+the two modalities. N is the *global* batch: embeddings are gathered across workers.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from eoforge.config.pretrain import DualSimCLRConfig, ModelConfig
+from eoforge.models.heads import projection_head
+from eoforge.ssl.base import Objective, register_objective
+from eoforge.ssl.gather import gather_cat
 
 
 def dual_nt_xent(u: Tensor, v: Tensor, temperature: float) -> Tensor:
@@ -40,7 +45,7 @@ def dual_nt_xent(u: Tensor, v: Tensor, temperature: float) -> Tensor:
     n = u.shape[0]
     if n < 2:
         raise ValueError("dual_nt_xent: needs at least 2 pairs per batch (no negatives otherwise)")
-    feats = F.normalize(torch.cat([u, v], dim=0), dim=1)
+    feats = F.normalize(torch.cat([u, v], dim=0).float(), dim=1)
     logits = feats @ feats.T / temperature
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=logits.device), float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(logits.device)
@@ -66,3 +71,28 @@ class DualSimCLRLoss(nn.Module):
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
         """Loss of embeddings u (N, D) and v (N, D)."""
         return dual_nt_xent(u, v, self.temperature)
+
+
+@register_objective
+class DualSimCLR(Objective):
+    """Dual-SimCLR [0]: one backbone + [ISPRS22] head per modality, global-batch NT-Xent."""
+
+    name = "dual_simclr"
+    description = "Dual-SimCLR: NT-Xent over S1/S2 pairs, negatives from both modalities (global batch)."
+
+    def __init__(self, cfg: DualSimCLRConfig, model_cfg: ModelConfig) -> None:
+        super().__init__(cfg, model_cfg)
+        d1, d2 = self.width("s1"), self.width("s2")
+        hidden = model_cfg.proj_hidden_dim
+        # names kept from the first release (DualEncoder): old checkpoints load as they are
+        self.head1 = projection_head(d1, hidden or d1, model_cfg.proj_dim)
+        self.head2 = projection_head(d2, hidden or d2, model_cfg.proj_dim)
+
+    def embed(self, s1: Tensor, s2: Tensor) -> tuple[Tensor, Tensor]:
+        """Projected embeddings (u, v) of this worker's chips, each (B, proj_dim)."""
+        return self.head1(self.backbones.features("s1", s1)), self.head2(self.backbones.features("s2", s2))
+
+    def forward(self, s1: Tensor, s2: Tensor) -> Tensor:
+        """Global-batch Dual-SimCLR loss."""
+        u, v = self.embed(s1, s2)
+        return dual_nt_xent(gather_cat(u)[0], gather_cat(v)[0], self.cfg.temperature)

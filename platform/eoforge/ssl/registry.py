@@ -1,37 +1,46 @@
-"""Objective registry: config ``objective.kind`` -> loss module factory."""
+"""Objective registry: config ``objective.kind`` -> :class:`~eoforge.ssl.base.Objective` subclass.
+
+Each objective module registers itself with ``@register_objective`` when imported; this module
+imports them explicitly (no plug-in scan), builds one from a validated config and lists them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from difflib import get_close_matches
 
-from torch import nn
-
+from eoforge.config.pretrain import ModelConfig, ObjectiveConfig
 from eoforge.errors import ConfigError
-from eoforge.ssl.dual_simclr import DualSimCLRLoss
+from eoforge.ssl import (  # noqa: F401  (imported to register)
+    barlow_twins,
+    byol,
+    decur,
+    dual_simclr,
+    mae,
+    mma,
+    moco_v2,
+    moco_v3,
+    simclr,
+    vicreg,
+)
+from eoforge.ssl.base import _OBJECTIVES, Objective, register_objective
 
-_OBJECTIVES: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_objective(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a loss factory under ``name``."""
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _OBJECTIVES[name] = fn
-        return fn
-
-    return deco
-
-
-@register_objective("dual_simclr")
-def _dual_simclr(temperature: float = 0.07) -> nn.Module:
-    return DualSimCLRLoss(temperature)
+__all__ = ["build_objective", "list_objectives", "objective_class", "register_objective"]
 
 
-def build_objective(kind: str, **kwargs: float) -> nn.Module:
-    """Instantiate the objective ``kind`` with its hyperparameters."""
+def objective_class(kind: str) -> type[Objective]:
+    """The class registered under ``kind``; ConfigError listing the names (and the closest) otherwise."""
     if kind not in _OBJECTIVES:
         close = get_close_matches(kind, _OBJECTIVES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"objective.kind: unknown {kind!r}; registered: {sorted(_OBJECTIVES)}{hint}")
-    return _OBJECTIVES[kind](**kwargs)
+    return _OBJECTIVES[kind]
+
+
+def build_objective(cfg: ObjectiveConfig, model_cfg: ModelConfig | None = None) -> Objective:
+    """Instantiate the objective of ``cfg.kind`` with its backbones and heads."""
+    return objective_class(cfg.kind)(cfg, model_cfg or ModelConfig())
+
+
+def list_objectives() -> list[tuple[str, str]]:
+    """(name, one-line description) of every registered objective, by name."""
+    return [(k, _OBJECTIVES[k].description) for k in sorted(_OBJECTIVES)]

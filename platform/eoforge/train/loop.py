@@ -1,16 +1,29 @@
 """The per-worker pretraining loop (runs inside Ray Train, one process per GPU or CPU slot).
 
-Every worker streams its shard of the chip dataset, runs the dual encoder and the
-objective, and steps the optimiser in lock-step with the others (DDP). All workers call
-``ray.train.report`` at the same steps (it is a barrier); rank 0 attaches the checkpoint
-and logs metrics to MLflow. A checkpoint holds the weights, the optimiser state and the
-loop position (step, epoch, batches done in that epoch), so a restarted run continues
-where the last checkpoint left it.
+Every worker streams its shard of the chip dataset, runs the objective (backbones, heads,
+momentum copies: :mod:`eoforge.ssl`) and steps the optimiser in lock-step with the others
+(DDP). All workers call ``ray.train.report`` at the same steps (it is a barrier); rank 0
+attaches the checkpoint and logs metrics to MLflow. A checkpoint holds the weights, the
+optimiser state and the loop position (step, epoch, batches done in that epoch), so a
+restarted run continues where the last checkpoint left it.
+
+A batch in which any worker has fewer valid chips than the objective needs (2 for every
+method here) is skipped by all workers together: no optimiser step, nothing logged as the
+loss; ``train/skipped_steps`` counts them. (It used to be a zero-gradient step logged as
+``loss 0.0000``.)
+
+Device switches (``train.*``): bf16 autocast, channels_last, ``torch.compile``, pinned
+non-blocking host-to-device copies apply on CUDA; on CPU they are ignored with a note in the
+log. Gradient accumulation (``grad_accum_steps`` micro-batches per optimiser step, DDP
+gradient sync on the last only), linear warm-up + constant or cosine LR, and gradient-norm
+clipping (``optim.*``) apply everywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +36,7 @@ STATE_FILE = "state.pt"
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
     return model.module if hasattr(model, "module") else model
 
 
@@ -31,6 +45,14 @@ def _mean_across_workers(value: float) -> float:
         t = torch.tensor([value], dtype=torch.float64)
         dist.all_reduce(t)
         return float(t.item() / dist.get_world_size())
+    return value
+
+
+def _min_across_workers(value: int) -> int:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([value], dtype=torch.long)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
     return value
 
 
@@ -59,6 +81,36 @@ def load_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
+def lr_factor(step: int, warmup_steps: int, total_steps: int | None, schedule: str, min_ratio: float) -> float:
+    """Multiplier of ``optim.lr`` at optimiser step ``step`` (0-based).
+
+    Linear warm-up from 1/warmup to 1 over ``warmup_steps``, then constant, or cosine from 1 to
+    ``min_ratio`` at ``total_steps`` (constant when the total is unknown).
+    """
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule != "cosine" or not total_steps or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def device_plan(cfg: Any, device: torch.device) -> tuple[dict[str, bool], list[str]]:
+    """Which GPU switches apply on ``device``, and log notes for those ignored."""
+    cuda = device.type == "cuda"
+    wanted = {
+        "bf16": cfg.train.precision == "bf16",
+        "channels_last": cfg.train.channels_last,
+        "compile": cfg.train.compile,
+        "non_blocking": cfg.train.non_blocking,
+        "sync_batchnorm": cfg.model.sync_batchnorm and cfg.scaling.num_workers > 1,
+    }
+    active = {k: v and cuda for k, v in wanted.items()}
+    ignored = [k for k, v in wanted.items() if v and not cuda]
+    notes = [f"device is {device.type}: ignoring {', '.join(ignored)} (CUDA only)"] if ignored else []
+    return active, notes
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entrypoint. ``config`` holds ``cfg`` (PretrainConfig as dict) and ``mlflow``."""
     import ray.train
@@ -66,7 +118,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from eoforge.config import PretrainConfig
     from eoforge.data.dataset import split_ok
-    from eoforge.models.dual import DualEncoder
     from eoforge.ssl.registry import build_objective
     from eoforge.tracking.runs import MetricLogger
 
@@ -74,24 +125,38 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.train.seed)
-    model = DualEncoder(cfg.model.backbone, cfg.model.proj_dim, cfg.model.proj_hidden_dim)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    objective = build_objective(cfg.objective.kind, temperature=cfg.objective.temperature)
+    device = ray.train.torch.get_device()
+    active, notes = device_plan(cfg, device)
+    objective = build_objective(cfg.objective, cfg.model)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     position = {"step": 0, "epoch": 0, "epoch_batches": 0}
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             state = load_state(ckpt_dir)
-        model.load_state_dict(state["model"])
+        objective.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         position = {k: int(state[k]) for k in position}
         if rank == 0:
             print(
                 f"[eoforge] resumed from checkpoint at step {position['step']} (epoch {position['epoch']})", flush=True
             )
-    model = ray.train.torch.prepare_model(model)
-    device = ray.train.torch.get_device()
+    if active["sync_batchnorm"] and objective.uses_batch_stats:
+        objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+    if active["channels_last"]:
+        objective = objective.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(objective)
+    if active["compile"]:
+        model = torch.compile(model)
+    core = _unwrap(model)
+    if rank == 0:
+        for note in notes:
+            print(f"[eoforge] {note}", flush=True)
+        on = [k for k, v in active.items() if v]
+        print(f"[eoforge] objective {cfg.objective.kind} on {device}; GPU switches on: {on or 'none'}", flush=True)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if active["bf16"] else contextlib.nullcontext
 
     logger = MetricLogger(config["mlflow"]["uri"], config["mlflow"]["run_id"]) if rank == 0 else None
     if logger is not None:
@@ -99,8 +164,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     skipped: dict[str, str] = {}
     step, max_steps = position["step"], cfg.train.max_steps
+    accum = cfg.train.grad_accum_steps
     last_report = step
     loss_value = float("nan")
+    skipped_steps = 0
+    micro, micro_losses, micro_chips = 0, [], 0
 
     def report() -> None:
         nonlocal last_report
@@ -110,14 +178,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ckpt)
         last_report = step
 
+    def to_device(a: Any) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        if active["non_blocking"]:
+            t = t.pin_memory().to(device, non_blocking=True)
+        else:
+            t = t.to(device)
+        return t.contiguous(memory_format=torch.channels_last) if active["channels_last"] else t
+
     done = max_steps is not None and step >= max_steps
     resume_skip = position["epoch_batches"]
+    t_last = time.perf_counter()
     for epoch in range(position["epoch"], cfg.train.epochs):
         if done:
             break
         position["epoch"], position["epoch_batches"] = epoch, 0
         skip, resume_skip = resume_skip, 0
-        t_last = time.perf_counter()
         for batch_idx, batch in enumerate(
             shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", prefetch_batches=2)
         ):
@@ -126,25 +202,50 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if batch_idx < skip:  # resumed mid-epoch: these batches were trained before the checkpoint
                 position["epoch_batches"] = batch_idx + 1
                 continue
-            n_ok = len(good["chip_id"])
-            if n_ok >= 2:
-                s1 = torch.from_numpy(good["s1"]).to(device)
-                s2 = torch.from_numpy(good["s2"]).to(device)
-                u, v = model(s1, s2)
-                loss = objective(u, v)
-            else:  # keep DDP in lock-step: a zero-gradient step through every parameter
-                loss = sum(p.sum() for p in model.parameters()) * 0.0
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
             position["epoch_batches"] = batch_idx + 1
-            loss_value = _mean_across_workers(float(loss.detach()))
+            n_ok = len(good["chip_id"])
+            if _min_across_workers(n_ok) < core.min_batch:
+                # every worker skips this batch together: no step, no loss logged (never "loss 0")
+                skipped_steps += 1
+                if logger is not None:
+                    logger.log({"train/skipped_steps": skipped_steps}, step)
+                    print(
+                        f"[eoforge] batch {batch_idx} skipped: a worker has < {core.min_batch} valid chips", flush=True
+                    )
+                continue
+            s1, s2 = to_device(good["s1"]), to_device(good["s2"])
+            micro += 1
+            last_micro = micro == accum
+            sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with autocast():
+                    loss = model(s1, s2)
+                (loss / accum).backward()
+            micro_losses.append(float(loss.detach()))
+            micro_chips += n_ok
+            if not last_micro:
+                continue
+            o = cfg.optim
+            factor = lr_factor(step, o.warmup_steps, max_steps, o.schedule, o.min_lr / o.lr)
+            for group in opt.param_groups:
+                group["lr"] = cfg.optim.lr * factor
+            grad_norm = None
+            if cfg.optim.grad_clip_norm is not None:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip_norm))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            core.after_step(step / max_steps if max_steps else 0.0)  # momentum schedules need a known length
+            loss_value = _mean_across_workers(sum(micro_losses) / len(micro_losses))
             now = time.perf_counter()
-            chips_per_s = _mean_across_workers(n_ok / max(now - t_last, 1e-9)) * world
+            chips_per_s = _mean_across_workers(micro_chips / max(now - t_last, 1e-9)) * world
             t_last = now
+            micro, micro_losses, micro_chips = 0, [], 0
             if logger is not None and step % cfg.train.log_every_steps == 0:
-                logger.log({"train/loss": loss_value, "train/chips_per_s": chips_per_s, "epoch": epoch}, step)
+                metrics = {"train/loss": loss_value, "train/chips_per_s": chips_per_s, "train/lr": o.lr * factor}
+                if grad_norm is not None:
+                    metrics["train/grad_norm"] = grad_norm
+                logger.log({**metrics, "epoch": epoch}, step)
                 total = f"/{max_steps}" if max_steps else ""
                 print(
                     f"[eoforge] step {step}{total} epoch {epoch + 1}/{cfg.train.epochs} "
@@ -158,12 +259,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 break
         if not done:
             position["epoch"], position["epoch_batches"] = epoch + 1, 0
-        if logger is not None:
+        if logger is not None and not math.isnan(loss_value):
             logger.log({"epoch/loss": loss_value}, step)
 
     all_skipped = _gather_errors(skipped)
     if logger is not None:
-        logger.log({"data/skipped_chips": len(all_skipped)}, step)
+        logger.log({"data/skipped_chips": len(all_skipped), "train/skipped_steps": skipped_steps}, step)
         logger.client.log_dict(logger.run_id, dict(sorted(all_skipped.items())), "data/skipped_chips.json")
     if step != last_report or checkpoint is None:
         report()

@@ -63,7 +63,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     from ray.train.torch import TorchTrainer
 
     from eoforge.data.dataset import build_chip_dataset
-    from eoforge.models.dual import DualEncoder
+    from eoforge.ssl.registry import build_objective
     from eoforge.tracking.registry import register_backbone
     from eoforge.train.loop import load_state, train_loop_per_worker
 
@@ -123,7 +123,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
 
     with result.checkpoint.as_directory() as ckpt_dir:
         state = load_state(ckpt_dir)
-    model = DualEncoder(cfg.model.backbone, cfg.model.proj_dim, cfg.model.proj_hidden_dim)
+    model = build_objective(cfg.objective, cfg.model)
     model.load_state_dict(state["model"])
     backbone = model.backbones.eval()
     run = client.get_run(run_id)
@@ -132,7 +132,9 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     card = {
         "backbone": cfg.model.backbone,
         "objective": cfg.objective.kind,
-        "temperature": cfg.objective.temperature,
+        "objective_params": cfg.objective.model_dump(mode="json"),
+        **({"temperature": cfg.objective.temperature} if hasattr(cfg.objective, "temperature") else {}),
+        "model": cfg.model.model_dump(mode="json"),
         "s1_bands": backbone.s1_bands,
         "s2_bands": backbone.s2_bands,
         "normalize": cfg.data.normalize,
