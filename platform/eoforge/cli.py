@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from eoforge.discovery import app as list_app
 from eoforge.errors import EoforgeError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ catalog_app = typer.Typer(
 models_app = typer.Typer(help="The MLflow model registry.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(models_app, name="models")
+app.add_typer(list_app, name="list")
 
 HomeOpt = Annotated[Path, typer.Option("--home", envvar="EOFORGE_HOME", help="State directory of the local stack.")]
 
