@@ -120,6 +120,11 @@ class FinetuneConfig(Strict):
     scaling: ScalingConfig = ScalingConfig(num_workers=1)
     run: RunConfig
     mlflow: FinetuneMlflowConfig = FinetuneMlflowConfig()
+    materialize: bool = Field(
+        True,
+        description="Hold the label subset and val/test chips in Ray's object store for all epochs "
+        "(false: stream them from the chip cache every epoch, for sets larger than the object store).",
+    )
     cache_dir: str | None = Field(
         None, description="Where decoded labelled chips are kept between jobs (default: <storage_path>/chip-cache)."
     )

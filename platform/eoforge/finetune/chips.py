@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -129,11 +128,15 @@ def _tensor_column(col: Any, dtype: type) -> np.ndarray:
 
 
 def labelled_dataset(cache: str, split: str, chip_ids: list[str] | None = None) -> Any:
-    """A Ray Dataset of readable cached chips of ``split`` (optionally only ``chip_ids``)."""
-    import ray.data
+    """A Ray Dataset of readable cached chips of ``split`` (optionally only ``chip_ids``).
 
-    expr = (pc.field("split") == split) & (pc.field("ok") == True)  # noqa: E712 (pyarrow expression)
+    The filter is a Ray Data expression, pushed down into the Parquet scan.
+    """
+    import ray.data
+    from ray.data.expressions import col
+
+    expr = (col("split") == split) & (col("ok") == True)  # noqa: E712 (an expression, not a comparison)
     if chip_ids is not None:
-        expr = expr & pc.field("chip_id").isin(chip_ids)
+        expr = expr & col("chip_id").is_in(list(chip_ids))
     fs = None if "://" in cache else pafs.LocalFileSystem()
-    return ray.data.read_parquet(cache, filesystem=fs, columns=TRAIN_COLUMNS, filter=expr)
+    return ray.data.read_parquet(cache, filesystem=fs, columns=TRAIN_COLUMNS + ["split", "ok"]).filter(expr=expr)

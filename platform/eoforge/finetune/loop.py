@@ -131,6 +131,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     from eoforge.finetune.backbone import load_backbone, state_sha256
     from eoforge.finetune.heads import FinetuneModel
     from eoforge.finetune.tasks import Task
+    from eoforge.progress import say
     from eoforge.tracking.runs import MetricLogger
 
     cfg = FinetuneConfig.model_validate(config["cfg"])
@@ -213,10 +214,9 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch + 1, "train/loss": train_loss, **_flat("val", val), "best/" + metric_key: best_value}
         if logger is not None:
             logger.log(metrics, epoch + 1)
-            print(
-                f"[eoforge] epoch {epoch + 1}/{cfg.train.epochs} loss {train_loss:.4f} "
-                f"{cfg.metric} {val[metric_key]:.4f} ({seen} chips on rank 0 in {time.perf_counter() - t0:.1f}s)",
-                flush=True,
+            say(
+                f"epoch {epoch + 1}/{cfg.train.epochs} loss {train_loss:.4f} "
+                f"{cfg.metric} {val[metric_key]:.4f} ({seen} chips on rank 0 in {time.perf_counter() - t0:.1f}s)"
             )
         last = epoch + 1 == cfg.train.epochs
         if not last:
