@@ -164,13 +164,11 @@ def test_cogs_are_tiled_with_overviews(demo: DemoCatalog, items: dict[str, dict]
                 assert src.driver == "GTiff"
                 assert src.profile["tiled"], (item["id"], key)
                 bh, bw = src.block_shapes[0]
-                assert bh == bw and bw % 16 == 0 and bw < src.width
+                assert bh == bw and bw in (128, 256)  # GDAL's COG driver warns below 128
                 assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
                 assert src.compression.name.lower() == "deflate"
                 if src.width > 2 * bw:
                     assert src.overviews(1), (item["id"], key)
-    with rasterio.open(items[demo.s2_item_ids[0]]["assets"]["B02"]["href"]) as src:
-        assert src.overviews(1)  # 128 px with 64 px tiles: one overview level
 
 
 def test_s2_10m_pixels_stored_exactly(demo: DemoCatalog, items: dict[str, dict]) -> None:

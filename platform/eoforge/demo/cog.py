@@ -113,9 +113,9 @@ class Grid:
 
 
 def _blocksize(width: int) -> int:
-    """Largest power of two below ``width``, within [16, 256] (COG tiles must be multiples of 16)."""
+    """Largest power of two below ``width``, within [128, 256] (GDAL's COG driver wants BLOCKSIZE >= 128)."""
     size = 256
-    while size > 16 and size >= width:
+    while size > 128 and size >= width:
         size //= 2
     return size
 
@@ -125,7 +125,7 @@ def write_cog(path: Path, array: np.ndarray, grid: Grid, nodata: float, resampli
 
     The full-resolution values are stored exactly (deflate is lossless); overviews are
     built with ``resampling`` ("average" for reflectance and backscatter, "nearest" for
-    classes). The tile size is the largest power of two (16..256) below the raster width,
+    classes). The tile size is the largest power of two (128..256) below the raster width,
     so every file is tiled and rasters wider than 256 px get at least one overview.
 
     Args:
