@@ -162,7 +162,8 @@ def test_cogs_are_tiled_with_overviews(demo: DemoCatalog, items: dict[str, dict]
         for key, asset in item["assets"].items():
             with rasterio.open(asset["href"]) as src:
                 assert src.driver == "GTiff"
-                assert src.profile["tiled"], (item["id"], key)
+                # one 128 px tile covering a small raster reads back as "not tiled"
+                assert src.profile["tiled"] or src.width <= 128, (item["id"], key)
                 bh, bw = src.block_shapes[0]
                 assert bh == bw and bw in (128, 256)  # GDAL's COG driver warns below 128
                 assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
