@@ -15,13 +15,16 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	VENV=$(VENV) bash scripts/bootstrap.sh
 
-## make demo: local stack + demo catalog + chip plan + Dual-SimCLR pretraining job on Ray.
+## make demo: local stack + demo catalog + chip plan + Dual-SimCLR pretraining, then a small
+## label-fraction sweep (SSL backbone vs scratch) that ends with the models:/...@champion URI.
+SUBMIT = PATH=$(CURDIR)/$(VENV)/bin:$$PATH RAY_ADDRESS=$$($(EOFORGE) status --field ray_dashboard_url) \
+	  ray job submit --working-dir .
 demo: venv
 	$(EOFORGE) up
 	$(EOFORGE) catalog demo --out $(EOFORGE_HOME)/demo-catalog --scenes $(DEMO_SCENES) --seed 0
 	$(EOFORGE) plan --config configs/data/demo.yaml --out $(EOFORGE_HOME)/demo/plan.parquet
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH RAY_ADDRESS=$$($(EOFORGE) status --field ray_dashboard_url) \
-	  ray job submit --working-dir . -- python jobs/pretrain.py --config configs/pretrain/demo.yaml
+	$(SUBMIT) -- python jobs/pretrain.py --config configs/pretrain/demo.yaml
+	$(SUBMIT) -- python jobs/sweep.py --config configs/sweep/demo.yaml
 
 ## make test: lint, then unit and integration tests on real Ray / MLflow / STAC API processes.
 test: venv

@@ -247,7 +247,7 @@ def test_rayjobs_run_on_the_raycluster_spec_and_clean_up(rendered: dict[str, lis
         assert (ROOT / words[3]).is_file(), words[3]
         images = {c["image"] for _, pod in _pod_specs(spec) for c in pod["containers"]}
         assert len(images) == 1 and "eoforge" in images.pop()  # head, workers and submitter: one image
-    assert jobs["sweep"]["spec"].get("suspend") is True  # until jobs/sweep.py exists
+    assert jobs["sweep"]["spec"].get("suspend") is None  # jobs/sweep.py runs the sweep
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

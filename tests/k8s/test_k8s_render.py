@@ -144,8 +144,12 @@ def test_config_outside_configs_is_refused(project: Path, tmp_path: Path) -> Non
 def test_kinds_without_a_job_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"has 0 RayJobs labelled eoforge\.io/job=data"):
         render_job(ROOT / "configs/data/demo.yaml", "gke", ROOT)
-    with pytest.raises(ConfigError, match="kind 'sweep' has no config model yet"):
-        render_job(ROOT / "configs/sweep/default.yaml", "gke", ROOT)
+
+
+def test_sweep_config_renders_the_sweep_rayjob() -> None:
+    job = render_job(ROOT / "configs/sweep/label_fractions.yaml", "gke", ROOT).job
+    assert job["spec"]["entrypoint"].endswith("--config configs/sweep/label_fractions.yaml")
+    assert "suspend" not in job["spec"]
 
 
 def test_unknown_overlay_lists_the_overlays() -> None:
