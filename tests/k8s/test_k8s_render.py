@@ -147,7 +147,7 @@ def test_kinds_without_a_job_are_refused() -> None:
 
 
 def test_sweep_config_renders_the_sweep_rayjob() -> None:
-    job = render_job(ROOT / "configs/sweep/label_fractions.yaml", "gke", ROOT).job
+    job = render_job(ROOT / "configs/sweep/label_fractions.yaml", "gke", ROOT).rayjob
     assert job["spec"]["entrypoint"].endswith("--config configs/sweep/label_fractions.yaml")
     assert "suspend" not in job["spec"]
 
