@@ -168,6 +168,19 @@ def models_show(
     _print_json(show_model(_tracking(tracking_uri), spec))
 
 
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Version to point the alias at.")],
+    alias: Annotated[str, typer.Argument(help="Alias, e.g. champion.")],
+    tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI"),
+) -> None:
+    """Set an alias by hand (the sweep's champion rule does it automatically)."""
+    from eoforge.tracking.registry import promote
+
+    typer.echo(promote(_tracking(tracking_uri), name, version, alias))
+
+
 def _register_k8s() -> None:
     try:
         from eoforge.k8s.cli import app as k8s_app
