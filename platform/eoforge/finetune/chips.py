@@ -139,4 +139,4 @@ def labelled_dataset(cache: str, split: str, chip_ids: list[str] | None = None) 
     if chip_ids is not None:
         expr = expr & col("chip_id").is_in(list(chip_ids))
     fs = None if "://" in cache else pafs.LocalFileSystem()
-    return ray.data.read_parquet(cache, filesystem=fs, columns=TRAIN_COLUMNS + ["split", "ok"]).filter(expr=expr)
+    return ray.data.read_parquet(cache, filesystem=fs, columns=[*TRAIN_COLUMNS, "split", "ok"]).filter(expr=expr)
