@@ -60,6 +60,25 @@ def test_targets_of_the_three_tasks() -> None:
     assert names == ["Coniferous forest", "Mixed forest", "Inland wetlands"]  # bare rock has no 19-class label
 
 
+#: DFC2020 rasters hold 1..10 (3 Savanna, 8 Snow/Ice dropped); the 8-class set the seeds use.
+DFC10_TO_DFC8 = [255, 0, 1, 255, 2, 3, 4, 5, 255, 6, 7]
+
+
+def test_label_map_turns_raster_values_into_class_ids() -> None:
+    label = np.full((10, 10), 10, np.uint8)  # DFC 10 = Water
+    label[:3] = 3  # Savanna: no class in dfc8 -> ignored
+    label[3:5] = 1  # Forest
+    label[9, 9] = 0  # unlabelled
+    task = _task("segmentation", label_map=DFC10_TO_DFC8)
+    seg = task.target(label, "[]")
+    assert (seg[:3] == 255).all() and (seg[3:5] == 0).all() and seg[9, 9] == 255 and seg[5, 0] == 7
+    cls = _task("classification", label_map=DFC10_TO_DFC8)
+    assert int(cls.target(label, "[]")) == 7  # water is the majority of the labelled pixels
+    assert cls.usable(label, "[]")  # 69 of 100 px labelled
+    with pytest.raises(Exception, match="class ids \\[9\\]"):
+        _task("classification", label_map=[0, 9])
+
+
 def test_segmentation_loss_and_metrics_skip_the_ignore_index() -> None:
     task = _task("segmentation")
     logits = torch.randn(2, 8, 6, 6)

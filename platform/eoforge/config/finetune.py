@@ -33,6 +33,12 @@ class TaskConfig(Strict):
         "unlabelled); 'item': the plan's item_labels list (class names), multilabel only.",
     )
     ignore_index: Annotated[int, Field(ge=0, le=255)] = 255
+    label_map: list[Annotated[int, Field(ge=0, le=255)]] | None = Field(
+        None,
+        description="Raster labels only: class id = label_map[raster value]; values past its end, and entries "
+        "equal to ignore_index, are ignored. E.g. DFC2020's 1..10 onto dfc8: [255, 0, 1, 255, 2, 3, 4, 5, 255, 6, 7].",
+        max_length=256,
+    )
     min_class_fraction: Fraction = Field(0.1, description="Multilabel: smallest share of a class in a chip.")
     min_labelled_fraction: Fraction = Field(
         0.5, description="Chips whose labelled (not ignore_index) pixel share is below this are left out."
@@ -42,6 +48,8 @@ class TaskConfig(Strict):
     def _item_labels_are_multilabel(self) -> TaskConfig:
         if self.label_source == "item" and self.kind != "multilabel":
             raise ValueError("label_source 'item' (a list of class names per chip) only serves kind 'multilabel'")
+        if self.label_map is not None and self.label_source != "raster":
+            raise ValueError("label_map remaps raster label values; it has no meaning with label_source 'item'")
         return self
 
 

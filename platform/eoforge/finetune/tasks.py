@@ -120,6 +120,7 @@ class Task:
         ignore_index: label value that is never a class (unlabelled, masked).
         min_class_fraction: multilabel presence threshold, share of labelled pixels.
         min_labelled_fraction: chips with fewer labelled pixels are left out of the task.
+        label_map: raster value -> class id lookup (``None``: the raster holds class ids).
     """
 
     kind: str
@@ -128,6 +129,7 @@ class Task:
     ignore_index: int
     min_class_fraction: float
     min_labelled_fraction: float
+    label_map: tuple[int, ...] | None = None
 
     @classmethod
     def from_config(cls, cfg: TaskConfig) -> Task:
@@ -135,9 +137,31 @@ class Task:
         names = class_names(cfg.classes)
         if cfg.label_source == "raster" and len(names) > 254:
             raise ConfigError("task.classes: a label raster holds at most 254 classes (uint8, 255 = ignore)")
+        if cfg.label_map is not None:
+            bad = sorted({v for v in cfg.label_map if v != cfg.ignore_index and v >= len(names)})
+            if bad:
+                raise ConfigError(
+                    f"task.label_map: class ids {bad} are not in the {len(names)} classes "
+                    f"(0..{len(names) - 1}, or ignore_index {cfg.ignore_index})"
+                )
         return cls(
-            cfg.kind, names, cfg.label_source, cfg.ignore_index, cfg.min_class_fraction, cfg.min_labelled_fraction
+            cfg.kind,
+            names,
+            cfg.label_source,
+            cfg.ignore_index,
+            cfg.min_class_fraction,
+            cfg.min_labelled_fraction,
+            None if cfg.label_map is None else tuple(cfg.label_map),
         )
+
+    def class_ids(self, label: np.ndarray) -> np.ndarray:
+        """Raster values to class ids through ``label_map``. Shape: [H, W] -> [H, W] uint8 (ignore kept)."""
+        if self.label_map is None:
+            return label
+        lut = np.full(256, self.ignore_index, np.uint8)
+        lut[: len(self.label_map)] = self.label_map
+        lut[self.ignore_index] = self.ignore_index
+        return lut[np.clip(label.astype(np.int64), 0, 255)]
 
     @property
     def num_classes(self) -> int:
@@ -146,7 +170,7 @@ class Task:
 
     def pixel_counts(self, label: np.ndarray) -> np.ndarray:
         """Pixels per class of a label map. Shape: [H, W] uint8 -> [K] int64 (ignore and ids >= K dropped)."""
-        flat = label.reshape(-1).astype(np.int64)
+        flat = self.class_ids(label).reshape(-1).astype(np.int64)
         flat = flat[(flat != self.ignore_index) & (flat < self.num_classes)]
         return np.bincount(flat, minlength=self.num_classes)[: self.num_classes]
 
@@ -182,7 +206,7 @@ class Task:
             return self.item_multi_hot(item_labels)
         assert label is not None
         if self.kind == "segmentation":
-            seg = label.astype(np.int64)
+            seg = self.class_ids(label).astype(np.int64)
             seg[seg >= self.num_classes] = self.ignore_index
             return seg
         counts = self.pixel_counts(label)
