@@ -121,6 +121,24 @@ def catalog_bigearthnet(
     typer.echo(f"catalog: {path}")
 
 
+@catalog_app.command("sen12ms")
+def catalog_sen12ms(
+    src: Annotated[Path, typer.Option(help="SEN12MS or DFC2020 folder holding the ROIs*/ folders (or one of them).")],
+    out: Annotated[Path, typer.Option(help="Output directory of the static catalog (item JSON + per-band VRTs).")],
+    layout: Annotated[
+        str, typer.Option(help="sen12ms (s1_/s2_/lc_ folders, IGBP labels) or dfc2020 (s1_/s2_/dfc_, DFC labels).")
+    ] = "sen12ms",
+) -> None:
+    """Build a static STAC catalog for SEN12MS / DFC2020 patches (S2 L1C, S1 dB, raw land-cover labels)."""
+    from eoforge.demo.sen12ms import LAYOUTS, write_sen12ms_catalog
+
+    if layout not in LAYOUTS:
+        raise typer.BadParameter(f"{layout!r}; choose one of {', '.join(LAYOUTS)}", param_hint="--layout")
+    path = write_sen12ms_catalog(src, out, layout=layout)
+    typer.echo(f"catalog: {path}")
+    typer.echo(f"collections: {layout}-s2, {layout}-s1, {layout}-labels (asset 'labels', raw values)")
+
+
 # --------------------------------------------------------------------------- plan
 @app.command()
 def plan(
