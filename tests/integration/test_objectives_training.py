@@ -1,6 +1,6 @@
 """Every objective trains a few steps on the demo catalog inside one Ray Train job, and its loss falls.
 
-One ``ray job submit`` runs this module as a script (``python -m tests.integration.test_objectives``):
+One ``ray job submit`` runs this file as a script (by its path: .rayignore keeps tests/ out of the upload):
 a single TorchTrainer worker reads chips of the demo plan through Ray Data, then trains each
 objective of configs/pretrain/<kind>.yaml (their ``model`` and ``objective`` sections as they
 are) for a few optimiser steps on the same chips, one after the other, and writes the losses.
@@ -100,7 +100,8 @@ def trained(stack, demo_catalog, tmp_path_factory) -> dict[str, Any]:
     client = JobSubmissionClient(stack.ray_dashboard_url)
     out = tmp / "losses.json"
     job = client.submit_job(
-        entrypoint=f"{sys.executable} -m tests.integration.test_objectives {tmp / 'plan.parquet'} {out} {tmp / 'ray'}",
+        # run as a script by path: .rayignore keeps tests/ out of the uploaded working dir
+        entrypoint=f"{sys.executable} {Path(__file__).resolve()} {tmp / 'plan.parquet'} {out} {tmp / 'ray'}",
         runtime_env={"working_dir": str(REPO)},
     )
     deadline = time.monotonic() + 600
