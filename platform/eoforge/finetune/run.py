@@ -26,7 +26,7 @@ from eoforge.finetune.backbone import BackboneSpec, resolve_backbone
 from eoforge.finetune.chips import ChipIndex, ensure_chip_cache, labelled_dataset, read_index
 from eoforge.finetune.fractions import label_subset
 from eoforge.finetune.tasks import Task
-from eoforge.tracking.runs import flatten, resolve_tracking_uri, run_url, start_or_resume_run
+from eoforge.tracking.runs import flatten, log_plan_stats, resolve_tracking_uri, run_url, start_or_resume_run
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_tri
             "labels/subset.json",
         )
         client.log_metric(run_id, "data/skipped_chips", len(splits.skipped))
+        log_plan_stats(client, run_id, cfg.data.plan)
         if splits.skipped:
             client.log_dict(run_id, dict(sorted(splits.skipped.items())), "data/skipped_chips.json")
     print(f"[eoforge] MLflow run {'resumed' if resumed else 'started'}: {run_url(uri, run_id)}", flush=True)

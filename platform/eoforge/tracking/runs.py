@@ -104,3 +104,31 @@ class MetricLogger:
 
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def log_plan_stats(client: Any, run_id: str, plan_path: str) -> dict[str, Any]:
+    """Record what planning kept and skipped with the run that trains on the plan.
+
+    Logs ``data/plan_stats.json`` (stage counts, pairing, every skipped item and why) and
+    metrics ``plan/<stage>`` and ``plan/skipped_items[/<reason>]``. Plans written before stats
+    existed log nothing. Returns the stats ({} when absent).
+    """
+    from eoforge.plan.io import plan_stats
+
+    stats = plan_stats(plan_path)
+    if not stats:
+        return {}
+    client.log_dict(run_id, stats, "data/plan_stats.json")
+    metrics = {f"plan/{k}": float(v) for k, v in stats.get("stages", {}).items() if isinstance(v, int | float)}
+    by_reason = stats.get("skipped_by_reason", {})
+    metrics["plan/skipped_items"] = float(sum(by_reason.values()))
+    for reason, n in by_reason.items():
+        key = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in reason).strip().replace(" ", "_")
+        metrics[f"plan/skipped_items/{key[:200]}"] = float(n)
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    return stats

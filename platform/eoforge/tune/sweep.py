@@ -147,7 +147,7 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
 
     from eoforge.finetune.run import prepare_chips, register_finetuned
     from eoforge.finetune.tasks import Task
-    from eoforge.tracking.runs import flatten, resolve_tracking_uri, run_url, start_or_resume_run
+    from eoforge.tracking.runs import flatten, log_plan_stats, resolve_tracking_uri, run_url, start_or_resume_run
     from eoforge.tune.report import markdown_table, plot_label_fractions, summarise
 
     base = base_finetune_raw(cfg, source)
@@ -170,7 +170,16 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")  # experiment state saved after every event
     plan_hash, cache = prepare_chips(probe)  # decode chips once, before trials race for it
     run_id, resumed = start_or_resume_run(
-        uri, cfg.mlflow.experiment, cfg.run.name, tags={"eoforge.job": "sweep", "eoforge.plan_hash": plan_hash}
+        uri,
+        cfg.mlflow.experiment,
+        cfg.run.name,
+        tags={
+            "eoforge.job": "sweep",
+            "eoforge.plan_hash": plan_hash,
+            "eoforge.task": task.kind,
+            "eoforge.val_metric": val_metric,
+            "eoforge.test_metric": test_metric,
+        },
     )
     client = mlflow.MlflowClient(uri)
     if not resumed:
@@ -178,6 +187,7 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
         params["plan.hash"] = plan_hash
         client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()])
         client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/sweep.yaml")
+        log_plan_stats(client, run_id, probe.data.plan)
     print(f"[eoforge] sweep {'resumed' if resumed else 'started'}: {run_url(uri, run_id)}", flush=True)
 
     trainable = tune.with_parameters(_trial, base=base, sweep=cfg.model_dump(mode="json"), parent_run_id=run_id)
