@@ -78,6 +78,9 @@ def test_pretrain_lowers_loss_and_logs_lineage(stack, trained) -> None:
     assert run.data.params["plan.hash"] == plan_hash
     assert run.info.status == "FINISHED"
     assert "models:/it-dual-simclr@candidate" in trained["logs"]
+    tag = "[eoforge] step "
+    steps = [line[line.index(tag) :] for line in trained["logs"].splitlines() if tag in line]
+    assert steps and len(steps) == len(set(steps)), "progress lines printed more than once"
 
 
 def test_corrupt_cog_is_skipped_and_counted(stack, trained) -> None:

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from eoforge.progress import say
+
 STATE_FILE = "state.pt"
 
 
@@ -140,9 +142,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         opt.load_state_dict(state["optimizer"])
         position = {k: int(state[k]) for k in position}
         if rank == 0:
-            print(
-                f"[eoforge] resumed from checkpoint at step {position['step']} (epoch {position['epoch']})", flush=True
-            )
+            say(f"resumed from checkpoint at step {position['step']} (epoch {position['epoch']})")
     if active["sync_batchnorm"] and objective.uses_batch_stats:
         objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
     if active["channels_last"]:
@@ -153,9 +153,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     core = _unwrap(model)
     if rank == 0:
         for note in notes:
-            print(f"[eoforge] {note}", flush=True)
+            say(note)
         on = [k for k, v in active.items() if v]
-        print(f"[eoforge] objective {cfg.objective.kind} on {device}; GPU switches on: {on or 'none'}", flush=True)
+        say(f"objective {cfg.objective.kind} on {device}; GPU switches on: {on or 'none'}")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if active["bf16"] else contextlib.nullcontext
 
     logger = MetricLogger(config["mlflow"]["uri"], config["mlflow"]["run_id"]) if rank == 0 else None
@@ -209,9 +209,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 skipped_steps += 1
                 if logger is not None:
                     logger.log({"train/skipped_steps": skipped_steps}, step)
-                    print(
-                        f"[eoforge] batch {batch_idx} skipped: a worker has < {core.min_batch} valid chips", flush=True
-                    )
+                    say(f"batch {batch_idx} skipped: a worker has < {core.min_batch} valid chips")
                 continue
             s1, s2 = to_device(good["s1"]), to_device(good["s2"])
             micro += 1
@@ -247,10 +245,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     metrics["train/grad_norm"] = grad_norm
                 logger.log({**metrics, "epoch": epoch}, step)
                 total = f"/{max_steps}" if max_steps else ""
-                print(
-                    f"[eoforge] step {step}{total} epoch {epoch + 1}/{cfg.train.epochs} "
-                    f"loss {loss_value:.4f} {chips_per_s:.1f} chips/s",
-                    flush=True,
+                say(
+                    f"step {step}{total} epoch {epoch + 1}/{cfg.train.epochs} "
+                    f"loss {loss_value:.4f} {chips_per_s:.1f} chips/s"
                 )
             if step % cfg.train.checkpoint_every_steps == 0:
                 report()
