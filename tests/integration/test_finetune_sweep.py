@@ -21,17 +21,33 @@ from tests.integration.test_catalog_and_chips import data_cfg
 REPO = Path(__file__).resolve().parents[2]
 
 
+def start_job(stack, script: str, config: Path) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(stack.ray_dashboard_url)
+    return client.submit_job(
+        entrypoint=f"{sys.executable} {script} --config {config}", runtime_env={"working_dir": str(REPO)}
+    )
+
+
+def wait_job(stack, job: str, timeout_s: float = 900) -> str:
+    """Poll the job until it ends; returns its final status."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(stack.ray_dashboard_url)
+    deadline = time.monotonic() + timeout_s
+    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, f"job {job} did not finish in {timeout_s}s"
+        time.sleep(2)
+    return str(status)
+
+
 def submit(stack, script: str, config: Path, timeout_s: float = 900, expect_ok: bool = True) -> str:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(stack.ray_dashboard_url)
-    job = client.submit_job(
-        entrypoint=f"{sys.executable} {script} --config {config}", runtime_env={"working_dir": str(REPO)}
-    )
-    deadline = time.monotonic() + timeout_s
-    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.monotonic() < deadline, f"job {job} did not finish in {timeout_s}s"
-        time.sleep(2)
+    job = start_job(stack, script, config)
+    wait_job(stack, job, timeout_s)
     logs = client.get_job_logs(job)
     if expect_ok:
         assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
@@ -73,8 +89,37 @@ def sweep(stack, demo_catalog, ssl_model, tmp_path_factory):
     sweep["run"].update({"name": "it-sweep", "storage_path": str(tmp / "sweeps")})
     sweep["mlflow"].update({"experiment": "it-sweeps", "registered_model": "it-cls"})
     (tmp / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    # Interrupt the sweep mid-way, as a preempted head or a Ctrl-C would: once the first trial has
+    # finished and the second has started, stop the job; then submit the same config again.
+    from ray.job_submission import JobSubmissionClient
+
+    job = start_job(stack, "jobs/sweep.py", tmp / "sweep.yaml")
+    finished_before = _wait_for_children(stack, "it-sweeps", finished=1, started=2, job=job)
+    JobSubmissionClient(stack.ray_dashboard_url).stop_job(job)
+    assert wait_job(stack, job) == "STOPPED"
     logs = submit(stack, "jobs/sweep.py", tmp / "sweep.yaml")
-    return {"tmp": tmp, "logs": logs, "config": tmp / "sweep.yaml"}
+    return {"tmp": tmp, "logs": logs, "config": tmp / "sweep.yaml", "finished_before": finished_before}
+
+
+def _wait_for_children(stack, experiment: str, finished: int, started: int, job: str, timeout_s: float = 900):
+    """Poll MLflow until the sweep has `finished` FINISHED child runs and `started` in all.
+
+    Returns {run_id: end_time} of the finished ones.
+    """
+    from mlflow import MlflowClient
+    from ray.job_submission import JobSubmissionClient
+
+    client, jobs = MlflowClient(stack.mlflow_url), JobSubmissionClient(stack.ray_dashboard_url)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], "tags.mlflow.parentRunId != ''") if exp else []
+        done = {r.info.run_id: r.info.end_time for r in runs if r.info.status == "FINISHED"}
+        if len(done) >= finished and len(runs) >= started:
+            return done
+        assert str(jobs.get_job_status(job)) in {"PENDING", "RUNNING"}, jobs.get_job_logs(job)[-4000:]
+        assert time.monotonic() < deadline, f"sweep did not reach {finished} finished / {started} started trials"
+        time.sleep(2)
 
 
 def _runs(stack, experiment: str):
@@ -96,6 +141,10 @@ def test_sweep_leaves_child_runs_table_plot_and_champion(stack, sweep) -> None:
         assert "labels.subset_sha256" in child.data.params
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
     assert {"results/label_fractions.csv", "results/label_fractions.md", "results/label_fractions.png"} <= artifacts
+    # what planning kept and skipped travels with the sweep and with each trial
+    assert "data/plan_stats.json" in {a.path for a in client.list_artifacts(parent.info.run_id, "data")}
+    assert parent.data.metrics["plan/skipped_items"] >= 0 and parent.data.metrics["plan/chips_in_s1"] > 0
+    assert all(c.data.metrics["plan/chips_in_s1"] == parent.data.metrics["plan/chips_in_s1"] for c in children)
     assert "label fraction" in sweep["logs"]
     assert "models:/it-cls@champion" in sweep["logs"]
     assert parent.data.tags["eoforge.champion_decision"] == "promoted"
@@ -118,6 +167,16 @@ def test_ssl_trials_start_from_the_registered_weights_and_probe_keeps_them(stack
         assert run.data.tags["eoforge.backbone_sha256_end"] == ssl_model  # linear probe: unchanged
     spec = resolve_backbone("models:/it-ssl@candidate", "resnet18", stack.mlflow_url, "ssl4eo")
     assert state_sha256(load_backbone(spec, stack.mlflow_url)) == ssl_model
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(stack, sweep) -> None:
+    _, runs = _runs(stack, "it-sweeps")
+    children = {r.info.run_id: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert "restoring the Tune experiment" in sweep["logs"]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children.values())
+    assert sweep["finished_before"]  # at least one trial had finished when the job was stopped
+    for run_id, end_time in sweep["finished_before"].items():
+        assert children[run_id].info.end_time == end_time, f"finished trial {run_id} ran again after the restore"
 
 
 def test_rerun_restores_the_experiment_without_rerunning_trials(stack, sweep) -> None:
