@@ -77,7 +77,7 @@ def _patch(root: Path, roi: str, scene: str, folder: str, n: int, label: str, cr
 @pytest.fixture(scope="module")
 def sen12ms_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sen12ms")
-    # spring scene 7: two patches overlapping by half (as SEN12MS patches of a scene do), different values
+    # spring scene 7: two patches overlapping by half, with different values (a mix-up would show)
     _patch(root, "ROIs1158_spring", "7", "_7", 1, "lc", "EPSG:32632", 500000.0, 5300000.0)
     _patch(root, "ROIs1158_spring", "7", "_7", 2, "lc", "EPSG:32632", 500320.0, 5300000.0)
     # winter: another UTM zone, southern hemisphere
