@@ -5,31 +5,27 @@ ray job submit --working-dir . -- python jobs/finetune.py --config configs/finet
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
 from eoforge.config import FinetuneConfig, check_inputs, load_config
-from eoforge.errors import EoforgeError
+from eoforge.jobmain import job_main
+
+
+def _load(path: str, overrides: list[str]) -> FinetuneConfig:
+    cfg = load_config(path, FinetuneConfig, overrides)
+    check_inputs(cfg)
+    return cfg
+
+
+def _run(cfg: FinetuneConfig, _path: str) -> None:
+    from eoforge.finetune.run import run_finetune
+
+    run_finetune(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse args, validate the config before any work, run the job."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="kind: finetune YAML")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, FinetuneConfig, args.set)
-        check_inputs(cfg)
-        from eoforge.finetune.run import run_finetune
-
-        run_finetune(cfg)
-    except EoforgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    """Validate the config before any work, then fine-tune."""
+    return job_main(__doc__, "finetune", _load, _run, argv)
 
 
 if __name__ == "__main__":

@@ -5,31 +5,27 @@ ray job submit --working-dir . -- python jobs/pretrain.py --config configs/pretr
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
 from eoforge.config import PretrainConfig, check_inputs, load_config
-from eoforge.errors import EoforgeError
+from eoforge.jobmain import job_main
+
+
+def _load(path: str, overrides: list[str]) -> PretrainConfig:
+    cfg = load_config(path, PretrainConfig, overrides)
+    check_inputs(cfg)
+    return cfg
+
+
+def _run(cfg: PretrainConfig, _path: str) -> None:
+    from eoforge.train.pretrain import run_pretrain
+
+    run_pretrain(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse args, validate the config before any work, run the job."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="kind: pretrain YAML")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, PretrainConfig, args.set)
-        check_inputs(cfg)
-        from eoforge.train.pretrain import run_pretrain
-
-        run_pretrain(cfg)
-    except EoforgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    """Validate the config before any work, then pretrain."""
+    return job_main(__doc__, "pretrain", _load, _run, argv)
 
 
 if __name__ == "__main__":

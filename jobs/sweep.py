@@ -5,29 +5,30 @@ ray job submit --working-dir . -- python jobs/sweep.py --config configs/sweep/la
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
+from typing import TYPE_CHECKING
 
-from eoforge.errors import EoforgeError
+from eoforge.jobmain import job_main
+
+if TYPE_CHECKING:
+    from eoforge.config import SweepConfig
+
+
+def _load(path: str, overrides: list[str]) -> SweepConfig:
+    from eoforge.tune.sweep import load_sweep_config
+
+    return load_sweep_config(path, overrides)
+
+
+def _run(cfg: SweepConfig, path: str) -> None:
+    from eoforge.tune.sweep import run_sweep
+
+    run_sweep(cfg, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse args, validate the sweep and its base config before any work, run the sweep."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="kind: sweep YAML")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        from eoforge.tune.sweep import load_sweep_config, run_sweep
-
-        cfg = load_sweep_config(args.config, args.set)
-        run_sweep(cfg, args.config)
-    except EoforgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    """Validate the sweep and its base config before any work, then run the sweep."""
+    return job_main(__doc__, "sweep", _load, _run, argv)
 
 
 if __name__ == "__main__":
