@@ -17,41 +17,13 @@ from eoforge.plan.io import build_plan
 from eoforge.tracking.registry import decide_champion, register_backbone, resolve_model_version
 
 from tests.integration.test_catalog_and_chips import data_cfg
+from tests.support.jobs import run_job, start_job, wait_job
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_job(stack, script: str, config: Path) -> str:
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(stack.ray_dashboard_url)
-    return client.submit_job(
-        entrypoint=f"{sys.executable} {script} --config {config}", runtime_env={"working_dir": str(REPO)}
-    )
-
-
-def wait_job(stack, job: str, timeout_s: float = 900) -> str:
-    """Poll the job until it ends; returns its final status."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(stack.ray_dashboard_url)
-    deadline = time.monotonic() + timeout_s
-    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.monotonic() < deadline, f"job {job} did not finish in {timeout_s}s"
-        time.sleep(2)
-    return str(status)
-
-
 def submit(stack, script: str, config: Path, timeout_s: float = 900, expect_ok: bool = True) -> str:
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(stack.ray_dashboard_url)
-    job = start_job(stack, script, config)
-    wait_job(stack, job, timeout_s)
-    logs = client.get_job_logs(job)
-    if expect_ok:
-        assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
-    return logs
+    return run_job(stack, f"{sys.executable} {script} --config {config}", timeout_s, expect_ok)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +65,7 @@ def sweep(stack, demo_catalog, ssl_model, tmp_path_factory):
     # finished and the second has started, stop the job; then submit the same config again.
     from ray.job_submission import JobSubmissionClient
 
-    job = start_job(stack, "jobs/sweep.py", tmp / "sweep.yaml")
+    job = start_job(stack, f"{sys.executable} jobs/sweep.py --config {tmp / 'sweep.yaml'}")
     finished_before = _wait_for_children(stack, "it-sweeps", finished=1, started=2, job=job)
     JobSubmissionClient(stack.ray_dashboard_url).stop_job(job)
     assert wait_job(stack, job) == "STOPPED"

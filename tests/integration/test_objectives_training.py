@@ -91,25 +91,15 @@ def main(plan: str, out: str, storage: str) -> None:
 @pytest.fixture(scope="module")
 def trained(stack, demo_catalog, tmp_path_factory) -> dict[str, Any]:
     from eoforge.plan.io import build_plan
-    from ray.job_submission import JobStatus, JobSubmissionClient
 
     from tests.integration.test_catalog_and_chips import data_cfg
+    from tests.support.jobs import run_job
 
     tmp = tmp_path_factory.mktemp("objectives")
     build_plan(data_cfg(str(demo_catalog.catalog_json)), tmp / "plan.parquet")
-    client = JobSubmissionClient(stack.ray_dashboard_url)
     out = tmp / "losses.json"
-    job = client.submit_job(
-        # run as a script by path: .rayignore keeps tests/ out of the uploaded working dir
-        entrypoint=f"{sys.executable} {Path(__file__).resolve()} {tmp / 'plan.parquet'} {out} {tmp / 'ray'}",
-        runtime_env={"working_dir": str(REPO)},
-    )
-    deadline = time.monotonic() + 600
-    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.monotonic() < deadline, "objectives job did not finish in 600 s"
-        time.sleep(2)
-    logs = client.get_job_logs(job)
-    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
+    # run as a script by path: .rayignore keeps tests/ out of the uploaded working dir
+    run_job(stack, f"{sys.executable} {Path(__file__).resolve()} {tmp / 'plan.parquet'} {out} {tmp / 'ray'}", 600)
     return json.loads(out.read_text())
 
 

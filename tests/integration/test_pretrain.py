@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +13,14 @@ from eoforge.plan.build import plan_rows
 from eoforge.plan.io import read_plan, write_plan
 
 from tests.integration.test_catalog_and_chips import data_cfg
+from tests.support.jobs import run_job
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def submit(stack, config: Path, *overrides: str, timeout_s: float = 900) -> str:
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(stack.ray_dashboard_url)
     sets = " ".join(f"--set {o}" for o in overrides)
-    job = client.submit_job(
-        entrypoint=f"{sys.executable} jobs/pretrain.py --config {config} {sets}", runtime_env={"working_dir": str(REPO)}
-    )
-    deadline = time.monotonic() + timeout_s
-    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.monotonic() < deadline, f"job {job} did not finish in {timeout_s}s"
-        time.sleep(2)
-    logs = client.get_job_logs(job)
-    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
-    return logs
+    return run_job(stack, f"{sys.executable} jobs/pretrain.py --config {config} {sets}", timeout_s)
 
 
 @pytest.fixture(scope="module")
