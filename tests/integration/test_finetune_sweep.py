@@ -149,6 +149,11 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(stack, swee
     assert sweep["finished_before"]  # at least one trial had finished when the job was stopped
     for run_id, end_time in sweep["finished_before"].items():
         assert children[run_id].info.end_time == end_time, f"finished trial {run_id} ran again after the restore"
+        # the resumed job never opened the finished trial's run ("MLflow run resumed: .../runs/<id>")
+        assert not [line for line in sweep["logs"].splitlines() if "MLflow run " in line and run_id in line]
+    # and the trial that was running when the job stopped went on in its own run
+    resumed = [line for line in sweep["logs"].splitlines() if "MLflow run resumed" in line]
+    assert resumed and any(run_id in resumed[0] for run_id in children), resumed
 
 
 def test_rerun_restores_the_experiment_without_rerunning_trials(stack, sweep) -> None:

@@ -29,6 +29,8 @@ def register_backbone(
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    before = client.get_run(run_id).info  # a finished run keeps its status and end time
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
         info = mlflow.pytorch.log_model(
             model,
@@ -38,8 +40,9 @@ def register_backbone(
             pip_requirements=[],
             serialization_format="pickle",
         )
+    if before.end_time:
+        client.set_terminated(run_id, status=before.status, end_time=before.end_time)
     version = str(info.registered_model_version)
-    client = MlflowClient(tracking_uri)
     if alias:
         client.set_registered_model_alias(name, alias, version)
     for key in ("plan_hash", "objective", "backbone", "task", "label_fraction", "mode"):
