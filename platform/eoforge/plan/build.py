@@ -11,6 +11,10 @@ Stages, each counted (``PlanStats``, stored in the plan's metadata and logged):
    UTM grid (its 10 m band grid), stepping by ``stride_px``, clipped to ``catalog.bbox`` /
    ``catalog.aoi`` (chips that intersect the area), kept when inside the S1 footprint.
 
+Labels (``catalog.label_collection``): the label items' footprints are indexed once per plan
+(:class:`LabelIndex`, an STRtree), and each chip is linked to a label item whose footprint
+contains it (see :meth:`LabelIndex.find` for which one when several do).
+
 When no chip is left, the error names the stage and filter that removed them. The split of a
 chip depends only on its place (CRS + grid origin) and the seed, so the same place is in the
 same split on every date (no leakage between train and test through repeated acquisitions).
@@ -25,13 +29,15 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlparse
 
 import pystac
 import rasterio
 from pyproj import Transformer
 from rasterio.transform import Affine
+from shapely import STRtree
 from shapely.geometry import Polygon, box, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import transform as shp_transform
@@ -244,16 +250,95 @@ def _densified_to(crs: str, geom: BaseGeometry) -> BaseGeometry:
     return shp_transform(to.transform, geom.segmentize(0.01))
 
 
+def _link_stem(href: str) -> str:
+    """The file name without extension of an href (``.../ID/ID.json`` -> ``ID``)."""
+    return PurePosixPath(urlparse(href).path).stem
+
+
+class LabelIndex:
+    """The label items of a plan, their footprints indexed once (STRtree, lon/lat).
+
+    :meth:`find` looks up a chip's label in O(log n) instead of testing every label item.
+    Containment is the exact lon/lat test ``footprint.contains(chip)`` as before the index.
+    """
+
+    #: Centroid distances closer than this (metres) are a tie (patches on a regular overlapping grid).
+    TIE_M = 0.01
+
+    def __init__(self, items: list[pystac.Item], profile: ProviderProfile) -> None:
+        self.items = [it for it in items if it.geometry is not None]
+        self.footprints = [shape(it.geometry) for it in self.items]
+        self.hrefs = [asset_href(it, "labels", profile, required=False) for it in self.items]
+        self.sources: list[set[str]] = []
+        for it in self.items:
+            names: set[str] = set()
+            for link in it.links:
+                if link.rel == "source":
+                    if link.title:
+                        names.add(str(link.title))
+                    target = link.target
+                    names.add(target.id if isinstance(target, pystac.Item) else _link_stem(str(target)))
+            self.sources.append(names)
+        self.tree = STRtree(self.footprints)
+        self._centroids: dict[tuple[str, int], tuple[float, float]] = {}
+        self._to_crs: dict[str, Transformer] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _centroid_in(self, crs: str, i: int) -> tuple[float, float]:
+        key = (crs, i)
+        if key not in self._centroids:
+            if crs not in self._to_crs:
+                self._to_crs[crs] = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+            c = self.footprints[i].centroid
+            self._centroids[key] = self._to_crs[crs].transform(c.x, c.y)
+        return self._centroids[key]
+
+    def find(self, chip_ll: BaseGeometry, crs: str, centre: tuple[float, float], s2_id: str) -> str | None:
+        """The ``labels`` href of the label item for a chip, or None when no footprint contains it.
+
+        Args:
+            chip_ll: the chip's footprint, lon/lat.
+            crs: the chip's CRS.
+            centre: the chip's centre (x, y) in ``crs``.
+            s2_id: the id of the chip's S2 item.
+
+        Among the label items whose footprint contains the chip, the first of: the one with a
+        ``source`` link (STAC label extension) to the chip's S2 item (its own patch); else the
+        one whose footprint centroid is nearest the chip centre (the patch the chip was cut from
+        when patches overlap); else, on a tie (within 1 cm), the smallest item id.
+        """
+        hits = [int(i) for i in self.tree.query(chip_ll) if self.footprints[int(i)].contains(chip_ll)]
+        if len(hits) > 1:
+            own = [i for i in hits if s2_id in self.sources[i]]
+            hits = own or hits
+        if len(hits) > 1:
+            dist = {}
+            for i in hits:
+                cx, cy = self._centroid_in(crs, i)
+                dist[i] = math.hypot(cx - centre[0], cy - centre[1])
+            best = min(dist.values())
+            hits = [i for i in hits if dist[i] <= best + self.TIE_M]
+        if not hits:
+            return None
+        return self.hrefs[min(hits, key=lambda i: self.items[i].id)]
+
+
 def chip_rows_for_pair(
     pair: Pair,
     cfg: DataConfig,
-    label_items: list[pystac.Item] | None = None,
+    label_items: LabelIndex | list[pystac.Item] | None = None,
     profile: ProviderProfile | None = None,
     sources: tuple[S2Source, S1Source] | None = None,
     stats: PlanStats | None = None,
 ) -> list[dict[str, object]]:
-    """Plan rows (plain dicts) for one S1/S2 pair."""
+    """Plan rows (plain dicts) for one S1/S2 pair.
+
+    ``label_items``: a :class:`LabelIndex` built once per plan (a list is indexed here, per call).
+    """
     profile = profile or resolve_profile(cfg.catalog.provider, _declared(cfg))
+    labels = LabelIndex(label_items, profile) if isinstance(label_items, list) else label_items
     res = cfg.chips.resolution_m
     s2_src, s1_src = sources or (prepare_s2(pair.s2, profile, res), prepare_s1(pair.s1, profile, cfg.catalog.s1_units))
     grid = s2_src.grid
@@ -303,10 +388,9 @@ def chip_rows_for_pair(
             if not surely_in.contains(chip_utm) and chip_ll.difference(s1_foot).area > 1e-3 * chip_ll.area:
                 continue  # not inside S1 (1e-3: edge round-off)
             label_href = None
-            for lab in label_items or []:
-                if shape(lab.geometry).contains(chip_ll):
-                    label_href = asset_href(lab, "labels", profile, required=False)
-                    break
+            if labels:
+                centre = (x0 + size * res / 2, y0 - size * res / 2)
+                label_href = labels.find(chip_ll, grid.crs, centre, pair.s2.id)
             rows.append(
                 {
                     "chip_id": f"{pair.s2.id}:{r}:{c}",
@@ -441,9 +525,13 @@ def plan_rows_with_stats(cfg: DataConfig) -> tuple[list[dict[str, object]], Plan
             f"overlap: within the pairing window the largest S1/S2 overlap is {pg.get('best_overlap_in_window')} "
             f"of the S2 footprint (pairing.min_overlap={cfg.pairing.min_overlap:g})"
         )
-    labels: list[pystac.Item] = []
+    labels: LabelIndex | None = None
     if cfg.catalog.label_collection:
-        labels = backend.search(SearchQuery(cfg.catalog.label_collection, search_bbox(cfg.catalog), None, None, None))
+        label_items = backend.search(
+            SearchQuery(cfg.catalog.label_collection, search_bbox(cfg.catalog), None, None, None)
+        )
+        labels = LabelIndex(label_items, profile)
+        stats.stages["label_items"] = len(labels)
     log.info("planning %d pairs (%s)", len(pairs), stats.summary())
     rows: list[dict[str, object]] = []
     for i, pair in enumerate(pairs, 1):

@@ -1,0 +1,182 @@
+"""Planner: label look-up through the footprint index (no Ray).
+
+Small SEN12MS / DFC2020 layouts are written on disk (16..64 px patches, UTM) and catalogued with
+``write_sen12ms_catalog``, as in ``test_sen12ms_catalog.py``; plans are built with ``build_plan``.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pystac
+import pytest
+import rasterio
+from eoforge.catalog.providers import resolve_profile
+from eoforge.config import DataConfig, parse_config
+from eoforge.demo.sen12ms import write_sen12ms_catalog
+from eoforge.plan.build import LabelIndex
+from eoforge.plan.io import build_plan, plan_stats, read_plan
+from pyproj import Transformer
+from rasterio.transform import Affine
+from shapely.geometry import box, mapping
+from shapely.ops import transform as shp_transform
+
+PX = 64
+CRS = "EPSG:32632"
+X0, Y0 = 500000.0, 5300000.0
+
+
+def _tif(path: Path, data: np.ndarray, x0: float, y0: float, crs: str = CRS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = {
+        "driver": "GTiff",
+        "width": data.shape[2],
+        "height": data.shape[1],
+        "count": data.shape[0],
+        "dtype": str(data.dtype),
+        "crs": crs,
+        "transform": Affine(10.0, 0.0, x0, 0.0, -10.0, y0),
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+
+
+def _patch(root: Path, roi: str, scene: str, folder: str, n: int, label: str, x0: float, y0: float) -> None:
+    """One patch (S2 13 bands, S1 2 bands, label: lc 4 bands or dfc 1 band) at (x0, y0), PX x PX."""
+    rng = np.random.default_rng(zlib.crc32(f"{roi}:{scene}:{n}".encode()))
+    _tif(
+        root / roi / f"s2{folder}" / f"{roi}_s2_{scene}_p{n}.tif",
+        rng.integers(1, 10000, (13, PX, PX), "uint16"),
+        x0,
+        y0,
+    )
+    _tif(
+        root / roi / f"s1{folder}" / f"{roi}_s1_{scene}_p{n}.tif", rng.uniform(-30, 0, (2, PX, PX)).astype("f4"), x0, y0
+    )
+    bands = 4 if label == "lc" else 1
+    _tif(
+        root / roi / f"{label}{folder}" / f"{roi}_{label}_{scene}_p{n}.tif",
+        rng.integers(1, 10, (bands, PX, PX), "uint16"),
+        x0,
+        y0,
+    )
+
+
+def _cfg(catalog: Path, prefix: str, size: int, **extra: object) -> DataConfig:
+    raw: dict[str, object] = {
+        "kind": "data",
+        "catalog": {
+            "backend": "static",
+            "url": str(catalog),
+            "s2_collection": f"{prefix}-s2",
+            "s1_collection": f"{prefix}-s1",
+            "label_collection": f"{prefix}-labels",
+        },
+        "pairing": {"max_days": 0, "min_overlap": 0.9},
+        "chips": {"size_px": size},
+        **extra,
+    }
+    return parse_config(raw, prefix, DataConfig)
+
+
+def _stem(href: object) -> str:
+    """``.../ROIs1158_spring_lc_7_p3.tif`` -> ``7_p3`` (scene and patch)."""
+    return str(href).rsplit("/", 1)[-1].split("_", 3)[-1].removesuffix(".tif")
+
+
+# ------------------------------------------------------------------------------------ label look-up
+
+
+@pytest.fixture(scope="module")
+def overlapping(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SEN12MS layout: a 3 x 3 block of patches overlapping by half (stride PX / 2), one scene,
+    plus a lone patch (scene 9) far away whose label footprint is cut to its top half."""
+    root = tmp_path_factory.mktemp("sen12ms-overlap")
+    step = PX * 10 / 2
+    for k in range(9):
+        i, j = divmod(k, 3)
+        _patch(root / "src", "ROIs1158_spring", "7", "_7", k, "lc", X0 + j * step, Y0 - i * step)
+    _patch(root / "src", "ROIs1158_spring", "9", "_9", 0, "lc", X0 + 20000, Y0)
+    catalog = write_sen12ms_catalog(root / "src", root / "cat", layout="sen12ms", workers=1)
+    # cut the lone patch's label footprint to its top half (rows 0..31): its bottom chips lie outside it
+    lab = root / "cat/sen12ms-labels/ROIs1158_spring_lc_9_p0/ROIs1158_spring_lc_9_p0.json"
+    doc = json.loads(lab.read_text())
+    x0, y0 = X0 + 20000, Y0
+    doc["geometry"] = mapping(_to_ll(box(x0 - 0.01, y0 - PX * 5, x0 + PX * 10 + 0.01, y0 + 0.01)))
+    lab.write_text(json.dumps(doc))
+    return catalog
+
+
+def _to_ll(geom):  # type: ignore[no-untyped-def]
+    return shp_transform(Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform, geom)
+
+
+def test_overlapping_patches_link_each_chip_to_its_own_patch(overlapping: Path, tmp_path: Path) -> None:
+    # 32 px chips: every chip of an inner patch lies inside up to 4 overlapping label footprints
+    _, n = build_plan(_cfg(overlapping, "sen12ms", PX // 2), tmp_path / "plan.parquet")
+    frame, _ = read_plan(tmp_path / "plan.parquet")
+    assert n == 10 * 4
+    inside = frame[~frame.s2_item.str.contains("_9_")]
+    assert len(inside) == 36
+    for row in inside.itertuples():
+        assert _stem(row.label_href) == row.s2_item.split("_s2_")[1], row.chip_id  # its own patch's labels
+    # one chip per patch (64 px): the label is the patch's own, the only footprint that holds it
+    _, n = build_plan(_cfg(overlapping, "sen12ms", PX), tmp_path / "plan64.parquet")
+    frame, _ = read_plan(tmp_path / "plan64.parquet")
+    linked = frame[frame.label_href.notna()]
+    assert len(linked) == 9 and all(_stem(r.label_href) == r.s2_item.split("_s2_")[1] for r in linked.itertuples())
+    assert plan_stats(tmp_path / "plan64.parquet")["stages"]["label_items"] == 10
+
+
+def test_a_chip_outside_every_label_footprint_gets_no_label(overlapping: Path, tmp_path: Path) -> None:
+    build_plan(_cfg(overlapping, "sen12ms", PX // 2), tmp_path / "plan.parquet")
+    frame, _ = read_plan(tmp_path / "plan.parquet")
+    lone = {
+        str(r.chip_id).split(":", 1)[1]: r.label_href for r in frame[frame.s2_item.str.contains("_9_")].itertuples()
+    }
+    assert set(lone) == {"0:0", "0:32", "32:0", "32:32"}
+    assert _stem(lone["0:0"]) == _stem(lone["0:32"]) == "9_p0"  # top half: inside the cut footprint
+    assert pd.isna(lone["32:0"]) and pd.isna(lone["32:32"])  # bottom half: outside every label footprint
+
+
+def _label_item(item_id: str, x0: float, width_px: int, sources: tuple[str, ...] = ()) -> pystac.Item:
+    """A label item over PX rows x width_px columns from (x0, Y0), footprint grown by 1 cm."""
+    foot = _to_ll(box(x0 - 0.01, Y0 - PX * 10 - 0.01, x0 + width_px * 10 + 0.01, Y0 + 0.01))
+    item = pystac.Item(item_id, mapping(foot), list(foot.bounds), datetime(2017, 4, 15, tzinfo=UTC), {})
+    item.add_asset("labels", pystac.Asset(f"/labels/{item_id}.tif"))
+    for s in sources:
+        item.add_link(pystac.Link("source", f"/s2/{s}/{s}.json", title=s))
+    return item
+
+
+def _find(index: LabelIndex, col: int, s2_id: str = "S2") -> str | None:
+    """The label href for a 16 x 16 px chip at column ``col`` of row 0."""
+    chip = box(X0 + col * 10, Y0 - 160, X0 + col * 10 + 160, Y0)
+    return index.find(_to_ll(chip), CRS, (chip.centroid.x, chip.centroid.y), s2_id)
+
+
+def test_label_index_picks_the_nearest_footprint_then_the_smallest_id() -> None:
+    profile = resolve_profile("eoforge")
+    # a: columns 0..64, b: 16..80, c: 16..80 as well (same footprint as b), d: 200..264
+    items = [
+        _label_item("d", X0 + 2000, PX),
+        _label_item("b", X0 + 160, PX),
+        _label_item("a", X0, PX),
+        _label_item("c", X0 + 160, PX),
+    ]
+    index = LabelIndex(items, profile)
+    assert len(index) == 4
+    assert _find(index, 0) == "/labels/a.tif"  # only a holds it
+    assert _find(index, 16) == "/labels/a.tif"  # a and b/c hold it; a's centre (32) is nearest the chip's (24)
+    assert _find(index, 40) == "/labels/b.tif"  # chip centre 48: b and c (centre 48) tie; the smaller id
+    assert _find(index, 70) is None  # 70..86 sticks out of b and c
+    assert _find(index, 150) is None  # between footprints
+    # a source link to the chip's S2 item wins over a nearer footprint
+    linked = LabelIndex([_label_item("a", X0, PX), _label_item("z", X0 + 160, PX, sources=("S2_own",))], profile)
+    assert _find(linked, 16, "S2_own") == "/labels/z.tif"
+    assert _find(linked, 16, "S2_other") == "/labels/a.tif"
