@@ -40,12 +40,16 @@ TASKS = {
 
 
 def sh(*cmd: str, env: dict[str, str] | None = None) -> str:
-    """Run a command, echo its output to stderr, fail loudly with its tail."""
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    sys.stderr.write(proc.stdout[-6000:] + proc.stderr[-3000:])
-    if proc.returncode != 0:
+    """Run a command, stream its output to stderr as it comes (progress), return its stdout."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stderr.write(line)
+        lines.append(line)
+    if proc.wait() != 0:
         raise SystemExit(f"bench: {' '.join(cmd[:4])} ... failed ({proc.returncode})")
-    return proc.stdout
+    return "".join(lines)
 
 
 def has_candidate(mlflow_url: str) -> bool:
