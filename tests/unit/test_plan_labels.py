@@ -1,4 +1,4 @@
-"""Planner: label look-up through the footprint index (no Ray).
+"""Planner: label look-up through the footprint index, and splits from an item property (no Ray).
 
 Small SEN12MS / DFC2020 layouts are written on disk (16..64 px patches, UTM) and catalogued with
 ``write_sen12ms_catalog``, as in ``test_sen12ms_catalog.py``; plans are built with ``build_plan``.
@@ -17,9 +17,10 @@ import pystac
 import pytest
 import rasterio
 from eoforge.catalog.providers import resolve_profile
-from eoforge.config import DataConfig, parse_config
+from eoforge.config import DataConfig, SplitConfig, load_config, parse_config
 from eoforge.demo.sen12ms import write_sen12ms_catalog
-from eoforge.plan.build import LabelIndex
+from eoforge.errors import CatalogError, ConfigError
+from eoforge.plan.build import LabelIndex, _place_u, chip_split, split_of
 from eoforge.plan.io import build_plan, plan_stats, read_plan
 from pyproj import Transformer
 from rasterio.transform import Affine
@@ -180,3 +181,110 @@ def test_label_index_picks_the_nearest_footprint_then_the_smallest_id() -> None:
     linked = LabelIndex([_label_item("a", X0, PX), _label_item("z", X0 + 160, PX, sources=("S2_own",))], profile)
     assert _find(linked, 16, "S2_own") == "/labels/z.tif"
     assert _find(linked, 16, "S2_other") == "/labels/a.tif"
+
+
+# ------------------------------------------------------------------------------------ splits by property
+
+
+@pytest.fixture(scope="module")
+def dfc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DFC2020 layout: 4 validation-ROI patches and 2 test-ROI patches (no overlap)."""
+    root = tmp_path_factory.mktemp("dfc2020-splits")
+    for n in range(4):
+        _patch(root / "src", "ROIs0000_validation", "0", "_validation", n, "dfc", X0 + n * 1000, Y0)
+    for n in range(2):
+        _patch(root / "src", "ROIs0000_test", "0", "_0", n, "dfc", X0 + n * 1000, Y0 - 5000)
+    return write_sen12ms_catalog(root / "src", root / "cat", layout="dfc2020", workers=1)
+
+
+PROTOCOL = {"name": "dfc2020:roi", "map": {"ROIs0000_validation": "train", "ROIs0000_test": "test"}}
+
+
+def test_property_splits_follow_the_map_and_carve_val_by_place(dfc: Path, tmp_path: Path) -> None:
+    by = {**PROTOCOL, "val_fraction": 0.25}
+    cfg = _cfg(dfc, "dfc2020", 16, splits={"by_property": by})
+    digest, n = build_plan(cfg, tmp_path / "a.parquet")
+    assert n == 6 * 16
+    frame, _ = read_plan(tmp_path / "a.parquet")
+    test_roi = frame.s2_item.str.startswith("ROIs0000_test")
+    assert set(frame[test_roi].split) == {"test"} and test_roi.sum() == 32
+    val_roi = frame[~test_roi]
+    assert set(val_roi.split) == {"train", "val"}
+    for row in val_roi.itertuples():  # val = the train chips whose place hash falls below val_fraction
+        x0, y0 = row.transform[2], row.transform[5]
+        assert (row.split == "val") == (_place_u(row.crs, x0, y0, cfg.seed) < 0.25), row.chip_id
+    # deterministic: the same config gives the same plan; another seed carves other places
+    assert build_plan(cfg, tmp_path / "b.parquet")[0] == digest
+    other = build_plan(cfg.model_copy(update={"seed": 1}), tmp_path / "c.parquet")
+    assert other[0] != digest
+    stats = plan_stats(tmp_path / "a.parquet")
+    assert stats["stages"]["chips_in_split"] == 96 and stats["skipped_chips"] == {}
+
+
+def test_the_shipped_dfc2020_config_follows_the_published_protocol(
+    dfc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EOFORGE_HOME", str(tmp_path))
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs/data/dfc2020.yaml", DataConfig, [f"catalog.url={dfc}", "chips.size_px=16"])
+    build_plan(cfg, tmp_path / "plan.parquet")
+    frame, _ = read_plan(tmp_path / "plan.parquet")
+    by_roi = frame.groupby([frame.s2_item.str.split("_s2_").str[0], "split"]).size().to_dict()
+    assert set(by_roi) == {("ROIs0000_test", "test"), ("ROIs0000_validation", "train"), ("ROIs0000_validation", "val")}
+    assert by_roi[("ROIs0000_test", "test")] == 32 and 0 < by_roi[("ROIs0000_validation", "val")] < 16
+
+
+def test_unmapped_values_are_left_out_and_counted(dfc: Path, tmp_path: Path) -> None:
+    only_val = {"name": "dfc2020:roi", "map": {"ROIs0000_validation": "test"}}
+    _, n = build_plan(_cfg(dfc, "dfc2020", 32, splits={"by_property": only_val}), tmp_path / "p.parquet")
+    frame, _ = read_plan(tmp_path / "p.parquet")
+    assert n == 16 and set(frame.split) == {"test"} and frame.s2_item.str.startswith("ROIs0000_validation").all()
+    stats = plan_stats(tmp_path / "p.parquet")
+    assert stats["skipped_chips"] == {"split: dfc2020:roi='ROIs0000_test' is not in splits.by_property.map": 8}
+    assert stats["stages"]["chips_in_s1"] == 24 and stats["stages"]["chips_in_split"] == 16
+    # no chip left: the error names the split stage and the values
+    nothing = {"name": "dfc2020:roi", "map": {"ROIs0000_train": "train"}}
+    with pytest.raises(CatalogError, match=r"split: none of the 24 chips has a split.*ROIs0000_test"):
+        build_plan(_cfg(dfc, "dfc2020", 32, splits={"by_property": nothing}), tmp_path / "q.parquet")
+    # unmapped: a split for every value not listed (e.g. list only the hold-out scenes)
+    holdout = {"name": "dfc2020:roi", "map": {"ROIs0000_test": "test"}, "unmapped": "train"}
+    build_plan(_cfg(dfc, "dfc2020", 32, splits={"by_property": holdout}), tmp_path / "u.parquet")
+    frame, _ = read_plan(tmp_path / "u.parquet")
+    assert frame.groupby("split").size().to_dict() == {"test": 8, "train": 16}
+    assert plan_stats(tmp_path / "u.parquet")["skipped_chips"] == {}
+    missing = {"name": "dfc2020:nope", "map": {"x": "train"}, "unmapped": "train"}
+    with pytest.raises(CatalogError, match="has no property 'dfc2020:nope'"):
+        build_plan(_cfg(dfc, "dfc2020", 32, splits={"by_property": missing}), tmp_path / "r.parquet")
+
+
+def test_split_config_checks(tmp_path: Path) -> None:
+    # default: by place, as before
+    default = SplitConfig()
+    assert default.by_property is None
+    assert chip_split(None, CRS, X0, Y0, 0, default) == split_of(CRS, X0, Y0, 0, default)
+    # YAML int keys are read as text
+    path = tmp_path / "data.yaml"
+    path.write_text(
+        "kind: data\ncatalog: {backend: static, url: x}\n"
+        "splits:\n  by_property: {name: 'sen12ms:scene', map: {7: test, '12': train}, val_fraction: 0.1}\n"
+    )
+    by = load_config(path, DataConfig).splits.by_property
+    assert by is not None and by.map == {"7": "test", "12": "train"} and by.val_fraction == 0.1
+    # fractions and by_property do not mix; the carve-out needs train; splits are train | val | test
+    bad = [
+        ({"train": 0.5, "val": 0.5, "test": 0.0, "by_property": PROTOCOL}, "splits: train/val/test: fractions do not"),
+        (
+            {"by_property": {**PROTOCOL, "map": {"a": "test"}, "val_fraction": 0.1}},
+            "no value in map (nor unmapped) goes",
+        ),
+        ({"by_property": {**PROTOCOL, "unmapped": "holdout"}}, "splits.by_property.unmapped: Input should be"),
+        ({"by_property": {**PROTOCOL, "map": {"a": "holdout"}}}, "splits.by_property.map.a: Input should be"),
+        ({"by_property": {**PROTOCOL, "map": {}}}, "splits.by_property.map: Dictionary should have at least 1"),
+        ({"by_property": {**PROTOCOL, "val_fraction": 1.0}}, "splits.by_property.val_fraction: Input should be less"),
+        ({"by_property": {**PROTOCOL, "values": {}}}, "splits.by_property.values: unknown key"),
+    ]
+    for splits, message in bad:
+        raw = {"kind": "data", "catalog": {"backend": "static", "url": "x"}, "splits": splits}
+        with pytest.raises(ConfigError) as err:
+            parse_config(raw, "data.yaml", DataConfig)
+        assert message in str(err.value), (splits, str(err.value))

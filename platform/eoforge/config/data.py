@@ -140,18 +140,77 @@ class ChipGridConfig(Strict):
     resolution_m: PosFloat = Field(10.0, description="Output pixel size, metres.")
 
 
-class SplitConfig(Strict):
-    """Split fractions; chips at the same place always share a split (no leakage across dates)."""
+SplitName = Literal["train", "val", "test"]
 
-    train: Fraction = 0.8
-    val: Fraction = 0.1
-    test: Fraction = 0.1
+
+class SplitByProperty(Strict):
+    """The split of a chip from a property of its S2 item (a dataset's published protocol)."""
+
+    name: str = Field(
+        min_length=1,
+        description="Property of the S2 item whose value decides the split, e.g. 'dfc2020:roi'.",
+    )
+    map: dict[str, SplitName] = Field(
+        min_length=1,
+        description="Property value -> train | val | test. Values are compared as text (str(value)). A chip "
+        "whose S2 item lacks the property, or has a value not listed here (and no 'unmapped'), is left out of "
+        "the plan and counted in the plan stats (skipped_chips, with the value).",
+    )
+    unmapped: SplitName | None = Field(
+        None,
+        description="Split of the values not in map (e.g. map only the hold-out scenes to test and the rest to "
+        "train); default: such chips are left out. Items without the property are left out either way.",
+    )
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0,
+        description="Fraction of the chips mapped to train that go to val instead, chosen by a hash of the "
+        "chip's place (CRS + chip origin + seed): deterministic, and a place is in one split on every date.",
+    )
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _text_keys(cls, v: Any) -> Any:
+        # YAML reads `7: test` with an int key; property values are compared as text anyway
+        if isinstance(v, dict):
+            return {str(k) if isinstance(k, int | float | bool) else k: s for k, s in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _carve_from_train(self) -> SplitByProperty:
+        if self.val_fraction > 0 and "train" not in (*self.map.values(), self.unmapped):
+            raise ValueError("val_fraction carves val out of train, but no value in map (nor unmapped) goes to train")
+        return self
+
+
+class SplitConfig(Strict):
+    """How chips are split.
+
+    By place (default): the fractions below, drawn by a hash of the chip's place (CRS + chip
+    origin + seed), so chips at the same place always share a split (no leakage across dates).
+    With ``by_property``: from a property of the chip's S2 item (e.g. DFC2020's ``dfc2020:roi``);
+    the fractions do not apply then.
+    """
+
+    train: Fraction = Field(0.8, description="Share of places in train (by-place splits).")
+    val: Fraction = Field(0.1, description="Share of places in val (by-place splits).")
+    test: Fraction = Field(0.1, description="Share of places in test (by-place splits).")
+    by_property: SplitByProperty | None = Field(
+        None,
+        description="Split from an S2 item property (a published protocol) instead of by place, e.g. "
+        "{name: 'dfc2020:roi', map: {ROIs0000_validation: train, ROIs0000_test: test}, val_fraction: 0.2}.",
+    )
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitConfig:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must be 1, got {total:g}")
+        given = [k for k in ("train", "val", "test") if k in self.model_fields_set]
+        if self.by_property is not None and given:
+            raise ValueError(
+                f"{'/'.join(given)}: fractions do not apply with by_property (the property decides the split); "
+                "carve val out of train with by_property.val_fraction"
+            )
         return self
 
 

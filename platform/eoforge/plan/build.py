@@ -17,8 +17,10 @@ contains it (see :meth:`LabelIndex.find` for which one when several do).
 
 When no chip is left, the error names the stage and filter that removed them. The split of a
 chip depends only on its place (CRS + grid origin) and the seed, so the same place is in the
-same split on every date (no leakage between train and test through repeated acquisitions).
-Hrefs are stored as published (unsigned); the reader signs them at read time.
+same split on every date (no leakage between train and test through repeated acquisitions);
+or, with ``splits.by_property``, on a property of its S2 item (chips whose value is not mapped
+are left out and counted in ``PlanStats.skipped_chips``). Hrefs are stored as published
+(unsigned); the reader signs them at read time.
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ class PlanStats:
     stages: dict[str, int] = field(default_factory=dict)
     pairing: dict[str, Any] = field(default_factory=dict)
     skipped_items: list[dict[str, str]] = field(default_factory=list)
+    #: Chips left out of the plan after the S1 test, per reason (e.g. no split for their item's property).
+    skipped_chips: dict[str, int] = field(default_factory=dict)
+
+    def skip_chips(self, reason: str, n: int) -> None:
+        """Record ``n`` chips left out for ``reason``."""
+        if n:
+            self.skipped_chips[reason] = self.skipped_chips.get(reason, 0) + n
 
     def skip(self, item: pystac.Item, reason: str) -> None:
         """Record a skipped item."""
@@ -78,6 +87,7 @@ class PlanStats:
             "pairing": self.pairing,
             "skipped_items": self.skipped_items,
             "skipped_by_reason": self.skipped_by_reason(),
+            "skipped_chips": dict(sorted(self.skipped_chips.items())),
         }
 
     def summary(self) -> str:
@@ -129,13 +139,46 @@ def s2_grid(item: pystac.Item, provider: str | ProviderProfile, resolution_m: fl
     return Grid(crs=crs, transform=grid_tr, shape=(rows, cols))
 
 
+def _place_u(crs: str, x0: float, y0: float, seed: int) -> float:
+    """A number in [0, 1) that depends only on the place (CRS, chip origin) and the seed."""
+    digest = hashlib.sha256(f"{crs}:{x0:.3f}:{y0:.3f}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def split_of(crs: str, x0: float, y0: float, seed: int, splits: SplitConfig) -> str:
     """Deterministic split of a place: hash(crs, chip origin, seed) -> train / val / test."""
-    digest = hashlib.sha256(f"{crs}:{x0:.3f}:{y0:.3f}:{seed}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    u = _place_u(crs, x0, y0, seed)
     if u < splits.train:
         return "train"
     return "val" if u < splits.train + splits.val else "test"
+
+
+def item_split(item: pystac.Item, splits: SplitConfig) -> tuple[str | None, str | None]:
+    """(split, None) an item's property gives with ``splits.by_property``, or (None, why not).
+
+    The split is before the val carve-out (:func:`chip_split`). Without ``by_property``: (None, None).
+    """
+    by = splits.by_property
+    if by is None:
+        return None, None
+    if by.name not in item.properties:
+        return None, f"split: S2 item has no property {by.name!r} (splits.by_property.name)"
+    value = str(item.properties[by.name])
+    if value in by.map:
+        return by.map[value], None
+    if by.unmapped is not None:
+        return by.unmapped, None
+    return None, f"split: {by.name}={value!r} is not in splits.by_property.map"
+
+
+def chip_split(item_split_name: str | None, crs: str, x0: float, y0: float, seed: int, splits: SplitConfig) -> str:
+    """The split of a chip: by place, or the item's split with val carved out of train by place."""
+    by = splits.by_property
+    if by is None or item_split_name is None:
+        return split_of(crs, x0, y0, seed, splits)
+    if item_split_name == "train" and by.val_fraction > 0 and _place_u(crs, x0, y0, seed) < by.val_fraction:
+        return "val"
+    return item_split_name
 
 
 #: Item properties that hold a whole-scene list of class names (e.g. BigEarthNet's CORINE labels).
@@ -336,9 +379,12 @@ def chip_rows_for_pair(
     """Plan rows (plain dicts) for one S1/S2 pair.
 
     ``label_items``: a :class:`LabelIndex` built once per plan (a list is indexed here, per call).
+    With ``cfg.splits.by_property``, chips of an S2 item whose property maps to no split are left
+    out and counted in ``stats.skipped_chips``.
     """
     profile = profile or resolve_profile(cfg.catalog.provider, _declared(cfg))
     labels = LabelIndex(label_items, profile) if isinstance(label_items, list) else label_items
+    item_split_name, no_split = item_split(pair.s2, cfg.splits)
     res = cfg.chips.resolution_m
     s2_src, s1_src = sources or (prepare_s2(pair.s2, profile, res), prepare_s1(pair.s1, profile, cfg.catalog.s1_units))
     grid = s2_src.grid
@@ -372,7 +418,7 @@ def chip_rows_for_pair(
         r_lo = max(0, math.floor((y0 - y_max - size * res) / step))
         r_hi = min(n_rows, math.ceil((y0 - y_min) / step) + 1)
         area_utm = prep(area_utm)
-    in_area = 0
+    in_area = in_s1 = 0
     rows: list[dict[str, object]] = []
     for ri in range(r_lo, r_hi):
         for ci in range(c_lo, c_hi):
@@ -387,6 +433,9 @@ def chip_rows_for_pair(
             chip_ll: Polygon = shp_transform(to_ll.transform, chip_utm)
             if not surely_in.contains(chip_utm) and chip_ll.difference(s1_foot).area > 1e-3 * chip_ll.area:
                 continue  # not inside S1 (1e-3: edge round-off)
+            in_s1 += 1
+            if no_split is not None:
+                continue
             label_href = None
             if labels:
                 centre = (x0 + size * res / 2, y0 - size * res / 2)
@@ -410,7 +459,7 @@ def chip_rows_for_pair(
                     "scl_href": s2_src.scl,
                     "label_href": label_href,
                     "item_labels": json.dumps(item_labels),
-                    "split": split_of(grid.crs, x0, y0, cfg.seed, cfg.splits),
+                    "split": chip_split(item_split_name, grid.crs, x0, y0, cfg.seed, cfg.splits),
                     "provider": profile.name,
                     "s2_radiometry": json.dumps(s2_src.radiometry, sort_keys=True),
                     "s1_product": s1_src.product,
@@ -420,8 +469,12 @@ def chip_rows_for_pair(
                 }
             )
     if stats is not None:
-        for key, n in (("chips_on_grid", n_rows * n_cols), ("chips_in_aoi", in_area), ("chips_in_s1", len(rows))):
+        for key, n in (("chips_on_grid", n_rows * n_cols), ("chips_in_aoi", in_area), ("chips_in_s1", in_s1)):
             stats.stages[key] = stats.stages.get(key, 0) + n
+        if cfg.splits.by_property is not None:
+            stats.stages["chips_in_split"] = stats.stages.get("chips_in_split", 0) + len(rows)
+            if no_split is not None:
+                stats.skip_chips(no_split, in_s1)
     return rows
 
 
@@ -539,11 +592,20 @@ def plan_rows_with_stats(cfg: DataConfig) -> tuple[list[dict[str, object]], Plan
         rows.extend(chip_rows_for_pair(pair, cfg, labels, profile, sources, stats))
         log.info("[%d/%d] %s + %s: %d chips so far", i, len(pairs), pair.s2.id, pair.s1.id, len(rows))
     log.info("plan stages: %s; skipped items by reason: %s", stats.summary(), stats.skipped_by_reason())
+    if stats.skipped_chips:
+        log.warning("chips left out of the plan: %s", dict(sorted(stats.skipped_chips.items())))
     if not rows:
         if not stats.stages.get("chips_in_aoi"):
             raise fail(f"bbox/aoi: no chip of the {len(pairs)} pairs' grids intersects the area of interest")
+        if not stats.stages.get("chips_in_s1"):
+            raise fail(
+                f"overlap: none of the {stats.stages['chips_in_aoi']} chips in the area lies inside its S1 footprint"
+            )
+        by = cfg.splits.by_property
         raise fail(
-            f"overlap: none of the {stats.stages['chips_in_aoi']} chips in the area lies inside its S1 footprint"
+            f"split: none of the {stats.stages['chips_in_s1']} chips has a split: their S2 items' "
+            f"{by.name if by else 'split'} values are not in splits.by_property.map {sorted(by.map) if by else []} "
+            f"(skipped chips: {dict(sorted(stats.skipped_chips.items()))})"
         )
     return sorted(rows, key=lambda row: str(row["chip_id"])), stats
 
