@@ -288,3 +288,27 @@ def test_split_config_checks(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as err:
             parse_config(raw, "data.yaml", DataConfig)
         assert message in str(err.value), (splits, str(err.value))
+
+
+def test_edge_chips_of_the_demo_catalog_get_their_label(tmp_path: Path) -> None:
+    """A 4-corner lon/lat label footprint cuts ~10 cm inside the UTM edge; edge chips still link."""
+    from eoforge.demo.catalog import write_demo_catalog
+    from eoforge.plan.build import plan_rows
+
+    cat = write_demo_catalog(tmp_path / "demo", scenes=1, dates_per_scene=1, size_px=128)
+    raw = {
+        "kind": "data",
+        "catalog": {
+            "backend": "static",
+            "url": str(cat.catalog_json),
+            "s2_collection": "sentinel-2-l2a",
+            "s1_collection": "sentinel-1-grd",
+            "label_collection": "dfc-labels",
+            "max_cloud_cover": 100,
+        },
+        "chips": {"size_px": 32},
+    }
+    rows = plan_rows(parse_config(raw, "demo", DataConfig))
+    assert len(rows) == 16
+    unlabelled = [r["chip_id"] for r in rows if not r["label_href"]]
+    assert not unlabelled, unlabelled  # the top row and left column were dropped before

@@ -338,6 +338,14 @@ class LabelIndex:
             self._centroids[key] = self._to_crs[crs].transform(c.x, c.y)
         return self._centroids[key]
 
+    #: Share of a chip's area that may lie outside a label footprint: a 4-corner lon/lat footprint
+    #: cuts up to ~10 cm inside the true UTM edge, which would drop every edge chip (as for S1).
+    EDGE_TOLERANCE = 1e-3
+
+    def _covers(self, i: int, chip_ll: BaseGeometry) -> bool:
+        foot = self.footprints[i]
+        return foot.contains(chip_ll) or chip_ll.difference(foot).area <= self.EDGE_TOLERANCE * chip_ll.area
+
     def find(self, chip_ll: BaseGeometry, crs: str, centre: tuple[float, float], s2_id: str) -> str | None:
         """The ``labels`` href of the label item for a chip, or None when no footprint contains it.
 
@@ -352,7 +360,7 @@ class LabelIndex:
         one whose footprint centroid is nearest the chip centre (the patch the chip was cut from
         when patches overlap); else, on a tie (within 1 cm), the smallest item id.
         """
-        hits = [int(i) for i in self.tree.query(chip_ll) if self.footprints[int(i)].contains(chip_ll)]
+        hits = [int(i) for i in self.tree.query(chip_ll) if self._covers(int(i), chip_ll)]
         if len(hits) > 1:
             own = [i for i in hits if s2_id in self.sources[i]]
             hits = own or hits
