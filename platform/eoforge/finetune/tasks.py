@@ -11,6 +11,7 @@ Three tasks, as in the seeds (shared reference ssl-methods.md §1.2):
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -109,6 +110,16 @@ def class_names(classes: str | list[str]) -> tuple[str, ...]:
     return named[classes]
 
 
+@functools.lru_cache(maxsize=8)
+def _lookup_table(label_map: tuple[int, ...], ignore_index: int) -> np.ndarray:
+    """uint8 [256]: raster value -> class id (ignore_index past the map's end), built once per map."""
+    lut = np.full(256, ignore_index, np.uint8)
+    lut[: len(label_map)] = label_map
+    lut[ignore_index] = ignore_index
+    lut.setflags(write=False)
+    return lut
+
+
 @dataclass(frozen=True)
 class Task:
     """A resolved task: config plus its class names.
@@ -158,10 +169,7 @@ class Task:
         """Raster values to class ids through ``label_map``. Shape: [H, W] -> [H, W] uint8 (ignore kept)."""
         if self.label_map is None:
             return label
-        lut = np.full(256, self.ignore_index, np.uint8)
-        lut[: len(self.label_map)] = self.label_map
-        lut[self.ignore_index] = self.ignore_index
-        return lut[np.clip(label.astype(np.int64), 0, 255)]
+        return _lookup_table(self.label_map, self.ignore_index)[np.clip(label.astype(np.int64), 0, 255)]
 
     @property
     def num_classes(self) -> int:
