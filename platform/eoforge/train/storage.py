@@ -204,9 +204,12 @@ def _scrub(message: str, env: Mapping[str, str] | None = None) -> str:
     return message
 
 
-def _endpoint_hint() -> str:
+def _where(uri: str) -> str:
+    """Which server an S3 URI goes to (no credentials in it); "" for other schemes."""
+    if urlparse(uri).scheme.lower() != "s3":
+        return ""
     endpoint = _first(os.environ, ENDPOINT_VARS)
-    return f"endpoint {endpoint}" if endpoint else "the default endpoint (AWS_ENDPOINT_URL not set)"
+    return f" at endpoint {endpoint}" if endpoint else " at the default AWS endpoint (AWS_ENDPOINT_URL not set)"
 
 
 def storage_error(uri: str, exc: BaseException, what: str = "path", action: str = "access") -> EoforgeError:
@@ -217,22 +220,23 @@ def storage_error(uri: str, exc: BaseException, what: str = "path", action: str 
     """
     raw = _scrub(str(exc))
     upper = raw.upper()
+    where = _where(uri)
     if "NO_SUCH_BUCKET" in upper or "NOSUCHBUCKET" in upper or "BUCKET DOES NOT EXIST" in upper:
-        reason = f"the bucket does not exist at {_endpoint_hint()}"
+        reason = f"the bucket does not exist{where}"
     elif any(
         code in upper
         for code in ("ACCESS_DENIED", "ACCESSDENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "FORBIDDEN")
     ) or ("403" in upper and "HTTP" in upper):
         reason = (
-            "access denied: check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
-            f"IRSA or Workload Identity; values not shown) and {_endpoint_hint()}"
+            f"access denied{where}: check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE, IRSA or Workload Identity; values not shown)"
         )
     elif any(code in upper for code in ("NETWORK_CONNECTION", "COULDN'T CONNECT", "CURL", "COULD NOT RESOLVE")):
-        reason = f"cannot reach {_endpoint_hint()}"
+        reason = f"cannot connect to the store{where}"
     elif isinstance(exc, FileNotFoundError):
         reason = "not found"
     else:
-        reason = f"cannot {action} it"
+        reason = f"cannot {action} it{where}; check the credentials and the endpoint"
     return ServiceError(f"{what} {uri}: {reason} ({raw})")
 
 
@@ -258,7 +262,7 @@ def check_bucket(uri: str, fs: pyarrow.fs.FileSystem, path: str, what: str = "pa
         raise storage_error(uri, exc, what) from None
     if info.type == pafs.FileType.NotFound:
         raise ServiceError(
-            f"{what} {uri}: bucket {bucket!r} does not exist at {_endpoint_hint()} "
+            f"{what} {uri}: bucket {bucket!r} does not exist{_where(uri)} "
             "(or these credentials cannot see it); create it first, eoforge never creates buckets"
         )
 
