@@ -236,7 +236,7 @@ def storage_error(uri: str, exc: BaseException, what: str = "path", action: str 
     elif isinstance(exc, FileNotFoundError):
         reason = "not found"
     else:
-        reason = f"cannot {action} it{where}; check the credentials and the endpoint"
+        reason = f"cannot {action} it{where}" + ("; check the credentials and the endpoint" if is_remote(uri) else "")
     return ServiceError(f"{what} {uri}: {reason} ({raw})")
 
 
