@@ -143,7 +143,9 @@ def catalog_sen12ms(
 @app.command()
 def plan(
     config: Annotated[Path, typer.Option(help="kind: data config.")],
-    out: Annotated[Path, typer.Option(help="GeoParquet chip plan to write.")],
+    out: Annotated[
+        str, typer.Option(help="GeoParquet chip plan to write: a local path, s3://bucket/key.parquet, gs://...")
+    ],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. chips.size_px=32")] = None,
 ) -> None:
     """Search the catalog, pair S1/S2, lay the chip grid and write the plan (GeoParquet)."""

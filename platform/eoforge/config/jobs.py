@@ -14,7 +14,9 @@ from eoforge.errors import ConfigError
 class PlanInput(Strict):
     """A chip plan a job streams; ``plan`` is built from ``config`` when it does not exist."""
 
-    plan: PathStr = Field(description="GeoParquet chip plan path.")
+    plan: PathStr = Field(
+        description="GeoParquet chip plan: a local path or a URI (s3://bucket/key.parquet, gs://...)."
+    )
     config: PathStr | None = Field(None, description="kind: data config used to build the plan if missing.")
     normalize: Literal["ssl4eo", "none"] = Field(
         "ssl4eo", description="'ssl4eo': (x - mean) / std with SSL4EO-S12 constants; 'none': raw units."
@@ -61,9 +63,18 @@ class HasPlanInput(Protocol):
 def check_inputs(cfg: HasPlanInput) -> None:
     """Checks that need the file system: the plan or the config that builds it must exist.
 
-    Works for any config with a ``data: PlanSource`` section (pretrain, finetune).
+    Works for any config with a ``data: PlanSource`` section (pretrain, finetune). The plan may
+    be in object storage (``s3://``, ``gs://``...): its bucket must exist and be readable with
+    the environment's credentials; the data config is a local file.
+
+    Raises:
+        ConfigError: neither the plan nor its data config exists; the plan URI is unusable.
+        ServiceError: the plan's bucket does not exist, access was refused, or the store is
+            unreachable.
     """
-    if not Path(cfg.data.plan).exists():
+    from eoforge.train.storage import file_exists
+
+    if not file_exists(cfg.data.plan, "data.plan"):
         if cfg.data.config is None:
             raise ConfigError(f"data.plan: {cfg.data.plan} does not exist and data.config is not set")
         if not Path(cfg.data.config).is_file():

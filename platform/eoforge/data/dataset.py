@@ -23,7 +23,7 @@ import numpy as np
 from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES
 from eoforge.data.reader import read_chip
 from eoforge.errors import ChipReadError
-from eoforge.plan.io import STREAM_COLUMNS
+from eoforge.plan.io import read_stream_table
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def build_chip_dataset(
     """A lazy Ray Dataset of chips for one split of a plan (``split='all'`` keeps every row).
 
     Args:
-        plan_path: GeoParquet chip plan (local path or any pyarrow-readable URI).
+        plan_path: GeoParquet chip plan: local path, ``s3://``, ``gs://`` or any URI pyarrow or
+            fsspec opens (see :func:`eoforge.plan.io.read_stream_table`).
         split: ``train`` / ``val`` / ``test`` / ``all``.
         normalize: see :mod:`eoforge.data.normalize`.
         min_valid_fraction: chips below this valid-pixel share are skipped and counted.
@@ -93,13 +94,12 @@ def build_chip_dataset(
         read_cpus: logical CPUs reserved per reading task.
         rows_per_task: chips per ``map_batches`` call.
     """
-    import pyarrow.parquet as pq
     import ray.data
 
-    # The plan is metadata only (about 1 kB per chip): the driver reads the rows it needs and
-    # hands them to Ray Data as several blocks, so chip reading starts in parallel at once.
-    filters = None if split == "all" else [("split", "=", split)]
-    table = pq.read_table(plan_path, columns=STREAM_COLUMNS, filters=filters)
+    # The plan is metadata only (about 1 kB per chip): the driver reads the rows it needs (from
+    # disk or object storage) and hands them to Ray Data as several blocks, so chip reading
+    # starts in parallel at once and no worker needs the plan's storage credentials.
+    table = read_stream_table(plan_path, split)
     if table.num_rows == 0:
         raise ChipReadError(f"chip plan {plan_path}: no chips in split {split!r}")
     n_blocks = max(1, min(table.num_rows, read_tasks * 4))

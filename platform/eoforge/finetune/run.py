@@ -92,9 +92,9 @@ class FinetuneResult:
 def ensure_plan_hash(cfg: FinetuneConfig) -> str:
     """The plan's hash; the plan is built first from ``data.config`` when missing."""
     from eoforge.config import DataConfig, load_config
-    from eoforge.plan.io import build_plan, stored_hash
+    from eoforge.plan.io import build_plan, plan_exists, stored_hash
 
-    if not Path(cfg.data.plan).exists():
+    if not plan_exists(cfg.data.plan):
         assert cfg.data.config is not None  # check_inputs guarantees it
         log.info("plan %s missing: building it from %s", cfg.data.plan, cfg.data.config)
         build_plan(load_config(cfg.data.config, DataConfig), cfg.data.plan)

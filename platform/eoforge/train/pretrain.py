@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
@@ -37,9 +36,9 @@ class PretrainResult:
 
 def ensure_plan(cfg: PretrainConfig) -> tuple[str, int]:
     """Return (plan hash, chips in the configured split); build the plan first if it is missing."""
-    from eoforge.plan.io import build_plan, read_plan
+    from eoforge.plan.io import build_plan, plan_exists, read_plan
 
-    if not Path(cfg.data.plan).exists():
+    if not plan_exists(cfg.data.plan):
         assert cfg.data.config is not None  # check_inputs guarantees it
         log.info("plan %s missing: building it from %s", cfg.data.plan, cfg.data.config)
         build_plan(load_config(cfg.data.config, DataConfig), cfg.data.plan)
