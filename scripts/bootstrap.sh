@@ -4,8 +4,15 @@
 # manifests) are installed with apt when missing and we are root.
 set -euo pipefail
 VENV=${VENV:-.venv}
-PYTHON=${PYTHON:-python3.11}
-command -v "$PYTHON" >/dev/null || PYTHON=python3
+# Python 3.12: from PATH, else pyenv's (these machines install it under ~/.pyenv), else fail clearly.
+PYTHON=${PYTHON:-python3.12}
+if ! "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1; then
+  PYTHON=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 2>/dev/null | sort -V | tail -1)
+fi
+if [ -z "$PYTHON" ]; then
+  echo "bootstrap: Python 3.12 not found (set PYTHON=/path/to/python3.12)" >&2
+  exit 1
+fi
 
 need_apt=()
 command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
@@ -21,6 +28,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+  echo "bootstrap: $VENV is not Python 3.12; recreating it"
+  rm -rf "$VENV"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV"
   "$PYTHON" -m venv "$VENV"
