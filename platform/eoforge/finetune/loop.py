@@ -19,6 +19,7 @@ import copy
 import csv
 import io
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -251,4 +252,9 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
                     data={k: [r[k] for r in rows] for k in rows[0]},
                     artifact_file=f"metrics/per_class_{split_name}.json",
                 )
-    ray.train.report(final, checkpoint=save(cfg.train.epochs, final))
+    ckpt = save(cfg.train.epochs, final)
+    try:
+        ray.train.report(final, checkpoint=ckpt)  # persists the checkpoint to storage before returning
+    finally:
+        if ckpt is not None:
+            shutil.rmtree(ckpt.path, ignore_errors=True)  # the local copy only (hundreds of MB each)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -175,7 +176,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"step": step, "epoch": position["epoch"], "loss": loss_value}
         ckpt_dir = _save_state(model, opt, {**position, "step": step}) if rank == 0 else None
         ckpt = ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)
+        try:
+            ray.train.report(metrics, checkpoint=ckpt)  # persists the checkpoint to storage before returning
+        finally:
+            if ckpt_dir:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)  # the local copy only (hundreds of MB each)
         last_report = step
 
     def to_device(a: Any) -> torch.Tensor:
