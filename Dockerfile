@@ -1,4 +1,4 @@
-# eoforge image: Ray 2.60 (CUDA, Python 3.11) + torch/timm + eoforge, pinned by pyproject.toml.
+# eoforge image: Ray 2.60 (CUDA, Python 3.12) + torch/timm + eoforge, pinned by pyproject.toml.
 # One image serves the Ray head and workers, the RayJob submitter and the MLflow server.
 #
 # Build and push (from the repository root; tag = the version you deploy):
@@ -21,7 +21,7 @@
 # database credentials come from Kubernetes Secrets at run time. Runs as the base image's
 # non-root user ray (uid 1000, gid 100).
 
-ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu
+ARG RAY_IMAGE=rayproject/ray:2.60.0-py312-gpu
 FROM ${RAY_IMAGE}
 
 ARG TORCH_INDEX_URL=

@@ -23,13 +23,13 @@ def _instructions() -> list[tuple[str, str]]:
     return out
 
 
-def test_base_image_is_ray_2_60_gpu_for_python_3_11() -> None:
+def test_base_image_is_ray_2_60_gpu_for_python_3_12() -> None:
     ins = _instructions()
     args = dict(a.split("=", 1) for w, a in ins if w == "ARG" and "=" in a)
     froms = [a for w, a in ins if w == "FROM"]
     assert len(froms) == 1
     image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], froms[0])
-    assert image == "rayproject/ray:2.60.0-py311-gpu"
+    assert image == "rayproject/ray:2.60.0-py312-gpu"
 
 
 def test_runs_as_a_numeric_non_root_user() -> None:
@@ -94,3 +94,14 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
         "configs/pretrain",
     ):
         assert not ignored(path), path
+
+
+def test_base_image_python_matches_requires_python() -> None:
+    import tomllib
+
+    spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    ins = _instructions()
+    args = dict(a.split("=", 1) for w, a in ins if w == "ARG" and "=" in a)
+    tag = re.search(r"-py3(\d+)-", args["RAY_IMAGE"])
+    assert tag, args["RAY_IMAGE"]
+    assert f">=3.{tag.group(1)}" in spec and f"<3.{int(tag.group(1)) + 1}" in spec, (spec, args["RAY_IMAGE"])
