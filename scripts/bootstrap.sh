@@ -37,9 +37,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip wheel setuptools
 fi
-echo "bootstrap: pip install -e .[test] (first run downloads torch and ray: several minutes)"
-"$VENV/bin/pip" install -q --progress-bar off -e ".[test]"
-# moto (a local S3 API for the object-storage tests) cannot be co-resolved with pypgstac's pins,
-# so it is installed on its own; pip keeps the already-installed versions where it can.
+EXTRAS=${EXTRAS:-test}   # make bench adds "bench" (TorchGeo, for bench/stream.py)
+echo "bootstrap: pip install -e .[$EXTRAS] (first run downloads torch and ray: several minutes)"
+"$VENV/bin/pip" install -q --progress-bar off -e ".[$EXTRAS]"
+# moto (a local S3 API for the object-storage tests) cannot be co-resolved with the rest (botocore
+# wants python-dateutil < 3, kubernetes >= 3), so it is installed on its own, last: pip keeps the
+# installed versions where it can and takes python-dateutil 2.9, which kubernetes runs with.
 "$VENV/bin/pip" install -q --progress-bar off "moto[server]==5.2.5" 2>&1 | grep -v "dependency resolver\|requires\|^WARNING" || true
 touch "$VENV/.eoforge-installed"
