@@ -17,7 +17,7 @@ before any work starts. Errors name the field path and the reason
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -41,7 +41,6 @@ KINDS: dict[str, type[Strict]] = {
     "finetune": FinetuneConfig,
     "sweep": SweepConfig,
 }
-C = TypeVar("C", bound=Strict)
 
 __all__ = [
     "KINDS",
@@ -69,7 +68,7 @@ __all__ = [
 ]
 
 
-def parse_config(raw: dict[str, Any], source: str, kind: type[C] | None = None) -> C:
+def parse_config[C: Strict](raw: dict[str, Any], source: str, kind: type[C] | None = None) -> C:
     """Validate a raw dict as the model for its ``kind`` (or the given model)."""
     model: type[Strict]
     if kind is None:
@@ -85,7 +84,7 @@ def parse_config(raw: dict[str, Any], source: str, kind: type[C] | None = None) 
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | Path, kind: type[C] | None = None, overrides: list[str] | None = None) -> C:
+def load_config[C: Strict](path: str | Path, kind: type[C] | None = None, overrides: list[str] | None = None) -> C:
     """Load, override and validate a YAML config file."""
     raw = apply_overrides(load_raw(path), overrides or [])
     return parse_config(raw, str(path), kind)
