@@ -466,6 +466,10 @@ def _retry_after(value: str | None) -> float | None:
 SORTBY = [{"field": "properties.datetime", "direction": "asc"}, {"field": "id", "direction": "asc"}]
 
 
+def _utc(dt: datetime | None) -> datetime | None:
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+
+
 def _fmt(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -547,10 +551,10 @@ class StacApiBackend:
         try:
             coll = self.client.get_collection(collection)
             start, end = coll.extent.temporal.intervals[0] if coll is not None else (None, None)
-        except APIError as exc:
+        except (APIError, ValueError, KeyError, IndexError, AttributeError) as exc:
             log.info("STAC API %s: no temporal extent for %r (%s): one partition", safe_url(self.url), collection, exc)
             return None, None
-        return start, end
+        return _utc(start), _utc(end)
 
     def _partition(self, query: SearchQuery, when: str | None, cancel: threading.Event) -> list[dict[str, Any]]:
         """Every feature of one partition, page after page; stops early once ``max_items`` are certain."""
