@@ -91,7 +91,25 @@ class CatalogConfig(Strict):
         100.0, description="Keep S2 items with eo:cloud_cover below this, percent."
     )
     page_size: PosInt = Field(100, description="STAC API page size (items per request).")
-    max_items: PosInt | None = Field(None, description="Stop after this many items per collection.")
+    max_items: PosInt | None = Field(
+        None, description="Keep the first this many items per collection, in (datetime, id) order."
+    )
+    retries: Annotated[int, Field(ge=0, le=20)] = Field(
+        5,
+        description="STAC API: retries of each HTTP request on 5xx / 408 / 429, connection errors and time-outs "
+        "(exponential backoff with jitter); 0 = none.",
+    )
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        30.0, description="STAC API: time-out of each HTTP request (connect, and each read), seconds."
+    )
+    backoff_s: Annotated[float, Field(ge=0, le=60)] = Field(
+        0.5, description="STAC API: wait before the first retry, seconds; doubles per retry (at most 30 s)."
+    )
+    search_workers: Annotated[int, Field(ge=1, le=32)] = Field(
+        4,
+        description="STAC API: parallel datetime partitions of one search, each paged sequentially "
+        "(1 = one sequential search). The result is the same for any value.",
+    )
 
     _expand = field_validator("url", mode="before")(_expand_path)
 
