@@ -8,19 +8,9 @@ from typing import Any
 
 import pystac
 import pytest
-from eoforge.catalog.search import (
-    SearchQuery,
-    StaticCatalogBackend,
-    datetime_partitions,
-    dedup_acquisitions,
-    mgrs_tile,
-    s1_acquisition_key,
-    s2_acquisition_key,
-    safe_url,
-    safe_url_in_text,
-    search_sensor_items,
-    unique_ids,
-)
+from eoforge.catalog.dedup import dedup_acquisitions, mgrs_tile, s1_acquisition_key, s2_acquisition_key, unique_ids
+from eoforge.catalog.http import safe_url, safe_url_in_text
+from eoforge.catalog.search import SearchQuery, StaticCatalogBackend, datetime_partitions, search_sensor_items
 from eoforge.config import DataConfig, parse_config
 from eoforge.errors import ConfigError
 
