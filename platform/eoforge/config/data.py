@@ -178,7 +178,9 @@ class GaussianPoint(Strict):
     id: str | None = Field(
         None, min_length=1, description="Name seeding this point's draws (default: its coordinates)."
     )
-    sigma_km: PosFloat | None = Field(None, description="Standard deviation of this point's draws, km (default: sigma_km).")
+    sigma_km: PosFloat | None = Field(
+        None, description="Standard deviation of this point's draws, km (default: sigma_km)."
+    )
     n: PosInt | None = Field(None, description="Chip centres drawn around this point (default: chips_per_point).")
 
     @model_validator(mode="before")

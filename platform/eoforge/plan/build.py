@@ -526,9 +526,7 @@ def _add(stats: PlanStats | None, key: str, n: int) -> None:
         stats.stages[key] = stats.stages.get(key, 0) + int(n)
 
 
-def _pair_table(
-    pair: Pair, planner: _Planner, sources: tuple[S2Source, S1Source], stats: PlanStats | None
-) -> pa.Table:
+def _pair_table(pair: Pair, planner: _Planner, sources: tuple[S2Source, S1Source], stats: PlanStats | None) -> pa.Table:
     """The chips of one pair as an Arrow table (:data:`PLAN_SCHEMA`, string constants dictionary-encoded).
 
     Rows are sorted by ``chip_id``. Stage counts go to ``stats``.

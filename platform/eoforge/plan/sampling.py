@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -155,7 +156,7 @@ def _laea(geom: BaseGeometry) -> tuple[Transformer, Transformer]:
     )
 
 
-def _apply(tr: Transformer):  # noqa: ANN202
+def _apply(tr: Transformer) -> Callable[[np.ndarray], np.ndarray]:
     """A ``shapely.transform`` function: coordinates ``[N, 2]`` through ``tr``."""
     return lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))
 
