@@ -649,6 +649,15 @@ def _pair_table(pair: Pair, planner: _Planner, sources: tuple[S2Source, S1Source
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 
 
+def sort_indices(table: pa.Table) -> pa.Array:
+    """Indices that sort plan rows by (``chip_id``, ``s1_item``), stable (dictionary columns decoded for the key)."""
+    keys = {}
+    for name, _ in SORT_KEYS:
+        col = table.column(name).combine_chunks()
+        keys[name] = col.dictionary_decode() if pa.types.is_dictionary(col.type) else col
+    return pc.sort_indices(pa.table(keys), SORT_KEYS)
+
+
 def chip_table_for_pair(
     pair: Pair,
     cfg: DataConfig,
@@ -877,7 +886,7 @@ def iter_plan_tables(
             done += 1
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         if len(tables) > 1:
-            table = table.take(pc.sort_indices(table, SORT_KEYS))
+            table = table.take(sort_indices(table))
         total += table.num_rows
         log.info("[%d/%d] %s: %d chips so far", done, len(pairs), group[0].s2.id, total)
         if table.num_rows:

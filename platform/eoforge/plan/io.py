@@ -50,7 +50,7 @@ from pyproj import CRS
 
 from eoforge.config import DataConfig
 from eoforge.errors import CatalogError
-from eoforge.plan.build import PLAN_SCHEMA, SORT_KEYS, PlanStats, iter_plan_tables
+from eoforge.plan.build import PLAN_SCHEMA, PlanStats, iter_plan_tables, sort_indices
 from eoforge.train.storage import check_bucket, file_exists, filesystem_of, storage_error
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class _Order:
 
 def sort_plan(table: pa.Table) -> pa.Table:
     """A plan table in the hash's row order: by (``chip_id``, ``s1_item``), stable."""
-    return table.take(pc.sort_indices(table, SORT_KEYS))
+    return table.take(sort_indices(table))
 
 
 def hash_tables(tables: Iterable[pa.Table]) -> str:
