@@ -39,6 +39,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -856,13 +857,18 @@ def pair_groups(pairs: list[Pair]) -> list[list[Pair]]:
 
 
 def iter_plan_tables(
-    cfg: DataConfig, stats: PlanStats | None = None, filters: Sequence[OriginFilter] = ()
+    cfg: DataConfig,
+    stats: PlanStats | None = None,
+    filters: Sequence[OriginFilter] = (),
+    timings: dict[str, float] | None = None,
 ) -> Iterator[pa.Table]:
     """Search, resolve, pair and place chips; yield the plan as Arrow tables in chip-id order.
 
     One table per S2 item (or group of items, see :func:`pair_groups`), rows sorted by
     (``chip_id``, ``s1_item``); memory holds one item's chips at a time. ``stats`` is filled as
-    the stages run (complete once the iterator is exhausted).
+    the stages run (complete once the iterator is exhausted). ``timings``, when given, receives
+    ``search_s`` (search, resolve and pair, seconds) and ``chips_s`` (placing chips and building
+    tables, seconds, excluding the consumer's time).
 
     Raises:
         CatalogError: no chip is left; the message names the stage and the filter (raised before
@@ -870,15 +876,20 @@ def iter_plan_tables(
         ConfigError: the sampling strategy has nothing to sample (e.g. random without an AOI).
     """
     stats = stats if stats is not None else PlanStats()
+    timings = timings if timings is not None else {}
+    t0 = time.perf_counter()
     planner = _planner(cfg, resolve_profile(cfg.catalog.provider, _declared(cfg)), None, filters)
     prepared = _prepare(cfg, stats)
     planner.profile, planner.labels = prepared.profile, prepared.labels
     if planner.sampler.kind != "grid":
         stats.stages["chips_drawn"] = planner.sampler.n_drawn
     pairs = prepared.pairs
+    timings["search_s"] = time.perf_counter() - t0
+    timings["chips_s"] = 0.0
     log.info("planning %d pairs (%s)", len(pairs), stats.summary())
     total = done = 0
     for group in pair_groups(pairs):
+        t1 = time.perf_counter()
         tables = []
         for pair in group:
             sources = (prepared.s2_src[pair.s2.id], prepared.s1_src[pair.s1.id])
@@ -888,6 +899,7 @@ def iter_plan_tables(
         if len(tables) > 1:
             table = table.take(sort_indices(table))
         total += table.num_rows
+        timings["chips_s"] += time.perf_counter() - t1
         log.info("[%d/%d] %s: %d chips so far", done, len(pairs), group[0].s2.id, total)
         if table.num_rows:
             yield table

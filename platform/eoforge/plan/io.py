@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -293,8 +294,14 @@ class _StreamWriter:
         self.buffered = 0
         self.rows = 0
         self.bbox: list[float] | None = None
+        self.busy_s = 0.0  # seconds spent ordering, hashing, encoding and writing
 
     def write(self, table: pa.Table) -> None:
+        t0 = time.perf_counter()
+        self._write(table)
+        self.busy_s += time.perf_counter() - t0
+
+    def _write(self, table: pa.Table) -> None:
         table = table.select(PLAN_SCHEMA.names)
         if table.schema != WRITE_SCHEMA:
             table = table.cast(WRITE_SCHEMA)
@@ -319,14 +326,18 @@ class _StreamWriter:
             self.buffer, self.buffered = [], 0
 
     def close(self, meta: dict[bytes, bytes]) -> str:
+        t0 = time.perf_counter()
         self.flush()
         digest = self.hasher.hexdigest()
         self.writer.add_key_value_metadata({GEO_KEY: _geo_metadata(self.bbox), HASH_KEY: digest.encode(), **meta})
         self.writer.close()
+        self.busy_s += time.perf_counter() - t0
         return digest
 
 
-def _write_tables(tables: Iterable[pa.Table], out: str | Path, meta: Any) -> tuple[str, int]:
+def _write_tables(
+    tables: Iterable[pa.Table], out: str | Path, meta: Any, timings: dict[str, float] | None = None
+) -> tuple[str, int]:
     """Stream plan tables (in row order) to ``out``; returns (hash, rows). ``meta()`` gives extra metadata at the end.
 
     Errors of the iterator (planning) propagate as they are; storage errors name the URI.
@@ -364,6 +375,7 @@ def _write_tables(tables: Iterable[pa.Table], out: str | Path, meta: Any) -> tup
                 digest = writer.close(meta())
             except OSError as exc:
                 raise storage_error(uri, exc, WHAT, "write") from None
+        t_upload = time.perf_counter()
         try:
             if remote:  # one upload of the finished file: the object appears complete or not at all
                 pafs.copy_files(tmp, path, source_filesystem=sink_fs, destination_filesystem=fs)
@@ -372,6 +384,8 @@ def _write_tables(tables: Iterable[pa.Table], out: str | Path, meta: Any) -> tup
         except OSError as exc:
             raise storage_error(uri, exc, WHAT, "write") from None
         done = True
+        if timings is not None:
+            timings["write_s"] = writer.busy_s + (time.perf_counter() - t_upload)
         return digest, writer.rows
     finally:
         if remote or not done:
@@ -419,17 +433,20 @@ def write_plan(
     return _write_tables(slices, out, lambda: _meta(data_cfg, stats))[0]
 
 
-def build_plan(cfg: DataConfig, out: str | Path) -> tuple[str, int]:
+def build_plan(cfg: DataConfig, out: str | Path, timings: dict[str, float] | None = None) -> tuple[str, int]:
     """Search, pair, place chips and stream the plan to ``out`` (local path or URI); returns (hash, chips).
 
     Memory is bounded by one S2 item's chips and one row group, whatever the size of the plan.
+    ``timings``, when given, receives ``search_s``, ``chips_s`` (see
+    :func:`~eoforge.plan.build.iter_plan_tables`) and ``write_s`` (hash, encode, write, upload).
 
     Raises:
         CatalogError: no chip is left (nothing is written).
         ConfigError, ServiceError: see :func:`write_plan`.
     """
     stats = PlanStats()
-    digest, n = _write_tables(iter_plan_tables(cfg, stats), out, lambda: _meta(cfg, stats))
+    timings = timings if timings is not None else {}
+    digest, n = _write_tables(iter_plan_tables(cfg, stats, timings=timings), out, lambda: _meta(cfg, stats), timings)
     log.info("plan %s: %d chips, hash %s; stages %s", out, n, digest[:12], stats.summary())
     return digest, n
 
