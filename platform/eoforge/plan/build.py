@@ -7,9 +7,19 @@ Stages, each counted (``PlanStats``, stored in the plan's metadata and logged):
    ``sar:polarizations`` (VV and VH needed), assets, product and units. An item that cannot
    serve is skipped with its reason, never fatal;
 3. pair S1 with S2 (footprint overlap, acquisition window);
-4. lay the chip grid: squares of ``size_px`` pixels at ``resolution_m`` on the S2 item's own
-   UTM grid (its 10 m band grid), stepping by ``stride_px``, clipped to ``catalog.bbox`` /
-   ``catalog.aoi`` (chips that intersect the area), kept when inside the S1 footprint.
+4. place chips: squares of ``size_px`` pixels at ``resolution_m`` on the S2 item's own UTM grid
+   (its 10 m band grid), where ``chips.sampling`` puts them (:mod:`eoforge.plan.sampling`: a
+   regular grid stepping ``stride_px``, Gaussian draws around points, or uniform draws over
+   AOIs), kept when they intersect ``catalog.bbox`` / ``catalog.aoi`` and lie inside the S1
+   footprint; then any origin filters (:class:`OriginFilter`) drop chips by a boolean mask.
+
+The chips of a pair are computed as arrays (origins ``[N, 2]`` int64, shapely 2 vectorised
+tests, pyproj on arrays) and come out as one Arrow table per S2 item (:func:`iter_plan_tables`),
+rows sorted by (``chip_id``, ``s1_item``), S2 items in the order of their chip ids, so the whole
+plan streams to disk in chip-id order with memory bounded by one S2 item's chips. Columns that
+are the same for every chip of a pair (assets, radiometry, access, ...) are built once per pair
+(dictionary-encoded Arrow arrays). Planning never opens a pixel file when the S2 items carry
+``proj:`` metadata (``proj:code``/``proj:epsg``, ``proj:transform``, ``proj:shape``).
 
 Labels (``catalog.label_collection``): the label items' footprints are indexed once per plan
 (:class:`LabelIndex`, an STRtree), and each chip is linked to a label item whose footprint
@@ -29,21 +39,26 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pystac
 import rasterio
+import shapely
 from pyproj import Transformer
 from rasterio.transform import Affine
 from shapely import STRtree
-from shapely.geometry import Polygon, box, shape
+from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import transform as shp_transform
-from shapely.prepared import prep
 
 from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_ASSET
 from eoforge.catalog.pairing import Pair, pair_items
@@ -51,7 +66,9 @@ from eoforge.catalog.providers import ProviderProfile, asset_href, find_asset, h
 from eoforge.catalog.radiometry import item_polarizations, s1_product, s1_units, s2_dn_map
 from eoforge.catalog.search import SearchQuery, open_backend, search_bbox, search_sensor_items
 from eoforge.config import DataConfig, SplitConfig
-from eoforge.errors import CatalogError
+from eoforge.config.data import CatalogConfig
+from eoforge.errors import CatalogError, ConfigError
+from eoforge.plan.sampling import Grid, Sampler, chips_on_grid, sampling_bbox
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +110,6 @@ class PlanStats:
     def summary(self) -> str:
         """One line of stage counts."""
         return ", ".join(f"{k}={v}" for k, v in self.stages.items())
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A north-up pixel grid: CRS, affine transform (GDAL order a,b,c,d,e,f) and shape (rows, cols)."""
-
-    crs: str
-    transform: Affine
-    shape: tuple[int, int]
 
 
 def _item_crs(item: pystac.Item, asset: pystac.Asset | None) -> str | None:
@@ -361,6 +369,9 @@ class LabelIndex:
         when patches overlap); else, on a tie (within 1 cm), the smallest item id.
         """
         hits = [int(i) for i in self.tree.query(chip_ll) if self._covers(int(i), chip_ll)]
+        return self._resolve(hits, crs, centre, s2_id)
+
+    def _resolve(self, hits: list[int], crs: str, centre: tuple[float, float], s2_id: str) -> str | None:
         if len(hits) > 1:
             own = [i for i in hits if s2_id in self.sources[i]]
             hits = own or hits
@@ -375,6 +386,310 @@ class LabelIndex:
             return None
         return self.hrefs[min(hits, key=lambda i: self.items[i].id)]
 
+    def find_many(self, chips_ll: np.ndarray, crs: str, centres: np.ndarray, s2_id: str) -> list[str | None]:
+        """:meth:`find` for many chips of one S2 item at once (one bulk STRtree query).
+
+        Args:
+            chips_ll: shapely polygons ``[N]``, lon/lat.
+            crs: the chips' CRS.
+            centres: chip centres ``[N, 2]`` (x, y) in ``crs``.
+            s2_id: the id of the chips' S2 item.
+        """
+        out: list[str | None] = [None] * len(chips_ll)
+        if not self.items or len(chips_ll) == 0:
+            return out
+        qi, ti = self.tree.query(chips_ll)
+        if len(qi) == 0:
+            return out
+        foots = np.asarray(self.tree.geometries)[ti]
+        chips = chips_ll[qi]
+        ok = shapely.contains(foots, chips)
+        edge = ~ok
+        if edge.any():
+            outside = shapely.area(shapely.difference(chips[edge], foots[edge]))
+            ok[edge] = outside <= self.EDGE_TOLERANCE * shapely.area(chips[edge])
+        qi, ti = qi[ok], ti[ok]
+        order = np.argsort(qi, kind="stable")
+        qi, ti = qi[order], ti[order]
+        starts = np.flatnonzero(np.r_[True, qi[1:] != qi[:-1]]) if len(qi) else np.zeros(0, dtype=np.int64)
+        for k, a in enumerate(starts):
+            b = starts[k + 1] if k + 1 < len(starts) else len(qi)
+            q = int(qi[a])
+            centre = (float(centres[q, 0]), float(centres[q, 1]))
+            out[q] = self._resolve([int(i) for i in ti[a:b]], crs, centre, s2_id)
+        return out
+
+
+#: The plan's columns, in order (one row per chip). String columns that are the same for every
+#: chip of a pair are dictionary-encoded while planning and written as plain strings.
+PLAN_SCHEMA = pa.schema(
+    [
+        ("chip_id", pa.string()),
+        ("geometry", pa.binary()),  # WKB (little-endian), lon/lat: the chip's footprint
+        ("crs", pa.string()),
+        ("transform", pa.list_(pa.float64())),  # GDAL order a,b,c,d,e,f of the chip's grid
+        ("size_px", pa.int64()),
+        ("resolution_m", pa.float64()),
+        ("s2_item", pa.string()),
+        ("s1_item", pa.string()),
+        ("s2_datetime", pa.string()),
+        ("s1_datetime", pa.string()),
+        ("dt_days", pa.float64()),
+        ("cloud_cover", pa.float64()),
+        ("s2_assets", pa.string()),
+        ("s1_assets", pa.string()),
+        ("scl_href", pa.string()),
+        ("label_href", pa.string()),
+        ("item_labels", pa.string()),
+        ("split", pa.string()),
+        ("provider", pa.string()),
+        ("s2_radiometry", pa.string()),
+        ("s1_product", pa.string()),
+        ("s1_units", pa.string()),
+        ("s1_calibration", pa.string()),
+        ("access", pa.string()),
+    ]
+)
+#: Sort key of a plan's rows (the content hash is over rows in this order).
+SORT_KEYS = [("chip_id", "ascending"), ("s1_item", "ascending")]
+
+
+class OriginFilter(Protocol):
+    """Drops chips of a pair by a boolean mask before rows are built (e.g. a clear-fraction filter).
+
+    Called with the pair, its resolved S2 item and the origins that passed the area and S1 tests,
+    int64 ``[N, 2]`` (row, col) on ``source.grid``; returns a bool mask ``[N]`` (True: keep).
+    The planner counts the chips kept in ``PlanStats.stages[filter.stage]``.
+    """
+
+    stage: str
+
+    def __call__(self, pair: Pair, source: S2Source, origins: np.ndarray) -> np.ndarray:
+        """Bool mask ``[N]`` over ``origins`` (True: keep the chip)."""
+        ...
+
+
+def _const(value: Any, n: int, type_: pa.DataType) -> pa.Array:
+    """``n`` copies of one value: dictionary-encoded for strings (no copy of the text per row)."""
+    if pa.types.is_string(type_):
+        indices = pa.nulls(n, pa.int32()) if value is None else pa.array(np.zeros(n, dtype=np.int32))
+        return pa.DictionaryArray.from_arrays(indices, pa.array([value if value is not None else ""], pa.string()))
+    if value is None:
+        return pa.nulls(n, type_)
+    return pa.array(np.full(n, value), type_)
+
+
+class _AreaCache:
+    """The area of interest (lon/lat) and, per CRS, densified, prepared and with its bounds."""
+
+    def __init__(self, area: BaseGeometry | None) -> None:
+        self.area = area
+        self._in: dict[str, tuple[BaseGeometry, tuple[float, float, float, float]]] = {}
+
+    def in_crs(self, crs: str) -> tuple[BaseGeometry, tuple[float, float, float, float]] | None:
+        if self.area is None:
+            return None
+        if crs not in self._in:
+            geom = _densified_to(crs, self.area)
+            shapely.prepare(geom)
+            self._in[crs] = (geom, geom.bounds)
+        return self._in[crs]
+
+
+@dataclass
+class _Planner:
+    """What every pair of a plan shares: config, profile, labels, sampler, area of interest, filters."""
+
+    cfg: DataConfig
+    profile: ProviderProfile
+    labels: LabelIndex | None
+    sampler: Sampler
+    area: _AreaCache
+    filters: Sequence[OriginFilter] = ()
+
+
+def _planner(
+    cfg: DataConfig,
+    profile: ProviderProfile,
+    labels: LabelIndex | None,
+    filters: Sequence[OriginFilter] = (),
+) -> _Planner:
+    area = area_of_interest(cfg)
+    try:
+        sampler = Sampler(cfg.chips, cfg.seed, area)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return _Planner(cfg, profile, labels, sampler, _AreaCache(area), filters)
+
+
+def _add(stats: PlanStats | None, key: str, n: int) -> None:
+    if stats is not None:
+        stats.stages[key] = stats.stages.get(key, 0) + int(n)
+
+
+def _pair_table(pair: Pair, planner: _Planner, sources: tuple[S2Source, S1Source], stats: PlanStats | None) -> pa.Table:
+    """The chips of one pair as an Arrow table (:data:`PLAN_SCHEMA`, string constants dictionary-encoded).
+
+    Rows are sorted by ``chip_id``. Stage counts go to ``stats``.
+    """
+    cfg, profile = planner.cfg, planner.profile
+    item_split_name, no_split = item_split(pair.s2, cfg.splits)
+    res = cfg.chips.resolution_m
+    s2_src, s1_src = sources
+    grid = s2_src.grid
+    size = cfg.chips.size_px
+    side = size * res
+    s1_foot = shape(pair.s1.geometry)
+    s1_utm = _densified_to(grid.crs, s1_foot)
+    margin = 5 * res
+    surely_in, maybe_in = s1_utm.buffer(-margin), s1_utm.buffer(margin)
+    shapely.prepare(surely_in)
+    shapely.prepare(maybe_in)
+    area = planner.area.in_crs(grid.crs)
+    origins = planner.sampler.origins(grid, area[1] if area else None)
+    if planner.sampler.kind == "grid":
+        n_rows, n_cols = chips_on_grid(grid, size, planner.sampler.stride_px)
+        on_grid = n_rows * n_cols
+    else:
+        on_grid = len(origins)
+    # chip boxes on the item's grid: x0 = col * res + c, y0 = row * -res + f (as Affine * (col, row))
+    x0 = origins[:, 1] * grid.transform.a + grid.transform.c
+    y0 = origins[:, 0] * grid.transform.e + grid.transform.f
+    boxes = shapely.box(x0, y0 - side, x0 + side, y0)
+    keep = shapely.intersects(area[0], boxes) if area else np.ones(len(origins), dtype=bool)
+    in_area = int(keep.sum())
+    keep &= shapely.intersects(maybe_in, boxes)
+    idx = np.flatnonzero(keep)
+    to_ll = _to_lonlat(grid.crs)
+    chips_ll = shapely.transform(boxes[idx], lambda xy: np.column_stack(to_ll.transform(xy[:, 0], xy[:, 1])))
+    edge = ~shapely.contains(surely_in, boxes[idx])
+    if edge.any():  # not surely inside S1: the exact lon/lat test (1e-3: edge round-off)
+        outside = shapely.area(shapely.difference(chips_ll[edge], s1_foot))
+        inside = np.ones(len(idx), dtype=bool)
+        inside[edge] = ~(outside > 1e-3 * shapely.area(chips_ll[edge]))
+        idx, chips_ll = idx[inside], chips_ll[inside]
+    in_s1 = len(idx)
+    for f in planner.filters:
+        mask = np.asarray(f(pair, s2_src, origins[idx]), dtype=bool)
+        if mask.shape != (len(idx),):
+            raise ValueError(f"origin filter {f.stage!r} returned a mask of shape {mask.shape}, expected ({len(idx)},)")
+        idx, chips_ll = idx[mask], chips_ll[mask]
+        _add(stats, f.stage, len(idx))
+    if no_split is not None:
+        idx, chips_ll = idx[:0], chips_ll[:0]
+    n = len(idx)
+    if stats is not None:
+        _add(stats, "chips_on_grid", on_grid)
+        _add(stats, "chips_in_aoi", in_area)
+        _add(stats, "chips_in_s1", in_s1)
+        if cfg.splits.by_property is not None:
+            _add(stats, "chips_in_split", n)
+            if no_split is not None:
+                stats.skip_chips(no_split, in_s1)
+    rows, cols = origins[idx, 0].tolist(), origins[idx, 1].tolist()
+    xs, ys = x0[idx], y0[idx]
+    s2_id = pair.s2.id
+    chip_ids = [f"{s2_id}:{r}:{c}" for r, c in zip(rows, cols, strict=True)]
+    seed, splits = cfg.seed, cfg.splits
+    split = [
+        chip_split(item_split_name, grid.crs, x, y, seed, splits) for x, y in zip(xs.tolist(), ys.tolist(), strict=True)
+    ]
+    label_href: pa.Array
+    if planner.labels:
+        centres = np.column_stack([xs + side / 2, ys - side / 2])
+        label_href = pa.array(planner.labels.find_many(chips_ll, grid.crs, centres, s2_id), pa.string())
+    else:
+        label_href = pa.nulls(n, pa.string())
+    transform = np.zeros((n, 6))
+    transform[:, 0], transform[:, 2], transform[:, 4], transform[:, 5] = res, xs, -res, ys
+    access = json.dumps(
+        {
+            "s2": {"signing": _signing(cfg, profile), "env": profile.env_for(pair.s2.collection_id)},
+            "s1": {"signing": _signing(cfg, profile), "env": profile.env_for(pair.s1.collection_id)},
+        },
+        sort_keys=True,
+    )
+    cloud = pair.s2.properties.get("eo:cloud_cover")
+    const = {
+        "crs": grid.crs,
+        "size_px": size,
+        "resolution_m": res,
+        "s2_item": s2_id,
+        "s1_item": pair.s1.id,
+        "s2_datetime": pair.s2.datetime.isoformat() if pair.s2.datetime else None,
+        "s1_datetime": pair.s1.datetime.isoformat() if pair.s1.datetime else None,
+        "dt_days": round(pair.dt_days, 6),
+        "cloud_cover": None if cloud is None else float(cloud),
+        "s2_assets": json.dumps(s2_src.assets, sort_keys=True),
+        "s1_assets": json.dumps(s1_src.assets, sort_keys=True),
+        "scl_href": s2_src.scl,
+        "item_labels": json.dumps(item_label_list(pair.s2)),
+        "provider": profile.name,
+        "s2_radiometry": json.dumps(s2_src.radiometry, sort_keys=True),
+        "s1_product": s1_src.product,
+        "s1_units": s1_src.units,
+        "s1_calibration": json.dumps(s1_src.calibration, sort_keys=True),
+        "access": access,
+    }
+    per_chip = {
+        "chip_id": pa.array(chip_ids, pa.string()),
+        "geometry": pa.array(shapely.to_wkb(chips_ll, byte_order=1), pa.binary()),
+        "transform": pa.ListArray.from_arrays(
+            pa.array(np.arange(0, 6 * n + 1, 6, dtype=np.int32)), pa.array(transform.ravel())
+        ),
+        "label_href": label_href,
+        "split": pa.DictionaryArray.from_arrays(
+            pa.array(np.array([_SPLIT_CODE[s] for s in split], dtype=np.int32)), pa.array(list(_SPLIT_CODE))
+        ),
+    }
+    arrays = [per_chip[f.name] if f.name in per_chip else _const(const[f.name], n, f.type) for f in PLAN_SCHEMA]
+    table = pa.Table.from_arrays(arrays, names=PLAN_SCHEMA.names)
+    return table.take(pc.sort_indices(table["chip_id"]))
+
+
+_SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+
+
+def sort_indices(table: pa.Table) -> pa.Array:
+    """Indices that sort plan rows by (``chip_id``, ``s1_item``), stable (dictionary columns decoded for the key)."""
+    keys = {}
+    for name, _ in SORT_KEYS:
+        col = table.column(name).combine_chunks()
+        keys[name] = col.dictionary_decode() if pa.types.is_dictionary(col.type) else col
+    return pc.sort_indices(pa.table(keys), SORT_KEYS)
+
+
+def chip_table_for_pair(
+    pair: Pair,
+    cfg: DataConfig,
+    label_items: LabelIndex | list[pystac.Item] | None = None,
+    profile: ProviderProfile | None = None,
+    sources: tuple[S2Source, S1Source] | None = None,
+    stats: PlanStats | None = None,
+    filters: Sequence[OriginFilter] = (),
+) -> pa.Table:
+    """The plan rows of one S1/S2 pair as an Arrow table (:data:`PLAN_SCHEMA`), sorted by chip id.
+
+    ``label_items``: a :class:`LabelIndex` built once per plan (a list is indexed here, per call).
+    With ``cfg.splits.by_property``, chips of an S2 item whose property maps to no split are left
+    out and counted in ``stats.skipped_chips``.
+    """
+    profile = profile or resolve_profile(cfg.catalog.provider, _declared(cfg))
+    labels = LabelIndex(label_items, profile) if isinstance(label_items, list) else label_items
+    sources = sources or (
+        prepare_s2(pair.s2, profile, cfg.chips.resolution_m),
+        prepare_s1(pair.s1, profile, cfg.catalog.s1_units),
+    )
+    return _pair_table(pair, _planner(cfg, profile, labels, filters), sources, stats)
+
+
+def table_rows(table: pa.Table) -> list[dict[str, object]]:
+    """Plan rows as plain dicts (geometry as a shapely polygon, lon/lat), e.g. for tests and edits."""
+    rows = table.cast(PLAN_SCHEMA).to_pylist() if table.schema != PLAN_SCHEMA else table.to_pylist()
+    for row in rows:
+        row["geometry"] = shapely.from_wkb(row["geometry"])
+    return rows
+
 
 def chip_rows_for_pair(
     pair: Pair,
@@ -384,106 +699,8 @@ def chip_rows_for_pair(
     sources: tuple[S2Source, S1Source] | None = None,
     stats: PlanStats | None = None,
 ) -> list[dict[str, object]]:
-    """Plan rows (plain dicts) for one S1/S2 pair.
-
-    ``label_items``: a :class:`LabelIndex` built once per plan (a list is indexed here, per call).
-    With ``cfg.splits.by_property``, chips of an S2 item whose property maps to no split are left
-    out and counted in ``stats.skipped_chips``.
-    """
-    profile = profile or resolve_profile(cfg.catalog.provider, _declared(cfg))
-    labels = LabelIndex(label_items, profile) if isinstance(label_items, list) else label_items
-    item_split_name, no_split = item_split(pair.s2, cfg.splits)
-    res = cfg.chips.resolution_m
-    s2_src, s1_src = sources or (prepare_s2(pair.s2, profile, res), prepare_s1(pair.s1, profile, cfg.catalog.s1_units))
-    grid = s2_src.grid
-    size = cfg.chips.size_px
-    stride = cfg.chips.stride_px or size
-    to_ll = _to_lonlat(grid.crs)
-    s1_foot = shape(pair.s1.geometry)
-    s1_utm = _densified_to(grid.crs, s1_foot)
-    margin = 5 * res
-    surely_in, maybe_in = prep(s1_utm.buffer(-margin)), prep(s1_utm.buffer(margin))
-    item_labels = item_label_list(pair.s2)
-    access = json.dumps(
-        {
-            "s2": {"signing": _signing(cfg, profile), "env": profile.env_for(pair.s2.collection_id)},
-            "s1": {"signing": _signing(cfg, profile), "env": profile.env_for(pair.s1.collection_id)},
-        },
-        sort_keys=True,
-    )
-    # the grid's chip origins, clipped to the area of interest
-    n_rows = max(0, (grid.shape[0] - size) // stride + 1)
-    n_cols = max(0, (grid.shape[1] - size) // stride + 1)
-    r_lo, r_hi, c_lo, c_hi = 0, n_rows, 0, n_cols
-    area = area_of_interest(cfg)
-    area_utm = None
-    if area is not None:
-        area_utm = _densified_to(grid.crs, area)
-        x_min, y_min, x_max, y_max = area_utm.bounds
-        x0, y0, step = grid.transform.c, grid.transform.f, stride * res
-        c_lo = max(0, math.floor((x_min - x0 - size * res) / step))
-        c_hi = min(n_cols, math.ceil((x_max - x0) / step) + 1)
-        r_lo = max(0, math.floor((y0 - y_max - size * res) / step))
-        r_hi = min(n_rows, math.ceil((y0 - y_min) / step) + 1)
-        area_utm = prep(area_utm)
-    in_area = in_s1 = 0
-    rows: list[dict[str, object]] = []
-    for ri in range(r_lo, r_hi):
-        for ci in range(c_lo, c_hi):
-            r, c = ri * stride, ci * stride
-            x0, y0 = grid.transform * (c, r)
-            chip_utm = box(x0, y0 - size * res, x0 + size * res, y0)
-            if area_utm is not None and not area_utm.intersects(chip_utm):
-                continue
-            in_area += 1
-            if not maybe_in.intersects(chip_utm):
-                continue
-            chip_ll: Polygon = shp_transform(to_ll.transform, chip_utm)
-            if not surely_in.contains(chip_utm) and chip_ll.difference(s1_foot).area > 1e-3 * chip_ll.area:
-                continue  # not inside S1 (1e-3: edge round-off)
-            in_s1 += 1
-            if no_split is not None:
-                continue
-            label_href = None
-            if labels:
-                centre = (x0 + size * res / 2, y0 - size * res / 2)
-                label_href = labels.find(chip_ll, grid.crs, centre, pair.s2.id)
-            rows.append(
-                {
-                    "chip_id": f"{pair.s2.id}:{r}:{c}",
-                    "geometry": chip_ll,
-                    "crs": grid.crs,
-                    "transform": [res, 0.0, x0, 0.0, -res, y0],
-                    "size_px": size,
-                    "resolution_m": res,
-                    "s2_item": pair.s2.id,
-                    "s1_item": pair.s1.id,
-                    "s2_datetime": pair.s2.datetime.isoformat() if pair.s2.datetime else None,
-                    "s1_datetime": pair.s1.datetime.isoformat() if pair.s1.datetime else None,
-                    "dt_days": round(pair.dt_days, 6),
-                    "cloud_cover": pair.s2.properties.get("eo:cloud_cover"),
-                    "s2_assets": json.dumps(s2_src.assets, sort_keys=True),
-                    "s1_assets": json.dumps(s1_src.assets, sort_keys=True),
-                    "scl_href": s2_src.scl,
-                    "label_href": label_href,
-                    "item_labels": json.dumps(item_labels),
-                    "split": chip_split(item_split_name, grid.crs, x0, y0, cfg.seed, cfg.splits),
-                    "provider": profile.name,
-                    "s2_radiometry": json.dumps(s2_src.radiometry, sort_keys=True),
-                    "s1_product": s1_src.product,
-                    "s1_units": s1_src.units,
-                    "s1_calibration": json.dumps(s1_src.calibration, sort_keys=True),
-                    "access": access,
-                }
-            )
-    if stats is not None:
-        for key, n in (("chips_on_grid", n_rows * n_cols), ("chips_in_aoi", in_area), ("chips_in_s1", in_s1)):
-            stats.stages[key] = stats.stages.get(key, 0) + n
-        if cfg.splits.by_property is not None:
-            stats.stages["chips_in_split"] = stats.stages.get("chips_in_split", 0) + len(rows)
-            if no_split is not None:
-                stats.skip_chips(no_split, in_s1)
-    return rows
+    """Plan rows (plain dicts) for one S1/S2 pair (see :func:`chip_table_for_pair`)."""
+    return table_rows(chip_table_for_pair(pair, cfg, label_items, profile, sources, stats))
 
 
 def _declared(cfg: DataConfig) -> dict[str, Any] | None:
@@ -516,35 +733,57 @@ def _why_no_items(cfg: DataConfig, backend: Any, collection: str, cloud: bool) -
     return f"collection {collection!r} has no items"
 
 
-def plan_rows_with_stats(cfg: DataConfig) -> tuple[list[dict[str, object]], PlanStats]:
-    """Search, resolve, pair and grid: every chip row of a data config (sorted by chip id) and the stats.
+def _search_catalog(cfg: DataConfig) -> CatalogConfig:
+    """The catalog section the searches use: with no bbox/aoi, a bbox around what the sampling draws from."""
+    c = cfg.catalog
+    if c.bbox is None and c.aoi is None:
+        bbox = sampling_bbox(cfg.chips)
+        if bbox is not None:
+            return c.model_copy(update={"bbox": bbox})
+    return c
 
-    Raises:
-        CatalogError: no chip is left; the message names the stage and the filter.
-    """
-    stats = PlanStats()
+
+@dataclass
+class _Prepared:
+    """The outcome of search, resolve and pair: what the chip stage needs."""
+
+    pairs: list[Pair]
+    s2_src: dict[str, S2Source]
+    s1_src: dict[str, S1Source]
+    labels: LabelIndex | None
+    profile: ProviderProfile
+
+
+def _no_chips_error(cfg: DataConfig, stats: PlanStats, msg: str) -> CatalogError:
+    stats_line = stats.summary()
+    skipped = stats.skipped_by_reason()
+    return CatalogError(
+        f"catalog {cfg.catalog.url}: no chips planned: {msg} [{stats_line}"
+        + (f"; skipped items {skipped}]" if skipped else "]")
+    )
+
+
+def _prepare(cfg: DataConfig, stats: PlanStats) -> _Prepared:
+    """Search, resolve every item through the profile, pair; fail naming the stage that left nothing."""
     profile = resolve_profile(cfg.catalog.provider, _declared(cfg))
-    backend = open_backend(cfg.catalog)
-    s2_all, s1_all = search_sensor_items(cfg.catalog, backend)
+    catalog = _search_catalog(cfg)
+    backend = open_backend(catalog)
+    s2_all, s1_all = search_sensor_items(catalog, backend)
     stats.stages.update(s2_found=len(s2_all), s1_found=len(s1_all))
-    where = f"catalog {cfg.catalog.url}"
+    search_cfg = cfg.model_copy(update={"catalog": catalog})
 
     def fail(msg: str) -> CatalogError:
-        stats_line = stats.summary()
-        skipped = stats.skipped_by_reason()
-        return CatalogError(
-            f"{where}: no chips planned: {msg} [{stats_line}" + (f"; skipped items {skipped}]" if skipped else "]")
-        )
+        return _no_chips_error(cfg, stats, msg)
 
     if not s2_all:
         raise fail(
             f"no S2 items in {cfg.catalog.s2_collection!r}: "
-            + _why_no_items(cfg, backend, cfg.catalog.s2_collection, True)
+            + _why_no_items(search_cfg, backend, cfg.catalog.s2_collection, True)
         )
     if not s1_all:
         raise fail(
             f"no S1 items in {cfg.catalog.s1_collection!r}: "
-            + _why_no_items(cfg, backend, cfg.catalog.s1_collection, False)
+            + _why_no_items(search_cfg, backend, cfg.catalog.s1_collection, False)
         )
     res = cfg.chips.resolution_m
     s2_src: dict[str, S2Source] = {}
@@ -588,38 +827,138 @@ def plan_rows_with_stats(cfg: DataConfig) -> tuple[list[dict[str, object]], Plan
         )
     labels: LabelIndex | None = None
     if cfg.catalog.label_collection:
-        label_items = backend.search(
-            SearchQuery(cfg.catalog.label_collection, search_bbox(cfg.catalog), None, None, None)
-        )
+        label_items = backend.search(SearchQuery(cfg.catalog.label_collection, search_bbox(catalog), None, None, None))
         labels = LabelIndex(label_items, profile)
         stats.stages["label_items"] = len(labels)
+    return _Prepared(pairs, s2_src, s1_src, labels, profile)
+
+
+def pair_groups(pairs: list[Pair]) -> list[list[Pair]]:
+    """Pairs grouped so that writing the groups in order writes chip ids in sorted order.
+
+    A chip id is ``<S2 id>:<row>:<col>``, so the chips of one S2 item share the prefix
+    ``<S2 id>:`` and S2 items in the order of that prefix give chip ids in order. Items whose
+    prefix starts with another's (ids containing ``:``) share a group and are sorted together.
+    Within a group pairs keep their (S2 id, S1 id) order.
+    """
+    by_s2: dict[str, list[Pair]] = {}
+    for p in pairs:
+        by_s2.setdefault(p.s2.id, []).append(p)
+    groups: list[list[Pair]] = []
+    start: str | None = None
+    for s2_id in sorted(by_s2, key=lambda i: i + ":"):
+        key = s2_id + ":"
+        if start is not None and key.startswith(start):
+            groups[-1].extend(by_s2[s2_id])
+        else:
+            start = key
+            groups.append(list(by_s2[s2_id]))
+    return groups
+
+
+def iter_plan_tables(
+    cfg: DataConfig,
+    stats: PlanStats | None = None,
+    filters: Sequence[OriginFilter] = (),
+    timings: dict[str, float] | None = None,
+) -> Iterator[pa.Table]:
+    """Search, resolve, pair and place chips; yield the plan as Arrow tables in chip-id order.
+
+    One table per S2 item (or group of items, see :func:`pair_groups`), rows sorted by
+    (``chip_id``, ``s1_item``); memory holds one item's chips at a time. ``stats`` is filled as
+    the stages run (complete once the iterator is exhausted). ``timings``, when given, receives
+    ``search_s`` (search, resolve and pair, seconds) and ``chips_s`` (placing chips and building
+    tables, seconds, excluding the consumer's time).
+
+    Raises:
+        CatalogError: no chip is left; the message names the stage and the filter (raised before
+            the first table for search, resolve and pairing, after the last for the chip stages).
+        ConfigError: the sampling strategy has nothing to sample (e.g. random without an AOI).
+    """
+    stats = stats if stats is not None else PlanStats()
+    timings = timings if timings is not None else {}
+    t0 = time.perf_counter()
+    planner = _planner(cfg, resolve_profile(cfg.catalog.provider, _declared(cfg)), None, filters)
+    prepared = _prepare(cfg, stats)
+    planner.profile, planner.labels = prepared.profile, prepared.labels
+    if planner.sampler.kind != "grid":
+        stats.stages["chips_drawn"] = planner.sampler.n_drawn
+    pairs = prepared.pairs
+    timings["search_s"] = time.perf_counter() - t0
+    timings["chips_s"] = 0.0
     log.info("planning %d pairs (%s)", len(pairs), stats.summary())
-    rows: list[dict[str, object]] = []
-    for i, pair in enumerate(pairs, 1):
-        sources = (s2_src[pair.s2.id], s1_src[pair.s1.id])
-        rows.extend(chip_rows_for_pair(pair, cfg, labels, profile, sources, stats))
-        log.info("[%d/%d] %s + %s: %d chips so far", i, len(pairs), pair.s2.id, pair.s1.id, len(rows))
+    total = done = 0
+    for group in pair_groups(pairs):
+        t1 = time.perf_counter()
+        tables = []
+        for pair in group:
+            sources = (prepared.s2_src[pair.s2.id], prepared.s1_src[pair.s1.id])
+            tables.append(_pair_table(pair, planner, sources, stats))
+            done += 1
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        if len(tables) > 1:
+            table = table.take(sort_indices(table))
+        total += table.num_rows
+        timings["chips_s"] += time.perf_counter() - t1
+        log.info("[%d/%d] %s: %d chips so far", done, len(pairs), group[0].s2.id, total)
+        if table.num_rows:
+            yield table
     log.info("plan stages: %s; skipped items by reason: %s", stats.summary(), stats.skipped_by_reason())
     if stats.skipped_chips:
         log.warning("chips left out of the plan: %s", dict(sorted(stats.skipped_chips.items())))
-    if not rows:
-        if not stats.stages.get("chips_in_aoi"):
-            raise fail(f"bbox/aoi: no chip of the {len(pairs)} pairs' grids intersects the area of interest")
-        if not stats.stages.get("chips_in_s1"):
-            raise fail(
-                f"overlap: none of the {stats.stages['chips_in_aoi']} chips in the area lies inside its S1 footprint"
-            )
-        by = cfg.splits.by_property
-        raise fail(
-            f"split: none of the {stats.stages['chips_in_s1']} chips has a split: their S2 items' "
-            f"{by.name if by else 'split'} values are not in splits.by_property.map {sorted(by.map) if by else []} "
-            f"(skipped chips: {dict(sorted(stats.skipped_chips.items()))})"
+    if not total:
+        raise _no_chips_error(cfg, stats, _why_no_chips(cfg, stats, len(pairs), filters))
+
+
+def _why_no_chips(cfg: DataConfig, stats: PlanStats, n_pairs: int, filters: Sequence[OriginFilter]) -> str:
+    st = stats.stages
+    if not st.get("chips_on_grid"):
+        s = cfg.chips.sampling
+        if s.strategy == "grid":
+            return f"grid: no chip of chips.size_px={cfg.chips.size_px} fits in the {n_pairs} pairs' S2 grids"
+        return (
+            f"sampling: none of the {st.get('chips_drawn', 0)} chip centres drawn by chips.sampling "
+            f"({s.strategy}) lies on the {n_pairs} pairs' S2 grids"
         )
-    return sorted(rows, key=lambda row: str(row["chip_id"])), stats
+    if not st.get("chips_in_aoi"):
+        return f"bbox/aoi: no chip of the {n_pairs} pairs' grids intersects the area of interest"
+    if not st.get("chips_in_s1"):
+        return f"overlap: none of the {st['chips_in_aoi']} chips in the area lies inside its S1 footprint"
+    previous = st["chips_in_s1"]
+    for f in filters:
+        if not st.get(f.stage):
+            return f"{f.stage}: none of the {previous} chips inside the S1 footprint passed the filter"
+        previous = st[f.stage]
+    by = cfg.splits.by_property
+    return (
+        f"split: none of the {st['chips_in_s1']} chips has a split: their S2 items' "
+        f"{by.name if by else 'split'} values are not in splits.by_property.map {sorted(by.map) if by else []} "
+        f"(skipped chips: {dict(sorted(stats.skipped_chips.items()))})"
+    )
+
+
+def plan_table_with_stats(cfg: DataConfig, filters: Sequence[OriginFilter] = ()) -> tuple[pa.Table, PlanStats]:
+    """The whole plan in memory as one Arrow table (sorted by chip id) and the stats (small plans, tests)."""
+    stats = PlanStats()
+    tables = list(iter_plan_tables(cfg, stats, filters))
+    return pa.concat_tables(tables).cast(PLAN_SCHEMA), stats
+
+
+def plan_rows_with_stats(cfg: DataConfig) -> tuple[list[dict[str, object]], PlanStats]:
+    """Search, resolve, pair and place chips: every chip row of a data config (sorted by chip id) and the stats.
+
+    Rows are plain dicts (geometry a shapely polygon); for a large plan stream the tables
+    instead (:func:`iter_plan_tables`, :func:`eoforge.plan.io.build_plan`).
+
+    Raises:
+        CatalogError: no chip is left; the message names the stage and the filter.
+    """
+    table, stats = plan_table_with_stats(cfg)
+    return table_rows(table), stats
 
 
 def plan_rows(cfg: DataConfig) -> list[dict[str, object]]:
-    """Search, pair and grid: every chip row of a data config, sorted by chip id."""
+    """Search, pair and place chips: every chip row of a data config, sorted by chip id."""
     return plan_rows_with_stats(cfg)[0]
 
 
