@@ -78,7 +78,7 @@ def test_pc_and_earth_search_items_stream_with_signing_and_correct_units(stack, 
 
     log = tmp_path / "sign.log"
     log.touch()
-    env = {"PYTHONPATH": str(REPO), SIGN_LOG_ENV: str(log)}
+    env = {"PYTHONPATH": f"{REPO / 'platform'}:{REPO}", SIGN_LOG_ENV: str(log)}  # this checkout's eoforge
     ray.init(address=stack.ray_address, ignore_reinit_error=True, runtime_env={"env_vars": env})
     try:
         rows = build_chip_dataset(str(tmp_path / "plan.parquet"), split="all", normalize="none").take_all()
