@@ -34,15 +34,15 @@ def _loop(config: dict[str, Any]) -> None:
     import torch
     from eoforge.config.pretrain import ModelConfig, ObjectiveConfig
     from eoforge.data.dataset import split_ok
+    from eoforge.data.normalize import normalize_batch
     from eoforge.ssl.registry import build_objective
 
-    chips: dict[str, list[np.ndarray]] = {"s1": [], "s2": []}
+    chips: dict[str, list[np.ndarray]] = {"s1": [], "s2": [], "valid": []}
     for batch in ray.train.get_dataset_shard("train").iter_batches(batch_size=4, batch_format="numpy"):
         good, _ = split_ok(batch)
-        chips["s1"] += list(good["s1"])
-        chips["s2"] += list(good["s2"])
-    s1 = torch.from_numpy(np.stack(chips["s1"][:CHIPS]))
-    s2 = torch.from_numpy(np.stack(chips["s2"][:CHIPS]))
+        for k in chips:
+            chips[k] += list(good[k])
+    s2, s1 = normalize_batch(*(torch.from_numpy(np.stack(chips[k][:CHIPS])) for k in ("s2", "s1", "valid")), "ssl4eo")
     results: dict[str, Any] = {"chips": int(s1.shape[0])}
     for kind, sections in config["objectives"].items():
         torch.manual_seed(0)

@@ -1,11 +1,30 @@
-"""Ray Data pipeline: chip plan -> chip pixels, streamed to training workers.
+"""Ray Data pipeline: chip plan -> chip pixels, streamed tile-aware to training workers.
 
-The plan's rows (metadata only, one per chip) are split into several blocks so several CPU
-actors read COG windows in parallel, then ``map_batches(ChipBatchReader)`` turns rows into
+The driver never holds the plan. It streams the plan's ``split`` column once (one small column,
+batch by batch) to cut the plan into *windows* of ``window_rows`` consecutive rows and count the
+split's rows in each (:func:`plan_windows`; cached per process). An epoch is a seeded
+permutation of the windows (:func:`epoch_windows`); a worker of a multi-worker run takes every
+``world``-th one. Each window goes to a CPU-only reading actor (:class:`TileChipReader`) which:
 
-- ``s1``: float32 [B, 2, H, W], ``s2``: float32 [B, 12, H, W] (see :mod:`eoforge.data.reader`),
+1. reads the window's plan rows (columns and split filter pushed into the Parquet read);
+2. groups them by source tile (:func:`eoforge.data.tiles.tile_key`), shuffles the groups
+   (seed, epoch, window), packs consecutive groups into chunks of >= ``chunk_rows`` rows and
+   permutes each chunk's rows: the chunk is the shuffle buffer, so a batch mixes many tiles
+   (a batch from one tile gives contrastive training near-duplicate negatives);
+3. drops the first ``skip`` rows of that order (resume), then reads each group's assets once
+   and cuts its chips (:func:`eoforge.data.tiles.read_rows`), one output block per chunk.
+
+The row order of an epoch is a function of (plan, split, seed, epoch, shard) only, and is fixed
+before any pixel is read, so a run resumed mid-epoch passes ``skip_rows`` = rows already
+trained: whole windows are dropped on the driver and their files are never opened.
+
+Columns out (one row per chip):
+
+- ``s2``: uint16 [B, 12, H, W] reflectance x 10000, ``s1``: float16 [B, 2, H, W] dB,
+  ``valid``: bool [B, H, W] (0 in ``s2``/``s1`` where False): storage units, half the bytes of
+  float32; the training worker normalises them (:func:`eoforge.data.normalize.normalize_batch`);
 - ``valid_fraction``: float32 [B], ``label``: uint8 [B, H, W] (255 where the plan has none),
-- ``chip_id``: str [B], ``split``: str [B], ``item_labels``: str [B] (JSON list of class names),
+- ``chip_id``, ``split``, ``item_labels`` (JSON list), ``tile_key`` (source tile): str [B],
 - ``ok``: bool [B], ``error``: str [B].
 
 A chip whose asset is missing or corrupt, or whose valid fraction is below the threshold,
@@ -15,62 +34,269 @@ training loop drops and counts these rows (:func:`split_ok`), and the count reac
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES
-from eoforge.data.reader import read_chip
+from eoforge.data.normalize import NORMALIZATIONS
 from eoforge.errors import ChipReadError
-from eoforge.plan.io import read_stream_table
+from eoforge.plan.io import STREAM_COLUMNS
 
 log = logging.getLogger(__name__)
 
+#: Optional plan columns passed through to the reader when the plan has them.
+OPTIONAL_COLUMNS = ["clear_fraction", "season", "place_id"]
 
-class ChipBatchReader:
-    """Ray Data UDF: plan rows (dict of numpy columns) -> chip tensors (dict of numpy arrays)."""
 
-    def __init__(self, normalize: str = "ssl4eo", min_valid_fraction: float = 0.5) -> None:
-        self.normalize = normalize
-        self.min_valid_fraction = min_valid_fraction
+@dataclass(frozen=True)
+class Window:
+    """A slice of the plan file: batch ``index`` of ``window_rows`` rows of row group ``row_group``.
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Read every chip of the batch; failures become ``ok=False`` rows."""
-        n = len(batch["chip_id"])
-        size = int(batch["size_px"][0]) if n else 0
-        out: dict[str, Any] = {
-            "chip_id": np.asarray(batch["chip_id"], dtype=object),
-            "split": np.asarray(batch["split"], dtype=object) if "split" in batch else np.full(n, "", dtype=object),
-            "item_labels": (
-                np.asarray(batch["item_labels"], dtype=object) if "item_labels" in batch else np.full(n, "[]", object)
-            ),
-            "s1": np.zeros((n, len(S1_BAND_NAMES), size, size), np.float32),
-            "s2": np.zeros((n, len(S2_BAND_NAMES), size, size), np.float32),
-            "label": np.full((n, size, size), 255, np.uint8),
-            "valid_fraction": np.zeros(n, np.float32),
-            "ok": np.zeros(n, bool),
-            "error": np.full(n, "", dtype=object),
+    ``rows`` is how many of them are in the split; ``skip`` how many of those (in the epoch's
+    order) a resumed run leaves out.
+    """
+
+    row_group: int
+    index: int
+    rows: int
+    skip: int = 0
+
+
+def _open_plan(plan_path: str) -> pq.ParquetFile:
+    from eoforge.plan.io import WHAT, _not_found
+    from eoforge.train.storage import filesystem_of, storage_error
+
+    fs, inner = filesystem_of(str(plan_path), WHAT)
+    try:
+        return pq.ParquetFile(fs.open_input_file(inner), pre_buffer=False, buffer_size=1 << 20)
+    except FileNotFoundError:
+        raise _not_found(str(plan_path)) from None
+    except OSError as exc:
+        raise storage_error(str(plan_path), exc, WHAT, "read") from None
+
+
+@functools.lru_cache(maxsize=8)
+def plan_windows(plan_path: str, split: str, window_rows: int) -> tuple[Window, ...]:
+    """The plan's windows holding rows of ``split`` (``all``: every row), in file order.
+
+    Streams only the ``split`` column; memory is one batch plus one entry per window.
+
+    Raises:
+        CatalogError: the file is missing or not a plan.
+        ServiceError: its store refused the read or is unreachable.
+    """
+    f = _open_plan(plan_path)
+    out = []
+    for g in range(f.metadata.num_row_groups):
+        for j, batch in enumerate(f.iter_batches(batch_size=window_rows, row_groups=[g], columns=["split"])):
+            n = batch.num_rows if split == "all" else int(pc.sum(pc.equal(batch.column(0), split)).as_py() or 0)
+            if n:
+                out.append(Window(g, j, n))
+    return tuple(out)
+
+
+def epoch_windows(
+    windows: tuple[Window, ...], seed: int, epoch: int, shard: tuple[int, int], skip_rows: int
+) -> list[Window]:
+    """This shard's windows for ``epoch``, in order, with the first ``skip_rows`` rows left out.
+
+    Windows wholly inside the skipped rows are dropped here (never read); the window the skip
+    ends in carries the rest as its ``skip``.
+    """
+    rank, world = shard
+    order = np.random.default_rng([seed, epoch]).permutation(len(windows))
+    mine = [windows[i] for i in order[rank::world]]
+    out = []
+    for w in mine:
+        if skip_rows >= w.rows:
+            skip_rows -= w.rows
+            continue
+        out.append(Window(w.row_group, w.index, w.rows, skip_rows))
+        skip_rows = 0
+    return out
+
+
+def batch_diversity(tile_keys: np.ndarray | list[str]) -> dict[str, float]:
+    """Diversity of one batch: distinct source tiles and the share of same-tile pairs.
+
+    A same-tile share near 1 means the batch's contrastive negatives are near-duplicates;
+    a random draw from T equally sized tiles gives about 1/T.
+    """
+    keys = np.asarray(tile_keys, dtype=object)
+    n = len(keys)
+    _, counts = np.unique(keys.astype(str), return_counts=True) if n else (None, np.zeros(0))
+    pairs = n * (n - 1) / 2
+    same = float((counts * (counts - 1) / 2).sum())
+    return {"distinct_tiles": float(len(counts)), "same_tile_pair_share": same / pairs if pairs else 0.0}
+
+
+class DiversityMeter:
+    """Running mean of :func:`batch_diversity` over the batches of an epoch."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sums = {"distinct_tiles": 0.0, "same_tile_pair_share": 0.0}
+
+    def add(self, tile_keys: np.ndarray | list[str]) -> None:
+        """Count one batch."""
+        for k, v in batch_diversity(tile_keys).items():
+            self.sums[k] += v
+        self.n += 1
+
+    def means(self) -> dict[str, float]:
+        """``data/batch_distinct_tiles`` and ``data/same_tile_pair_share`` (epoch means)."""
+        n = max(self.n, 1)
+        return {
+            "data/batch_distinct_tiles": self.sums["distinct_tiles"] / n,
+            "data/same_tile_pair_share": self.sums["same_tile_pair_share"] / n,
         }
-        for i in range(n):
-            row = {k: batch[k][i] for k in batch}
-            try:
-                chip = read_chip(row, self.normalize)
-            except ChipReadError as exc:
-                out["error"][i] = f"chip {row['chip_id']}: {exc}"
-                log.warning("skipping %s", out["error"][i])
+
+
+def _empty_out(n: int, size: int) -> dict[str, Any]:
+    return {
+        "chip_id": np.full(n, "", dtype=object),
+        "split": np.full(n, "", dtype=object),
+        "item_labels": np.full(n, "[]", dtype=object),
+        "tile_key": np.full(n, "", dtype=object),
+        "s1": np.zeros((n, len(S1_BAND_NAMES), size, size), np.float16),
+        "s2": np.zeros((n, len(S2_BAND_NAMES), size, size), np.uint16),
+        "valid": np.zeros((n, size, size), bool),
+        "label": np.full((n, size, size), 255, np.uint8),
+        "valid_fraction": np.zeros(n, np.float32),
+        "ok": np.zeros(n, bool),
+        "error": np.full(n, "", dtype=object),
+    }
+
+
+class TileChipReader:
+    """Ray Data UDF (one per reading actor): plan windows -> chip blocks (see module docstring).
+
+    Args:
+        plan_path, split: the plan and the split to read (``all``: every row).
+        min_valid_fraction: chips below this valid-pixel share come out with ``ok = False``.
+        seed, epoch: the epoch's order (groups and chunk permutations).
+        window_rows: rows per plan window (as given to :func:`plan_windows`).
+        chunk_rows: rows per shuffle chunk (whole tile groups; bounds the actor's pixel memory).
+        tile_aware: False reads every chip on its own (the old per-chip path, for benchmarks).
+        max_open: open datasets kept by the actor's LRU.
+    """
+
+    def __init__(
+        self,
+        plan_path: str,
+        split: str,
+        min_valid_fraction: float = 0.5,
+        seed: int = 0,
+        epoch: int = 0,
+        window_rows: int = 1024,
+        chunk_rows: int = 256,
+        tile_aware: bool = True,
+        max_open: int = 64,
+    ) -> None:
+        from eoforge.data.tiles import DatasetCache
+
+        self.plan_path, self.split = plan_path, split
+        self.min_valid_fraction = min_valid_fraction
+        self.seed, self.epoch = seed, epoch
+        self.window_rows, self.chunk_rows = window_rows, chunk_rows
+        self.tile_aware = tile_aware
+        self.cache = DatasetCache(max_open=max_open)
+        self._file: pq.ParquetFile | None = None
+
+    def window_rows_of(self, w: Window) -> list[dict[str, Any]]:
+        """The plan rows of a window that are in the split (metadata only)."""
+        if self._file is None:
+            self._file = _open_plan(self.plan_path)
+        names = set(self._file.schema_arrow.names)
+        cols = [c for c in [*STREAM_COLUMNS, *OPTIONAL_COLUMNS] if c in names]
+        batches = self._file.iter_batches(batch_size=self.window_rows, row_groups=[w.row_group], columns=cols)
+        for j, batch in enumerate(batches):
+            if j == w.index:
+                table = pa.Table.from_batches([batch])
+                if self.split != "all":
+                    table = table.filter(pc.equal(table.column("split"), self.split))
+                return table.to_pylist()
+        raise ChipReadError(f"chip plan {self.plan_path}: window {w} not found (plan changed while reading?)")
+
+    def order(self, w: Window, rows: list[dict[str, Any]]) -> list[list[tuple[str, int]]]:
+        """The window's chunks: each a list of (tile key, row index), in the epoch's order."""
+        from eoforge.data.tiles import group_rows
+
+        if self.tile_aware:
+            groups = list(group_rows(rows, self.cache))
+        else:
+            groups = [(f"row{i}", [i]) for i in range(len(rows))]
+        rng = np.random.default_rng([self.seed, self.epoch, w.row_group, w.index])
+        chunks: list[list[tuple[str, int]]] = [[]]
+        for g in rng.permutation(len(groups)):
+            key, idx = groups[int(g)]
+            if len(chunks[-1]) >= self.chunk_rows:
+                chunks.append([])
+            chunks[-1].extend((key, i) for i in idx)
+        return [[chunk[int(i)] for i in rng.permutation(len(chunk))] for chunk in chunks if chunk]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """Read the windows of ``batch`` (columns of :class:`Window`); yields one block per chunk."""
+        for k in range(len(batch["row_group"])):
+            w = Window(*(int(batch[f][k]) for f in ("row_group", "index", "rows", "skip")))
+            yield from self.read_window(w)
+
+    def read_window(self, w: Window) -> Iterator[dict[str, np.ndarray]]:
+        """The chip blocks of one window (its first ``w.skip`` rows left out, unread)."""
+        from eoforge.data.tiles import read_rows
+
+        rows = self.window_rows_of(w)
+        skip = w.skip
+        for chunk in self.order(w, rows):
+            if skip >= len(chunk):
+                skip -= len(chunk)
                 continue
-            out["valid_fraction"][i] = chip.valid_fraction
-            if chip.valid_fraction < self.min_valid_fraction:
-                out["error"][i] = (
-                    f"chip {row['chip_id']}: valid fraction {chip.valid_fraction:.2f} "
-                    f"< {self.min_valid_fraction} (clouds / nodata)"
-                )
-                continue
-            out["s1"][i], out["s2"][i], out["ok"][i] = chip.s1, chip.s2, True
-            if chip.label is not None:
-                out["label"][i] = chip.label
+            chunk, skip = chunk[skip:], 0
+            yield self._read_chunk(chunk, rows, read_rows)
+
+    def _read_chunk(self, chunk: list[tuple[str, int]], rows: list[dict[str, Any]], read_rows: Any) -> dict[str, Any]:
+        size = int(rows[chunk[0][1]]["size_px"])
+        out = _empty_out(len(chunk), size)
+        by_group: dict[str, list[int]] = {}
+        for pos, (key, _) in enumerate(chunk):
+            by_group.setdefault(key, []).append(pos)
+        for key, positions in by_group.items():
+            group = [rows[chunk[p][1]] for p in positions]
+            for pos, row, res in zip(positions, group, read_rows(group, self.cache), strict=True):
+                out["chip_id"][pos] = str(row["chip_id"])
+                out["split"][pos] = str(row.get("split") or "")
+                out["item_labels"][pos] = str(row.get("item_labels") or "[]")
+                out["tile_key"][pos] = key
+                if isinstance(res, ChipReadError):
+                    out["error"][pos] = f"chip {row['chip_id']}: {res}"
+                    log.warning("skipping %s", out["error"][pos])
+                    continue
+                vf = res.valid_fraction
+                out["valid_fraction"][pos] = vf
+                if vf < self.min_valid_fraction:
+                    out["error"][pos] = (
+                        f"chip {row['chip_id']}: valid fraction {vf:.2f} < {self.min_valid_fraction} (clouds / nodata)"
+                    )
+                    continue
+                out["s1"][pos], out["s2"][pos], out["valid"][pos], out["ok"][pos] = res.s1, res.s2, res.valid, True
+                if res.label is not None:
+                    out["label"][pos] = res.label
         return out
+
+
+def iter_chip_blocks(plan_path: str, windows: list[Window], **reader_kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
+    """The blocks :func:`build_chip_dataset` streams, read in this process (benchmarks, tests)."""
+    reader = TileChipReader(plan_path, **reader_kwargs)
+    for w in windows:
+        yield from reader.read_window(w)
 
 
 def build_chip_dataset(
@@ -80,37 +306,71 @@ def build_chip_dataset(
     min_valid_fraction: float = 0.5,
     read_tasks: int = 2,
     read_cpus: float = 0.5,
-    rows_per_task: int = 8,
+    rows_per_task: int = 256,
+    *,
+    shuffle_seed: int = 0,
+    epoch: int = 0,
+    skip_rows: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    window_rows: int = 1024,
+    tile_aware: bool = True,
+    max_open: int = 64,
 ) -> Any:
     """A lazy Ray Dataset of chips for one split of a plan (``split='all'`` keeps every row).
 
     Args:
         plan_path: GeoParquet chip plan: local path, ``s3://``, ``gs://`` or any URI pyarrow or
-            fsspec opens (see :func:`eoforge.plan.io.read_stream_table`).
+            fsspec opens (:func:`eoforge.train.storage.filesystem_of`); the reading actors open it.
         split: ``train`` / ``val`` / ``test`` / ``all``.
-        normalize: see :mod:`eoforge.data.normalize`.
+        normalize: the normalisation the consumer applies with
+            :func:`eoforge.data.normalize.normalize_batch` (checked here; pixels stay in storage units).
         min_valid_fraction: chips below this valid-pixel share are skipped and counted.
-        read_tasks: how many chip-reading tasks run at once.
-        read_cpus: logical CPUs reserved per reading task.
-        rows_per_task: chips per ``map_batches`` call.
+        read_tasks: most reading actors at once (CPU only: ``num_gpus=0``).
+        read_cpus: logical CPUs reserved per reading actor.
+        rows_per_task: rows per shuffle chunk (one output block; whole tile groups).
+        shuffle_seed: seed of the epochs' row orders (see module docstring).
+        epoch: which epoch's order to stream.
+        skip_rows: rows of this epoch (and shard) already trained: left out before reading.
+        shard: (rank, world): this consumer's share of the windows.
+        window_rows: plan rows per window.
+        tile_aware: False reads every chip on its own (benchmark baseline).
+        max_open: open datasets per reading actor (LRU).
+
+    Raises:
+        ChipReadError: no chips in the split (or none left after ``skip_rows``).
+        ValueError: unknown ``normalize``.
     """
     import ray.data
 
-    # The plan is metadata only (about 1 kB per chip): the driver reads the rows it needs (from
-    # disk or object storage) and hands them to Ray Data as several blocks, so chip reading
-    # starts in parallel at once and no worker needs the plan's storage credentials.
-    table = read_stream_table(plan_path, split)
-    if table.num_rows == 0:
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize: unknown mode {normalize!r}; choose one of {NORMALIZATIONS}")
+    windows = plan_windows(str(plan_path), split, window_rows)
+    if not windows:
         raise ChipReadError(f"chip plan {plan_path}: no chips in split {split!r}")
-    n_blocks = max(1, min(table.num_rows, read_tasks * 4))
-    step = -(-table.num_rows // n_blocks)
-    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+    mine = epoch_windows(windows, shuffle_seed, epoch, shard, skip_rows)
+    if not mine:
+        raise ChipReadError(f"chip plan {plan_path}: no chips of split {split!r} left after skipping {skip_rows}")
+    items = [{"row_group": w.row_group, "index": w.index, "rows": w.rows, "skip": w.skip} for w in mine]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # the epoch's order is fixed before reading: keep it (resume skips rows by position)
+    ds.context.execution_options.preserve_order = True
     return ds.map_batches(
-        ChipBatchReader,
-        fn_constructor_kwargs={"normalize": normalize, "min_valid_fraction": min_valid_fraction},
-        batch_size=rows_per_task,
+        TileChipReader,
+        fn_constructor_kwargs={
+            "plan_path": str(plan_path),
+            "split": split,
+            "min_valid_fraction": min_valid_fraction,
+            "seed": shuffle_seed,
+            "epoch": epoch,
+            "window_rows": window_rows,
+            "chunk_rows": rows_per_task,
+            "tile_aware": tile_aware,
+            "max_open": max_open,
+        },
+        batch_size=1,
         batch_format="numpy",
         num_cpus=read_cpus,
+        num_gpus=0,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=read_tasks),
     )
 

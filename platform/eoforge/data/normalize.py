@@ -12,6 +12,8 @@ samples; see shared reference ssl-methods.md §3.3):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 S2_L2A_MEAN = np.array(
@@ -49,3 +51,31 @@ def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, valid: np.ndarra
         raise ValueError(f"normalize: unknown mode {mode!r}; choose one of {NORMALIZATIONS}")
     out[:, ~valid] = 0.0
     return out.astype(np.float32, copy=False)
+
+
+def normalize_batch(s2: Any, s1: Any, valid: Any, mode: str) -> tuple[Any, Any]:
+    """Normalise a batch in storage units on the training worker's device.
+
+    Args:
+        s2: uint16 (or any numeric) tensor [B, 12, H, W], reflectance x 10000.
+        s1: float16 (or any float) tensor [B, 2, H, W], dB.
+        valid: bool tensor [B, H, W], False where the pixel is masked.
+        mode: ``"ssl4eo"`` or ``"none"``.
+
+    Returns:
+        (s2, s1) float32 tensors on the inputs' device; masked pixels are 0.
+    """
+    import torch
+
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize_batch: unknown mode {mode!r}; choose one of {NORMALIZATIONS}")
+    keep = valid.to(torch.bool).unsqueeze(1)
+    out = []
+    for x, mean, std in ((s2, S2_L2A_MEAN, S2_L2A_STD), (s1, S1_DB_MEAN, S1_DB_STD)):
+        x = x.to(torch.float32)
+        if mode == "ssl4eo":
+            m = torch.as_tensor(mean, device=x.device)[None, :, None, None]
+            s = torch.as_tensor(std, device=x.device)[None, :, None, None]
+            x = (x - m) / s
+        out.append(torch.where(keep, x, torch.zeros((), dtype=torch.float32, device=x.device)))
+    return out[0], out[1]

@@ -1,17 +1,23 @@
 """Read one chip's S1 and S2 windows from their COGs onto the chip's 10 m grid.
 
-The chip grid (CRS, transform, size) comes from the plan row. For each band:
+The chip grid (CRS, transform, size) comes from the plan row. :func:`read_chip` (and
+:func:`read_chip_raw`) run the tile-aware reader of :mod:`eoforge.data.tiles` on one row, so a
+chip read alone equals the same chip streamed by Ray Data. For each band
+(:mod:`eoforge.data.resample`):
 
 - same CRS, same pixel size and an integer pixel offset (S2 10 m bands): a plain windowed
   read, so the values are the stored pixels, bit for bit;
-- a file with a CRS on another grid (S2 20/60 m bands, S1 RTC or dB products): GDAL warps onto
-  the chip grid through a :class:`rasterio.vrt.WarpedVRT` (bilinear for measurements, nearest
-  for classes: SCL and labels);
-- a file with no CRS but ground control points (Sentinel-1 GRD in radar geometry): the source
-  window the chip needs is found through the GCPs, and that window is warped onto the chip grid
-  with the GCPs nearest to it (:func:`rasterio.warp.reproject` with ``gcps``). The item's
-  ``proj:transform`` is never used for GRD (providers publish bbox-derived values that are wrong);
+- a file with a CRS on another grid (S2 20/60 m bands, S1 RTC or dB products): sampled at the
+  chip pixel centres with index/weight maps computed once per (source grid, chip grid)
+  (bilinear for measurements, nearest for classes: SCL and labels);
+- a file with no CRS but ground control points (Sentinel-1 GRD in radar geometry): the chip
+  pixel centres are taken to the GRD's (line, pixel) with the GCPs nearest to the chip (a local
+  polynomial). The item's ``proj:transform`` is never used for GRD (providers publish
+  bbox-derived values that are wrong);
 - a file with neither a CRS nor GCPs: :class:`~eoforge.errors.ChipReadError`, never a silent read.
+
+:func:`read_band` is GDAL's own warp of one band (:class:`rasterio.vrt.WarpedVRT`, or
+:func:`rasterio.warp.reproject` with GCPs): the reference the resampler is tested against.
 
 Units (recorded per chip in the plan by :mod:`eoforge.catalog.radiometry`):
 
@@ -24,18 +30,18 @@ Units (recorded per chip in the plan by :mod:`eoforge.catalog.radiometry`):
 
 Hrefs may be local paths, ``file://`` URLs, ``http(s)://`` or ``s3://`` (GDAL's /vsi handlers).
 They are signed just before they are opened (``access`` column: ``planetary_computer``,
-``none`` or ``module:function``); a signed URL lives only inside this call.
+``none`` or ``module:function``); a signed URL lives only inside the reading process.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-import json
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -48,17 +54,24 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_INVALID
 from eoforge.data.normalize import S1_DB_MEAN, S1_DB_STD, S2_L2A_MEAN, S2_L2A_STD, normalize
 from eoforge.errors import ChipReadError
 
-#: GDAL settings for reading COGs (no directory listing on open, retries for HTTP).
-GDAL_ENV = {
+if TYPE_CHECKING:
+    from eoforge.data.tiles import RawChip
+
+#: GDAL settings for reading COGs (platform-notes §6): no directory listing on open, retries and
+#: merged ranges for HTTP, a per-handle VSI cache, the whole COG header in the first request, and
+#: an explicit block cache (MB) that holds the decoded tiles of a tile group for all its chips.
+GDAL_ENV: dict[str, str | int] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": "5",
     "GDAL_HTTP_RETRY_DELAY": "0.5",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
     "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": str(8 << 20),
+    "GDAL_CACHEMAX": 256 << 20,  # bytes (an int: rasterio passes it to GDALSetCacheMax64)
 }
 
 
@@ -363,20 +376,29 @@ def s1_to_db(x: np.ndarray, units: str, calibration: np.ndarray | None = None) -
 # ----------------------------------------------------------------------------------------- chips
 
 
-def _href(value: object) -> str | None:
-    """A plan cell holding an optional href (None / NaN / "" mean absent)."""
-    return value if isinstance(value, str) and value else None
+def read_chip_raw(row: dict[str, object]) -> RawChip:
+    """Read the chip of one plan row in storage units (uint16 S2, float16 S1 dB, valid mask).
 
+    The same code path as the tile-aware reader (:func:`eoforge.data.tiles.read_rows` with one
+    row), so both give the same pixels. Every file is opened (and its href signed) for this call.
 
-def _json_cell(row: dict[str, object], key: str, default: object) -> object:
-    value = row.get(key)
-    if isinstance(value, str) and value:
-        return json.loads(value)
-    return default
+    Raises:
+        ChipReadError: an asset is missing from the row, its file cannot be read or georeferenced.
+    """
+    from eoforge.data.tiles import DatasetCache, read_rows
+
+    cache = DatasetCache()
+    try:
+        (result,) = read_rows([row], cache)
+    finally:
+        cache.close()
+    if isinstance(result, ChipReadError):
+        raise result
+    return result
 
 
 def read_chip(row: dict[str, object], mode: str = "ssl4eo") -> Chip:
-    """Read the chip of one plan row.
+    """Read the chip of one plan row, normalised (float32).
 
     Args:
         row: a plan row with ``crs``, ``transform`` (6 numbers), ``size_px``, ``s2_assets``,
@@ -386,48 +408,17 @@ def read_chip(row: dict[str, object], mode: str = "ssl4eo") -> Chip:
             ``signing`` hook name and GDAL ``env``). Rows without them read as dB S1, DN-as-is S2.
         mode: normalisation, see :mod:`eoforge.data.normalize`.
 
+    Returns:
+        the pixels of :func:`read_chip_raw` (S2 rounded to integer reflectance x 10000, S1 dB
+        in float16 precision) normalised to float32.
+
     Raises:
         ChipReadError: an asset is missing from the row, its file cannot be read or georeferenced.
     """
-    grid = ChipGrid(str(row["crs"]), Affine(*list(row["transform"])[:6]), int(row["size_px"]))
-    s2_assets = json.loads(str(row["s2_assets"]))
-    s1_assets = json.loads(str(row["s1_assets"]))
-    missing = [b for b in S2_BAND_NAMES if not s2_assets.get(b)] + [b for b in S1_BAND_NAMES if not s1_assets.get(b)]
-    if missing:
-        raise ChipReadError(f"chip {row.get('chip_id')}: no asset for bands {missing}")
-    radiometry: dict = _json_cell(row, "s2_radiometry", {})  # type: ignore[assignment]
-    calibration: dict = _json_cell(row, "s1_calibration", {})  # type: ignore[assignment]
-    access: dict = _json_cell(row, "access", {})  # type: ignore[assignment]
-    units = str(row.get("s1_units") or "dB")
-    s2_access, s1_access = access.get("s2", {}), access.get("s1", {})
-    sign2, sign1 = resolve_signer(s2_access.get("signing")), resolve_signer(s1_access.get("signing"))
-    with rasterio.Env(**GDAL_ENV, **s2_access.get("env", {})):
-        raw = np.stack([read_band(s2_assets[b], grid, Resampling.bilinear, 0.0, sign2) for b in S2_BAND_NAMES])
-        valid = np.all(raw > 0, axis=0)
-        gains = np.array([radiometry.get(b, [1.0, 0.0])[0] for b in S2_BAND_NAMES], np.float32)[:, None, None]
-        offsets = np.array([radiometry.get(b, [1.0, 0.0])[1] for b in S2_BAND_NAMES], np.float32)[:, None, None]
-        s2 = np.where(raw > 0, raw * gains + offsets, 0.0).astype(np.float32)
-        scl_href, label_href = _href(row.get("scl_href")), _href(row.get("label_href"))
-        if scl_href:
-            scl = read_band(scl_href, grid, Resampling.nearest, 0.0, sign2)
-            valid &= ~np.isin(scl.astype(np.uint8), S2_SCL_INVALID)
-        label = None
-        if label_href:
-            label = read_band(label_href, grid, Resampling.nearest, 255.0, sign2).astype(np.uint8)
-    with rasterio.Env(**GDAL_ENV, **s1_access.get("env", {})):
-        bands = []
-        for b in S1_BAND_NAMES:
-            x = read_band(s1_assets[b], grid, Resampling.bilinear, np.nan, sign1)
-            lut = None
-            if units == "amplitude" and calibration.get(b):
-                lut = grd_calibration_on_grid(s1_assets[b], calibration[b], grid, sign1)
-            bands.append(s1_to_db(x, units, lut))
-        s1 = np.stack(bands)
-    valid &= np.all(np.isfinite(s1), axis=0)
-    s1 = np.nan_to_num(s1, nan=0.0)
+    raw = read_chip_raw(row)
     return Chip(
-        s1=normalize(s1, S1_DB_MEAN, S1_DB_STD, valid, mode),
-        s2=normalize(s2, S2_L2A_MEAN, S2_L2A_STD, valid, mode),
-        valid_fraction=float(valid.mean()),
-        label=label,
+        s1=normalize(raw.s1.astype(np.float32), S1_DB_MEAN, S1_DB_STD, raw.valid, mode),
+        s2=normalize(raw.s2.astype(np.float32), S2_L2A_MEAN, S2_L2A_STD, raw.valid, mode),
+        valid_fraction=raw.valid_fraction,
+        label=raw.label,
     )

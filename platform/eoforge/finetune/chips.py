@@ -9,8 +9,10 @@ Parquet (Ray Data ``write_parquet``; tensor columns) under
 last marks a complete cache; a half-written one is rebuilt. Trials then stream rows from it
 with ``ray.data.read_parquet`` filtered to their split and label subset.
 
-Columns: ``chip_id`` str, ``split`` str, ``ok`` bool, ``error`` str, ``s1`` float32 [2, H, W],
-``s2`` float32 [12, H, W], ``label`` uint8 [H, W] (255 where none), ``item_labels`` str (JSON).
+Columns: ``chip_id`` str, ``split`` str, ``ok`` bool, ``error`` str, ``s1`` float16 [2, H, W] dB,
+``s2`` uint16 [12, H, W] reflectance x 10000, ``valid`` bool [H, W], ``label`` uint8 [H, W] (255
+where none), ``item_labels`` str (JSON). Pixels stay in storage units (half the bytes of float32);
+the fine-tuning loop normalises them on its device (:func:`eoforge.data.normalize.normalize_batch`).
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 INDEX_COLUMNS = ["chip_id", "split", "ok", "error", "label", "item_labels"]
-TRAIN_COLUMNS = ["chip_id", "s1", "s2", "label", "item_labels"]
+TRAIN_COLUMNS = ["chip_id", "s1", "s2", "valid", "label", "item_labels"]
+#: Bumped when the cached columns change (v2: storage units + valid mask).
+CACHE_VERSION = "v2"
 
 
 def cache_key(plan_hash: str, data: PlanInput) -> str:
     """Folder name of a plan's cache: what changes the pixels (plan, normalisation, valid threshold)."""
-    return f"{plan_hash[:16]}-{data.normalize}-mv{data.min_valid_fraction:g}"
+    return f"{plan_hash[:16]}-{data.normalize}-mv{data.min_valid_fraction:g}-{CACHE_VERSION}"
 
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -73,7 +77,7 @@ def ensure_chip_cache(data: PlanInput, plan_hash: str, cache_dir: str) -> str:
         read_tasks=data.read_tasks,
         read_cpus=data.read_cpus,
     )
-    ds = ds.drop_columns(["valid_fraction"])
+    ds = ds.drop_columns(["valid_fraction", "tile_key"])
     ds.write_parquet(cache, filesystem=None if "://" in cache else pafs.LocalFileSystem())
     with fs.open_output_stream(f"{path}/{SUCCESS}") as out:
         out.write(json.dumps({"plan_hash": plan_hash, "normalize": data.normalize}).encode())

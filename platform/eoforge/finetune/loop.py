@@ -65,7 +65,19 @@ def _loss(task: Any, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(logits, target.long(), ignore_index=task.ignore_index)
 
 
-def evaluate(model: torch.nn.Module, shard: Any, task: Any, batch_size: int, device: torch.device) -> dict[str, Any]:
+def model_inputs(batch: dict[str, np.ndarray], device: torch.device, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s1, s2) float32 on ``device`` from a cached batch in storage units, normalised there."""
+    from eoforge.data.normalize import normalize_batch
+
+    s2, s1 = normalize_batch(
+        *(torch.from_numpy(np.asarray(batch[k])).to(device) for k in ("s2", "s1", "valid")), mode
+    )
+    return s1, s2
+
+
+def evaluate(
+    model: torch.nn.Module, shard: Any, task: Any, batch_size: int, device: torch.device, mode: str = "ssl4eo"
+) -> dict[str, Any]:
     """Evaluate a split shard: headline metrics plus ``per_class`` ([K] lists), summed over workers."""
     from eoforge.finetune.metrics import (
         confusion,
@@ -84,7 +96,7 @@ def evaluate(model: torch.nn.Module, shard: Any, task: Any, batch_size: int, dev
     with torch.no_grad():
         for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
             target = _targets(task, batch)
-            logits = model(torch.from_numpy(batch["s1"]).to(device), torch.from_numpy(batch["s2"]).to(device))
+            logits = model(*model_inputs(batch, device, mode))
             n += len(target)
             if task.kind == "multilabel":
                 scores.append(torch.sigmoid(logits).cpu().numpy())
@@ -197,7 +209,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_seed=cfg.train.seed + epoch,
         ):
             target = torch.from_numpy(_targets(task, batch)).to(device)
-            logits = model(torch.from_numpy(batch["s1"]).to(device), torch.from_numpy(batch["s2"]).to(device))
+            logits = model(*model_inputs(batch, device, cfg.data.normalize))
             loss = _loss(task, logits, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -208,7 +220,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         train_loss = float(loss_sum / max(n_batches, 1.0))
         if (epoch + 1) % cfg.train.eval_every_epochs and epoch + 1 != cfg.train.epochs:
             continue
-        val = evaluate(core, val_shard, task, bs, device)
+        val = evaluate(core, val_shard, task, bs, device, cfg.data.normalize)
         if val[metric_key] > best_value:
             best_value, best_epoch = float(val[metric_key]), epoch + 1
             best_state = copy.deepcopy(core.state_dict())
@@ -226,8 +238,8 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     # final: best-on-val weights, evaluated on val and test
     if best_state is not None:
         core.load_state_dict(best_state)
-    val = evaluate(core, val_shard, task, bs, device)
-    test = evaluate(core, ray.train.get_dataset_shard("test"), task, bs, device)
+    val = evaluate(core, val_shard, task, bs, device, cfg.data.normalize)
+    test = evaluate(core, ray.train.get_dataset_shard("test"), task, bs, device, cfg.data.normalize)
     final = {
         "epoch": cfg.train.epochs,
         "best_epoch": best_epoch,

@@ -7,6 +7,15 @@ attaches the checkpoint and logs metrics to MLflow. A checkpoint holds the weigh
 optimiser state and the loop position (step, epoch, batches done in that epoch), so a
 restarted run continues where the last checkpoint left it.
 
+Data: with ``config["data"]`` (what :func:`eoforge.train.pretrain.run_pretrain` passes) every
+worker streams its own shard of the plan per epoch (:func:`eoforge.data.dataset.build_chip_dataset`
+with the run's seed, the epoch and ``shard=(rank, world)``), so an epoch's row order is known
+before reading and a resumed run skips the batches it already trained *without reading them*
+(``skip_rows``). Batches arrive in storage units (uint16 S2, float16 S1, a valid mask) and are
+normalised on the device (:func:`eoforge.data.normalize.normalize_batch`). Workers stop an epoch
+together when the first one runs out. The epoch's mean batch diversity is logged as
+``data/batch_distinct_tiles`` and ``data/same_tile_pair_share``.
+
 A batch in which any worker has fewer valid chips than the objective needs (2 for every
 method here) is skipped by all workers together: no optimiser step, nothing logged as the
 loss; ``train/skipped_steps`` counts them. (It used to be a zero-gradient step logged as
@@ -120,7 +129,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from eoforge.config import PretrainConfig
-    from eoforge.data.dataset import split_ok
+    from eoforge.data.dataset import DiversityMeter, split_ok
+    from eoforge.data.normalize import normalize_batch
     from eoforge.ssl.registry import build_objective
     from eoforge.tracking.runs import MetricLogger
 
@@ -162,7 +172,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = MetricLogger(config["mlflow"]["uri"], config["mlflow"]["run_id"]) if rank == 0 else None
     if logger is not None:
         logger.log({"resumed_from_step": position["step"]}, step=position["step"])
-    shard = ray.train.get_dataset_shard("train")
+    data_args = config.get("data")  # set: each worker streams its own seeded shard per epoch (fast resume)
+    shard = None if data_args else ray.train.get_dataset_shard("train")
     skipped: dict[str, str] = {}
     step, max_steps = position["step"], cfg.train.max_steps
     accum = cfg.train.grad_accum_steps
@@ -186,10 +197,42 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def to_device(a: Any) -> torch.Tensor:
         t = torch.from_numpy(a)
         if active["non_blocking"]:
-            t = t.pin_memory().to(device, non_blocking=True)
-        else:
-            t = t.to(device)
-        return t.contiguous(memory_format=torch.channels_last) if active["channels_last"] else t
+            return t.pin_memory().to(device, non_blocking=True)
+        return t.to(device)
+
+    def inputs(good: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        # storage units (uint16 / float16) cross to the device; normalised there
+        s2, s1 = normalize_batch(
+            to_device(good["s2"]), to_device(good["s1"]), to_device(good["valid"]), cfg.data.normalize
+        )
+        if active["channels_last"]:
+            s1, s2 = (t.contiguous(memory_format=torch.channels_last) for t in (s1, s2))
+        return s1, s2
+
+    def epoch_batches(epoch: int, skip_batches: int) -> Any:
+        """This worker's batches of ``epoch``, the first ``skip_batches`` left out before reading."""
+        if shard is not None:  # a Train-split dataset: resumed batches are read and dropped
+            for i, batch in enumerate(shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy")):
+                if i >= skip_batches:
+                    yield batch
+            return
+        import ray.data
+
+        from eoforge.data.dataset import build_chip_dataset
+        from eoforge.errors import ChipReadError
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        try:
+            ds = build_chip_dataset(
+                **data_args,
+                shuffle_seed=cfg.train.seed,
+                epoch=epoch,
+                skip_rows=skip_batches * cfg.train.batch_size,
+                shard=(rank, world),
+            )
+        except ChipReadError:
+            return  # nothing left for this worker in this epoch
+        yield from ds.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", prefetch_batches=2)
 
     done = max_steps is not None and step >= max_steps
     resume_skip = position["epoch_batches"]
@@ -199,24 +242,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
         position["epoch"], position["epoch_batches"] = epoch, 0
         skip, resume_skip = resume_skip, 0
-        for batch_idx, batch in enumerate(
-            shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", prefetch_batches=2)
-        ):
-            good, errors = split_ok(batch)
+        diversity = DiversityMeter()
+        batches = epoch_batches(epoch, skip)
+        batch_idx = skip - 1
+        while True:
+            batch = next(batches, None)
+            batch_idx += 1
+            good, errors = split_ok(batch) if batch is not None else ({"chip_id": []}, {})
             skipped.update(errors)
-            if batch_idx < skip:  # resumed mid-epoch: these batches were trained before the checkpoint
-                position["epoch_batches"] = batch_idx + 1
-                continue
+            # every worker stops when the first runs out (shards may differ by a few rows)
+            local_ok = len(good["chip_id"])
+            n_ok = _min_across_workers(local_ok if batch is not None else -1)
+            if n_ok < 0:
+                break
             position["epoch_batches"] = batch_idx + 1
-            n_ok = len(good["chip_id"])
-            if _min_across_workers(n_ok) < core.min_batch:
+            if "tile_key" in batch:
+                diversity.add(batch["tile_key"])
+            if n_ok < core.min_batch:
                 # every worker skips this batch together: no step, no loss logged (never "loss 0")
                 skipped_steps += 1
                 if logger is not None:
                     logger.log({"train/skipped_steps": skipped_steps}, step)
                     say(f"batch {batch_idx} skipped: a worker has < {core.min_batch} valid chips")
                 continue
-            s1, s2 = to_device(good["s1"]), to_device(good["s2"])
+            s1, s2 = inputs(good)
             micro += 1
             last_micro = micro == accum
             sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
@@ -225,7 +274,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     loss = model(s1, s2)
                 (loss / accum).backward()
             micro_losses.append(float(loss.detach()))
-            micro_chips += n_ok
+            micro_chips += local_ok
             if not last_micro:
                 continue
             o = cfg.optim
@@ -263,6 +312,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             position["epoch"], position["epoch_batches"] = epoch + 1, 0
         if logger is not None and not math.isnan(loss_value):
             logger.log({"epoch/loss": loss_value}, step)
+        if logger is not None and diversity.n:
+            logger.log(diversity.means(), step)
 
     all_skipped = _gather_errors(skipped)
     if logger is not None:

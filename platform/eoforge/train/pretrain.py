@@ -88,18 +88,24 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
         ray.init(log_to_driver=True)
     # our own per-step lines are the progress report; Ray Data's bars flood job logs
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = build_chip_dataset(
-        cfg.data.plan,
-        split=cfg.data.split,
-        normalize=cfg.data.normalize,
-        min_valid_fraction=cfg.data.min_valid_fraction,
-        read_tasks=cfg.data.read_tasks,
-        read_cpus=cfg.data.read_cpus,
-    )
+    # each worker streams its own seeded shard per epoch (fast resume); checked here once
+    data_args = {
+        "plan_path": cfg.data.plan,
+        "split": cfg.data.split,
+        "normalize": cfg.data.normalize,
+        "min_valid_fraction": cfg.data.min_valid_fraction,
+        "read_tasks": cfg.data.read_tasks,
+        "read_cpus": cfg.data.read_cpus,
+    }
+    build_chip_dataset(**data_args)
     storage_path, storage_fs = _storage(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "mlflow": {"uri": uri, "run_id": run_id}},
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "mlflow": {"uri": uri, "run_id": run_id},
+            "data": data_args,
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
@@ -112,7 +118,6 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
-        datasets={"train": dataset},
     )
     try:
         result = trainer.fit()

@@ -1,0 +1,332 @@
+"""Tile-aware chip reading: plan rows grouped by source tile, each tile read once, chips cut densely.
+
+A random 64 px chip read on its own opens 15 COGs and decodes ~14 internal tiles of which it
+uses < 2%. Here rows are grouped by the internal tile of their Sentinel-2 10 m COG that holds the
+chip's origin (:func:`tile_key`; the block size and origin come from the COG's header). For a
+group, every asset is opened once (:class:`DatasetCache`, a bounded LRU per reading process),
+the source window covering all of the group's chips is read once (decoding each internal tile
+once), and the chips are cut from it with index/weight maps computed once per
+(source grid, chip grid) (:mod:`eoforge.data.resample`), never a GDAL warp per chip.
+
+:func:`read_rows` is the one code path: :func:`eoforge.data.reader.read_chip` calls it with a
+single row, the Ray Data reader with a tile group, so both give the same pixels exactly.
+
+Output (:class:`RawChip`), the units the training worker normalises (half the bytes of float32):
+
+- ``s2``: uint16 [12, H, W], reflectance x 10000 after the plan's per-band gain/offset, rounded
+  to the nearest integer and clipped to [0, 65535]; 0 where ``valid`` is False;
+- ``s1``: float16 [2, H, W], dB (VV, VH); 0 where ``valid`` is False;
+- ``valid``: bool [H, W], pixel valid in both sensors (no nodata, SCL not cloud/shadow/saturated);
+- ``label``: uint8 [H, W] or None.
+
+Hrefs are signed just before their file is opened (a cached dataset keeps its signed URL for at
+most ``max_age_s``, then it is reopened and signed again).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_INVALID
+from eoforge.data.resample import ChipGridKey, SampleMap, SourceGrid, apply_map, sample_map, union_bbox
+from eoforge.errors import ChipReadError
+
+#: The S2 band whose COG's internal tiles define the groups (a 10 m band).
+KEY_BAND = "B04"
+
+
+@dataclass
+class RawChip:
+    """One chip in storage units (see module docstring for dtypes and units)."""
+
+    s2: np.ndarray
+    s1: np.ndarray
+    valid: np.ndarray
+    label: np.ndarray | None
+
+    @property
+    def valid_fraction(self) -> float:
+        """Share of pixels valid in both sensors, [0, 1]."""
+        return float(self.valid.mean())
+
+
+@dataclass(frozen=True)
+class OpenSource:
+    """An open dataset with what the resampler needs to know about it."""
+
+    ds: Any
+    grid: SourceGrid
+    nodata: float | None
+    block: tuple[int, int]
+
+
+class DatasetCache:
+    """Bounded LRU of open rasterio datasets, keyed by unsigned href (one per reading process).
+
+    Args:
+        max_open: datasets kept open; the least recently used one is closed beyond that.
+        max_age_s: a dataset opened longer ago than this is reopened (and its href signed again).
+    """
+
+    def __init__(self, max_open: int = 64, max_age_s: float = 600.0) -> None:
+        self.max_open = max_open
+        self.max_age_s = max_age_s
+        self._open: OrderedDict[str, tuple[OpenSource, float]] = OrderedDict()
+        #: Files opened so far (reopens included): the resume tests count them.
+        self.opens = 0
+
+    def get(self, href: str, sign: Callable[[str], str] | None) -> OpenSource:
+        """The open dataset of ``href``, opening (and signing) it if needed.
+
+        Raises:
+            ChipReadError: the file is missing, corrupt or unreadable.
+        """
+        from eoforge.data.reader import _sign, gdal_path
+
+        hit = self._open.get(href)
+        if hit is not None and time.monotonic() - hit[1] < self.max_age_s:
+            self._open.move_to_end(href)
+            return hit[0]
+        if hit is not None:
+            self._evict(href)
+        path = gdal_path(_sign(href, sign))
+        try:
+            ds = rasterio.open(path)
+        except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
+            raise ChipReadError(f"{href}: {type(exc).__name__}: {exc}") from None
+        self.opens += 1
+        gcps, gcp_crs = ds.gcps if ds.crs is None else ([], None)
+        if ds.crs is not None:
+            grid = SourceGrid(ds.crs.to_string(), tuple(ds.transform)[:6], ds.width, ds.height)
+        else:
+            pts = tuple((g.row, g.col, g.x, g.y) for g in gcps) if gcps else None
+            grid = SourceGrid(gcp_crs.to_string() if gcp_crs else None, (), ds.width, ds.height, pts)
+        src = OpenSource(ds, grid, ds.nodata, tuple(ds.block_shapes[0]))
+        self._open[href] = (src, time.monotonic())
+        while len(self._open) > self.max_open:
+            self._evict(next(iter(self._open)))
+        return src
+
+    def _evict(self, href: str) -> None:
+        src, _ = self._open.pop(href)
+        src.ds.close()
+
+    def close(self) -> None:
+        """Close every open dataset."""
+        for href in list(self._open):
+            self._evict(href)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+def chip_grid(row: dict[str, Any]) -> ChipGridKey:
+    """The chip grid of a plan row."""
+    return ChipGridKey(str(row["crs"]), tuple(float(v) for v in list(row["transform"])[:6]), int(row["size_px"]))
+
+
+def _json_cell(row: dict[str, Any], key: str, default: object) -> Any:
+    value = row.get(key)
+    if isinstance(value, str) and value:
+        return json.loads(value)
+    return default
+
+
+def _href(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def tile_key(row: dict[str, Any], cache: DatasetCache) -> str:
+    """``<S2 key-band href>#<tile row>:<tile col>``: the internal tile holding the chip's origin.
+
+    Raises:
+        ChipReadError: the row has no key band or its file cannot be opened.
+    """
+    from eoforge.data.reader import GDAL_ENV, resolve_signer
+
+    href = json.loads(str(row["s2_assets"])).get(KEY_BAND)
+    if not href:
+        raise ChipReadError(f"chip {row.get('chip_id')}: no asset for band {KEY_BAND}")
+    s2_access = _json_cell(row, "access", {}).get("s2", {})
+    with rasterio.Env(**GDAL_ENV, **s2_access.get("env", {})):
+        src = cache.get(href, resolve_signer(s2_access.get("signing")))
+    grid = chip_grid(row)
+    if src.grid.gcps is not None or not src.grid.transform:
+        return f"{href}#0:0"
+    col, r = ~Affine(*src.grid.transform) * (grid.transform[2], grid.transform[5])
+    bh, bw = src.block
+    return f"{href}#{int(np.floor(r / bh))}:{int(np.floor(col / bw))}"
+
+
+@dataclass
+class _Parsed:
+    grid: ChipGridKey
+    s2_assets: dict[str, str]
+    s1_assets: dict[str, str]
+    radiometry: dict[str, list[float]]
+    calibration: dict[str, str]
+    access: dict[str, Any]
+    units: str
+    scl: str | None
+    label: str | None
+
+
+def _parse(row: dict[str, Any]) -> _Parsed:
+    s2_assets = json.loads(str(row["s2_assets"]))
+    s1_assets = json.loads(str(row["s1_assets"]))
+    missing = [b for b in S2_BAND_NAMES if not s2_assets.get(b)] + [b for b in S1_BAND_NAMES if not s1_assets.get(b)]
+    if missing:
+        raise ChipReadError(f"chip {row.get('chip_id')}: no asset for bands {missing}")
+    return _Parsed(
+        grid=chip_grid(row),
+        s2_assets=s2_assets,
+        s1_assets=s1_assets,
+        radiometry=_json_cell(row, "s2_radiometry", {}),
+        calibration=_json_cell(row, "s1_calibration", {}),
+        access=_json_cell(row, "access", {}),
+        units=str(row.get("s1_units") or "dB"),
+        scl=_href(row.get("scl_href")),
+        label=_href(row.get("label_href")),
+    )
+
+
+def _read_band_for_rows(
+    href: str,
+    grids: list[ChipGridKey],
+    kind: str,
+    fill: float,
+    cache: DatasetCache,
+    sign: Callable[[str], str] | None,
+) -> list[np.ndarray]:
+    """Band 1 of ``href`` on each grid: float32 [H, W] each, one window read for all of them."""
+    src = cache.get(href, sign)
+    try:
+        maps: list[SampleMap] = [sample_map(src.grid, g, kind) for g in grids]
+        r0, r1, c0, c1 = union_bbox(maps)
+        if r0 < r1 and c0 < c1:
+            data = src.ds.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+        else:
+            data = np.zeros((0, 0), np.float32)
+    except ChipReadError as exc:
+        raise ChipReadError(f"{href}: {exc}") from None
+    except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
+        raise ChipReadError(f"{href}: {type(exc).__name__}: {exc}") from None
+    return [apply_map(m, data, (r0, c0), src.nodata, fill) for m in maps]
+
+
+def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip | ChipReadError]:
+    """Read the chips of ``rows`` (best: one tile group), each asset window read once.
+
+    Returns:
+        one entry per row, in order: its :class:`RawChip`, or the :class:`ChipReadError` that
+        stopped it (missing asset, unreadable file, no georeferencing).
+    """
+    from eoforge.data.reader import GDAL_ENV, grd_calibration_on_grid, resolve_signer, s1_to_db
+
+    out: list[RawChip | ChipReadError | None] = [None] * len(rows)
+    parsed: dict[int, _Parsed] = {}
+    for i, row in enumerate(rows):
+        try:
+            parsed[i] = _parse(row)
+        except ChipReadError as exc:
+            out[i] = exc
+    # (sensor, href, kind, fill) -> row indices; pixels per (row index, name)
+    jobs: dict[tuple[str, str, str, float], list[int]] = {}
+    for i, p in parsed.items():
+        for b in S2_BAND_NAMES:
+            jobs.setdefault(("s2", p.s2_assets[b], "bilinear", 0.0), []).append(i)
+        if p.scl:
+            jobs.setdefault(("s2", p.scl, "nearest", 0.0), []).append(i)
+        if p.label:
+            jobs.setdefault(("s2", p.label, "nearest", 255.0), []).append(i)
+        for b in S1_BAND_NAMES:
+            jobs.setdefault(("s1", p.s1_assets[b], "bilinear", float("nan")), []).append(i)
+    pixels: dict[tuple[int, str, str], np.ndarray] = {}
+    for (sensor, href, kind, fill), idx in jobs.items():
+        idx = [i for i in idx if out[i] is None]
+        if not idx:
+            continue
+        access = parsed[idx[0]].access.get(sensor, {})
+        try:
+            with rasterio.Env(**GDAL_ENV, **access.get("env", {})):
+                bands = _read_band_for_rows(
+                    href, [parsed[i].grid for i in idx], kind, fill, cache, resolve_signer(access.get("signing"))
+                )
+        except ChipReadError as exc:
+            for i in idx:
+                out[i] = exc
+            continue
+        for i, band in zip(idx, bands, strict=True):
+            pixels[(i, href, kind)] = band
+    for i, p in parsed.items():
+        if out[i] is not None:
+            continue
+        try:
+            out[i] = _assemble(i, p, pixels, cache, resolve_signer, grd_calibration_on_grid, s1_to_db, GDAL_ENV)
+        except ChipReadError as exc:
+            out[i] = exc
+    return out  # type: ignore[return-value]
+
+
+def _assemble(
+    i: int,
+    p: _Parsed,
+    pixels: dict[tuple[int, str, str], np.ndarray],
+    cache: DatasetCache,
+    resolve_signer: Callable[[str | None], Callable[[str], str]],
+    grd_calibration_on_grid: Callable[..., np.ndarray],
+    s1_to_db: Callable[..., np.ndarray],
+    gdal_env: dict[str, str],
+) -> RawChip:
+    from eoforge.data.reader import ChipGrid
+
+    raw = np.stack([pixels[(i, p.s2_assets[b], "bilinear")] for b in S2_BAND_NAMES])
+    valid = np.all(raw > 0, axis=0)
+    gains = np.array([p.radiometry.get(b, [1.0, 0.0])[0] for b in S2_BAND_NAMES], np.float32)[:, None, None]
+    offsets = np.array([p.radiometry.get(b, [1.0, 0.0])[1] for b in S2_BAND_NAMES], np.float32)[:, None, None]
+    s2 = raw * gains + offsets
+    if p.scl:
+        valid &= ~np.isin(pixels[(i, p.scl, "nearest")].astype(np.uint8), S2_SCL_INVALID)
+    label = pixels[(i, p.label, "nearest")].astype(np.uint8) if p.label else None
+    s1_access = p.access.get("s1", {})
+    bands = []
+    for b in S1_BAND_NAMES:
+        lut = None
+        if p.units == "amplitude" and p.calibration.get(b):
+            grid = ChipGrid(p.grid.crs, Affine(*p.grid.transform), p.grid.size)
+            with rasterio.Env(**gdal_env, **s1_access.get("env", {})):
+                lut = grd_calibration_on_grid(
+                    p.s1_assets[b], p.calibration[b], grid, resolve_signer(s1_access.get("signing"))
+                )
+        bands.append(s1_to_db(pixels[(i, p.s1_assets[b], "bilinear")], p.units, lut))
+    s1 = np.stack(bands)
+    valid &= np.all(np.isfinite(s1), axis=0)
+    s2_u16 = np.where(valid, np.clip(np.rint(s2), 0, 65535), 0).astype(np.uint16)
+    s1_f16 = np.where(valid, s1, 0).astype(np.float16)
+    return RawChip(s2=s2_u16, s1=s1_f16, valid=valid, label=label)
+
+
+def group_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> Iterator[tuple[str, list[int]]]:
+    """(tile key, row indices) per source tile, in first-seen order.
+
+    A row whose key cannot be found gets a key of its own (``!<chip_id>``) and fails later with
+    the reason.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        try:
+            key = tile_key(row, cache)
+        except ChipReadError:
+            key = f"!{row.get('chip_id')}"
+        groups.setdefault(key, []).append(i)
+    yield from groups.items()
