@@ -51,7 +51,12 @@ from eoforge.catalog.providers import ProviderProfile, asset_href, find_asset, h
 from eoforge.catalog.radiometry import item_polarizations, s1_product, s1_units, s2_dn_map
 from eoforge.catalog.search import SearchQuery, open_backend, search_bbox, search_sensor_items
 from eoforge.config import DataConfig, SplitConfig
-from eoforge.errors import CatalogError
+from eoforge.errors import CatalogError, ChipReadError
+
+# --- seasons hook (issue 9, multi-season sampling): see eoforge.plan.seasons ---
+from eoforge.plan.seasons import null_season_columns, seasonal_rows, select_seasonal
+
+# --- end seasons hook ---
 
 log = logging.getLogger(__name__)
 
@@ -483,7 +488,21 @@ def chip_rows_for_pair(
             stats.stages["chips_in_split"] = stats.stages.get("chips_in_split", 0) + len(rows)
             if no_split is not None:
                 stats.skip_chips(no_split, in_s1)
-    return rows
+    # --- seasons hook (issue 9): clear fraction (one SCL read per pair), season, place_id ---
+    if cfg.seasons is None:
+        return null_season_columns(rows)
+    try:
+        from eoforge.data.reader import GDAL_ENV, resolve_signer
+
+        env = {**GDAL_ENV, **profile.env_for(pair.s2.collection_id)}
+        sign = resolve_signer(_signing(cfg, profile))
+        return seasonal_rows(rows, pair.s2, s2_src.scl, grid, cfg.seasons, stats, sign, env)
+    except (CatalogError, ChipReadError) as exc:
+        if stats is not None:
+            stats.skip(pair.s2, f"scl: {exc}")
+            stats.skip_chips("clear: SCL unreadable", len(rows))
+        return []
+    # --- end seasons hook ---
 
 
 def _declared(cfg: DataConfig) -> dict[str, Any] | None:
@@ -573,6 +592,21 @@ def plan_rows_with_stats(cfg: DataConfig) -> tuple[list[dict[str, object]], Plan
         raise fail(f"all {len(s1_all)} S1 items were skipped (first: {first['reason']})")
     pairs = pair_items(s2_ok, s1_ok, cfg.pairing, stats.pairing)
     stats.stages["pairs"] = len(pairs)
+    # --- seasons hook (issue 9): one S2 scene per season per location, among the paired ones ---
+    if cfg.seasons is not None and pairs:
+        paired_s2 = list({p.s2.id: p.s2 for p in pairs}.values())
+        kept = {it.id for it in select_seasonal(paired_s2, cfg.seasons, stats)}
+        pairs = [p for p in pairs if p.s2.id in kept]
+        stats.stages["pairs_seasonal"] = len(pairs)
+        if not pairs:
+            sc = cfg.seasons
+            raise fail(
+                f"seasons: none of the {len(paired_s2)} paired S2 items is in a season"
+                + (f" of {sc.year}" if sc.year else "")
+                + f" with eo:cloud_cover under seasons.max_cloud_cover={sc.max_cloud_cover:g}"
+                + (f" (per season: {sc.season_max_cloud_cover})" if sc.season_max_cloud_cover else "")
+            )
+    # --- end seasons hook ---
     if not pairs:
         pg = stats.pairing
         if not pg.get("s2_with_intersecting_s1"):
@@ -609,6 +643,11 @@ def plan_rows_with_stats(cfg: DataConfig) -> tuple[list[dict[str, object]], Plan
             raise fail(
                 f"overlap: none of the {stats.stages['chips_in_aoi']} chips in the area lies inside its S1 footprint"
             )
+        # --- seasons hook (issue 9) ---
+        clear_skips = {k: v for k, v in sorted(stats.skipped_chips.items()) if k.startswith("clear:")}
+        if clear_skips:
+            raise fail(f"clear: every chip left was dropped by the SCL clear-fraction test {clear_skips}")
+        # --- end seasons hook ---
         by = cfg.splits.by_property
         raise fail(
             f"split: none of the {stats.stages['chips_in_s1']} chips has a split: their S2 items' "
