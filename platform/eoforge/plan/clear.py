@@ -12,13 +12,14 @@ chip's footprint. When the chip's pixels nest in SCL pixels (10 m or 20 m chips 
 grid, the usual case) it equals the share of the chip's pixels whose nearest SCL pixel is clear.
 Parts of a chip outside the SCL raster count as not clear.
 
-Cost: one windowed read and two cumulative sums per item (a full 109.8 km tile: 5490 x 5490 SCL
-pixels, about 150 MB of int32 table), then O(1) per chip; no per-chip raster read.
+Cost: one windowed read per item, one pass over its clear mask to build only the rows of the
+summed-area table at the chips' edges, then O(1) per chip; no per-chip raster read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,32 +42,51 @@ def _snap(v: np.ndarray) -> np.ndarray:
     return np.where(np.abs(v - r) < _SNAP, r, v)
 
 
-def _integral_at(table: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+def _integral_at(table: np.ndarray, rows: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Bilinear interpolation of a summed-area table at (row, col) positions in [0, h] x [0, w].
 
-    ``table`` has shape (h + 1, w + 1): ``table[i, j]`` = sum of the image over rows < i, cols < j.
+    ``table[k, j]`` = sum of the image over rows < ``rows[k]`` and cols < j (shape (len(rows), w + 1));
+    ``rows`` (sorted) holds floor(v) and floor(v) + 1 of every position asked for.
     """
-    h, w = table.shape[0] - 1, table.shape[1] - 1
-    if h == 0 or w == 0:
-        return np.zeros(np.shape(v), np.float64)
+    h, w = int(rows[-1]), table.shape[1] - 1
     v = np.clip(v, 0.0, float(h))
     u = np.clip(u, 0.0, float(w))
-    i = np.minimum(np.floor(v).astype(np.int64), max(h - 1, 0))
-    j = np.minimum(np.floor(u).astype(np.int64), max(w - 1, 0))
+    i = np.minimum(np.floor(v).astype(np.int64), h - 1)
+    j = np.minimum(np.floor(u).astype(np.int64), w - 1)
     t, s = v - i, u - j
-    t00, t01 = table[i, j].astype(np.float64), table[i, j + 1].astype(np.float64)
-    t10, t11 = table[i + 1, j].astype(np.float64), table[i + 1, j + 1].astype(np.float64)
+    k = np.searchsorted(rows, i)
+    t00, t01 = table[k, j].astype(np.float64), table[k, j + 1].astype(np.float64)
+    t10, t11 = table[k + 1, j].astype(np.float64), table[k + 1, j + 1].astype(np.float64)
     return (1 - t) * ((1 - s) * t00 + s * t01) + t * ((1 - s) * t10 + s * t11)
 
 
-def clear_table(clear: np.ndarray) -> np.ndarray:
-    """Summed-area table of a boolean mask: shape (h + 1, w + 1), ``[i, j]`` = clear pixels in rows < i, cols < j."""
+def clear_table(clear: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of the summed-area table of a boolean mask [h, w].
+
+    Args:
+        clear: bool [h, w].
+        rows: sorted unique row indices in [0, h], including 0 and h.
+
+    Returns:
+        int [len(rows), w + 1]: ``[k, j]`` = clear pixels in rows < ``rows[k]``, cols < j. Only these rows
+        are built (one pass over the mask), not the whole (h + 1) x (w + 1) table.
+    """
     h, w = clear.shape
     dtype = np.int32 if h * w < 2**31 else np.int64
-    table = np.zeros((h + 1, w + 1), dtype)
-    np.cumsum(clear, axis=0, dtype=dtype, out=table[1:, 1:])
-    np.cumsum(table[1:, 1:], axis=1, dtype=dtype, out=table[1:, 1:])
+    table = np.zeros((len(rows), w + 1), dtype)
+    if len(rows) > 1:
+        # clear pixels per column in each band of rows rows[k] .. rows[k + 1] - 1 (a loop over the bands
+        # of contiguous rows is ~20x faster than np.add.reduceat along axis 0)
+        mask = clear.view(np.uint8)
+        bands = np.stack([mask[a:b].sum(axis=0, dtype=dtype) for a, b in pairwise(rows.tolist())])
+        np.cumsum(bands, axis=0, out=table[1:, 1:])
+        np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
     return table
+
+
+#: True for the SCL classes that count as clear (uint8 lookup table).
+_CLEAR_LUT = np.ones(256, bool)
+_CLEAR_LUT[list(S2_SCL_INVALID)] = False
 
 
 def clear_fractions(
@@ -137,12 +157,15 @@ def clear_fractions(
             nodata = src.nodata
     except rasterio.errors.RasterioError as exc:
         raise CatalogError(f"SCL {scl_href}: unreadable: {exc}") from None
-    clear = ~np.isin(scl, S2_SCL_INVALID)
+    clear = _CLEAR_LUT[scl] if scl.dtype == np.uint8 else ~np.isin(scl, S2_SCL_INVALID)
     if nodata is not None and not np.isnan(nodata):
         clear &= scl != nodata
-    table = clear_table(clear)
+    h = clear.shape[0]
     v0, v1, u0, u1 = v0 - row_lo, v1 - row_lo, u0 - col_lo, u1 - col_lo
-    total = _integral_at(table, v1, u1) - _integral_at(table, v0, u1) - _integral_at(table, v1, u0)
-    total += _integral_at(table, v0, u0)
+    edges = np.clip(np.floor(np.concatenate([v0, v1])).astype(np.int64), 0, h - 1)
+    rows = np.unique(np.concatenate([[0, h], edges, edges + 1]))
+    table = clear_table(clear, rows)
+    total = _integral_at(table, rows, v1, u1) - _integral_at(table, rows, v0, u1)
+    total += _integral_at(table, rows, v0, u0) - _integral_at(table, rows, v1, u0)
     frac = np.divide(total, area, out=np.zeros(n, np.float64), where=area > 0)
     return np.clip(frac, 0.0, 1.0).astype(np.float32)
