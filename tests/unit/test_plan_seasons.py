@@ -24,7 +24,14 @@ from eoforge.errors import CatalogError, ConfigError
 from eoforge.plan.build import Grid, PlanStats, split_of
 from eoforge.plan.clear import clear_fractions
 from eoforge.plan.io import build_plan, plan_stats, read_plan
-from eoforge.plan.seasons import location_key, place_id, season_label, select_seasonal, select_seasonal_report
+from eoforge.plan.seasons import (
+    location_key,
+    place_id,
+    season_label,
+    seasonal_rows,
+    select_seasonal,
+    select_seasonal_report,
+)
 from pyproj import Transformer
 from rasterio.transform import Affine
 
@@ -458,3 +465,22 @@ def test_unreadable_scl_skips_the_item_and_all_cloudy_fails_naming_the_filter(tm
         build_plan(cloudy, tmp_path / "b.parquet")
     with pytest.raises(CatalogError, match=r"seasons: none of the 24 paired S2 items is in a season of 2030"):
         build_plan(_cfg(catalog, year=2030), tmp_path / "c.parquet")
+
+
+def test_item_without_scl() -> None:
+    item = s2_item(None, NORTH, datetime(2021, 7, 10, tzinfo=UTC), 5)
+    grid = Grid(NORTH.crs, NORTH.transform(10), (PX, PX))
+    x0, y0 = NORTH.origin
+
+    def rows() -> list[dict[str, object]]:
+        return [
+            {"crs": NORTH.crs, "size_px": CHIP, "transform": [10.0, 0.0, x0 + 320 * k, 0.0, -10.0, y0]}
+            for k in range(3)
+        ]
+
+    stats = PlanStats()
+    assert seasonal_rows(rows(), item, None, grid, SeasonsConfig(min_clear_fraction=0.5), stats) == []
+    assert stats.skipped_chips == {"clear: S2 item has no SCL asset (seasons.min_clear_fraction > 0)": 3}
+    kept = seasonal_rows(rows(), item, None, grid, SeasonsConfig(), stats)
+    assert [(r["clear_fraction"], r["season"]) for r in kept] == [(None, "2021-JJA")] * 3
+    assert kept[1]["place_id"] == f"{NORTH.crs}:{int(x0) + 320}:{int(y0)}"
