@@ -148,9 +148,10 @@ def _check_chips(plan: Path, src: Path, label_token: str, size: int) -> int:
         assert np.array_equal(chip.s2[b8a], _band(s2_file, 9, r, c, size).astype(np.float32)), row["chip_id"]
         assert np.array_equal(chip.s2[b12], _band(s2_file, 13, r, c, size).astype(np.float32)), row["chip_id"]
         assert not (chip.s2 == 7).all(axis=(1, 2)).any()  # no band is the B10 marker
-        # S1 dB as stored: VV = band 1, VH = band 2
-        assert np.array_equal(chip.s1[0], _band(s1_file, 1, r, c, size)), row["chip_id"]
-        assert np.array_equal(chip.s1[1], _band(s1_file, 2, r, c, size)), row["chip_id"]
+        # S1 dB as stored (VV = band 1, VH = band 2), carried as float16 storage units
+        f16 = lambda band: band.astype(np.float16).astype(np.float32)  # noqa: E731
+        assert np.array_equal(chip.s1[0], f16(_band(s1_file, 1, r, c, size))), row["chip_id"]
+        assert np.array_equal(chip.s1[1], f16(_band(s1_file, 2, r, c, size))), row["chip_id"]
         # label: raw values of band 1 (IGBP 1..17 / DFC 1..10)
         assert chip.label is not None
         assert np.array_equal(chip.label, _band(label_file, 1, r, c, size).astype(np.uint8)), row["chip_id"]

@@ -332,6 +332,112 @@ class SplitConfig(Strict):
         return self
 
 
+#: Seasons of the built-in schemes: name -> months, per hemisphere. A season's year is the year of its
+#: last month (meteorological winter 2021 = DJF = December 2020 + January and February 2021).
+SEASON_SCHEMES: dict[str, dict[str, dict[str, tuple[int, ...]]]] = {
+    "meteorological": {
+        "north": {"DJF": (12, 1, 2), "MAM": (3, 4, 5), "JJA": (6, 7, 8), "SON": (9, 10, 11)},
+        "south": {"DJF": (12, 1, 2), "MAM": (3, 4, 5), "JJA": (6, 7, 8), "SON": (9, 10, 11)},
+    },
+    "hemispheric": {
+        "north": {"winter": (12, 1, 2), "spring": (3, 4, 5), "summer": (6, 7, 8), "autumn": (9, 10, 11)},
+        "south": {"summer": (12, 1, 2), "autumn": (3, 4, 5), "winter": (6, 7, 8), "spring": (9, 10, 11)},
+    },
+}
+
+
+class SeasonsConfig(Strict):
+    """Multi-season sampling: one S2 scene per season per location, cloud-filtered (SSL4EO-S12 style).
+
+    Per location (MGRS tile, else the S2 grid, else the footprint centroid) and season, the planner
+    keeps the S2 item with the lowest ``eo:cloud_cover`` below the threshold (ties: earlier date, then
+    smaller id); a season with no such item is counted as missing, not fatal. Each chip gets the share
+    of its pixels that the SCL calls clear; chips below ``min_clear_fraction`` are left out and counted.
+    Set ``catalog.datetime`` to cover the seasons you want (e.g. ``2020-12-01/2021-11-30`` for the
+    meteorological year 2021).
+    """
+
+    scheme: Literal["meteorological", "hemispheric", "custom"] = Field(
+        "meteorological",
+        description="Season names and months: 'meteorological' DJF/MAM/JJA/SON (same months everywhere); "
+        "'hemispheric' winter/spring/summer/autumn by the item's hemisphere (summer = JJA north of the "
+        "equator, DJF south of it); 'custom': the months below.",
+    )
+    months: dict[str, list[Annotated[int, Field(ge=1, le=12)]]] | None = Field(
+        None,
+        description="scheme 'custom' only: season name -> months (1-12) in time order; a season may wrap "
+        "the year end ([11, 12, 1, 2]): its months after the last listed one count for the next year. "
+        "A month is in at most one season; scenes in no season are left out.",
+    )
+    year: int | None = Field(
+        None,
+        ge=2015,
+        le=2100,
+        description="Keep only the seasons of this year (a season's year is the year of its last month). "
+        "Default: every year the catalog search returns.",
+    )
+    per_year: bool = Field(
+        False,
+        description="One scene per season and year (a seasonal time series); default: one per season over "
+        "all years searched.",
+    )
+    max_cloud_cover: Annotated[float, Field(ge=0, le=100)] = Field(
+        20.0,
+        description="Keep S2 scenes with eo:cloud_cover below this, percent (SSL4EO-S12: 20); 100: no "
+        "filter. Scenes without eo:cloud_cover are kept only with 100 (ranked last).",
+    )
+    season_max_cloud_cover: dict[str, Annotated[float, Field(ge=0, le=100)]] = Field(
+        default_factory=dict,
+        description="Per-season thresholds overriding max_cloud_cover, e.g. {DJF: 40} for cloudy winters.",
+    )
+    min_clear_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0,
+        description="Leave out chips whose share of clear SCL pixels (not no-data, saturated, cloud shadow, "
+        "cloud or cirrus) is below this; counted in the plan stats. 0: keep every chip (the share is still "
+        "recorded in the plan's clear_fraction column).",
+    )
+
+    @model_validator(mode="after")
+    def _check_seasons(self) -> SeasonsConfig:
+        if self.scheme == "custom":
+            if not self.months:
+                raise ValueError("scheme 'custom' needs months: {season name: [month, ...]}")
+            seen: dict[int, str] = {}
+            for name, months in self.months.items():
+                if not name.strip() or any(ch.isspace() or ch in "/:" for ch in name):
+                    raise ValueError(f"season name {name!r}: use a word without spaces, '/' or ':'")
+                if not months:
+                    raise ValueError(f"months.{name}: list at least one month")
+                for m in months:
+                    if m in seen:
+                        raise ValueError(f"month {m} is in both seasons {seen[m]!r} and {name!r}")
+                    seen[m] = name
+        elif self.months is not None:
+            raise ValueError(f"months apply to scheme 'custom' only (scheme is {self.scheme!r})")
+        unknown = sorted(set(self.season_max_cloud_cover) - set(self.season_names()))
+        if unknown:
+            raise ValueError(
+                f"season_max_cloud_cover: unknown season(s) {unknown}; seasons are {list(self.season_names())}"
+            )
+        return self
+
+    def season_names(self) -> tuple[str, ...]:
+        """The names of the seasons, in the scheme's order."""
+        if self.scheme == "custom":
+            return tuple(self.months or {})
+        return tuple(SEASON_SCHEMES[self.scheme]["north"])
+
+    def season_months(self, hemisphere: Literal["north", "south"] = "north") -> dict[str, tuple[int, ...]]:
+        """Season name -> months (1-12, in time order) for a hemisphere."""
+        if self.scheme == "custom":
+            return {name: tuple(months) for name, months in (self.months or {}).items()}
+        return dict(SEASON_SCHEMES[self.scheme][hemisphere])
+
+    def cloud_threshold(self, season: str) -> float:
+        """The eo:cloud_cover threshold of a season, percent."""
+        return float(self.season_max_cloud_cover.get(season, self.max_cloud_cover))
+
+
 class DataConfig(Strict):
     """``kind: data``: from a STAC catalog to a chip plan."""
 
@@ -341,3 +447,6 @@ class DataConfig(Strict):
     chips: ChipGridConfig = ChipGridConfig()
     splits: SplitConfig = SplitConfig()
     seed: NonNegInt = 0
+    seasons: SeasonsConfig | None = Field(
+        None, description="Multi-season sampling: one S2 scene per season per location, clear chips only."
+    )

@@ -67,8 +67,9 @@ from eoforge.catalog.radiometry import item_polarizations, s1_product, s1_units,
 from eoforge.catalog.search import SearchQuery, open_backend, search_bbox, search_sensor_items
 from eoforge.config import DataConfig, SplitConfig
 from eoforge.config.data import CatalogConfig
-from eoforge.errors import CatalogError, ConfigError
+from eoforge.errors import CatalogError, ChipReadError, ConfigError
 from eoforge.plan.sampling import Grid, Sampler, chips_on_grid, sampling_bbox
+from eoforge.plan.seasons import CLEAR_TOL, place_id, season_label, select_seasonal
 
 log = logging.getLogger(__name__)
 
@@ -448,6 +449,10 @@ PLAN_SCHEMA = pa.schema(
         ("s1_units", pa.string()),
         ("s1_calibration", pa.string()),
         ("access", pa.string()),
+        # multi-season plans (``seasons``); null otherwise
+        ("clear_fraction", pa.float64()),
+        ("season", pa.string()),
+        ("place_id", pa.string()),
     ]
 )
 #: Sort key of a plan's rows (the content hash is over rows in this order).
@@ -575,8 +580,12 @@ def _pair_table(pair: Pair, planner: _Planner, sources: tuple[S2Source, S1Source
             raise ValueError(f"origin filter {f.stage!r} returned a mask of shape {mask.shape}, expected ({len(idx)},)")
         idx, chips_ll = idx[mask], chips_ll[mask]
         _add(stats, f.stage, len(idx))
+    clear = None
+    if cfg.seasons is not None:
+        idx, chips_ll, clear = _clear_chips(pair, planner, s2_src, origins, idx, chips_ll, stats)
     if no_split is not None:
         idx, chips_ll = idx[:0], chips_ll[:0]
+        clear = None if clear is None else clear[:0]
     n = len(idx)
     if stats is not None:
         _add(stats, "chips_on_grid", on_grid)
@@ -630,6 +639,7 @@ def _pair_table(pair: Pair, planner: _Planner, sources: tuple[S2Source, S1Source
         "s1_units": s1_src.units,
         "s1_calibration": json.dumps(s1_src.calibration, sort_keys=True),
         "access": access,
+        "season": season_label(pair.s2, cfg.seasons) if cfg.seasons is not None else None,
     }
     per_chip = {
         "chip_id": pa.array(chip_ids, pa.string()),
@@ -638,6 +648,14 @@ def _pair_table(pair: Pair, planner: _Planner, sources: tuple[S2Source, S1Source
             pa.array(np.arange(0, 6 * n + 1, 6, dtype=np.int32)), pa.array(transform.ravel())
         ),
         "label_href": label_href,
+        "clear_fraction": pa.array(np.round(clear, 6), pa.float64())
+        if clear is not None
+        else pa.nulls(n, pa.float64()),
+        "place_id": (
+            pa.array([place_id(grid.crs, x, y) for x, y in zip(xs.tolist(), ys.tolist(), strict=True)], pa.string())
+            if cfg.seasons is not None
+            else pa.nulls(n, pa.string())
+        ),
         "split": pa.DictionaryArray.from_arrays(
             pa.array(np.array([_SPLIT_CODE[s] for s in split], dtype=np.int32)), pa.array(list(_SPLIT_CODE))
         ),
@@ -648,6 +666,54 @@ def _pair_table(pair: Pair, planner: _Planner, sources: tuple[S2Source, S1Source
 
 
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+
+
+def _clear_chips(
+    pair: Pair,
+    planner: _Planner,
+    s2_src: S2Source,
+    origins: np.ndarray,
+    idx: np.ndarray,
+    chips_ll: np.ndarray,
+    stats: PlanStats | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Multi-season plans: each chip's clear fraction from the SCL, read once per item.
+
+    Chips under ``seasons.min_clear_fraction`` go. Returns (idx, chips_ll, clear fractions float [n],
+    or None when the item has no SCL and no minimum is asked).
+
+    An unreadable SCL skips the item (counted with its reason); the plan goes on.
+    """
+    from eoforge.data.reader import GDAL_ENV, resolve_signer
+    from eoforge.plan.clear import clear_fractions
+
+    cfg, profile = planner.cfg, planner.profile
+    sc = cfg.seasons
+    assert sc is not None
+    if not len(idx):
+        return idx, chips_ll, np.zeros(0)
+    if s2_src.scl is None:
+        if sc.min_clear_fraction > 0:
+            if stats is not None:
+                stats.skip_chips("clear: S2 item has no SCL asset (seasons.min_clear_fraction > 0)", len(idx))
+            return idx[:0], chips_ll[:0], np.zeros(0)
+        return idx, chips_ll, None
+    try:
+        env = {**GDAL_ENV, **profile.env_for(pair.s2.collection_id)}
+        sign = resolve_signer(_signing(cfg, profile))
+        fractions = clear_fractions(s2_src.scl, s2_src.grid, origins[idx], cfg.chips.size_px, sign, env)
+    except (CatalogError, ChipReadError) as exc:
+        if stats is not None:
+            stats.skip(pair.s2, f"scl: {exc}")
+            stats.skip_chips("clear: SCL unreadable", len(idx))
+        return idx[:0], chips_ll[:0], np.zeros(0)
+    keep = fractions >= sc.min_clear_fraction - CLEAR_TOL
+    if stats is not None:
+        stats.skip_chips(
+            f"clear: clear fraction below seasons.min_clear_fraction={sc.min_clear_fraction:g}", int((~keep).sum())
+        )
+        _add(stats, "chips_clear", int(keep.sum()))
+    return idx[keep], chips_ll[keep], np.asarray(fractions, dtype=np.float64)[keep]
 
 
 def sort_indices(table: pa.Table) -> pa.Array:
@@ -768,8 +834,10 @@ def _prepare(cfg: DataConfig, stats: PlanStats) -> _Prepared:
     profile = resolve_profile(cfg.catalog.provider, _declared(cfg))
     catalog = _search_catalog(cfg)
     backend = open_backend(catalog)
-    s2_all, s1_all = search_sensor_items(catalog, backend)
+    search_report: dict[str, int] = {}
+    s2_all, s1_all = search_sensor_items(catalog, backend, report=search_report)
     stats.stages.update(s2_found=len(s2_all), s1_found=len(s1_all))
+    stats.stages.update(search_report)  # duplicates dropped, HTTP requests / retries (not part of the hash)
     search_cfg = cfg.model_copy(update={"catalog": catalog})
 
     def fail(msg: str) -> CatalogError:
@@ -812,6 +880,21 @@ def _prepare(cfg: DataConfig, stats: PlanStats) -> _Prepared:
         raise fail(f"all {len(s1_all)} S1 items were skipped (first: {first['reason']})")
     pairs = pair_items(s2_ok, s1_ok, cfg.pairing, stats.pairing)
     stats.stages["pairs"] = len(pairs)
+    if cfg.seasons is not None and pairs:
+        # one S2 scene per season per location, among the paired ones (a clear scene without an S1
+        # partner in the window would lose its season)
+        paired_s2 = list({p.s2.id: p.s2 for p in pairs}.values())
+        kept = {it.id for it in select_seasonal(paired_s2, cfg.seasons, stats)}
+        pairs = [p for p in pairs if p.s2.id in kept]
+        stats.stages["pairs_seasonal"] = len(pairs)
+        if not pairs:
+            sc = cfg.seasons
+            raise fail(
+                f"seasons: none of the {len(paired_s2)} paired S2 items is in a season"
+                + (f" of {sc.year}" if sc.year else "")
+                + f" with eo:cloud_cover under seasons.max_cloud_cover={sc.max_cloud_cover:g}"
+                + (f" (per season: {sc.season_max_cloud_cover})" if sc.season_max_cloud_cover else "")
+            )
     if not pairs:
         pg = stats.pairing
         if not pg.get("s2_with_intersecting_s1"):
@@ -929,6 +1012,9 @@ def _why_no_chips(cfg: DataConfig, stats: PlanStats, n_pairs: int, filters: Sequ
         if not st.get(f.stage):
             return f"{f.stage}: none of the {previous} chips inside the S1 footprint passed the filter"
         previous = st[f.stage]
+    clear_skips = {k: v for k, v in sorted(stats.skipped_chips.items()) if k.startswith("clear:")}
+    if cfg.seasons is not None and not st.get("chips_clear") and clear_skips:
+        return f"clear: every chip left was dropped by the SCL clear-fraction test {clear_skips}"
     by = cfg.splits.by_property
     return (
         f"split: none of the {st['chips_in_s1']} chips has a split: their S2 items' "
