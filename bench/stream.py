@@ -1,16 +1,14 @@
 """Streaming throughput, per core: eoforge's Ray Data stream vs TorchGeo vs the decode limit.
 
 Three contenders read the same chips (same plan, same local COGs, same chip size and bands) in one
-process run, one after the other, each with ``--warmup`` untimed passes then ``--repeats`` timed
-passes (median reported):
+process run, one contender after the other:
 
-- ``eoforge``: ``build_chip_dataset(plan, split="all", normalize="none", ...)`` then
-  ``ds.iter_batches(batch_size=--batch, batch_format="numpy")`` on a local Ray started with
-  ``ray.init(num_cpus=--cores)``; chips counted where ``ok`` is True. Each pass builds the dataset
-  anew (as every training epoch does), so pipeline start-up is in the time; ``eoforge_first_batch_s``
-  and ``eoforge_steady_chips_per_s`` show how much.
+- ``eoforge``: ``build_chip_dataset(plan, split="all", normalize="none", read_tasks=--read-tasks,
+  read_cpus=--read-cpus)`` then ``ds.iter_batches(batch_size=--batch, batch_format="numpy")`` on a
+  local Ray started with ``ray.init(num_cpus=--cores)``; chips counted where ``ok`` is True. Each pass
+  builds the dataset anew, as every training epoch does.
 - ``torchgeo``: ``RasterDataset`` of the S2 bands (+ SCL, separate files) ``&`` a ``RasterDataset``
-  of S1 VV/VH (an ``IntersectionDataset``), ``RandomGeoSampler(size=--chip px, length=--chips,
+  of S1 VV/VH (an ``IntersectionDataset``), ``RandomGeoSampler(size=--chip px, length=chips,
   roi=the plan chips' bounds)``, ``DataLoader(batch_size=--batch, collate_fn=stack_samples,
   num_workers=--torchgeo-workers)``. TorchGeo warps S1 (EPSG:4326) and resamples the 20/60 m bands
   onto the 10 m UTM grid on the fly; its samples are raw (no normalisation), like eoforge's here.
@@ -19,23 +17,31 @@ passes (median reported):
   once (rasterio block windows), then the chips are cut by slicing (20/60 m bands at their own
   resolution, S1 on its own lon/lat grid: the covering window, no reprojection).
 
+Timing: each contender makes ``--warmup`` untimed passes over the N-chip plan (``--chips``), then
+``--repeats`` rounds of one pass over the N-chip plan and one over the 2N-chip plan (its first 2N
+rows). ``<contender>_chips_per_s`` is the marginal rate N / median(T(2N) - T(N)): what one more chip
+costs once a pass runs, without the per-pass start (Ray Data's actor pool start, DataLoader
+workers); ``<contender>_end_to_end_chips_per_s`` is N / median T(N), start included, and
+``<contender>_pass_overhead_s`` = T(N) - N / marginal rate (the per-pass start, estimated).
+
 Per core: every process of a contender is pinned (``sched_setaffinity``) to ``--cores`` CPUs (the
 decode limit to 1), so Ray's own processes and DataLoader workers count against the same cores.
-``chips_per_s_per_core`` = eoforge chips/s / ``--cores``; ``ratio_vs_torchgeo`` and ``ratio_vs_raw``
-compare chips/s per core (goals: >= 3 and >= 0.7).
+``chips_per_s_per_core`` = eoforge's marginal chips/s / ``--cores``; ``ratio_vs_torchgeo`` and
+``ratio_vs_raw`` (= vs the decode limit) compare marginal chips/s per core; ``ratios_end_to_end``
+the same with the start included. Goals: ``ratio_vs_torchgeo`` >= 3, ``ratio_vs_raw`` >= 0.7.
 
 Data: ``write_demo_catalog`` with ``--scenes`` + 1 scenes of ``--size`` px at 10 m, one date each
 (scene 0 of seed 0 is the heavy-cloud scene: the plan's ``max_cloud_cover=50`` drops it, so the
 planned scenes of seed 0 are clear up to ``--scenes 4``). The demo writes COGs with 256 px blocks
 (128 px for the 60 m bands); ``--block 512`` (default) rewrites every COG with 512 px blocks like
 real S2 COGs (``--block 0`` keeps the demo's). The plan is eoforge's planner on that catalog
-(``--chip`` px chips, stride = chip); ``--chips N`` keeps its first N rows (plan order: row-major per
-item, so the chips are dense on the tiles they touch).
+(``--chip`` px chips, stride = chip), cut to its first 2N rows (plan order is row-major per S2 item,
+so both plans are dense on the tiles they touch).
 
-Usage (the last stdout line is the JSON)::
+Usage (progress on stderr, the last stdout line is the JSON)::
 
-    PYTHONPATH=$PWD/platform:$PWD python bench/stream.py                 # 1 core, 256 chips, 64 px
-    PYTHONPATH=$PWD/platform:$PWD python bench/stream.py --cores 2 --scenes 2 --repeats 5
+    PYTHONPATH=$PWD/platform:$PWD python bench/stream.py                 # 1 core, N=128, 64 px chips
+    PYTHONPATH=$PWD/platform:$PWD python bench/stream.py --cores 2 --scenes 2 --chips 256
 
 Needs the ``bench`` extra (``pip install -e .[bench]``: torchgeo).
 """
@@ -44,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform as pyplatform
 import statistics
@@ -139,16 +146,33 @@ def chip_bounds(rows: list[dict]) -> np.ndarray:
     return np.stack([left, top + t[:, 4] * size, left + t[:, 0] * size, top], axis=1)
 
 
-def timed(fn: Callable[[], dict], warmup: int, repeats: int) -> list[dict]:
-    """Run ``fn`` warmup + repeats times; the timed results (each with ``s``, its wall seconds)."""
-    out = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        res = fn()
-        res["s"] = time.perf_counter() - t0
-        if i >= warmup:
-            out.append(res)
-    return out
+def _clock(fn: Callable[[], dict]) -> dict:
+    t0 = time.perf_counter()
+    res = fn()
+    res["s"] = time.perf_counter() - t0
+    return res
+
+
+def measure(small: Callable[[], dict], large: Callable[[], dict], warmup: int, repeats: int) -> dict:
+    """``warmup`` untimed ``small()`` passes, then ``repeats`` rounds of (``small()``, ``large()``).
+
+    Each pass returns ``{"chips": n, ...}``. Returns the rates (module docstring) and every pass.
+    """
+    for _ in range(warmup):
+        small()
+    rounds = [(_clock(small), _clock(large)) for _ in range(repeats)]
+    n_small, n_large = rounds[0][0]["chips"], rounds[0][1]["chips"]
+    t_small = statistics.median(a["s"] for a, _ in rounds)
+    t_diff = statistics.median(b["s"] - a["s"] for a, b in rounds)
+    marginal = (n_large - n_small) / t_diff if t_diff > 0 else float("nan")
+    return {
+        "chips_per_s": marginal,
+        "end_to_end_chips_per_s": n_small / t_small,
+        "pass_overhead_s": t_small - n_small / marginal,
+        "chips": [n_small, n_large],
+        "passes_s": [[round(a["s"], 3), round(b["s"], 3)] for a, b in rounds],
+        "rounds": rounds,
+    }
 
 
 # ----------------------------------------------------------------------------------------- decode limit
@@ -335,7 +359,7 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=1, help="planned scenes (one more, cloudy, is written)")
     ap.add_argument("--size", type=int, default=1024, help="scene side, px at 10 m")
     ap.add_argument("--chip", type=int, default=64, help="chip side, px at 10 m")
-    ap.add_argument("--chips", type=int, default=256, help="first N plan rows (0: the whole plan)")
+    ap.add_argument("--chips", type=int, default=128, help="N: chips of the small plan (the large one has 2N)")
     ap.add_argument("--block", type=int, default=512, help="COG internal tile size (0: the demo's 256)")
     ap.add_argument("--cores", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
@@ -349,39 +373,40 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="keep data here (default: a temporary folder)")
     args = ap.parse_args()
     tg_workers = args.torchgeo_workers if args.torchgeo_workers is not None else (0 if args.cores == 1 else args.cores)
+    block = args.block or 256
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         t0 = time.perf_counter()
-        plan, rows = make_data(Path(tmp), args.scenes, args.size, args.chip, args.block, args.chips)
-        data_s = time.perf_counter() - t0
-        n = len(rows)
-        out: dict[str, Any] = {"chips": n, "chip_px": args.chip, "block_px": args.block or 256, "cores": args.cores}
+        plan_large, rows_large = make_data(Path(tmp), args.scenes, args.size, args.chip, args.block, 2 * args.chips)
+        rows_small, plan_small = rows_large[: args.chips], str(Path(tmp) / "plan_small.parquet")
+        write_plan(rows_small, plan_small)
+        check_decode_limit(rows_small)
+        print(f"data ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        out: dict[str, Any] = {"chips": args.chips, "chips_large": 2 * args.chips, "chip_px": args.chip}
+        out.update({"block_px": block, "cores": args.cores, "batch": args.batch, "repeats": args.repeats})
         out["bands"] = {"s2": [*S2_BAND_NAMES], "s2_mask": S2_SCL_ASSET, "s1": [*S1_BAND_NAMES]}
-        print(f"data ready in {data_s:.1f} s: {n} chips", file=sys.stderr, flush=True)
+        results: dict[str, dict] = {}
+        cores = {"decode_limit": 1, "torchgeo": max(1, tg_workers), "eoforge": args.cores}
 
-        check_decode_limit(rows)
         pin(1)
-        dec = timed(lambda: decode_limit_pass(rows), args.warmup, args.repeats)
-        dec_s = statistics.median(r["s"] for r in dec)
-        out["decode_limit_chips_per_s"] = round(dec[0]["chips"] / dec_s, 2)
-        out["decode_limit_tiles"] = dec[0]["tiles"]
-        out["decode_limit_cores"] = 1
-        print(f"decode limit: {[round(r['s'], 3) for r in dec]} s", file=sys.stderr, flush=True)
+        results["decode_limit"] = measure(
+            lambda: decode_limit_pass(rows_small), lambda: decode_limit_pass(rows_large), args.warmup, args.repeats
+        )
+        out["decode_limit_tiles"] = results["decode_limit"]["rounds"][0][0]["tiles"]
+        _progress("decode_limit", results)
 
-        cpus = pin(args.cores)
-        out["pinned_cpus"] = cpus
-        tg_cores = max(1, tg_workers)
+        out["pinned_cpus"] = pin(args.cores)
         if not args.skip_torchgeo:
             import torch
 
             torch.set_num_threads(args.cores)
-            loader, notes = torchgeo_loader(rows, args.chip, args.batch, tg_workers)
-            tg = timed(lambda: torchgeo_pass(loader), args.warmup, args.repeats)
-            tg_s = statistics.median(r["s"] for r in tg)
-            out["torchgeo_chips_per_s"] = round(tg[0]["chips"] / tg_s, 2)
-            out["torchgeo_workers"], out["torchgeo_cores"] = tg_workers, tg_cores
-            out["torchgeo_notes"] = notes
-            print(f"torchgeo: {[round(r['s'], 3) for r in tg]} s", file=sys.stderr, flush=True)
-            del loader
+            small, notes = torchgeo_loader(rows_small, args.chip, args.batch, tg_workers)
+            large, _ = torchgeo_loader(rows_large, args.chip, args.batch, tg_workers)
+            results["torchgeo"] = measure(
+                lambda: torchgeo_pass(small), lambda: torchgeo_pass(large), args.warmup, args.repeats
+            )
+            out["torchgeo_workers"], out["torchgeo_notes"] = tg_workers, notes
+            _progress("torchgeo", results)
+            del small, large
 
         import ray
 
@@ -392,56 +417,68 @@ def main() -> None:
             kw: dict[str, Any] = {"read_tasks": args.read_tasks or args.cores, "read_cpus": args.read_cpus}
             if args.rows_per_task:
                 kw["rows_per_task"] = args.rows_per_task
-            eo = timed(lambda: eoforge_pass(plan, args.batch, args.block or 256, kw), args.warmup, args.repeats)
+            results["eoforge"] = measure(
+                lambda: eoforge_pass(plan_small, args.batch, block, kw),
+                lambda: eoforge_pass(plan_large, args.batch, block, kw),
+                args.warmup,
+                args.repeats,
+            )
         finally:
             ray.shutdown()
-        mid = sorted(eo, key=lambda r: r["s"])[len(eo) // 2]
-        print(f"eoforge: {[round(r['s'], 3) for r in eo]} s", file=sys.stderr, flush=True)
-        eo_rate = mid["chips"] / mid["s"]
-        steady = (mid["chips"] - mid["first_n"]) / max(1e-9, mid["s"] - mid["first_s"])
-        out.update(
-            {
-                "eoforge_chips_per_s": round(eo_rate, 2),
-                "eoforge_chips_ok": mid["chips"],
-                "eoforge_rows": mid["rows"],
-                "eoforge_first_batch_s": round(mid["first_s"], 3),
-                "eoforge_steady_chips_per_s": round(steady, 2),
-                "eoforge_build_chip_dataset": kw,
-                "batch_diversity": {
-                    "s2_items_per_batch_mean": round(float(np.mean(mid["items"])), 2),
-                    "tiles_10m_per_batch_mean": round(float(np.mean(mid["tiles"])), 2),
-                    "s2_items_in_plan": len({r["s2_item"] for r in rows}),
-                    "tiles_10m_in_plan": len(_tiles([str(r["chip_id"]) for r in rows], args.block or 256)),
-                },
-            }
-        )
-        per_core = eo_rate / args.cores
-        out["chips_per_s_per_core"] = round(per_core, 2)
-        raw_core = out["decode_limit_chips_per_s"] / 1
-        out["ratio_vs_raw"] = round(per_core / raw_core, 3)
-        if "torchgeo_chips_per_s" in out:
-            out["ratio_vs_torchgeo"] = round(per_core / (out["torchgeo_chips_per_s"] / tg_cores), 3)
-        out["goals"] = {
-            "ratio_vs_torchgeo>=3": out.get("ratio_vs_torchgeo", 0) >= 3,
-            "ratio_vs_raw>=0.7": out["ratio_vs_raw"] >= 0.7,
-        }
-        out["ms_per_chip_per_core"] = {
-            "eoforge": round(1000 * args.cores / eo_rate, 2),
-            "decode_limit": round(1000 / out["decode_limit_chips_per_s"], 2),
-            **(
-                {"torchgeo": round(1000 * tg_cores / out["torchgeo_chips_per_s"], 2)}
-                if "torchgeo_chips_per_s" in out
-                else {}
-            ),
-        }
-        out["repeats_s"] = {
-            "decode_limit": [round(r["s"], 3) for r in dec],
-            "eoforge": [round(r["s"], 3) for r in eo],
-            **({"torchgeo": [round(r["s"], 3) for r in tg]} if not args.skip_torchgeo else {}),
-        }
+        _progress("eoforge", results)
+        out["eoforge_build_chip_dataset"] = kw
+        out.update(_report(results, cores, rows_large, block))
         out["versions"] = _versions()
         out["machine"] = {"cpu_count": os.cpu_count(), "cpu": _cpu_model(), "python": pyplatform.python_version()}
         print(json.dumps(out))
+
+
+def _progress(name: str, results: dict[str, dict]) -> None:
+    r = results[name]
+    print(f"{name}: passes (N, 2N) {r['passes_s']} s; {r['chips_per_s']:.1f} chips/s", file=sys.stderr, flush=True)
+
+
+def _report(results: dict[str, dict], cores: dict[str, int], rows_large: list[dict], block: int) -> dict:
+    """The JSON fields of the rates, ratios, goals and eoforge's batch diversity."""
+    out: dict[str, Any] = {}
+    per_core, e2e_core = {}, {}
+    for name, r in results.items():
+        out[f"{name}_chips_per_s"] = _num(r["chips_per_s"], 2)
+        out[f"{name}_end_to_end_chips_per_s"] = _num(r["end_to_end_chips_per_s"], 2)
+        out[f"{name}_pass_overhead_s"] = _num(r["pass_overhead_s"], 3)
+        out[f"{name}_cores"] = cores[name]
+        per_core[name] = r["chips_per_s"] / cores[name]
+        e2e_core[name] = r["end_to_end_chips_per_s"] / cores[name]
+    out["chips_per_s_per_core"] = _num(per_core["eoforge"], 2)
+    out["ms_per_chip_per_core"] = {k: _num(1000 / v, 3) for k, v in per_core.items()}
+    out["ratio_vs_raw"] = _num(per_core["eoforge"] / per_core["decode_limit"], 4)
+    e2e = {"vs_raw": _num(e2e_core["eoforge"] / e2e_core["decode_limit"], 4)}
+    if "torchgeo" in per_core:
+        out["ratio_vs_torchgeo"] = _num(per_core["eoforge"] / per_core["torchgeo"], 3)
+        e2e["vs_torchgeo"] = _num(e2e_core["eoforge"] / e2e_core["torchgeo"], 3)
+    out["ratios_end_to_end"] = e2e
+    out["goals"] = {
+        "ratio_vs_torchgeo>=3": (out.get("ratio_vs_torchgeo") or 0) >= 3,
+        "ratio_vs_raw>=0.7": (out["ratio_vs_raw"] or 0) >= 0.7,
+        "end_to_end_vs_torchgeo>=3": (e2e.get("vs_torchgeo") or 0) >= 3,
+        "end_to_end_vs_raw>=0.7": (e2e["vs_raw"] or 0) >= 0.7,
+    }
+    eo_small, eo_large = results["eoforge"]["rounds"][len(results["eoforge"]["rounds"]) // 2]
+    out["eoforge_first_batch_s"] = round(eo_small["first_s"], 3)
+    out["eoforge_rows_ok"] = f"{eo_large['chips']}/{eo_large['rows']}"
+    out["batch_diversity"] = {
+        "s2_items_per_batch_mean": round(float(np.mean(eo_large["items"])), 2),
+        "tiles_10m_per_batch_mean": round(float(np.mean(eo_large["tiles"])), 2),
+        "s2_items_in_plan": len({r["s2_item"] for r in rows_large}),
+        "tiles_10m_in_plan": len(_tiles([str(r["chip_id"]) for r in rows_large], block)),
+    }
+    out["passes_s"] = {name: r["passes_s"] for name, r in results.items()}
+    return out
+
+
+def _num(x: float, digits: int) -> float | None:
+    """``x`` rounded, or None (JSON null) when it is not finite (T(2N) <= T(N): too noisy to tell)."""
+    return round(x, digits) if math.isfinite(x) else None
 
 
 def _versions() -> dict[str, str]:
