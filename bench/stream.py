@@ -17,12 +17,14 @@ process run, one contender after the other:
   once (rasterio block windows), then the chips are cut by slicing (20/60 m bands at their own
   resolution, S1 on its own lon/lat grid: the covering window, no reprojection).
 
-Timing: each contender makes ``--warmup`` untimed passes over the N-chip plan (``--chips``), then
-``--repeats`` rounds of one pass over the N-chip plan and one over the 2N-chip plan (its first 2N
-rows). ``<contender>_chips_per_s`` is the marginal rate N / median(T(2N) - T(N)): what one more chip
-costs once a pass runs, without the per-pass start (Ray Data's actor pool start, DataLoader
-workers); ``<contender>_end_to_end_chips_per_s`` is N / median T(N), start included, and
-``<contender>_pass_overhead_s`` = T(N) - N / marginal rate (the per-pass start, estimated).
+Timing: the small plan holds every chip of the first ``--scenes`` scenes (N chips), the large one
+every chip of twice as many scenes (2N), so the large plan adds whole scenes: all their tiles of every
+band, their files. Each contender makes ``--warmup`` untimed passes over the small plan, then
+``--repeats`` rounds of one pass over each plan. ``<contender>_chips_per_s`` is the marginal rate
+N / median(T(2N) - T(N)): what the chips of one more scene cost once a pass runs, without the per-pass
+start (Ray Data's actor pool, DataLoader workers); ``<contender>_end_to_end_chips_per_s`` is
+N / median T(N), start included, and ``<contender>_pass_overhead_s`` = T(N) - N / marginal rate (the
+per-pass start, estimated).
 
 Per core: every process of a contender is pinned (``sched_setaffinity``) to ``--cores`` CPUs (the
 decode limit to 1), so Ray's own processes and DataLoader workers count against the same cores.
@@ -30,18 +32,17 @@ decode limit to 1), so Ray's own processes and DataLoader workers count against 
 ``ratio_vs_raw`` (= vs the decode limit) compare marginal chips/s per core; ``ratios_end_to_end``
 the same with the start included. Goals: ``ratio_vs_torchgeo`` >= 3, ``ratio_vs_raw`` >= 0.7.
 
-Data: ``write_demo_catalog`` with ``--scenes`` + 1 scenes of ``--size`` px at 10 m, one date each
+Data: ``write_demo_catalog`` with 2 x ``--scenes`` + 1 scenes of ``--size`` px at 10 m, one date each
 (scene 0 of seed 0 is the heavy-cloud scene: the plan's ``max_cloud_cover=50`` drops it, so the
-planned scenes of seed 0 are clear up to ``--scenes 4``). The demo writes COGs with 256 px blocks
+planned scenes of seed 0 are clear up to 4, i.e. ``--scenes 2``). The demo writes COGs with 256 px blocks
 (128 px for the 60 m bands); ``--block 512`` (default) rewrites every COG with 512 px blocks like
 real S2 COGs (``--block 0`` keeps the demo's). The plan is eoforge's planner on that catalog
-(``--chip`` px chips, stride = chip), cut to its first 2N rows (plan order is row-major per S2 item,
-so both plans are dense on the tiles they touch).
+(``--chip`` px chips, stride = chip, every chip of every planned scene).
 
 Usage (progress on stderr, the last stdout line is the JSON)::
 
-    PYTHONPATH=$PWD/platform:$PWD python bench/stream.py                 # 1 core, N=128, 64 px chips
-    PYTHONPATH=$PWD/platform:$PWD python bench/stream.py --cores 2 --scenes 2 --chips 256
+    PYTHONPATH=$PWD/platform:$PWD python bench/stream.py            # 1 core, 1 vs 2 scenes of 1024 px, 64 px chips
+    PYTHONPATH=$PWD/platform:$PWD python bench/stream.py --cores 2 --scenes 2
 
 Needs the ``bench`` extra (``pip install -e .[bench]``: torchgeo).
 """
@@ -114,7 +115,11 @@ def retile(path: Path, block: int) -> None:
 
 
 def make_data(root: Path, scenes: int, size_px: int, chip: int, block: int, chips: int) -> tuple[str, list[dict]]:
-    """Demo catalog (+ retiling) and a chip plan of its first ``chips`` rows; returns (plan path, rows)."""
+    """Demo catalog (+ retiling) and its chip plan; returns (plan path, plan rows).
+
+    ``scenes`` scenes are planned (one more, cloudy, is written and left out); ``chips`` > 0 keeps the
+    plan's first rows only.
+    """
     cat = write_demo_catalog(root / "cat", scenes=scenes + 1, size_px=size_px, dates_per_scene=1, seed=0)
     if block:
         for tif in sorted((cat.root / "data").rglob("*.tif")):
@@ -356,10 +361,9 @@ def eoforge_pass(plan: str, batch: int, block: int, ds_kwargs: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenes", type=int, default=1, help="planned scenes (one more, cloudy, is written)")
+    ap.add_argument("--scenes", type=int, default=1, help="scenes of the small plan (the large one has twice)")
     ap.add_argument("--size", type=int, default=1024, help="scene side, px at 10 m")
     ap.add_argument("--chip", type=int, default=64, help="chip side, px at 10 m")
-    ap.add_argument("--chips", type=int, default=128, help="N: chips of the small plan (the large one has 2N)")
     ap.add_argument("--block", type=int, default=512, help="COG internal tile size (0: the demo's 256)")
     ap.add_argument("--cores", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
@@ -376,12 +380,17 @@ def main() -> None:
     block = args.block or 256
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         t0 = time.perf_counter()
-        plan_large, rows_large = make_data(Path(tmp), args.scenes, args.size, args.chip, args.block, 2 * args.chips)
-        rows_small, plan_small = rows_large[: args.chips], str(Path(tmp) / "plan_small.parquet")
+        plan_large, rows_large = make_data(Path(tmp), 2 * args.scenes, args.size, args.chip, args.block, 0)
+        items = list(dict.fromkeys(str(r["s2_item"]) for r in rows_large))
+        if len(items) != 2 * args.scenes:
+            raise SystemExit(f"the plan has {len(items)} S2 items, expected {2 * args.scenes} (one per scene)")
+        rows_small = [r for r in rows_large if r["s2_item"] in items[: args.scenes]]
+        plan_small = str(Path(tmp) / "plan_small.parquet")
         write_plan(rows_small, plan_small)
         check_decode_limit(rows_small)
         print(f"data ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-        out: dict[str, Any] = {"chips": args.chips, "chips_large": 2 * args.chips, "chip_px": args.chip}
+        out: dict[str, Any] = {"chips": len(rows_small), "chips_large": len(rows_large), "chip_px": args.chip}
+        out.update({"scenes": args.scenes, "scenes_large": 2 * args.scenes, "scene_px": args.size})
         out.update({"block_px": block, "cores": args.cores, "batch": args.batch, "repeats": args.repeats})
         out["bands"] = {"s2": [*S2_BAND_NAMES], "s2_mask": S2_SCL_ASSET, "s1": [*S1_BAND_NAMES]}
         results: dict[str, dict] = {}
