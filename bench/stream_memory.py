@@ -9,14 +9,16 @@ process pinned to ``--cores`` CPUs) through the public API only::
     ds = build_chip_dataset(plan, split="all", normalize="none", read_tasks=..., read_cpus=...)
     for batch in ds.iter_batches(batch_size=--batch, batch_format="numpy"): count ok chips, drop
 
-A thread samples, every ``--interval`` s, the RSS (psutil) of the driver and of every Ray worker
-process (children of the driver's Ray instance whose command line starts with ``ray::``; Ray's
-system processes, raylet and GCS, are reported apart). Peaks: the driver's, the largest single
-worker's, and the largest sum over workers at one sample. RSS counts the object-store pages a
-process has touched (shared memory), so a worker holding batches shows them.
+A thread samples, every ``--interval`` s, the memory of the driver and of every Ray worker process
+(psutil finds the driver's descendants; workers are those whose command line starts with ``ray::``;
+Ray's system processes, raylet and GCS, are reported apart), from ``/proc/<pid>/status``: RSS and
+its parts ``anon`` (RssAnon: the process's own heap) and ``shmem`` (RssShmem: the pages of Ray's
+shared object store it has touched, which RSS counts too). Peaks: the driver's, the largest single
+worker's, and the largest sum over workers at one sample.
 
-JSON last line: both runs, and ``driver_rss_ratio`` / ``worker_rss_ratio`` (10N peak / N peak of
-the driver / of the largest worker; goal <= 1.2, ``goals`` says whether met).
+JSON last line: both runs, ``driver_rss_ratio`` / ``worker_rss_ratio`` (10N peak / N peak of the
+driver / of the largest worker; goal <= 1.2) and the same for private memory only
+(``driver_anon_ratio`` / ``worker_anon_ratio``); ``goals`` says which are met.
 
 Usage::
 
@@ -43,8 +45,25 @@ from stream import make_data, pin  # bench/stream.py (this folder is sys.path[0]
 MB = 1024 * 1024
 
 
+def memory(pid: int) -> dict[str, int]:
+    """RSS of a process and its parts, bytes: ``rss``, ``anon`` (private heap), ``shmem`` (shared memory:
+    the Ray object store pages it touched), from ``/proc/<pid>/status``."""
+    parts = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0}
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in parts:
+                parts[key] = int(value.split()[0]) * 1024
+    return {"rss": sum(parts.values()), "anon": parts["RssAnon"], "shmem": parts["RssShmem"]}
+
+
+def _max(peak: dict[str, int], now: dict[str, int]) -> None:
+    for k, v in now.items():
+        peak[k] = max(peak.get(k, 0), v)
+
+
 class RssSampler(threading.Thread):
-    """Samples RSS (bytes) of this process and of its Ray descendants until :meth:`stop`."""
+    """Samples the memory (see :func:`memory`) of this process and of its Ray descendants until :meth:`stop`."""
 
     def __init__(self, interval: float) -> None:
         super().__init__(daemon=True)
@@ -54,27 +73,34 @@ class RssSampler(threading.Thread):
         self.me = psutil.Process()
         self.interval = interval
         self.done = threading.Event()
-        self.driver_peak = self.workers_sum_peak = self.system_sum_peak = 0
-        self.worker_peaks: dict[int, int] = {}
+        self.driver: dict[str, int] = {}
+        self.workers_sum: dict[str, int] = {}
+        self.system_sum: dict[str, int] = {}
+        self.worker_peaks: dict[int, dict[str, int]] = {}
         self.samples = 0
 
     def sample(self) -> None:
         ps = self.psutil
-        self.driver_peak = max(self.driver_peak, self.me.memory_info().rss)
-        workers = system = 0
+        _max(self.driver, memory(self.me.pid))
+        workers = {"rss": 0, "anon": 0, "shmem": 0}
+        system = dict(workers)
         for child in self.me.children(recursive=True):
             try:
-                cmd, rss = child.cmdline(), child.memory_info().rss
-            except (ps.NoSuchProcess, ps.AccessDenied, ps.ZombieProcess):
+                cmd, mem = child.cmdline(), memory(child.pid)
+            except (ps.NoSuchProcess, ps.AccessDenied, ps.ZombieProcess, FileNotFoundError, ProcessLookupError):
                 continue
-            if cmd and cmd[0].startswith("ray::"):
-                workers += rss
-                self.worker_peaks[child.pid] = max(self.worker_peaks.get(child.pid, 0), rss)
-            else:
-                system += rss
-        self.workers_sum_peak = max(self.workers_sum_peak, workers)
-        self.system_sum_peak = max(self.system_sum_peak, system)
+            into = workers if cmd and cmd[0].startswith("ray::") else system
+            for k, v in mem.items():
+                into[k] += v
+            if into is workers:
+                _max(self.worker_peaks.setdefault(child.pid, {}), mem)
+        _max(self.workers_sum, workers)
+        _max(self.system_sum, system)
         self.samples += 1
+
+    def worker_peak(self, key: str) -> int:
+        """The largest single Ray worker's peak of ``key`` (rss, anon, shmem)."""
+        return max((p[key] for p in self.worker_peaks.values()), default=0)
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
@@ -98,7 +124,7 @@ def child(args: argparse.Namespace) -> None:
         ray.data.DataContext.get_current().enable_progress_bars = False
         sampler = RssSampler(args.interval)
         sampler.sample()
-        driver_start = sampler.driver_peak
+        driver_start = dict(sampler.driver)
         sampler.start()
         kw: dict[str, Any] = {"read_tasks": args.read_tasks or args.cores, "read_cpus": args.read_cpus}
         if args.rows_per_task:
@@ -120,18 +146,27 @@ def child(args: argparse.Namespace) -> None:
                 "rows": n_rows,
                 "chips_ok": n_ok,
                 "seconds": round(seconds, 2),
-                "driver_rss_start_mb": round(driver_start / MB, 1),
-                "driver_rss_peak_mb": round(sampler.driver_peak / MB, 1),
-                "driver_rss_growth_mb": round((sampler.driver_peak - driver_start) / MB, 1),
-                "worker_rss_peak_mb": round(max(sampler.worker_peaks.values(), default=0) / MB, 1),
-                "workers_rss_sum_peak_mb": round(sampler.workers_sum_peak / MB, 1),
-                "ray_system_rss_sum_peak_mb": round(sampler.system_sum_peak / MB, 1),
+                "driver_rss_start_mb": _mb(driver_start["rss"]),
+                "driver_rss_peak_mb": _mb(sampler.driver["rss"]),
+                "driver_anon_start_mb": _mb(driver_start["anon"]),
+                "driver_anon_peak_mb": _mb(sampler.driver["anon"]),
+                "driver_shmem_peak_mb": _mb(sampler.driver["shmem"]),
+                "worker_rss_peak_mb": _mb(sampler.worker_peak("rss")),
+                "worker_anon_peak_mb": _mb(sampler.worker_peak("anon")),
+                "worker_shmem_peak_mb": _mb(sampler.worker_peak("shmem")),
+                "workers_rss_sum_peak_mb": _mb(sampler.workers_sum["rss"]),
+                "workers_anon_sum_peak_mb": _mb(sampler.workers_sum["anon"]),
+                "ray_system_rss_sum_peak_mb": _mb(sampler.system_sum["rss"]),
                 "worker_processes": len(sampler.worker_peaks),
                 "samples": sampler.samples,
                 "build_chip_dataset": kw,
             }
         )
     )
+
+
+def _mb(n: int) -> float:
+    return round(n / MB, 1)
 
 
 def cycled(rows: list[dict], n: int) -> list[dict]:
@@ -192,10 +227,15 @@ def main() -> None:
         "driver_rss_ratio": round(large["driver_rss_peak_mb"] / small["driver_rss_peak_mb"], 3),
         "worker_rss_ratio": round(large["worker_rss_peak_mb"] / small["worker_rss_peak_mb"], 3),
         "workers_sum_rss_ratio": round(large["workers_rss_sum_peak_mb"] / small["workers_rss_sum_peak_mb"], 3),
+        # private memory only (RssAnon): growth there is the process's own heap, not touched shared pages
+        "driver_anon_ratio": round(large["driver_anon_peak_mb"] / small["driver_anon_peak_mb"], 3),
+        "worker_anon_ratio": round(large["worker_anon_peak_mb"] / small["worker_anon_peak_mb"], 3),
     }
     out["goals"] = {
         "driver_rss_ratio<=1.2": out["driver_rss_ratio"] <= 1.2,
         "worker_rss_ratio<=1.2": out["worker_rss_ratio"] <= 1.2,
+        "driver_anon_ratio<=1.2": out["driver_anon_ratio"] <= 1.2,
+        "worker_anon_ratio<=1.2": out["worker_anon_ratio"] <= 1.2,
     }
     print(json.dumps(out))
 
