@@ -14,7 +14,8 @@ A thread samples, every ``--interval`` s, the memory of the driver and of every 
 Ray's system processes, raylet and GCS, are reported apart), from ``/proc/<pid>/status``: RSS and
 its parts ``anon`` (RssAnon: the process's own heap) and ``shmem`` (RssShmem: the pages of Ray's
 shared object store it has touched, which RSS counts too). Peaks: the driver's, the largest single
-worker's, and the largest sum over workers at one sample.
+worker's, and the largest sum over workers at one sample; ``trace``: the latest sample at every
+10 % of the plan (does memory climb all along, or level off?).
 
 JSON last line: both runs, ``driver_rss_ratio`` / ``worker_rss_ratio`` (10N peak / N peak of the
 driver / of the largest worker; goal <= 1.2) and the same for private memory only
@@ -39,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from eoforge.plan.io import write_plan
 from stream import make_data, pin  # bench/stream.py (this folder is sys.path[0] when run as a script)
 
@@ -78,10 +80,13 @@ class RssSampler(threading.Thread):
         self.system_sum: dict[str, int] = {}
         self.worker_peaks: dict[int, dict[str, int]] = {}
         self.samples = 0
+        self.driver_now: dict[str, int] = {}
+        self.workers_now: dict[str, int] = {}
 
     def sample(self) -> None:
         ps = self.psutil
-        _max(self.driver, memory(self.me.pid))
+        self.driver_now = memory(self.me.pid)
+        _max(self.driver, self.driver_now)
         workers = {"rss": 0, "anon": 0, "shmem": 0}
         system = dict(workers)
         for child in self.me.children(recursive=True):
@@ -96,6 +101,7 @@ class RssSampler(threading.Thread):
                 _max(self.worker_peaks.setdefault(child.pid, {}), mem)
         _max(self.workers_sum, workers)
         _max(self.system_sum, system)
+        self.workers_now = workers
         self.samples += 1
 
     def worker_peak(self, key: str) -> int:
@@ -132,10 +138,15 @@ def child(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         ds = build_chip_dataset(args.child, split="all", normalize="none", **kw)
         n_ok = n_rows = 0
+        trace, total, step = [], pq.ParquetFile(args.child).metadata.num_rows, 0.1
         for batch in ds.iter_batches(batch_size=args.batch, batch_format="numpy"):
             n_ok += int(batch["ok"].sum())
             n_rows += len(batch["ok"])
             del batch
+            if n_rows >= step * total and sampler.driver_now:  # the latest sample, every 10 % of the plan
+                step += 0.1
+                d, w = sampler.driver_now, sampler.workers_now
+                trace.append([n_rows, _mb(d["rss"]), _mb(d["anon"]), _mb(w["rss"]), _mb(w["anon"])])
         seconds = time.perf_counter() - t0
         sampler.stop()
     finally:
@@ -158,6 +169,14 @@ def child(args: argparse.Namespace) -> None:
                 "workers_anon_sum_peak_mb": _mb(sampler.workers_sum["anon"]),
                 "ray_system_rss_sum_peak_mb": _mb(sampler.system_sum["rss"]),
                 "worker_processes": len(sampler.worker_peaks),
+                "trace_columns": [
+                    "rows",
+                    "driver_rss_mb",
+                    "driver_anon_mb",
+                    "workers_rss_sum_mb",
+                    "workers_anon_sum_mb",
+                ],
+                "trace": trace,
                 "samples": sampler.samples,
                 "build_chip_dataset": kw,
             }
