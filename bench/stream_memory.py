@@ -15,7 +15,8 @@ Ray's system processes, raylet and GCS, are reported apart), from ``/proc/<pid>/
 its parts ``anon`` (RssAnon: the process's own heap) and ``shmem`` (RssShmem: the pages of Ray's
 shared object store it has touched, which RSS counts too). Peaks: the driver's, the largest single
 worker's, and the largest sum over workers at one sample; ``trace``: the latest sample at every
-10 % of the plan (does memory climb all along, or level off?).
+10 % of the plan (does memory climb all along, or level off?), summed up for the 10N run as
+``large_run_second_half_vs_first`` (peak of the second half / peak of the first half).
 
 JSON last line: both runs, ``driver_rss_ratio`` / ``worker_rss_ratio`` (10N peak / N peak of the
 driver / of the largest worker; goal <= 1.2) and the same for private memory only
@@ -23,7 +24,7 @@ driver / of the largest worker; goal <= 1.2) and the same for private memory onl
 
 Usage::
 
-    PYTHONPATH=$PWD/platform:$PWD python bench/stream_memory.py                # N=200 -> 2000, 2 cores
+    PYTHONPATH=$PWD/platform:$PWD python bench/stream_memory.py                # N=500 -> 5000, 2 cores
     PYTHONPATH=$PWD/platform:$PWD python bench/stream_memory.py --rows 100 --cores 1
 """
 
@@ -202,7 +203,7 @@ def cycled(rows: list[dict], n: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=200, help="N: chips of the small plan")
+    ap.add_argument("--rows", type=int, default=500, help="N: chips of the small plan")
     ap.add_argument("--factor", type=int, default=10, help="the large plan has factor x N chips")
     ap.add_argument("--size", type=int, default=1024, help="scene side, px at 10 m")
     ap.add_argument("--chip", type=int, default=64, help="chip side, px at 10 m")
@@ -250,6 +251,15 @@ def main() -> None:
         "driver_anon_ratio": round(large["driver_anon_peak_mb"] / small["driver_anon_peak_mb"], 3),
         "worker_anon_ratio": round(large["worker_anon_peak_mb"] / small["worker_anon_peak_mb"], 3),
     }
+    # within the 10N run: peak of the trace's second half / its first half, per column (1.0 = levelled off)
+    trace = large["trace"]
+    half = len(trace) // 2
+    if half:
+        out["large_run_second_half_vs_first"] = {
+            col: round(max(t[i] for t in trace[half:]) / max(t[i] for t in trace[:half]), 3)
+            for i, col in enumerate(large["trace_columns"])
+            if i
+        }
     out["goals"] = {
         "driver_rss_ratio<=1.2": out["driver_rss_ratio"] <= 1.2,
         "worker_rss_ratio<=1.2": out["worker_rss_ratio"] <= 1.2,
