@@ -1,0 +1,517 @@
+"""Streaming throughput, per core: eoforge's Ray Data stream vs TorchGeo vs the decode limit.
+
+Three contenders read the same chips (same plan, same local COGs, same chip size and bands) in one
+process run, one contender after the other:
+
+- ``eoforge``: ``build_chip_dataset(plan, split="all", normalize="none", read_tasks=--read-tasks,
+  read_cpus=--read-cpus)`` then ``ds.iter_batches(batch_size=--batch, batch_format="numpy")`` on a
+  local Ray started with ``ray.init(num_cpus=--cores)``; chips counted where ``ok`` is True. Each pass
+  builds the dataset anew, as every training epoch does.
+- ``torchgeo``: ``RasterDataset`` of the S2 bands (+ SCL, separate files) ``&`` a ``RasterDataset``
+  of S1 VV/VH (an ``IntersectionDataset``), ``RandomGeoSampler(size=--chip px, length=chips,
+  roi=the plan chips' bounds)``, ``DataLoader(batch_size=--batch, collate_fn=stack_samples,
+  num_workers=--torchgeo-workers)``. TorchGeo warps S1 (EPSG:4326) and resamples the 20/60 m bands
+  onto the 10 m UTM grid on the fly; its samples are raw (no normalisation), like eoforge's here.
+- ``decode_limit``: one process, one thread: every internal tile of every band COG (12 S2 bands,
+  SCL, VV, VH, each at its native grid) that the plan's chips touch is read and decoded exactly
+  once (rasterio block windows), then the chips are cut by slicing (20/60 m bands at their own
+  resolution, S1 on its own lon/lat grid: the covering window, no reprojection).
+
+Timing: the small plan holds every chip of the first ``--scenes`` scenes (N chips), the large one
+every chip of twice as many scenes (2N), so the large plan adds whole scenes: all their tiles of every
+band, their files. Each contender makes ``--warmup`` untimed passes over the small plan, then
+``--repeats`` rounds of one pass over each plan. ``<contender>_chips_per_s`` is the marginal rate
+N / median(T(2N) - T(N)): what the chips of one more scene cost once a pass runs, without the per-pass
+start (Ray Data's actor pool, DataLoader workers); ``<contender>_end_to_end_chips_per_s`` is
+N / median T(N), start included, and ``<contender>_pass_overhead_s`` = T(N) - N / marginal rate (the
+per-pass start, estimated).
+
+Per core: every process of a contender is pinned (``sched_setaffinity``) to ``--cores`` CPUs (the
+decode limit to 1), so Ray's own processes and DataLoader workers count against the same cores.
+``chips_per_s_per_core`` = eoforge's marginal chips/s / ``--cores``; ``ratio_vs_torchgeo`` and
+``ratio_vs_raw`` (= vs the decode limit) compare marginal chips/s per core; ``ratios_end_to_end``
+the same with the start included. Goals: ``ratio_vs_torchgeo`` >= 3, ``ratio_vs_raw`` >= 0.7.
+
+Data: ``write_demo_catalog`` with 2 x ``--scenes`` + 1 scenes of ``--size`` px at 10 m, one date each
+(scene 0 of seed 0 is the heavy-cloud scene: the plan's ``max_cloud_cover=50`` drops it, so the
+planned scenes of seed 0 are clear up to 4, i.e. ``--scenes 2``). The demo writes COGs with 256 px blocks
+(128 px for the 60 m bands); ``--block 512`` (default) rewrites every COG with 512 px blocks like
+real S2 COGs (``--block 0`` keeps the demo's). The plan is eoforge's planner on that catalog
+(``--chip`` px chips, stride = chip, every chip of every planned scene).
+
+Usage (progress on stderr, the last stdout line is the JSON)::
+
+    PYTHONPATH=$PWD/platform:$PWD python bench/stream.py            # 1 core, 1 vs 2 scenes of 1024 px, 64 px chips
+    PYTHONPATH=$PWD/platform:$PWD python bench/stream.py --cores 2 --scenes 2
+
+Needs the ``bench`` extra (``pip install -e .[bench]``: torchgeo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform as pyplatform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_ASSET
+from eoforge.config import DataConfig, parse_config
+from eoforge.data.reader import gdal_path
+from eoforge.demo.catalog import write_demo_catalog
+from eoforge.plan.io import build_plan, read_plan, write_plan
+from pyproj import Transformer
+from rasterio.windows import Window
+
+S2_FILES = (*S2_BAND_NAMES, S2_SCL_ASSET)
+#: The CPUs this process may use when it starts (before any pinning).
+_ALLOWED_CPUS = sorted(os.sched_getaffinity(0))
+
+
+# ----------------------------------------------------------------------------------------- setup
+
+
+def pin(cpus: int) -> list[int]:
+    """Pin every thread of this process (and so every child started later) to the first ``cpus`` CPUs."""
+    allowed = _ALLOWED_CPUS
+    if cpus > len(allowed):
+        raise SystemExit(f"--cores {cpus}: only {len(allowed)} CPUs available to this process")
+    chosen = set(allowed[:cpus])
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), chosen)
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that ended meanwhile
+    return sorted(chosen)
+
+
+def retile(path: Path, block: int) -> None:
+    """Rewrite one COG in place with ``block`` x ``block`` px internal tiles (values unchanged)."""
+    tmp = path.with_suffix(".retile.tif")
+    with rasterio.open(path) as src:
+        nearest = src.dtypes[0] == "uint8"  # classes (SCL, labels): nearest overviews
+    rasterio.shutil.copy(
+        path,
+        tmp,
+        driver="COG",
+        BLOCKSIZE=str(block),
+        COMPRESS="DEFLATE",
+        PREDICTOR="YES",
+        OVERVIEW_RESAMPLING="NEAREST" if nearest else "AVERAGE",
+    )
+    tmp.replace(path)
+
+
+def make_data(root: Path, scenes: int, size_px: int, chip: int, block: int, chips: int) -> tuple[str, list[dict]]:
+    """Demo catalog (+ retiling) and its chip plan; returns (plan path, plan rows).
+
+    ``scenes`` scenes are planned (one more, cloudy, is written and left out); ``chips`` > 0 keeps the
+    plan's first rows only.
+    """
+    cat = write_demo_catalog(root / "cat", scenes=scenes + 1, size_px=size_px, dates_per_scene=1, seed=0)
+    if block:
+        for tif in sorted((cat.root / "data").rglob("*.tif")):
+            retile(tif, block)
+    cfg = parse_config(
+        {
+            "kind": "data",
+            "catalog": {"backend": "static", "url": str(cat.catalog_json), "max_cloud_cover": 50},
+            "chips": {"size_px": chip},
+        },
+        "bench",
+        DataConfig,
+    )
+    build_plan(cfg, root / "full.parquet")
+    frame, _ = read_plan(root / "full.parquet")
+    if chips > len(frame):
+        raise SystemExit(f"--chips {chips}: the plan has only {len(frame)} chips (raise --scenes or --size)")
+    rows = frame.head(chips).to_dict("records") if chips else frame.to_dict("records")
+    plan = root / "plan.parquet"
+    write_plan(rows, plan)
+    return str(plan), rows
+
+
+def chip_bounds(rows: list[dict]) -> np.ndarray:
+    """UTM bounds of each chip: float64 [N, 4] (left, bottom, right, top), metres."""
+    t = np.array([list(r["transform"])[:6] for r in rows], float)
+    size = np.array([r["size_px"] for r in rows], float)
+    left, top = t[:, 2], t[:, 5]
+    return np.stack([left, top + t[:, 4] * size, left + t[:, 0] * size, top], axis=1)
+
+
+def _clock(fn: Callable[[], dict]) -> dict:
+    t0 = time.perf_counter()
+    res = fn()
+    res["s"] = time.perf_counter() - t0
+    return res
+
+
+def measure(small: Callable[[], dict], large: Callable[[], dict], warmup: int, repeats: int) -> dict:
+    """``warmup`` untimed ``small()`` passes, then ``repeats`` rounds of (``small()``, ``large()``).
+
+    Each pass returns ``{"chips": n, ...}``. Returns the rates (module docstring) and every pass.
+    """
+    for _ in range(warmup):
+        small()
+    rounds = [(_clock(small), _clock(large)) for _ in range(repeats)]
+    n_small, n_large = rounds[0][0]["chips"], rounds[0][1]["chips"]
+    t_small = statistics.median(a["s"] for a, _ in rounds)
+    t_diff = statistics.median(b["s"] - a["s"] for a, b in rounds)
+    marginal = (n_large - n_small) / t_diff if t_diff > 0 else float("nan")
+    return {
+        "chips_per_s": marginal,
+        "end_to_end_chips_per_s": n_small / t_small,
+        "pass_overhead_s": t_small - n_small / marginal,
+        "chips": [n_small, n_large],
+        "passes_s": [[round(a["s"], 3), round(b["s"], 3)] for a, b in rounds],
+        "rounds": rounds,
+    }
+
+
+# ----------------------------------------------------------------------------------------- decode limit
+
+
+def _cut(src: rasterio.DatasetReader, win: np.ndarray) -> tuple[list[np.ndarray], int]:
+    """Decode every tile of ``src`` under the windows once, then slice them: (chips, tiles decoded).
+
+    ``win``: int [N, 4] (row0, row1, col0, col1) in ``src`` pixels, clipped to the raster.
+    """
+    bh, bw = src.block_shapes[0]
+    tiles = set()
+    for r0, r1, c0, c1 in win:
+        for tr in range(r0 // bh, (r1 - 1) // bh + 1):
+            for tc in range(c0 // bw, (c1 - 1) // bw + 1):
+                tiles.add((tr, tc))
+    tr0, tc0 = min(t[0] for t in tiles), min(t[1] for t in tiles)
+    tr1, tc1 = max(t[0] for t in tiles) + 1, max(t[1] for t in tiles) + 1
+    mosaic = np.zeros(((tr1 - tr0) * bh, (tc1 - tc0) * bw), src.dtypes[0])
+    for tr, tc in tiles:
+        w = Window(tc * bw, tr * bh, min(bw, src.width - tc * bw), min(bh, src.height - tr * bh))
+        y, x = (tr - tr0) * bh, (tc - tc0) * bw
+        mosaic[y : y + w.height, x : x + w.width] = src.read(1, window=w)
+    y0, x0 = tr0 * bh, tc0 * bw
+    return [mosaic[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0].copy() for r0, r1, c0, c1 in win], len(tiles)
+
+
+def _windows(src: rasterio.DatasetReader, bounds: np.ndarray, crs: str) -> np.ndarray:
+    """Pixel windows of ``src`` covering each chip (int [N, 4] row0, row1, col0, col1), no resampling."""
+    left, bottom, right, top = bounds.T
+    if src.crs.to_string() != crs:  # S1 on its lon/lat grid: the chip outline (3 points per edge) there
+        f = np.linspace(0, 1, 3)[:, None]
+        xs = np.concatenate([left + (right - left) * f, left + (right - left) * f, left + 0 * f, right + 0 * f])
+        ys = np.concatenate([bottom + 0 * f, top + 0 * f, bottom + (top - bottom) * f, bottom + (top - bottom) * f])
+        xs, ys = Transformer.from_crs(crs, src.crs, always_xy=True).transform(xs, ys)
+        left, right, bottom, top = xs.min(0), xs.max(0), ys.min(0), ys.max(0)
+    t = src.transform
+    eps = 1e-6
+    c0 = np.floor((left - t.c) / t.a + eps)
+    c1 = np.ceil((right - t.c) / t.a - eps)
+    r0 = np.floor((top - t.f) / t.e + eps)
+    r1 = np.ceil((bottom - t.f) / t.e - eps)
+    win = np.stack([r0, r1, c0, c1], axis=1).astype(int)
+    win[:, :2] = np.clip(win[:, :2], 0, src.height)
+    win[:, 2:] = np.clip(win[:, 2:], 0, src.width)
+    return win
+
+
+def decode_limit_pass(rows: list[dict], keep: bool = False) -> dict:
+    """Every touched tile decoded once, chips cut by slicing; counts chips and tiles.
+
+    With ``keep``, ``first`` holds the first chip's arrays (hrefs order: S2 bands, SCL, VV, VH).
+    """
+    groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        groups[(str(r["s2_assets"]), str(r["s1_assets"]), str(r["scl_href"]))].append(i)
+    bounds_all = chip_bounds(rows)
+    n = tiles = 0
+    first: list[np.ndarray] = []
+    for (s2_json, s1_json, scl), idx in groups.items():
+        s2, s1 = json.loads(s2_json), json.loads(s1_json)
+        hrefs = [s2[b] for b in S2_BAND_NAMES] + [scl] + [s1[b] for b in S1_BAND_NAMES]
+        crs = str(rows[idx[0]]["crs"])
+        chips: list[list[np.ndarray]] = [[] for _ in idx]
+        for href in hrefs:
+            with rasterio.open(gdal_path(href)) as src:
+                cut, k = _cut(src, _windows(src, bounds_all[idx], crs))
+            tiles += k
+            for c, a in zip(chips, cut, strict=True):
+                c.append(a)
+        n += sum(1 for c in chips if all(a.size for a in c))
+        if keep and idx[0] == 0:
+            first = chips[0]
+    return {"chips": n, "tiles": tiles, **({"first": first} if keep else {})}
+
+
+def check_decode_limit(rows: list[dict]) -> None:
+    """The decode limit's 10 m chips are the stored pixels: B02 of chip 0 equals eoforge's aligned read."""
+    from eoforge.data.reader import ChipGrid, read_band
+    from rasterio.enums import Resampling
+    from rasterio.transform import Affine
+
+    r = rows[0]
+    grid = ChipGrid(str(r["crs"]), Affine(*list(r["transform"])[:6]), int(r["size_px"]))
+    ref = read_band(json.loads(str(r["s2_assets"]))["B02"], grid, Resampling.bilinear, 0.0)
+    got = decode_limit_pass(rows[:1], keep=True)["first"][S2_BAND_NAMES.index("B02")]
+    if got.shape != ref.shape or not np.array_equal(got.astype(np.float32), ref):
+        raise SystemExit(f"decode limit: chip {r['chip_id']} B02 differs from eoforge's read (bench bug)")
+
+
+# ----------------------------------------------------------------------------------------- torchgeo
+
+
+def torchgeo_loader(rows: list[dict], chip: int, batch: int, workers: int) -> tuple[Any, dict]:
+    """TorchGeo DataLoader over S2 (12 bands + SCL) & S1 (VV, VH), and notes on what it did."""
+    import torch
+    from pyproj import CRS
+    from shapely.geometry import box
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets import IntersectionDataset, RasterDataset, stack_samples
+    from torchgeo.samplers import RandomGeoSampler
+
+    class DemoS2(RasterDataset):
+        filename_glob = f"{S2_FILES[0]}.tif"
+        filename_regex = r"^(?P<band>B\d[\dA]|SCL)\.tif$"
+        separate_files = True
+        all_bands = S2_FILES
+
+    class DemoS1(RasterDataset):
+        filename_glob = f"{S1_BAND_NAMES[0]}.tif"
+        filename_regex = r"^(?P<band>v[vh])\.tif$"
+        separate_files = True
+        all_bands = S1_BAND_NAMES
+
+    crs = CRS.from_user_input(str(rows[0]["crs"]))
+    s2_dirs = sorted({os.path.dirname(gdal_path(json.loads(str(r["s2_assets"]))["B02"])) for r in rows})
+    s1_dirs = sorted({os.path.dirname(gdal_path(json.loads(str(r["s1_assets"]))["vv"])) for r in rows})
+    s2 = DemoS2(s2_dirs, crs=crs, res=10.0)
+    s1 = DemoS1(s1_dirs, crs=crs, res=10.0)
+    ds = IntersectionDataset(s2, s1)
+    b = chip_bounds(rows)
+    roi = box(b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
+    with warnings.catch_warnings():  # 0.10 deprecates it for RandomPatchSampler; the brief names it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        sampler = RandomGeoSampler(ds, size=chip, length=len(rows), roi=roi, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(ds, sampler=sampler, batch_size=batch, num_workers=workers, collate_fn=stack_samples)
+    notes = {
+        "dataset": "IntersectionDataset(RasterDataset S2 12 bands + SCL, RasterDataset S1 vv/vh), separate_files",
+        "sampler": "RandomGeoSampler(size=chip px at 10 m, length=chips, roi=bounds of the plan's chips); "
+        "deprecated in 0.10 for RandomPatchSampler (same dataset reads)",
+        "s1": "S1 is on its own EPSG:4326 grid: TorchGeo warps it (WarpedVRT) to the S2 UTM CRS at 10 m",
+        "s2_20_60m": "TorchGeo resamples the 20/60 m bands (and SCL, bilinear) to 10 m per sample",
+        "per_date_pairing": "none: no date in the file names, so one date per scene (mosaics otherwise)",
+        "samples": "image float32 [B, 15, chip, chip] (13 S2 + 2 S1), raw values",
+    }
+    return loader, notes
+
+
+def torchgeo_pass(loader: Any) -> dict:
+    n = 0
+    for sample in loader:
+        n += int(sample["image"].shape[0])
+    return {"chips": n}
+
+
+# ----------------------------------------------------------------------------------------- eoforge
+
+
+def _tiles(chip_ids: list[str], block: int) -> set[tuple[str, int, int]]:
+    """10 m COG tiles (S2 item, tile row, tile col) of chips named ``{s2_item}:{row px}:{col px}``."""
+    out = set()
+    for c in chip_ids:
+        item, r, col = c.rsplit(":", 2)
+        out.add((item, int(r) // block, int(col) // block))
+    return out
+
+
+def eoforge_pass(plan: str, batch: int, block: int, ds_kwargs: dict) -> dict:
+    """One pass of eoforge's stream: ok chips, rows, time to first batch, per-batch diversity."""
+    from eoforge.data.dataset import build_chip_dataset
+
+    t0 = time.perf_counter()
+    ds = build_chip_dataset(plan, split="all", normalize="none", **ds_kwargs)
+    n_ok = n_rows = 0
+    first_s = first_n = None
+    items, tiles = [], []
+    for b in ds.iter_batches(batch_size=batch, batch_format="numpy"):
+        ok = np.asarray(b["ok"], bool)
+        n_ok += int(ok.sum())
+        n_rows += len(ok)
+        if first_s is None:
+            first_s, first_n = time.perf_counter() - t0, int(ok.sum())
+        ids = [str(c) for c in np.asarray(b["chip_id"])[ok]]
+        items.append(len({c.rsplit(":", 2)[0] for c in ids}))
+        tiles.append(len(_tiles(ids, block)))
+    return {"chips": n_ok, "rows": n_rows, "first_s": first_s, "first_n": first_n, "items": items, "tiles": tiles}
+
+
+# ----------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenes", type=int, default=1, help="scenes of the small plan (the large one has twice)")
+    ap.add_argument("--size", type=int, default=1024, help="scene side, px at 10 m")
+    ap.add_argument("--chip", type=int, default=64, help="chip side, px at 10 m")
+    ap.add_argument("--block", type=int, default=512, help="COG internal tile size (0: the demo's 256)")
+    ap.add_argument("--cores", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--torchgeo-workers", type=int, default=None, help="default: 0 with 1 core, else --cores")
+    ap.add_argument("--read-tasks", type=int, default=None, help="build_chip_dataset read_tasks (default --cores)")
+    ap.add_argument("--read-cpus", type=float, default=1.0, help="build_chip_dataset read_cpus")
+    ap.add_argument("--rows-per-task", type=int, default=None, help="build_chip_dataset rows_per_task")
+    ap.add_argument("--skip-torchgeo", action="store_true")
+    ap.add_argument("--workdir", default=None, help="keep data here (default: a temporary folder)")
+    args = ap.parse_args()
+    tg_workers = args.torchgeo_workers if args.torchgeo_workers is not None else (0 if args.cores == 1 else args.cores)
+    block = args.block or 256
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        t0 = time.perf_counter()
+        plan_large, rows_large = make_data(Path(tmp), 2 * args.scenes, args.size, args.chip, args.block, 0)
+        items = list(dict.fromkeys(str(r["s2_item"]) for r in rows_large))
+        if len(items) != 2 * args.scenes:
+            raise SystemExit(f"the plan has {len(items)} S2 items, expected {2 * args.scenes} (one per scene)")
+        rows_small = [r for r in rows_large if r["s2_item"] in items[: args.scenes]]
+        plan_small = str(Path(tmp) / "plan_small.parquet")
+        write_plan(rows_small, plan_small)
+        check_decode_limit(rows_small)
+        print(f"data ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        out: dict[str, Any] = {"chips": len(rows_small), "chips_large": len(rows_large), "chip_px": args.chip}
+        out.update({"scenes": args.scenes, "scenes_large": 2 * args.scenes, "scene_px": args.size})
+        out.update({"block_px": block, "cores": args.cores, "batch": args.batch, "repeats": args.repeats})
+        out["bands"] = {"s2": [*S2_BAND_NAMES], "s2_mask": S2_SCL_ASSET, "s1": [*S1_BAND_NAMES]}
+        results: dict[str, dict] = {}
+        cores = {"decode_limit": 1, "torchgeo": max(1, tg_workers), "eoforge": args.cores}
+
+        pin(1)
+        results["decode_limit"] = measure(
+            lambda: decode_limit_pass(rows_small), lambda: decode_limit_pass(rows_large), args.warmup, args.repeats
+        )
+        out["decode_limit_tiles"] = results["decode_limit"]["rounds"][0][0]["tiles"]
+        _progress("decode_limit", results)
+
+        out["pinned_cpus"] = pin(args.cores)
+        if not args.skip_torchgeo:
+            import torch
+
+            torch.set_num_threads(args.cores)
+            small, notes = torchgeo_loader(rows_small, args.chip, args.batch, tg_workers)
+            large, _ = torchgeo_loader(rows_large, args.chip, args.batch, tg_workers)
+            results["torchgeo"] = measure(
+                lambda: torchgeo_pass(small), lambda: torchgeo_pass(large), args.warmup, args.repeats
+            )
+            out["torchgeo_workers"], out["torchgeo_notes"] = tg_workers, notes
+            _progress("torchgeo", results)
+            del small, large
+
+        import ray
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local instance, as the Makefile runs it
+        ray.init(address="local", num_cpus=args.cores, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            kw: dict[str, Any] = {"read_tasks": args.read_tasks or args.cores, "read_cpus": args.read_cpus}
+            if args.rows_per_task:
+                kw["rows_per_task"] = args.rows_per_task
+            results["eoforge"] = measure(
+                lambda: eoforge_pass(plan_small, args.batch, block, kw),
+                lambda: eoforge_pass(plan_large, args.batch, block, kw),
+                args.warmup,
+                args.repeats,
+            )
+        finally:
+            ray.shutdown()
+        _progress("eoforge", results)
+        out["eoforge_build_chip_dataset"] = kw
+        out.update(_report(results, cores, rows_large, block))
+        out["versions"] = _versions()
+        out["machine"] = {"cpu_count": os.cpu_count(), "cpu": _cpu_model(), "python": pyplatform.python_version()}
+        print(json.dumps(out))
+
+
+def _progress(name: str, results: dict[str, dict]) -> None:
+    r = results[name]
+    print(f"{name}: passes (N, 2N) {r['passes_s']} s; {r['chips_per_s']:.1f} chips/s", file=sys.stderr, flush=True)
+
+
+def _report(results: dict[str, dict], cores: dict[str, int], rows_large: list[dict], block: int) -> dict:
+    """The JSON fields of the rates, ratios, goals and eoforge's batch diversity."""
+    out: dict[str, Any] = {}
+    per_core, e2e_core = {}, {}
+    for name, r in results.items():
+        out[f"{name}_chips_per_s"] = _num(r["chips_per_s"], 2)
+        out[f"{name}_end_to_end_chips_per_s"] = _num(r["end_to_end_chips_per_s"], 2)
+        out[f"{name}_pass_overhead_s"] = _num(r["pass_overhead_s"], 3)
+        out[f"{name}_cores"] = cores[name]
+        per_core[name] = r["chips_per_s"] / cores[name]
+        e2e_core[name] = r["end_to_end_chips_per_s"] / cores[name]
+    out["chips_per_s_per_core"] = _num(per_core["eoforge"], 2)
+    out["ms_per_chip_per_core"] = {k: _num(1000 / v, 3) for k, v in per_core.items()}
+    out["ratio_vs_raw"] = _num(per_core["eoforge"] / per_core["decode_limit"], 4)
+    e2e = {"vs_raw": _num(e2e_core["eoforge"] / e2e_core["decode_limit"], 4)}
+    if "torchgeo" in per_core:
+        out["ratio_vs_torchgeo"] = _num(per_core["eoforge"] / per_core["torchgeo"], 3)
+        e2e["vs_torchgeo"] = _num(e2e_core["eoforge"] / e2e_core["torchgeo"], 3)
+    out["ratios_end_to_end"] = e2e
+    out["goals"] = {
+        "ratio_vs_torchgeo>=3": (out.get("ratio_vs_torchgeo") or 0) >= 3,
+        "ratio_vs_raw>=0.7": (out["ratio_vs_raw"] or 0) >= 0.7,
+        "end_to_end_vs_torchgeo>=3": (e2e.get("vs_torchgeo") or 0) >= 3,
+        "end_to_end_vs_raw>=0.7": (e2e["vs_raw"] or 0) >= 0.7,
+    }
+    eo_small, eo_large = results["eoforge"]["rounds"][len(results["eoforge"]["rounds"]) // 2]
+    out["eoforge_first_batch_s"] = round(eo_small["first_s"], 3)
+    out["eoforge_rows_ok"] = f"{eo_large['chips']}/{eo_large['rows']}"
+    out["batch_diversity"] = {
+        "s2_items_per_batch_mean": round(float(np.mean(eo_large["items"])), 2),
+        "tiles_10m_per_batch_mean": round(float(np.mean(eo_large["tiles"])), 2),
+        "s2_items_in_plan": len({r["s2_item"] for r in rows_large}),
+        "tiles_10m_in_plan": len(_tiles([str(r["chip_id"]) for r in rows_large], block)),
+    }
+    out["passes_s"] = {name: r["passes_s"] for name, r in results.items()}
+    return out
+
+
+def _num(x: float, digits: int) -> float | None:
+    """``x`` rounded, or None (JSON null) when it is not finite (T(2N) <= T(N): too noisy to tell)."""
+    return round(x, digits) if math.isfinite(x) else None
+
+
+def _versions() -> dict[str, str]:
+    import ray
+
+    v = {"rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__, "ray": ray.__version__}
+    try:
+        import torchgeo
+
+        v["torchgeo"] = torchgeo.__version__
+    except ImportError:
+        v["torchgeo"] = "not installed"
+    return v
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return pyplatform.processor()
+
+
+if __name__ == "__main__":
+    main()
