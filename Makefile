@@ -35,8 +35,12 @@ lint: venv
 	$(VENV)/bin/ruff check platform jobs tests bench
 	$(VENV)/bin/ruff format --check platform jobs tests bench
 
+## make bench: chip reading, streaming vs TorchGeo and the decode limit, memory; JSON lines (docs/benchmarks.md).
 bench: venv
+	@$(PY) -c "import torchgeo" 2>/dev/null || EXTRAS=test,bench VENV=$(VENV) bash scripts/bootstrap.sh
 	$(PY) bench/chip_throughput.py --ray
+	$(PY) bench/stream.py
+	$(PY) bench/stream_memory.py
 
 up: venv
 	$(EOFORGE) up
