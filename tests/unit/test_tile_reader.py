@@ -11,7 +11,7 @@ import rasterio
 import torch
 from eoforge.catalog.bands import S1_BAND_NAMES
 from eoforge.config import DataConfig, parse_config
-from eoforge.data.dataset import batch_diversity, epoch_windows, iter_chip_blocks, plan_windows
+from eoforge.data.dataset import batch_diversity, epoch_windows, iter_chip_blocks, plan_windows, shardable_windows
 from eoforge.data.normalize import S1_DB_MEAN, S1_DB_STD, S2_L2A_MEAN, S2_L2A_STD, normalize, normalize_batch
 from eoforge.data.reader import ChipGrid, read_band, read_chip, read_chip_raw
 from eoforge.data.resample import ChipGridKey, SourceGrid, apply_map, sample_map
@@ -162,3 +162,19 @@ def test_resume_skips_rows_without_opening_their_files(demo_plan: Path, monkeypa
     for c in full[:32]:
         if rows[c]["s2_item"] in skipped_items:
             assert not set(json.loads(rows[c]["s2_assets"]).values()) & set(opened), c  # never opened
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_small_plan_gives_every_shard_rows_and_each_row_once(demo_plan: Path, world: int) -> None:
+    # one row group, fewer rows than a default window: whole-window sharding alone gives worker 1 nothing
+    default = plan_windows(str(demo_plan), "all", 1024)
+    assert len(default) == 1
+    windows, window_rows = shardable_windows(str(demo_plan), "all", 1024, world)
+    assert window_rows < 1024 and len(windows) >= 4 * world
+    seen: list[str] = []
+    for rank in range(world):
+        mine = epoch_windows(windows, 7, 0, (rank, world), 0)
+        assert mine, f"shard {rank} of {world} got no rows"
+        blocks = iter_chip_blocks(str(demo_plan), mine, split="all", window_rows=window_rows, min_valid_fraction=0.0)
+        seen += [c for b in blocks for c in b["chip_id"]]
+    assert sorted(seen) == sorted(_rows(demo_plan))

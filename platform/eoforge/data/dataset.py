@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,9 @@ from eoforge.errors import ChipReadError
 from eoforge.plan.io import STREAM_COLUMNS
 
 log = logging.getLogger(__name__)
+
+#: Windows per shard below which a plan is cut into smaller windows (every worker gets rows).
+MIN_WINDOWS_PER_SHARD = 4
 
 #: Optional plan columns passed through to the reader when the plan has them.
 OPTIONAL_COLUMNS = ["clear_fraction", "season", "place_id"]
@@ -101,6 +105,22 @@ def plan_windows(plan_path: str, split: str, window_rows: int) -> tuple[Window, 
             if n:
                 out.append(Window(g, j, n))
     return tuple(out)
+
+
+def shardable_windows(plan_path: str, split: str, window_rows: int, world: int) -> tuple[tuple[Window, ...], int]:
+    """The plan's windows, cut smaller when there are too few for ``world`` shards; and the window size used.
+
+    Whole windows are sharded, so a small plan (one row group, one window) would leave all but one
+    worker without rows: below :data:`MIN_WINDOWS_PER_SHARD` windows per shard the window size
+    shrinks to ``ceil(rows / (MIN_WINDOWS_PER_SHARD * world))``.
+    """
+    windows = plan_windows(plan_path, split, window_rows)
+    if windows and len(windows) < MIN_WINDOWS_PER_SHARD * world:
+        rows = sum(w.rows for w in windows)
+        smaller = max(1, min(window_rows, math.ceil(rows / (MIN_WINDOWS_PER_SHARD * world))))
+        if smaller < window_rows:
+            return plan_windows(plan_path, split, smaller), smaller
+    return windows, window_rows
 
 
 def epoch_windows(
@@ -344,7 +364,7 @@ def build_chip_dataset(
 
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize: unknown mode {normalize!r}; choose one of {NORMALIZATIONS}")
-    windows = plan_windows(str(plan_path), split, window_rows)
+    windows, window_rows = shardable_windows(str(plan_path), split, window_rows, shard[1])
     if not windows:
         raise ChipReadError(f"chip plan {plan_path}: no chips in split {split!r}")
     mine = epoch_windows(windows, shuffle_seed, epoch, shard, skip_rows)
