@@ -249,6 +249,8 @@ def _as_table(frame: gpd.GeoDataFrame | pa.Table | list[dict[str, object]]) -> p
             values = [None if v is None else [float(x) for x in v] for v in values]
         elif pa.types.is_floating(f.type):
             values = [None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v) for v in values]
+        elif pa.types.is_string(f.type):  # rows from pandas carry NaN for a missing text
+            values = [None if isinstance(v, float) and np.isnan(v) else v for v in values]
         arrays.append(pa.array(values, f.type))
     return pa.Table.from_arrays(arrays, schema=PLAN_SCHEMA)
 
