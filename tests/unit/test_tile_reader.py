@@ -14,10 +14,19 @@ from eoforge.config import DataConfig, parse_config
 from eoforge.data.dataset import batch_diversity, epoch_windows, iter_chip_blocks, plan_windows, shardable_windows
 from eoforge.data.normalize import S1_DB_MEAN, S1_DB_STD, S2_L2A_MEAN, S2_L2A_STD, normalize, normalize_batch
 from eoforge.data.reader import ChipGrid, read_band, read_chip, read_chip_raw
-from eoforge.data.resample import ChipGridKey, SourceGrid, apply_map, sample_map
-from eoforge.data.tiles import DatasetCache
+from eoforge.data.resample import (
+    ChipGridKey,
+    SourceGrid,
+    apply_map,
+    mosaics,
+    pixel_centres,
+    reproject_centres,
+    sample_map,
+)
+from eoforge.data.tiles import DatasetCache, read_band_on_grids
 from eoforge.demo.catalog import write_demo_catalog
 from eoforge.plan.io import build_plan, read_plan
+from pyproj import Transformer
 from rasterio.enums import Resampling
 from rasterio.transform import Affine
 
@@ -103,8 +112,6 @@ def test_resampler_matches_gdal_warp_on_a_smooth_field(tmp_path: Path) -> None:
     path33 = write_tif(tmp_path / "b33.tif", arr, "EPSG:32633", Affine(20, 0, 80000, 0, -20, 5010000), nodata=0)
     with rasterio.open(path33) as src:
         sg = SourceGrid(src.crs.to_string(), tuple(src.transform)[:6], src.width, src.height)
-    from pyproj import Transformer
-
     # the source's centre (UTM 33) in UTM 32, and a 32 px chip around it
     x, y = Transformer.from_crs("EPSG:32633", "EPSG:32632", always_xy=True).transform(80640.0, 5009360.0)
     x, y = x - 160, y + 160
@@ -178,3 +185,42 @@ def test_a_small_plan_gives_every_shard_rows_and_each_row_once(demo_plan: Path, 
         blocks = iter_chip_blocks(str(demo_plan), mine, split="all", window_rows=window_rows, min_valid_fraction=0.0)
         seen += [c for b in blocks for c in b["chip_id"]]
     assert sorted(seen) == sorted(_rows(demo_plan))
+
+
+@pytest.mark.parametrize("src_crs", ["EPSG:32632", "EPSG:4326"])
+def test_a_mosaic_gives_each_chip_the_pixels_it_gets_alone(tmp_path: Path, src_crs: str) -> None:
+    # a 20 m source (or a lon/lat one) with nodata holes; 16 px chips on a 10 m lattice, some
+    # hanging over the image's edge: cut from one mosaic they must equal the chip sampled alone
+    rng = np.random.default_rng(3)
+    arr = rng.integers(1, 5000, (40, 40)).astype(np.uint16)
+    arr[10:14, 5:30] = 0
+    if src_crs == "EPSG:4326":
+        transform = Affine(0.00025, 0, 9.0, 0, -0.00025, 45.0)
+        x0, y0 = Transformer.from_crs("EPSG:4326", "EPSG:32632", always_xy=True).transform(9.0, 45.0)
+        x0, y0 = round(x0, -1) + 10, round(y0, -1) - 10
+    else:
+        transform, x0, y0 = Affine(20, 0, 500000, 0, -20, 5000000), 500000.0, 5000000.0
+    path = write_tif(tmp_path / "band.tif", arr, src_crs, transform, nodata=0)
+    grids = [
+        ChipGridKey("EPSG:32632", (10.0, 0.0, x0 + 10 * c, 0.0, -10.0, y0 - 10 * r), 16)
+        for r, c in [(-6, -6), (0, 0), (0, 16), (16, 8), (20, 30), (30, 50), (40, 40), (50, 60), (60, 66)]
+    ]
+    assert max(len(members) for _, members in mosaics(grids)) == len(grids)  # one mosaic
+    cache = DatasetCache()
+    for kind, fill in (("bilinear", 0.0), ("nearest", 255.0)):
+        together = read_band_on_grids(f"file://{path}", grids, kind, fill, cache, None)
+        for g, got in zip(grids, together, strict=True):
+            (alone,) = read_band_on_grids(f"file://{path}", [g], kind, fill, cache, None)
+            assert got.shape == (16, 16) and np.array_equal(got, alone), (kind, g.transform)
+        for edge in (together[0], together[-1]):  # chips hanging over the image's edges
+            assert (edge == fill).any() and (edge != fill).any()
+    cache.close()
+
+
+def test_proj_on_a_node_lattice_is_within_a_hundredth_of_a_pixel() -> None:
+    grid = ChipGridKey("EPSG:32632", (10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0), 200, 300)
+    xs, ys = pixel_centres(grid)
+    lon, lat = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True).transform(xs, ys)
+    alon, alat = reproject_centres(grid, "EPSG:4326")
+    # S1 RTC-like lon/lat pixels of 1e-4 deg (~10 m)
+    assert np.abs(alon - lon).max() / 1e-4 < 0.01 and np.abs(alat - lat).max() / 1e-4 < 0.01

@@ -52,11 +52,79 @@ class SourceGrid:
 
 @dataclass(frozen=True)
 class ChipGridKey:
-    """A chip grid as a hashable key: CRS string, 6 affine numbers, size in pixels."""
+    """A pixel grid as a hashable key: CRS string, 6 affine numbers, ``size`` rows (and ``width`` columns).
+
+    A chip grid is square (``width`` 0 means ``size``); a mosaic of chips (:func:`mosaics`) is not.
+    """
 
     crs: str
     transform: tuple[float, ...]
     size: int
+    width: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) in pixels."""
+        return self.size, self.width or self.size
+
+
+#: Decimals kept of a lattice phase (metres or degrees): chips whose origins agree to this share a lattice.
+PHASE_DECIMALS = 6
+#: Lattice cells (pixels) per mosaic side: chips whose origins fall in one cell are read as one mosaic.
+MOSAIC_CELL = 512
+#: A mosaic is used only when its chips cover at least this share of it (else chip by chip).
+MOSAIC_MIN_FILL = 0.25
+
+
+def _phase(v: float, step: float) -> float:
+    p = round(v % step, PHASE_DECIMALS)
+    return 0.0 if math.isclose(p, step, abs_tol=10**-PHASE_DECIMALS) or p == 0 else p
+
+
+def lattice(grid: ChipGridKey) -> tuple[tuple[str, float, float, float, float], int, int] | None:
+    """The pixel lattice of an unrotated grid and the grid's origin on it, or None (rotated).
+
+    Returns ``((crs, a, e, phase_x, phase_y), col0, row0)``: pixel ``(r, c)`` of the grid has its
+    centre at ``x = phase_x + a * (col0 + c + 0.5)``, ``y = phase_y + e * (row0 + r + 0.5)``.
+    Computing centres from integer lattice indices makes a chip's pixel centres bit-identical
+    whether it is sampled alone or as part of a mosaic, so both give the same pixels exactly.
+    """
+    a, b, c, d, e, f = grid.transform[:6]
+    if b != 0 or d != 0 or a == 0 or e == 0:
+        return None
+    px, py = _phase(c, a), _phase(f, e)
+    return (grid.crs, a, e, px, py), round((c - px) / a), round((f - py) / e)
+
+
+def mosaics(grids: list[ChipGridKey]) -> list[tuple[ChipGridKey, list[tuple[int, int, int]]]]:
+    """Chip grids gathered into mosaic grids that are sampled once and cut into chips.
+
+    Chips on one pixel lattice whose origins fall in one :data:`MOSAIC_CELL` cell make a mosaic
+    (their bounding grid) when they cover at least :data:`MOSAIC_MIN_FILL` of it; any other chip
+    is its own mosaic. Returns ``[(mosaic grid, [(index into grids, row offset, col offset)])]``.
+    """
+    cells: dict[tuple, list[tuple[int, int, int]]] = {}
+    out: list[tuple[ChipGridKey, list[tuple[int, int, int]]]] = []
+    for k, g in enumerate(grids):
+        lat = lattice(g)
+        if lat is None or g.width not in (0, g.size):
+            out.append((g, [(k, 0, 0)]))
+            continue
+        key, col0, row0 = lat
+        cells.setdefault((key, g.size, col0 // MOSAIC_CELL, row0 // MOSAIC_CELL), []).append((k, row0, col0))
+    for (key, size, _, _), members in cells.items():
+        if len(members) == 1:
+            out.append((grids[members[0][0]], [(members[0][0], 0, 0)]))
+            continue
+        r_lo, c_lo = min(m[1] for m in members), min(m[2] for m in members)
+        h, w = max(m[1] for m in members) - r_lo + size, max(m[2] for m in members) - c_lo + size
+        if len(members) * size * size < MOSAIC_MIN_FILL * h * w:
+            out.extend((grids[k], [(k, 0, 0)]) for k, _, _ in members)
+            continue
+        crs, a, e, px, py = key
+        grid = ChipGridKey(crs, (a, 0.0, px + a * c_lo, 0.0, e, py + e * r_lo), h, w)
+        out.append((grid, [(k, r - r_lo, c - c_lo) for k, r, c in members]))
+    return out
 
 
 @dataclass(frozen=True)
@@ -65,21 +133,29 @@ class SampleMap:
 
     Attributes:
         kind: ``aligned``, ``bilinear`` or ``nearest``.
-        size: chip size H = W in pixels.
-        rows, cols: int64 [H, W]: the top-left neighbour (bilinear), the pixel (nearest) or, for
-            ``aligned``, [1] arrays with the chip's offset in the source.
-        wr, wc: float64 [H, W] fractional weights towards row + 1 / col + 1 (bilinear only).
+        shape: the grid's (H, W) in pixels.
+        rows, cols: int32 [H, W], or [H, 1] and [1, W] when the map is separable (same CRS, no
+            rotation: a row of the grid reads one source row): the top-left neighbour (bilinear),
+            the pixel (nearest) or, for ``aligned``, [1] arrays with the chip's offset in the source.
+        wr, wc: float32 weights towards row + 1 / col + 1, shaped like ``rows`` / ``cols`` (bilinear only).
         bbox: (row0, row1, col0, col1) half-open source pixel range needed, clipped to the image
             (row0 >= row1 when the chip does not touch the image).
+        inside: every source pixel the map reads lies in the image (no clipping needed).
     """
 
     kind: str
-    size: int
+    shape: tuple[int, int]
     rows: np.ndarray
     cols: np.ndarray
     wr: np.ndarray | None
     wc: np.ndarray | None
     bbox: tuple[int, int, int, int]
+    inside: bool = True
+
+    @property
+    def separable(self) -> bool:
+        """Rows depend on the grid row only, columns on the grid column only."""
+        return self.rows.ndim == 2 and self.rows.shape[1] == 1 and self.cols.shape[0] == 1
 
 
 def _same_crs(a: str, b: str) -> bool:
@@ -105,8 +181,8 @@ def _gcp_local(src: SourceGrid, grid: ChipGridKey) -> tuple[GCPTransformer, str]
     if len(src.gcps) < 3:
         raise ChipReadError(f"only {len(src.gcps)} GCPs: at least 3 are needed to georeference")
     gcps = [GroundControlPoint(row=r, col=c, x=x, y=y) for r, c, x, y in src.gcps]
-    cx, cy = Affine(*grid.transform) * (grid.size / 2, grid.size / 2)
-    lon, lat = Transformer.from_crs(grid.crs, src.crs, always_xy=True).transform(cx, cy)
+    cx, cy = Affine(*grid.transform) * (grid.shape[1] / 2, grid.shape[0] / 2)
+    lon, lat = _transformer(grid.crs, src.crs).transform(cx, cy)
     r, c = GCPTransformer(gcps).rowcol(np.asarray([lon]), np.asarray([lat]), op=lambda v: v)
     centre = np.array([float(np.asarray(r).ravel()[0]), float(np.asarray(c).ravel()[0])])
     pts = np.array([[g.row, g.col] for g in gcps])
@@ -114,29 +190,93 @@ def _gcp_local(src: SourceGrid, grid: ChipGridKey) -> tuple[GCPTransformer, str]
     return GCPTransformer(near), src.crs
 
 
+@functools.lru_cache(maxsize=64)
+def _transformer(src_crs: str, dst_crs: str) -> Transformer:
+    return Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+
+
+def pixel_centres(grid: ChipGridKey) -> tuple[np.ndarray, np.ndarray]:
+    """x, y of every pixel centre of ``grid``: float64 [H, W] each (see :func:`lattice`)."""
+    h, w = grid.shape
+    lat = lattice(grid)
+    if lat is None:
+        cc, rr = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+        xs, ys = Affine(*grid.transform) * (cc, rr)
+        return np.asarray(xs, float), np.asarray(ys, float)
+    (_, a, e, px, py), col0, row0 = lat
+    xs = px + a * (col0 + np.arange(w) + 0.5)
+    ys = py + e * (row0 + np.arange(h) + 0.5)
+    return np.broadcast_to(xs, (h, w)), np.broadcast_to(ys[:, None], (h, w))
+
+
+#: Lattice pixels between the nodes where PROJ is evaluated exactly (see :func:`reproject_centres`).
+PROJ_NODE_STEP = 16
+
+
+def reproject_centres(grid: ChipGridKey, dst_crs: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres of ``grid`` in ``dst_crs``: float64 [H, W] each, PROJ on a sparse node lattice.
+
+    PROJ runs on the pixel centres of every :data:`PROJ_NODE_STEP`-th lattice index (the nodes are
+    anchored to the lattice, not to the grid, so a chip alone and in a mosaic see the same nodes)
+    and the centres in between are interpolated bilinearly: GDAL's approximate transformer does
+    the same. Over 16 px of 10 m the interpolation error is far below 0.01 px
+    (``tests/unit/test_tile_reader.py``); a chip costs about 1/256 of the PROJ calls.
+    """
+    (_, a, e, px, py), col0, row0 = lattice(grid)  # type: ignore[misc]
+    h, w = grid.shape
+    step = PROJ_NODE_STEP
+    ci, ri = col0 + np.arange(w), row0 + np.arange(h)  # global lattice indices
+    nc0, nr0 = col0 // step, row0 // step
+    ncols, nrows = (col0 + w - 1) // step - nc0 + 2, (row0 + h - 1) // step - nr0 + 2
+    node_x = px + a * ((nc0 + np.arange(ncols)) * step + 0.5)
+    node_y = py + e * ((nr0 + np.arange(nrows)) * step + 0.5)
+    gx, gy = np.meshgrid(node_x, node_y)
+    nx, ny = _transformer(grid.crs, dst_crs).transform(gx, gy)
+    nx, ny = np.asarray(nx, float), np.asarray(ny, float)
+    jc, jr = ci // step - nc0, ri // step - nr0  # node left of / above each pixel
+    tc, tr = ((ci % step) / step)[None, :], ((ri % step) / step)[:, None]
+    jc, jr = jc[None, :], jr[:, None]
+
+    def interp(v: np.ndarray) -> np.ndarray:
+        top = v[jr, jc] * (1 - tc) + v[jr, jc + 1] * tc
+        bottom = v[jr + 1, jc] * (1 - tc) + v[jr + 1, jc + 1] * tc
+        return top * (1 - tr) + bottom * tr
+
+    return interp(nx), interp(ny)
+
+
 def source_coords(src: SourceGrid, grid: ChipGridKey) -> tuple[np.ndarray, np.ndarray]:
-    """Continuous source (row, col) of every chip pixel centre: float64 [H, W] each."""
-    n = grid.size
-    cc, rr = np.meshgrid(np.arange(n) + 0.5, np.arange(n) + 0.5)
-    xs, ys = Affine(*grid.transform) * (cc.ravel(), rr.ravel())
+    """Continuous source (row, col) of every grid pixel centre: float64 [H, W] each."""
+    h, w = grid.shape
+    xs, ys = pixel_centres(grid)
     if src.gcps is not None:
         local, gcp_crs = _gcp_local(src, grid)
-        lon, lat = Transformer.from_crs(grid.crs, gcp_crs, always_xy=True).transform(xs, ys)
+        lon, lat = _transformer(grid.crs, gcp_crs).transform(xs.ravel(), ys.ravel())
         r, c = local.rowcol(np.asarray(lon), np.asarray(lat), op=lambda v: v)
-        return np.asarray(r, float).reshape(n, n), np.asarray(c, float).reshape(n, n)
+        return np.asarray(r, float).reshape(h, w), np.asarray(c, float).reshape(h, w)
     if src.crs is None:
         raise ChipReadError("no CRS and no GCPs: the file cannot be georeferenced (refusing a silent read)")
     if not _same_crs(src.crs, grid.crs):
-        xs, ys = Transformer.from_crs(grid.crs, src.crs, always_xy=True).transform(xs, ys)
-    c, r = ~Affine(*src.transform) * (np.asarray(xs, float), np.asarray(ys, float))
-    return np.asarray(r, float).reshape(n, n), np.asarray(c, float).reshape(n, n)
+        if lattice(grid):
+            xs, ys = reproject_centres(grid, src.crs)
+        else:
+            xs, ys = _transformer(grid.crs, src.crs).transform(xs, ys)
+    st = ~Affine(*src.transform)
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    c = st.a * xs + st.b * ys + st.c
+    r = st.d * xs + st.e * ys + st.f
+    return np.asarray(r, float).reshape(h, w), np.asarray(c, float).reshape(h, w)
 
 
 def _clip_bbox(r0: int, r1: int, c0: int, c1: int, src: SourceGrid) -> tuple[int, int, int, int]:
     return max(0, r0), min(src.height, r1), max(0, c0), min(src.width, c1)
 
 
-@functools.lru_cache(maxsize=512)
+#: Sample maps kept (a 512 px mosaic's map is ~4 MB when not separable, KB when separable).
+SAMPLE_MAP_CACHE = 32
+
+
+@functools.lru_cache(maxsize=SAMPLE_MAP_CACHE)
 def sample_map(src: SourceGrid, grid: ChipGridKey, kind: str) -> SampleMap:
     """The map of ``grid`` on ``src`` for ``kind`` (``bilinear`` or ``nearest``); cached per triple.
 
@@ -145,24 +285,29 @@ def sample_map(src: SourceGrid, grid: ChipGridKey, kind: str) -> SampleMap:
     Raises:
         ChipReadError: the source cannot be georeferenced.
     """
-    n = grid.size
+    h, w = grid.shape
     off = _aligned(src, grid)
     if off is not None:
         r, c = off
         one = np.array([0])
-        return SampleMap("aligned", n, one + r, one + c, None, None, _clip_bbox(r, r + n, c, c + n, src))
+        return SampleMap("aligned", (h, w), one + r, one + c, None, None, _clip_bbox(r, r + h, c, c + w, src))
     row, col = source_coords(src, grid)
+    if (row == row[:, :1]).all() and (col == col[:1, :]).all():
+        row, col = row[:, :1], col[:1, :]  # separable: keep one column / one row
     if kind == "nearest":
-        ri, ci = np.floor(row).astype(np.int64), np.floor(col).astype(np.int64)
-        bbox = _clip_bbox(int(ri.min()), int(ri.max()) + 1, int(ci.min()), int(ci.max()) + 1, src)
-        return SampleMap("nearest", n, ri, ci, None, None, bbox)
+        ri, ci = np.floor(row).astype(np.int32), np.floor(col).astype(np.int32)
+        full = (int(ri.min()), int(ri.max()) + 1, int(ci.min()), int(ci.max()) + 1)
+        bbox = _clip_bbox(*full, src)
+        return SampleMap("nearest", (h, w), ri, ci, None, None, bbox, bbox == full)
     if kind != "bilinear":
         raise ValueError(f"sample_map: unknown kind {kind!r}; expected bilinear or nearest")
     fy, fx = row - 0.5, col - 0.5
     r0, c0 = np.floor(fy), np.floor(fx)
-    ri, ci = r0.astype(np.int64), c0.astype(np.int64)
-    bbox = _clip_bbox(int(ri.min()), int(ri.max()) + 2, int(ci.min()), int(ci.max()) + 2, src)
-    return SampleMap("bilinear", n, ri, ci, fy - r0, fx - c0, bbox)
+    ri, ci = r0.astype(np.int32), c0.astype(np.int32)
+    full = (int(ri.min()), int(ri.max()) + 2, int(ci.min()), int(ci.max()) + 2)
+    bbox = _clip_bbox(*full, src)
+    wr, wc = (fy - r0).astype(np.float32), (fx - c0).astype(np.float32)
+    return SampleMap("bilinear", (h, w), ri, ci, wr, wc, bbox, bbox == full)
 
 
 def union_bbox(maps: list[SampleMap]) -> tuple[int, int, int, int]:
@@ -192,12 +337,12 @@ def apply_map(m: SampleMap, data: np.ndarray, origin: tuple[int, int], nodata: f
         fill: value of chip pixels outside the image, on nodata, or with no valid neighbour.
 
     Returns:
-        float32 [H, W].
+        float32 [H, W] (the map's shape).
     """
-    n, (R0, C0) = m.size, origin
+    shape, (R0, C0) = m.shape, origin
     h, w = data.shape
     if m.kind == "aligned":
-        out = np.full((n, n), fill, np.float32)
+        out = np.full(shape, fill, np.float32)
         r, c = int(m.rows[0]), int(m.cols[0])
         r0, r1, c0, c1 = m.bbox
         if r0 < r1 and c0 < c1:
@@ -207,31 +352,63 @@ def apply_map(m: SampleMap, data: np.ndarray, origin: tuple[int, int], nodata: f
             out[r0 - r : r1 - r, c0 - c : c1 - c] = vals
         return out
 
-    def gather(ri: np.ndarray, ci: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        inside = (ri >= R0) & (ri < R0 + h) & (ci >= C0) & (ci < C0 + w)
-        v = data[np.clip(ri - R0, 0, max(h - 1, 0)), np.clip(ci - C0, 0, max(w - 1, 0))] if h and w else None
-        if v is None:
-            return np.zeros(ri.shape, np.float64), np.zeros(ri.shape, bool)
-        ok = inside & _valid(v, nodata)
-        return np.where(ok, v.astype(np.float64), 0.0), ok
-
+    if m.kind not in ("nearest", "bilinear"):
+        raise ValueError(f"apply_map: unknown kind {m.kind!r}")
+    h, w = data.shape
+    if not (h and w):
+        return np.full(shape, fill, np.float32)
+    rows, cols = m.rows.astype(np.intp) - R0, m.cols.astype(np.intp) - C0
+    ok_flat = _valid(data, nodata).ravel()
+    checked = not (m.inside and bool(ok_flat.all()))  # some neighbours may be outside or invalid
+    steps = ((0, 0),) if m.kind == "nearest" else ((0, 0), (0, 1), (1, 0), (1, 1))
+    flat = data.ravel()
+    idx, ok = [], []
+    for dr, dc in steps:
+        r, c = rows + dr, cols + dc
+        if checked:
+            inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+            r, c = np.clip(r, 0, h - 1), np.clip(c, 0, w - 1)
+            k = r * w + c
+            ok.append(np.broadcast_to(inside & ok_flat[k], shape))
+        else:
+            k = r * w + c
+        idx.append(k)
     if m.kind == "nearest":
-        v, ok = gather(m.rows, m.cols)
-        return np.where(ok, v, fill).astype(np.float32)
+        out = flat[np.broadcast_to(idx[0], shape)].astype(np.float32)
+        return np.where(ok[0], out, np.float32(fill)) if checked else out
     assert m.wr is not None and m.wc is not None
-    acc = np.zeros((n, n), np.float64)
-    wsum = np.zeros((n, n), np.float64)
-    for dr, dc, wgt in (
-        (0, 0, (1 - m.wr) * (1 - m.wc)),
-        (0, 1, (1 - m.wr) * m.wc),
-        (1, 0, m.wr * (1 - m.wc)),
-        (1, 1, m.wr * m.wc),
-    ):
-        v, ok = gather(m.rows + dr, m.cols + dc)
-        wk = np.where(ok, wgt, 0.0)
-        acc += wk * v
+    wr, wc = m.wr, m.wc
+    # each pixel's value depends only on its own four neighbours and weights (never on the rest
+    # of the window), so a chip sampled alone and as part of a mosaic gives the same float32 values
+    if m.separable:
+        r_lo = int(max(rows.min(), 0))
+        r_hi = int(min(rows.max() + 2, h))
+        c_left = np.clip(cols[0], 0, w - 1)
+        c_right = np.clip(cols[0] + 1, 0, w - 1)
+        band = data[r_lo:r_hi]
+        across = band[:, c_left].astype(np.float32) * (1 - wc) + band[:, c_right].astype(np.float32) * wc
+        top = np.clip(rows[:, 0] - r_lo, 0, r_hi - r_lo - 1)
+        bottom = np.clip(rows[:, 0] + 1 - r_lo, 0, r_hi - r_lo - 1)
+        out = across[top] * (1 - wr) + across[bottom] * wr
+    else:
+        weights = ((1 - wr) * (1 - wc), (1 - wr) * wc, wr * (1 - wc), wr * wc)
+        out = np.zeros(shape, np.float32)
+        for k, wk in zip(idx, weights, strict=True):
+            out += wk * flat[k].astype(np.float32)
+    if not checked:
+        return out
+    all_ok = ok[0] & ok[1] & ok[2] & ok[3]
+    if all_ok.all():
+        return out
+    # pixels with a neighbour outside the image or invalid: renormalise over the valid ones
+    bad = ~all_ok
+    wrb, wcb = np.broadcast_to(wr, shape)[bad], np.broadcast_to(wc, shape)[bad]
+    acc = np.zeros(wrb.shape, np.float32)
+    wsum = np.zeros(wrb.shape, np.float32)
+    for k, okk, wk in zip(idx, ok, ((1 - wrb) * (1 - wcb), (1 - wrb) * wcb, wrb * (1 - wcb), wrb * wcb), strict=True):
+        wk = np.where(okk[bad], wk, np.float32(0))
+        acc += wk * np.where(okk[bad], flat[np.broadcast_to(k, shape)[bad]], 0).astype(np.float32)
         wsum += wk
     good = wsum > 1e-5
-    out = np.full((n, n), fill, np.float64)
-    out[good] = acc[good] / wsum[good]
-    return out.astype(np.float32)
+    out[bad] = np.where(good, acc / np.where(good, wsum, 1), np.float32(fill))
+    return out

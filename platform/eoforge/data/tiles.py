@@ -38,7 +38,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_INVALID
-from eoforge.data.resample import ChipGridKey, SampleMap, SourceGrid, apply_map, sample_map, union_bbox
+from eoforge.data.resample import ChipGridKey, SampleMap, SourceGrid, apply_map, mosaics, sample_map, union_bbox
 from eoforge.errors import ChipReadError
 
 #: The S2 band whose COG's internal tiles define the groups (a 10 m band).
@@ -200,7 +200,7 @@ def _parse(row: dict[str, Any]) -> _Parsed:
     )
 
 
-def _read_band_for_rows(
+def read_band_on_grids(
     href: str,
     grids: list[ChipGridKey],
     kind: str,
@@ -208,10 +208,16 @@ def _read_band_for_rows(
     cache: DatasetCache,
     sign: Callable[[str], str] | None,
 ) -> list[np.ndarray]:
-    """Band 1 of ``href`` on each grid: float32 [H, W] each, one window read for all of them."""
+    """Band 1 of ``href`` on each grid: float32 [H, W] each, one window read for all of them.
+
+    Chips on one lattice are sampled as mosaics (:func:`eoforge.data.resample.mosaics`), one map
+    and one resampling pass per mosaic, and cut by slicing; a source georeferenced by GCPs is
+    sampled chip by chip (its local GCP fit depends on the chip's centre).
+    """
     src = cache.get(href, sign)
+    groups = [(g, [(k, 0, 0)]) for k, g in enumerate(grids)] if src.grid.gcps is not None else mosaics(grids)
     try:
-        maps: list[SampleMap] = [sample_map(src.grid, g, kind) for g in grids]
+        maps: list[SampleMap] = [sample_map(src.grid, g, kind) for g, _ in groups]
         r0, r1, c0, c1 = union_bbox(maps)
         if r0 < r1 and c0 < c1:
             data = src.ds.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
@@ -221,7 +227,13 @@ def _read_band_for_rows(
         raise ChipReadError(f"{href}: {exc}") from None
     except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
         raise ChipReadError(f"{href}: {type(exc).__name__}: {exc}") from None
-    return [apply_map(m, data, (r0, c0), src.nodata, fill) for m in maps]
+    out: list[np.ndarray | None] = [None] * len(grids)
+    for m, (_, members) in zip(maps, groups, strict=True):
+        pixels = apply_map(m, data, (r0, c0), src.nodata, fill)
+        for k, dr, dc in members:
+            h, w = grids[k].shape
+            out[k] = pixels[dr : dr + h, dc : dc + w]
+    return out  # type: ignore[return-value]
 
 
 def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip | ChipReadError]:
@@ -252,22 +264,27 @@ def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip |
         for b in S1_BAND_NAMES:
             jobs.setdefault(("s1", p.s1_assets[b], "bilinear", float("nan")), []).append(i)
     pixels: dict[tuple[int, str, str], np.ndarray] = {}
-    for (sensor, href, kind, fill), idx in jobs.items():
-        idx = [i for i in idx if out[i] is None]
-        if not idx:
-            continue
-        access = parsed[idx[0]].access.get(sensor, {})
-        try:
-            with rasterio.Env(**GDAL_ENV, **access.get("env", {})):
-                bands = _read_band_for_rows(
-                    href, [parsed[i].grid for i in idx], kind, fill, cache, resolve_signer(access.get("signing"))
-                )
-        except ChipReadError as exc:
-            for i in idx:
-                out[i] = exc
-            continue
-        for i, band in zip(idx, bands, strict=True):
-            pixels[(i, href, kind)] = band
+    # one GDAL environment per (sensor, access settings), entered once for all of its files
+    by_env: dict[str, list[tuple[tuple[str, str, str, float], list[int]]]] = {}
+    for job, idx in jobs.items():
+        access = parsed[idx[0]].access.get(job[0], {})
+        by_env.setdefault(json.dumps(access, sort_keys=True), []).append((job, idx))
+    for access_json, env_jobs in by_env.items():
+        access = json.loads(access_json)
+        sign = resolve_signer(access.get("signing"))
+        with rasterio.Env(**GDAL_ENV, **access.get("env", {})):
+            for (_, href, kind, fill), idx in env_jobs:
+                idx = [i for i in idx if out[i] is None]
+                if not idx:
+                    continue
+                try:
+                    bands = read_band_on_grids(href, [parsed[i].grid for i in idx], kind, fill, cache, sign)
+                except ChipReadError as exc:
+                    for i in idx:
+                        out[i] = exc
+                    continue
+                for i, band in zip(idx, bands, strict=True):
+                    pixels[(i, href, kind)] = band
     for i, p in parsed.items():
         if out[i] is not None:
             continue

@@ -69,9 +69,7 @@ def model_inputs(batch: dict[str, np.ndarray], device: torch.device, mode: str) 
     """(s1, s2) float32 on ``device`` from a cached batch in storage units, normalised there."""
     from eoforge.data.normalize import normalize_batch
 
-    s2, s1 = normalize_batch(
-        *(torch.from_numpy(np.asarray(batch[k])).to(device) for k in ("s2", "s1", "valid")), mode
-    )
+    s2, s1 = normalize_batch(*(torch.from_numpy(np.asarray(batch[k])).to(device) for k in ("s2", "s1", "valid")), mode)
     return s1, s2
 
 
