@@ -11,7 +11,14 @@ import rasterio
 import torch
 from eoforge.catalog.bands import S1_BAND_NAMES
 from eoforge.config import DataConfig, parse_config
-from eoforge.data.dataset import batch_diversity, epoch_windows, iter_chip_blocks, plan_windows, shardable_windows
+from eoforge.data.dataset import (
+    batch_diversity,
+    epoch_window_sets,
+    epoch_windows,
+    iter_chip_blocks,
+    plan_windows,
+    shardable_windows,
+)
 from eoforge.data.normalize import S1_DB_MEAN, S1_DB_STD, S2_L2A_MEAN, S2_L2A_STD, normalize, normalize_batch
 from eoforge.data.reader import ChipGrid, read_band, read_chip, read_chip_raw
 from eoforge.data.resample import (
@@ -51,8 +58,8 @@ def _rows(plan: Path) -> dict[str, dict]:
     return {r["chip_id"]: r for r in frame.drop(columns="geometry").to_dict("records")}
 
 
-def _stream(plan: Path, skip_rows: int = 0, **kw: object) -> list[dict[str, np.ndarray]]:
-    windows = epoch_windows(plan_windows(str(plan), "all", 16), 7, 1, (0, 1), skip_rows)
+def _stream(plan: Path, skip_rows: int = 0, mix: int = 1, **kw: object) -> list[dict[str, np.ndarray]]:
+    windows = epoch_window_sets(plan_windows(str(plan), "all", 16), 7, 1, (0, 1), skip_rows, mix)
     return list(iter_chip_blocks(str(plan), windows, split="all", window_rows=16, min_valid_fraction=0.0, **kw))
 
 
@@ -148,10 +155,25 @@ def test_batches_mix_tiles_and_report_diversity(demo_plan: Path) -> None:
     assert np.mean([x["same_tile_pair_share"] for x in d]) < 0.5
 
 
-def test_resume_skips_rows_without_opening_their_files(demo_plan: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    full = [c for b in _stream(demo_plan, chunk_rows=8) for c in b["chip_id"]]
-    assert full == [c for b in _stream(demo_plan, chunk_rows=8) for c in b["chip_id"]]  # deterministic order
-    skip = 37  # two whole windows of 16 rows, then 5 rows into the third
+def test_window_sets_mix_places_and_scenes_into_each_batch(demo_plan: Path) -> None:
+    rows = _rows(demo_plan)
+
+    def items_per_batch(mix: int) -> float:
+        ids = [c for b in _stream(demo_plan, mix=mix, chunk_rows=32) for c in b["chip_id"]]
+        assert sorted(ids) == sorted(rows)  # every row once, whatever the mixing
+        return float(np.mean([len({rows[c]["s2_item"] for c in ids[i : i + 8]}) for i in range(0, len(ids) - 7, 8)]))
+
+    assert items_per_batch(1) == 1.0  # a 16-row window is one scene: every batch of 8 from one S2 item
+    assert items_per_batch(4) > 1.5
+
+
+@pytest.mark.parametrize("mix", [1, 2])
+def test_resume_skips_rows_without_opening_their_files(
+    demo_plan: Path, monkeypatch: pytest.MonkeyPatch, mix: int
+) -> None:
+    full = [c for b in _stream(demo_plan, mix=mix, chunk_rows=8) for c in b["chip_id"]]
+    assert full == [c for b in _stream(demo_plan, mix=mix, chunk_rows=8) for c in b["chip_id"]]  # deterministic
+    skip = 37  # two whole windows of 16 rows (one set of 2 when mix=2), then 5 rows into the next
     opened: list[str] = []
     real_get = DatasetCache.get
 
@@ -161,7 +183,7 @@ def test_resume_skips_rows_without_opening_their_files(demo_plan: Path, monkeypa
         return real_get(self, href, sign)  # type: ignore[arg-type]
 
     monkeypatch.setattr(DatasetCache, "get", counting_get)
-    resumed = [c for b in _stream(demo_plan, skip_rows=skip, chunk_rows=8) for c in b["chip_id"]]
+    resumed = [c for b in _stream(demo_plan, skip_rows=skip, mix=mix, chunk_rows=8) for c in b["chip_id"]]
     assert resumed == full[skip:]
     rows = _rows(demo_plan)
     skipped_items = {rows[c]["s2_item"] for c in full[:32]} - {rows[c]["s2_item"] for c in full[skip:]}

@@ -3,20 +3,22 @@
 The driver never holds the plan. It streams the plan's ``split`` column once (one small column,
 batch by batch) to cut the plan into *windows* of ``window_rows`` consecutive rows and count the
 split's rows in each (:func:`plan_windows`; cached per process). An epoch is a seeded
-permutation of the windows (:func:`epoch_windows`); a worker of a multi-worker run takes every
-``world``-th one. Each window goes to a CPU-only reading actor (:class:`TileChipReader`) which:
+permutation of the windows, taken in sets of ``mix_windows`` (:func:`epoch_window_sets`); a worker
+of a multi-worker run takes every ``world``-th window. Each set goes to a CPU-only reading actor
+(:class:`TileChipReader`) which:
 
-1. reads the window's plan rows (columns and split filter pushed into the Parquet read);
-2. groups them by source tile (:func:`eoforge.data.tiles.tile_key`), shuffles the groups
-   (seed, epoch, window), packs consecutive groups into chunks of >= ``chunk_rows`` rows and
-   permutes each chunk's rows: the chunk is the shuffle buffer, so a batch mixes many tiles
-   (a batch from one tile gives contrastive training near-duplicate negatives);
+1. reads the set's plan rows (columns and split filter pushed into the Parquet read);
+2. groups them by source tile (:func:`eoforge.data.tiles.tile_key`), shuffles the groups of all
+   the set's windows together (seed, epoch, set), packs consecutive groups into chunks of
+   >= ``chunk_rows`` rows and permutes each chunk's rows: the chunk is the shuffle buffer, so a
+   batch mixes many tiles of several places and scenes (a batch from one tile gives contrastive
+   training near-duplicate negatives; :func:`batch_diversity` measures it);
 3. drops the first ``skip`` rows of that order (resume), then reads each group's assets once
    and cuts its chips (:func:`eoforge.data.tiles.read_rows`), one output block per chunk.
 
 The row order of an epoch is a function of (plan, split, seed, epoch, shard) only, and is fixed
 before any pixel is read, so a run resumed mid-epoch passes ``skip_rows`` = rows already
-trained: whole windows are dropped on the driver and their files are never opened.
+trained: whole window sets are dropped on the driver and their files are never opened.
 
 Columns out (one row per chip):
 
@@ -35,6 +37,7 @@ training loop drops and counts these rows (:func:`split_ok`), and the count reac
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -144,6 +147,31 @@ def epoch_windows(
     return out
 
 
+def epoch_window_sets(
+    windows: tuple[Window, ...], seed: int, epoch: int, shard: tuple[int, int], skip_rows: int, mix: int
+) -> list[tuple[Window, ...]]:
+    """This shard's windows for ``epoch`` in sets of ``mix``, read and shuffled together.
+
+    The first ``skip_rows`` rows (of the sets' shuffled order) are left out: sets wholly inside
+    the skipped rows are dropped here (never read); the set the skip ends in carries the rest as
+    its first window's ``skip``.
+    """
+    rank, world = shard
+    order = np.random.default_rng([seed, epoch]).permutation(len(windows))
+    mine = [windows[i] for i in order[rank::world]]
+    out = []
+    for k in range(0, len(mine), max(1, mix)):
+        group = mine[k : k + max(1, mix)]
+        rows = sum(w.rows for w in group)
+        if skip_rows >= rows:
+            skip_rows -= rows
+            continue
+        first = group[0]
+        out.append((Window(first.row_group, first.index, first.rows, skip_rows), *group[1:]))
+        skip_rows = 0
+    return out
+
+
 def batch_diversity(tile_keys: np.ndarray | list[str]) -> dict[str, float]:
     """Diversity of one batch: distinct source tiles and the share of same-tile pairs.
 
@@ -246,15 +274,20 @@ class TileChipReader:
                 return table.to_pylist()
         raise ChipReadError(f"chip plan {self.plan_path}: window {w} not found (plan changed while reading?)")
 
-    def order(self, w: Window, rows: list[dict[str, Any]]) -> list[list[tuple[str, int]]]:
-        """The window's chunks: each a list of (tile key, row index), in the epoch's order."""
+    def order(self, w: Window | tuple[Window, ...], rows: list[dict[str, Any]]) -> list[list[tuple[str, int]]]:
+        """The chunks of a window (or a set of windows): each a list of (tile key, row index), in the epoch's order.
+
+        Tile groups of every window of the set are permuted together, so one chunk (the shuffle
+        buffer) mixes tiles of several windows, i.e. of several places and scenes of the plan.
+        """
         from eoforge.data.tiles import group_rows
 
+        first = w[0] if isinstance(w, tuple) else w
         if self.tile_aware:
             groups = list(group_rows(rows, self.cache))
         else:
             groups = [(f"row{i}", [i]) for i in range(len(rows))]
-        rng = np.random.default_rng([self.seed, self.epoch, w.row_group, w.index])
+        rng = np.random.default_rng([self.seed, self.epoch, first.row_group, first.index])
         chunks: list[list[tuple[str, int]]] = [[]]
         for g in rng.permutation(len(groups)):
             key, idx = groups[int(g)]
@@ -264,18 +297,21 @@ class TileChipReader:
         return [[chunk[int(i)] for i in rng.permutation(len(chunk))] for chunk in chunks if chunk]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        """Read the windows of ``batch`` (columns of :class:`Window`); yields one block per chunk."""
-        for k in range(len(batch["row_group"])):
-            w = Window(*(int(batch[f][k]) for f in ("row_group", "index", "rows", "skip")))
-            yield from self.read_window(w)
+        """Read the window sets of ``batch`` (``windows``: JSON lists of Window fields); one block per chunk."""
+        for spec in batch["windows"]:
+            yield from self.read_windows(tuple(Window(*map(int, f)) for f in json.loads(str(spec))))
 
     def read_window(self, w: Window) -> Iterator[dict[str, np.ndarray]]:
         """The chip blocks of one window (its first ``w.skip`` rows left out, unread)."""
+        yield from self.read_windows((w,))
+
+    def read_windows(self, ws: tuple[Window, ...]) -> Iterator[dict[str, np.ndarray]]:
+        """The chip blocks of a set of windows, shuffled together (the first ``ws[0].skip`` rows left out, unread)."""
         from eoforge.data.tiles import read_rows
 
-        rows = self.window_rows_of(w)
-        skip = w.skip
-        for chunk in self.order(w, rows):
+        rows = [row for w in ws for row in self.window_rows_of(w)]
+        skip = ws[0].skip
+        for chunk in self.order(ws, rows):
             if skip >= len(chunk):
                 skip -= len(chunk)
                 continue
@@ -312,11 +348,16 @@ class TileChipReader:
         return out
 
 
-def iter_chip_blocks(plan_path: str, windows: list[Window], **reader_kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
-    """The blocks :func:`build_chip_dataset` streams, read in this process (benchmarks, tests)."""
+def iter_chip_blocks(
+    plan_path: str, windows: list[Window] | list[tuple[Window, ...]], **reader_kwargs: Any
+) -> Iterator[dict[str, np.ndarray]]:
+    """The blocks :func:`build_chip_dataset` streams, read in this process (benchmarks, tests).
+
+    ``windows``: single windows (:func:`epoch_windows`) or sets of them (:func:`epoch_window_sets`).
+    """
     reader = TileChipReader(plan_path, **reader_kwargs)
     for w in windows:
-        yield from reader.read_window(w)
+        yield from reader.read_windows(w if isinstance(w, tuple) else (w,))
 
 
 def build_chip_dataset(
@@ -326,13 +367,14 @@ def build_chip_dataset(
     min_valid_fraction: float = 0.5,
     read_tasks: int = 2,
     read_cpus: float = 0.5,
-    rows_per_task: int = 256,
+    rows_per_task: int = 512,
     *,
     shuffle_seed: int = 0,
     epoch: int = 0,
     skip_rows: int = 0,
     shard: tuple[int, int] = (0, 1),
     window_rows: int = 1024,
+    mix_windows: int = 4,
     tile_aware: bool = True,
     max_open: int = 64,
 ) -> Any:
@@ -347,12 +389,14 @@ def build_chip_dataset(
         min_valid_fraction: chips below this valid-pixel share are skipped and counted.
         read_tasks: most reading actors at once (CPU only: ``num_gpus=0``).
         read_cpus: logical CPUs reserved per reading actor.
-        rows_per_task: rows per shuffle chunk (one output block; whole tile groups).
+        rows_per_task: rows per shuffle chunk (one output block; whole tile groups): the shuffle
+            buffer; a 32-chip batch mixes about ``rows_per_task / chips per tile`` tiles.
         shuffle_seed: seed of the epochs' row orders (see module docstring).
         epoch: which epoch's order to stream.
         skip_rows: rows of this epoch (and shard) already trained: left out before reading.
         shard: (rank, world): this consumer's share of the windows.
         window_rows: plan rows per window.
+        mix_windows: windows (random places of the plan) read and shuffled together by one actor call.
         tile_aware: False reads every chip on its own (benchmark baseline).
         max_open: open datasets per reading actor (LRU).
 
@@ -367,10 +411,10 @@ def build_chip_dataset(
     windows, window_rows = shardable_windows(str(plan_path), split, window_rows, shard[1])
     if not windows:
         raise ChipReadError(f"chip plan {plan_path}: no chips in split {split!r}")
-    mine = epoch_windows(windows, shuffle_seed, epoch, shard, skip_rows)
+    mine = epoch_window_sets(windows, shuffle_seed, epoch, shard, skip_rows, mix_windows)
     if not mine:
         raise ChipReadError(f"chip plan {plan_path}: no chips of split {split!r} left after skipping {skip_rows}")
-    items = [{"row_group": w.row_group, "index": w.index, "rows": w.rows, "skip": w.skip} for w in mine]
+    items = [{"windows": json.dumps([[w.row_group, w.index, w.rows, w.skip] for w in ws])} for ws in mine]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # the epoch's order is fixed before reading: keep it (resume skips rows by position)
     ds.context.execution_options.preserve_order = True
