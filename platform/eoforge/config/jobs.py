@@ -34,6 +34,14 @@ class PlanSource(PlanInput):
     """A plan plus the split a pretraining job streams."""
 
     split: Literal["train", "val", "test", "all"] = "train"
+    shuffle_rows: PosInt = Field(
+        512,
+        description="Rows per shuffle chunk (one reading block, whole source tiles): a batch mixes about "
+        "shuffle_rows / chips-per-tile tiles; a reading actor holds one chunk of pixels (~115 KB per 64 px chip).",
+    )
+    mix_windows: PosInt = Field(
+        4, description="Plan windows (1024 rows each, random places) one reading call shuffles together."
+    )
 
 
 class ScalingConfig(Strict):

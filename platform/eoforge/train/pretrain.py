@@ -96,6 +96,8 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
         "min_valid_fraction": cfg.data.min_valid_fraction,
         "read_tasks": cfg.data.read_tasks,
         "read_cpus": cfg.data.read_cpus,
+        "rows_per_task": cfg.data.shuffle_rows,
+        "mix_windows": cfg.data.mix_windows,
     }
     build_chip_dataset(**data_args)
     storage_path, storage_fs = _storage(cfg)
