@@ -96,14 +96,35 @@ def lattice(grid: ChipGridKey) -> tuple[tuple[str, float, float, float, float], 
     return (grid.crs, a, e, px, py), round((c - px) / a), round((f - py) / e)
 
 
+def _mosaic(
+    key: tuple[str, float, float, float, float], size: int, members: list[tuple[int, int, int]]
+) -> tuple[ChipGridKey, list[tuple[int, int, int]]] | None:
+    """The bounding grid of ``members`` (grid index, row0, col0 on the lattice ``key``).
+
+    None when it would be larger than a cell plus a chip, or its chips cover less than
+    :data:`MOSAIC_MIN_FILL` of it.
+    """
+    r_lo, c_lo = min(m[1] for m in members), min(m[2] for m in members)
+    h, w = max(m[1] for m in members) - r_lo + size, max(m[2] for m in members) - c_lo + size
+    if len(members) > 1 and (max(h, w) > MOSAIC_CELL + size or len(members) * size * size < MOSAIC_MIN_FILL * h * w):
+        return None
+    crs, a, e, px, py = key
+    grid = ChipGridKey(crs, (a, 0.0, px + a * c_lo, 0.0, e, py + e * r_lo), h, w)
+    return grid, [(k, r - r_lo, c - c_lo) for k, r, c in members]
+
+
 def mosaics(grids: list[ChipGridKey]) -> list[tuple[ChipGridKey, list[tuple[int, int, int]]]]:
     """Chip grids gathered into mosaic grids that are sampled once and cut into chips.
 
-    Chips on one pixel lattice whose origins fall in one :data:`MOSAIC_CELL` cell make a mosaic
-    (their bounding grid) when they cover at least :data:`MOSAIC_MIN_FILL` of it; any other chip
-    is its own mosaic. Returns ``[(mosaic grid, [(index into grids, row offset, col offset)])]``.
+    Chips on one pixel lattice make one mosaic (their bounding grid) when it is at most
+    :data:`MOSAIC_CELL` + a chip on a side and they cover at least :data:`MOSAIC_MIN_FILL` of it (a
+    tile group of chips); chips spread wider are split by :data:`MOSAIC_CELL` cells of the lattice,
+    under the same rule; any other chip is its own mosaic.
+
+    Returns:
+        ``[(mosaic grid, [(index into grids, row offset, col offset)])]``.
     """
-    cells: dict[tuple, list[tuple[int, int, int]]] = {}
+    lattices: dict[tuple, list[tuple[int, int, int]]] = {}
     out: list[tuple[ChipGridKey, list[tuple[int, int, int]]]] = []
     for k, g in enumerate(grids):
         lat = lattice(g)
@@ -111,19 +132,21 @@ def mosaics(grids: list[ChipGridKey]) -> list[tuple[ChipGridKey, list[tuple[int,
             out.append((g, [(k, 0, 0)]))
             continue
         key, col0, row0 = lat
-        cells.setdefault((key, g.size, col0 // MOSAIC_CELL, row0 // MOSAIC_CELL), []).append((k, row0, col0))
-    for (key, size, _, _), members in cells.items():
-        if len(members) == 1:
-            out.append((grids[members[0][0]], [(members[0][0], 0, 0)]))
-            continue
-        r_lo, c_lo = min(m[1] for m in members), min(m[2] for m in members)
-        h, w = max(m[1] for m in members) - r_lo + size, max(m[2] for m in members) - c_lo + size
-        if len(members) * size * size < MOSAIC_MIN_FILL * h * w:
-            out.extend((grids[k], [(k, 0, 0)]) for k, _, _ in members)
-            continue
-        crs, a, e, px, py = key
-        grid = ChipGridKey(crs, (a, 0.0, px + a * c_lo, 0.0, e, py + e * r_lo), h, w)
-        out.append((grid, [(k, r - r_lo, c - c_lo) for k, r, c in members]))
+        lattices.setdefault((key, g.size), []).append((k, row0, col0))
+    for (key, size), members in lattices.items():
+        if _mosaic(key, size, members) is None:  # spread out: one mosaic per cell
+            cells: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+            for m in members:
+                cells.setdefault((m[1] // MOSAIC_CELL, m[2] // MOSAIC_CELL), []).append(m)
+            parts = list(cells.values())
+        else:
+            parts = [members]
+        for part in parts:
+            mosaic = _mosaic(key, size, part)
+            if mosaic is None:
+                out.extend((grids[k], [(k, 0, 0)]) for k, _, _ in part)
+            else:
+                out.append(mosaic)
     return out
 
 
@@ -238,9 +261,8 @@ def reproject_centres(grid: ChipGridKey, dst_crs: str) -> tuple[np.ndarray, np.n
     jc, jr = jc[None, :], jr[:, None]
 
     def interp(v: np.ndarray) -> np.ndarray:
-        top = v[jr, jc] * (1 - tc) + v[jr, jc + 1] * tc
-        bottom = v[jr + 1, jc] * (1 - tc) + v[jr + 1, jc + 1] * tc
-        return top * (1 - tr) + bottom * tr
+        across = v[:, jc[0]] * (1 - tc) + v[:, jc[0] + 1] * tc  # [node rows, W]
+        return across[jr[:, 0]] * (1 - tr) + across[jr[:, 0] + 1] * tr
 
     return interp(nx), interp(ny)
 
@@ -262,6 +284,10 @@ def source_coords(src: SourceGrid, grid: ChipGridKey) -> tuple[np.ndarray, np.nd
         else:
             xs, ys = _transformer(grid.crs, src.crs).transform(xs, ys)
     st = ~Affine(*src.transform)
+    if st.b == 0 and st.d == 0 and xs.strides[0] == 0 and ys.strides[1] == 0:
+        # unrotated source, grid rows/columns of constant y/x (same CRS): one row and one column
+        c1, r1 = st.a * xs[0] + st.c, st.e * ys[:, 0] + st.f
+        return np.broadcast_to(r1[:, None], (h, w)), np.broadcast_to(c1[None, :], (h, w))
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
     c = st.a * xs + st.b * ys + st.c
     r = st.d * xs + st.e * ys + st.f
@@ -292,7 +318,7 @@ def sample_map(src: SourceGrid, grid: ChipGridKey, kind: str) -> SampleMap:
         one = np.array([0])
         return SampleMap("aligned", (h, w), one + r, one + c, None, None, _clip_bbox(r, r + h, c, c + w, src))
     row, col = source_coords(src, grid)
-    if (row == row[:, :1]).all() and (col == col[:1, :]).all():
+    if (row.strides[1] == 0 and col.strides[0] == 0) or ((row == row[:, :1]).all() and (col == col[:1, :]).all()):
         row, col = row[:, :1], col[:1, :]  # separable: keep one column / one row
     if kind == "nearest":
         ri, ci = np.floor(row).astype(np.int32), np.floor(col).astype(np.int32)

@@ -152,20 +152,10 @@ def tile_key(row: dict[str, Any], cache: DatasetCache) -> str:
     Raises:
         ChipReadError: the row has no key band or its file cannot be opened.
     """
-    from eoforge.data.reader import GDAL_ENV, resolve_signer
-
-    href = json.loads(str(row["s2_assets"])).get(KEY_BAND)
-    if not href:
-        raise ChipReadError(f"chip {row.get('chip_id')}: no asset for band {KEY_BAND}")
-    s2_access = _json_cell(row, "access", {}).get("s2", {})
-    with rasterio.Env(**GDAL_ENV, **s2_access.get("env", {})):
-        src = cache.get(href, resolve_signer(s2_access.get("signing")))
-    grid = chip_grid(row)
-    if src.grid.gcps is not None or not src.grid.transform:
-        return f"{href}#0:0"
-    col, r = ~Affine(*src.grid.transform) * (grid.transform[2], grid.transform[5])
-    bh, bw = src.block
-    return f"{href}#{int(np.floor(r / bh))}:{int(np.floor(col / bw))}"
+    ((key, _),) = group_rows([row], cache)
+    if key.startswith("!"):
+        raise ChipReadError(f"chip {row.get('chip_id')}: no readable asset for band {KEY_BAND}")
+    return key
 
 
 @dataclass
@@ -334,16 +324,44 @@ def _assemble(
 
 
 def group_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> Iterator[tuple[str, list[int]]]:
-    """(tile key, row indices) per source tile, in first-seen order.
+    """(tile key, row indices) per source tile (:func:`tile_key`), in first-seen order.
 
-    A row whose key cannot be found gets a key of its own (``!<chip_id>``) and fails later with
-    the reason.
+    Rows are keyed file by file (one open and one GDAL environment per key-band file). A row whose
+    key cannot be found gets a key of its own (``!<chip_id>``) and fails later with the reason.
     """
-    groups: dict[str, list[int]] = {}
+    from eoforge.data.reader import GDAL_ENV, resolve_signer
+
+    by_file: dict[tuple[str, str], list[int]] = {}
+    keys: list[str | None] = [None] * len(rows)
     for i, row in enumerate(rows):
         try:
-            key = tile_key(row, cache)
+            href = json.loads(str(row["s2_assets"])).get(KEY_BAND)
+        except (TypeError, ValueError, KeyError):
+            href = None
+        if not href:
+            keys[i] = f"!{row.get('chip_id')}"
+            continue
+        access = json.dumps(_json_cell(row, "access", {}).get("s2", {}), sort_keys=True)
+        by_file.setdefault((href, access), []).append(i)
+    for (href, access_json), idx in by_file.items():
+        access = json.loads(access_json)
+        try:
+            with rasterio.Env(**GDAL_ENV, **access.get("env", {})):
+                src = cache.get(href, resolve_signer(access.get("signing")))
         except ChipReadError:
-            key = f"!{row.get('chip_id')}"
-        groups.setdefault(key, []).append(i)
+            for i in idx:
+                keys[i] = f"!{rows[i].get('chip_id')}"
+            continue
+        if src.grid.gcps is not None or not src.grid.transform:
+            for i in idx:
+                keys[i] = f"{href}#0:0"
+            continue
+        inverse, (bh, bw) = ~Affine(*src.grid.transform), src.block
+        for i in idx:
+            t = list(rows[i]["transform"])
+            col, r = inverse * (float(t[2]), float(t[5]))
+            keys[i] = f"{href}#{int(np.floor(r / bh))}:{int(np.floor(col / bw))}"
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(str(key), []).append(i)
     yield from groups.items()
