@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES
 from eoforge.data.normalize import NORMALIZATIONS
 from eoforge.errors import ChipReadError
-from eoforge.plan.io import STREAM_COLUMNS
+from eoforge.plan.columns import STREAM_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ class Window:
 
 
 def _open_plan(plan_path: str) -> pq.ParquetFile:
-    from eoforge.plan.io import WHAT, _not_found
+    from eoforge.plan.columns import WHAT
+    from eoforge.plan.columns import not_found as _not_found
     from eoforge.train.storage import filesystem_of, storage_error
 
     fs, inner = filesystem_of(str(plan_path), WHAT)

@@ -52,6 +52,7 @@ from pyproj import CRS
 from eoforge.config import DataConfig
 from eoforge.errors import CatalogError
 from eoforge.plan.build import PLAN_SCHEMA, PlanStats, iter_plan_tables, sort_indices
+from eoforge.plan.columns import STREAM_COLUMNS, WHAT, not_found
 from eoforge.train.storage import check_bucket, file_exists, filesystem_of, storage_error
 
 log = logging.getLogger(__name__)
@@ -66,29 +67,6 @@ ROW_GROUP_ROWS = 65_536
 #: Rows per record batch when a plan is streamed back (hash verification).
 READ_BATCH_ROWS = 16_384
 HASH_VERSION = b"eoforge-plan-hash-v2"
-
-#: Columns a Ray Data read of the plan needs (geometry is for people and GIS tools).
-STREAM_COLUMNS = [
-    "chip_id",
-    "crs",
-    "transform",
-    "size_px",
-    "s2_item",
-    "s1_item",
-    "s2_assets",
-    "s1_assets",
-    "scl_href",
-    "label_href",
-    "item_labels",
-    "split",
-    "s2_radiometry",
-    "s1_product",
-    "s1_units",
-    "s1_calibration",
-    "access",
-]
-
-WHAT = "chip plan"
 
 
 # --------------------------------------------------------------------------- hash
@@ -465,7 +443,7 @@ def plan_exists(path: str | Path) -> bool:
 
 
 def _not_found(uri: str) -> CatalogError:
-    return CatalogError(f"chip plan {uri}: not found (build it with `eoforge plan`)")
+    return not_found(uri)
 
 
 def _open(path: str | Path) -> tuple[str, pafs.FileSystem, str]:
