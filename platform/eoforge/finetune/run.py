@@ -188,11 +188,9 @@ def register_finetuned(
 def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_trial: bool = False) -> FinetuneResult:
     """Run one fine-tuning job end to end (see module docstring)."""
     import mlflow
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     from eoforge.finetune.loop import finetune_loop_per_worker
-    from eoforge.train.storage import resolve_storage
+    from eoforge.train.trainer import torch_trainer
 
     check_inputs(cfg)
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
@@ -261,29 +259,19 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_tri
     }
     if cfg.materialize:  # decoded once into the object store; each epoch then starts in ~0.1 s, not ~5 s
         datasets = {k: v.materialize() for k, v in datasets.items()}
-    storage_path, storage_fs = resolve_storage(cfg.run.storage_path)
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         finetune_loop_per_worker,
-        train_loop_config={
+        {
             "cfg": cfg.model_dump(mode="json"),
             "task": task.__dict__,
             "backbone": spec.to_dict(),
             "mlflow": {"uri": uri, "run_id": run_id},
             "chip_size": chip_size,
         },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=cfg.run.name,
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=callbacks,
-        ),
+        cfg.scaling,
+        cfg.run,
+        keep_checkpoints=1,
+        callbacks=callbacks,
         datasets=datasets,
     )
     try:

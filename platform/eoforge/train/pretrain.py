@@ -47,24 +47,17 @@ def ensure_plan(cfg: PretrainConfig) -> tuple[str, int]:
     return digest, n
 
 
-def _storage(cfg: PretrainConfig) -> tuple[str, object | None]:
-    from eoforge.train.storage import resolve_storage
-
-    return resolve_storage(cfg.run.storage_path)
-
-
 def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run one pretraining job end to end (see module docstring)."""
     import mlflow
     import ray
     import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     from eoforge.data.dataset import build_chip_dataset
     from eoforge.ssl.registry import build_objective
     from eoforge.tracking.registry import register_backbone
     from eoforge.train.loop import load_state, train_loop_per_worker
+    from eoforge.train.trainer import torch_trainer
 
     check_inputs(cfg)
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
@@ -100,26 +93,12 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
         "mix_windows": cfg.data.mix_windows,
     }
     build_chip_dataset(**data_args)
-    storage_path, storage_fs = _storage(cfg)
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         train_loop_per_worker,
-        train_loop_config={
-            "cfg": cfg.model_dump(mode="json"),
-            "mlflow": {"uri": uri, "run_id": run_id},
-            "data": data_args,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=cfg.run.name,
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
+        {"cfg": cfg.model_dump(mode="json"), "mlflow": {"uri": uri, "run_id": run_id}, "data": data_args},
+        cfg.scaling,
+        cfg.run,
+        keep_checkpoints=2,
     )
     try:
         result = trainer.fit()
