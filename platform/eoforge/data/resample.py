@@ -299,7 +299,7 @@ def _clip_bbox(r0: int, r1: int, c0: int, c1: int, src: SourceGrid) -> tuple[int
 
 
 #: Sample maps kept (a 512 px mosaic's map is ~4 MB when not separable, KB when separable).
-SAMPLE_MAP_CACHE = 32
+SAMPLE_MAP_CACHE = 16
 
 
 @functools.lru_cache(maxsize=SAMPLE_MAP_CACHE)
