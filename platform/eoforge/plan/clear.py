@@ -30,8 +30,8 @@ from rasterio.windows import Window
 from eoforge.catalog.bands import S2_SCL_INVALID
 from eoforge.errors import CatalogError
 
-if TYPE_CHECKING:  # build.py imports this module; the grid is only read (crs, transform)
-    from eoforge.plan.build import Grid
+if TYPE_CHECKING:  # the grid is only read (crs, transform)
+    from eoforge.plan.sampling import Grid
 
 #: A fractional pixel position this close to a whole number is that number (float round-off).
 _SNAP = 1e-6

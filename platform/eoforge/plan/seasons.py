@@ -42,8 +42,9 @@ from eoforge.config.data import SeasonsConfig
 from eoforge.errors import CatalogError
 from eoforge.plan.clear import clear_fractions
 
-if TYPE_CHECKING:  # build.py imports this module
-    from eoforge.plan.build import Grid, PlanStats
+if TYPE_CHECKING:  # annotations only
+    from eoforge.plan.sampling import Grid
+    from eoforge.plan.stats import PlanStats
 
 log = logging.getLogger(__name__)
 
