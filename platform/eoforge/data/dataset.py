@@ -378,6 +378,8 @@ def build_chip_dataset(
     mix_windows: int = 4,
     tile_aware: bool = True,
     max_open: int = 64,
+    block_mb: float = 16.0,
+    object_store_mb: float | None = 512.0,
 ) -> Any:
     """A lazy Ray Dataset of chips for one split of a plan (``split='all'`` keeps every row).
 
@@ -400,15 +402,26 @@ def build_chip_dataset(
         mix_windows: windows (random places of the plan) read and shuffled together by one actor call.
         tile_aware: False reads every chip on its own (benchmark baseline).
         max_open: open datasets per reading actor (LRU).
+        block_mb: largest output block, MiB (Ray Data slices a chunk into blocks of about this size;
+            by default it merges a task's chunks into blocks of up to 128 MiB, i.e. a whole window
+            set, which the consumer and the actors then hold).
+        object_store_mb: object-store budget of this stream, MiB (Ray Data backpressure: blocks
+            produced but not yet consumed, out-of-order blocks kept for ``preserve_order``
+            included); None keeps Ray Data's default (half the node's object store, per stream).
+
+    Memory does not grow with the plan's length: it is bounded by ``block_mb``, ``object_store_mb``
+    and the actors' chunks (``rows_per_task``, whole tile groups).
 
     Raises:
         ChipReadError: no chips in the split (or none left after ``skip_rows``).
-        ValueError: unknown ``normalize``.
+        ValueError: unknown ``normalize``, or a non-positive ``block_mb`` / ``object_store_mb``.
     """
     import ray.data
 
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize: unknown mode {normalize!r}; choose one of {NORMALIZATIONS}")
+    if block_mb <= 0 or (object_store_mb is not None and object_store_mb <= 0):
+        raise ValueError(f"block_mb ({block_mb}) and object_store_mb ({object_store_mb}) must be > 0")
     windows, window_rows = shardable_windows(str(plan_path), split, window_rows, shard[1])
     if not windows:
         raise ChipReadError(f"chip plan {plan_path}: no chips in split {split!r}")
@@ -419,6 +432,7 @@ def build_chip_dataset(
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # the epoch's order is fixed before reading: keep it (resume skips rows by position)
     ds.context.execution_options.preserve_order = True
+    _bound_memory(ds.context, block_mb, object_store_mb)
     return ds.map_batches(
         TileChipReader,
         fn_constructor_kwargs={
@@ -438,6 +452,14 @@ def build_chip_dataset(
         num_gpus=0,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=read_tasks),
     )
+
+
+def _bound_memory(ctx: Any, block_mb: float, object_store_mb: float | None) -> None:
+    """Cap a stream's block size and object-store budget in its own (sealed) DataContext."""
+    ctx.target_max_block_size = int(block_mb * 2**20)
+    if object_store_mb is not None:
+        limits = ctx.execution_options.resource_limits
+        ctx.execution_options.resource_limits = limits.copy(object_store_memory=int(object_store_mb * 2**20))
 
 
 def split_ok(batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
