@@ -233,7 +233,7 @@ class TileChipReader:
         min_valid_fraction: chips below this valid-pixel share come out with ``ok = False``.
         seed, epoch: the epoch's order (groups and chunk permutations).
         window_rows: rows per plan window (as given to :func:`plan_windows`).
-        chunk_rows: rows per shuffle chunk (whole tile groups; bounds the actor's pixel memory).
+        chunk_rows: most rows per shuffle chunk (whole tile groups, a larger one cut): bounds the actor's memory.
         tile_aware: False reads every chip on its own (the old per-chip path, for benchmarks).
         max_open: open datasets kept by the actor's LRU.
     """
@@ -292,9 +292,11 @@ class TileChipReader:
         chunks: list[list[tuple[str, int]]] = [[]]
         for g in rng.permutation(len(groups)):
             key, idx = groups[int(g)]
-            if len(chunks[-1]) >= self.chunk_rows:
-                chunks.append([])
-            chunks[-1].extend((key, i) for i in idx)
+            for k in range(0, len(idx), self.chunk_rows):  # at most chunk_rows rows: a larger group is cut
+                piece = idx[k : k + self.chunk_rows]
+                if len(chunks[-1]) + len(piece) > self.chunk_rows:
+                    chunks.append([])
+                chunks[-1].extend((key, i) for i in piece)
         return [[chunk[int(i)] for i in rng.permutation(len(chunk))] for chunk in chunks if chunk]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
@@ -392,7 +394,7 @@ def build_chip_dataset(
         min_valid_fraction: chips below this valid-pixel share are skipped and counted.
         read_tasks: most reading actors at once (CPU only: ``num_gpus=0``).
         read_cpus: logical CPUs reserved per reading actor.
-        rows_per_task: rows per shuffle chunk (one output block; whole tile groups): the shuffle
+        rows_per_task: most rows per shuffle chunk (whole tile groups, a larger one cut): the shuffle
             buffer; a 32-chip batch mixes about ``rows_per_task / chips per tile`` tiles.
         shuffle_seed: seed of the epochs' row orders (see module docstring).
         epoch: which epoch's order to stream.
