@@ -78,3 +78,39 @@ def test_budget_and_block_size_reach_the_streams_own_context(plan: Path, local_r
 def test_non_positive_caps_are_refused(plan: Path, kw: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be > 0"):
         build_chip_dataset(str(plan), split="all", normalize="none", **kw)
+
+
+@pytest.mark.parametrize("skip_rows", [0, 5])
+def test_sets_read_by_several_tasks_stream_the_order_of_one_read_per_set(
+    plan: Path, local_ray: None, skip_rows: int
+) -> None:
+    """Tasks of 2 chunks each (the ordered-output buffer is one task) give the rows of whole sets, in order."""
+    import ray
+    from eoforge.data.dataset import _read_tasks, epoch_window_sets, iter_chip_blocks, shardable_windows
+    from ray.data.block import BlockAccessor
+
+    kw = {"shuffle_seed": 3, "epoch": 1, "window_rows": 16, "mix_windows": 2}
+    windows, rows = shardable_windows(str(plan), "all", 16, 1)
+    sets = epoch_window_sets(windows, 3, 1, (0, 1), skip_rows, 2)
+    assert len(_read_tasks(sets, 2 * 3)) > 2 * len(sets)  # several tasks per set
+    ds = build_chip_dataset(
+        str(plan),
+        split="all",
+        normalize="none",
+        read_tasks=2,
+        read_cpus=0.5,
+        rows_per_task=3,
+        skip_rows=skip_rows,
+        **kw,
+    )
+    streamed = []
+    for bundle in ds.iter_internal_ref_bundles():
+        for entry in bundle.blocks:
+            streamed.extend(BlockAccessor.for_block(ray.get(entry.ref)).to_pandas()["chip_id"])
+    one_read = [
+        c
+        for b in iter_chip_blocks(str(plan), sets, split="all", window_rows=rows, chunk_rows=3, seed=3, epoch=1)
+        for c in b["chip_id"]
+    ]
+    frame, _ = read_plan(plan)
+    assert streamed == one_read and len(streamed) == len(frame) - skip_rows

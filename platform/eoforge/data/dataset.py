@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 #: Windows per shard below which a plan is cut into smaller windows (every worker gets rows).
 MIN_WINDOWS_PER_SHARD = 4
 
+#: Shuffle chunks per read task (a window set is read by several tasks; see :func:`_read_tasks`).
+READ_TASK_CHUNKS = 2
+
 #: Optional plan columns passed through to the reader when the plan has them.
 OPTIONAL_COLUMNS = ["clear_fraction", "season", "place_id"]
 
@@ -233,7 +236,8 @@ class TileChipReader:
         min_valid_fraction: chips below this valid-pixel share come out with ``ok = False``.
         seed, epoch: the epoch's order (groups and chunk permutations).
         window_rows: rows per plan window (as given to :func:`plan_windows`).
-        chunk_rows: most rows per shuffle chunk (whole tile groups, a larger one cut): bounds the actor's memory.
+        chunk_rows: rows per shuffle chunk (the last one fewer; tile groups, cut at a chunk's end): bounds the
+            actor's memory, and read tasks of whole chunks (``take``) start at a known row of the order.
         tile_aware: False reads every chip on its own (the old per-chip path, for benchmarks).
         max_open: open datasets kept by the actor's LRU.
     """
@@ -292,17 +296,30 @@ class TileChipReader:
         chunks: list[list[tuple[str, int]]] = [[]]
         for g in rng.permutation(len(groups)):
             key, idx = groups[int(g)]
-            for k in range(0, len(idx), self.chunk_rows):  # at most chunk_rows rows: a larger group is cut
-                piece = idx[k : k + self.chunk_rows]
-                if len(chunks[-1]) + len(piece) > self.chunk_rows:
+            while idx:  # chunks of exactly chunk_rows rows (the last fewer): a group is cut at a chunk's end
+                if len(chunks[-1]) >= self.chunk_rows:
                     chunks.append([])
-                chunks[-1].extend((key, i) for i in piece)
+                room = self.chunk_rows - len(chunks[-1])
+                chunks[-1].extend((key, i) for i in idx[:room])
+                idx = idx[room:]
         return [[chunk[int(i)] for i in rng.permutation(len(chunk))] for chunk in chunks if chunk]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        """Read the window sets of ``batch`` (``windows``: JSON lists of Window fields); one block per chunk."""
-        for spec in batch["windows"]:
-            yield from self.read_windows(tuple(Window(*map(int, f)) for f in json.loads(str(spec))))
+        """Read the window sets of ``batch`` (``windows``: JSON lists of Window fields); one block per chunk.
+
+        An optional ``take`` column stops a set after that many rows (from its first window's ``skip``):
+        the chunks after them are never read.
+        """
+        takes = batch.get("take")
+        for k, spec in enumerate(batch["windows"]):
+            left = None if takes is None else int(takes[k])
+            for out in self.read_windows(tuple(Window(*map(int, f)) for f in json.loads(str(spec)))):
+                if left is not None and len(out["ok"]) >= left:
+                    yield {c: v[:left] for c, v in out.items()}
+                    break
+                if left is not None:
+                    left -= len(out["ok"])
+                yield out
 
     def read_window(self, w: Window) -> Iterator[dict[str, np.ndarray]]:
         """The chip blocks of one window (its first ``w.skip`` rows left out, unread)."""
@@ -411,8 +428,9 @@ def build_chip_dataset(
             produced but not yet consumed, out-of-order blocks kept for ``preserve_order``
             included); None keeps Ray Data's default (half the node's object store, per stream).
 
-    Memory does not grow with the plan's length: it is bounded by ``block_mb``, ``object_store_mb``
-    and the actors' chunks (``rows_per_task``, whole tile groups).
+    Memory does not grow with the plan's length: each read task covers :data:`READ_TASK_CHUNKS` chunks
+    of a window set (not the whole set), so the ordered output holds at most the tasks running ahead
+    of the consumed one; blocks are at most ``block_mb``; an actor holds one chunk (``rows_per_task``).
 
     Raises:
         ChipReadError: no chips in the split (or none left after ``skip_rows``).
@@ -430,7 +448,7 @@ def build_chip_dataset(
     mine = epoch_window_sets(windows, shuffle_seed, epoch, shard, skip_rows, mix_windows)
     if not mine:
         raise ChipReadError(f"chip plan {plan_path}: no chips of split {split!r} left after skipping {skip_rows}")
-    items = [{"windows": json.dumps([[w.row_group, w.index, w.rows, w.skip] for w in ws])} for ws in mine]
+    items = _read_tasks(mine, READ_TASK_CHUNKS * rows_per_task)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # the epoch's order is fixed before reading: keep it (resume skips rows by position)
     ds.context.execution_options.preserve_order = True
@@ -454,6 +472,25 @@ def build_chip_dataset(
         num_gpus=0,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=read_tasks),
     )
+
+
+def _read_tasks(sets: list[tuple[Window, ...]], rows: int) -> list[dict[str, Any]]:
+    """One read task per ``rows`` rows of a window set's order (``rows``: whole chunks), in order.
+
+    Ordered output keeps every block of a task that runs ahead of the one being consumed, so a task's
+    output bounds that buffer: a whole set (``mix_windows * window_rows`` rows) made it ~0.5 GB a task.
+    Each task reads the set's plan rows and order again, skips to its first row and stops after ``take``.
+    """
+    items = []
+    for ws in sets:
+        total, start = sum(w.rows for w in ws), ws[0].skip
+        while start < total:
+            end = min(total, (start // rows + 1) * rows)
+            spec = [[ws[0].row_group, ws[0].index, ws[0].rows, start]]
+            spec += [[w.row_group, w.index, w.rows, w.skip] for w in ws[1:]]
+            items.append({"windows": json.dumps(spec), "take": end - start})
+            start = end
+    return items
 
 
 def _bound_memory(ctx: Any, block_mb: float, object_store_mb: float | None) -> None:
