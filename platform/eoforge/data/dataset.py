@@ -4,17 +4,18 @@ The driver never holds the plan. It streams the plan's ``split`` column once (on
 batch by batch) to cut the plan into *windows* of ``window_rows`` consecutive rows and count the
 split's rows in each (:func:`plan_windows`; cached per process). An epoch is a seeded
 permutation of the windows, taken in sets of ``mix_windows`` (:func:`epoch_window_sets`); a worker
-of a multi-worker run takes every ``world``-th window. Each set goes to a CPU-only reading actor
-(:class:`TileChipReader`) which:
+of a multi-worker run takes every ``world``-th window. Each set is read by CPU-only reading actors
+(:class:`TileChipReader`), in tasks of :data:`READ_TASK_CHUNKS` chunks (:func:`_read_tasks`); a task:
 
 1. reads the set's plan rows (columns and split filter pushed into the Parquet read);
 2. groups them by source tile (:func:`eoforge.data.tiles.tile_key`), shuffles the groups of all
-   the set's windows together (seed, epoch, set), packs consecutive groups into chunks of
-   >= ``chunk_rows`` rows and permutes each chunk's rows: the chunk is the shuffle buffer, so a
-   batch mixes many tiles of several places and scenes (a batch from one tile gives contrastive
-   training near-duplicate negatives; :func:`batch_diversity` measures it);
-3. drops the first ``skip`` rows of that order (resume), then reads each group's assets once
-   and cuts its chips (:func:`eoforge.data.tiles.read_rows`), one output block per chunk.
+   the set's windows together (seed, epoch, set), packs consecutive groups into chunks of exactly
+   ``chunk_rows`` rows (a group cut at a chunk's end) and permutes each chunk's rows: the chunk is
+   the shuffle buffer, so a batch mixes many tiles of several places and scenes (a batch from one
+   tile gives contrastive training near-duplicate negatives; :func:`batch_diversity` measures it);
+3. drops the first ``skip`` rows of that order (resume, or the set's earlier tasks), then reads each
+   group's assets once per chunk and cuts its chips (:func:`eoforge.data.tiles.read_rows`), one
+   yield per chunk (Ray Data cuts it into blocks of about ``block_mb``), until its ``take`` rows.
 
 The row order of an epoch is a function of (plan, split, seed, epoch, shard) only, and is fixed
 before any pixel is read, so a run resumed mid-epoch passes ``skip_rows`` = rows already
