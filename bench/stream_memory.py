@@ -18,14 +18,26 @@ worker's, and the largest sum over workers at one sample; ``trace``: the latest 
 10 % of the plan (does memory climb all along, or level off?), summed up for the 10N run as
 ``large_run_second_half_vs_first`` (peak of the second half / peak of the first half).
 
+The same thread records ``object_store_used_peak_mb``: the most bytes of objects in the node's object
+store (Ray's resource view, refreshed about every 0.1 s, so a short burst can be missed). A process's
+``shmem`` is the set of store pages it has touched, which stays counted after the objects are freed:
+it follows the store's peak use (and its allocator's fragmentation), which the stream bounds
+(``--block-mb``, ``--object-store-mb``, read tasks of a few chunks), not the plan's length.
+
 JSON last line: both runs, ``driver_rss_ratio`` / ``worker_rss_ratio`` (10N peak / N peak of the
 driver / of the largest worker; goal <= 1.2) and the same for private memory only
 (``driver_anon_ratio`` / ``worker_anon_ratio``); ``goals`` says which are met.
+
+Caveat: with the default N = 500 the small plan is one window set of 500 rows: one read task of
+one chunk on one actor, so its run never reaches the steady state (a second actor, filled caches,
+the store's working set) that the 10N run (5 read tasks) does; ``--rows 2000`` (2 read tasks vs
+20) comes closer.
 
 Usage::
 
     PYTHONPATH=$PWD/platform:$PWD python bench/stream_memory.py                # N=500 -> 5000, 2 cores
     PYTHONPATH=$PWD/platform:$PWD python bench/stream_memory.py --rows 100 --cores 1
+    PYTHONPATH=$PWD/platform:$PWD python bench/stream_memory.py --block-mb 128 --object-store-mb 0  # Ray's defaults
 """
 
 from __future__ import annotations
@@ -60,6 +72,14 @@ def memory(pid: int) -> dict[str, int]:
     return {"rss": sum(parts.values()), "anon": parts["RssAnon"], "shmem": parts["RssShmem"]}
 
 
+def object_store_used() -> int:
+    """Bytes of objects in the local Ray's object store now (its resource view: refreshed about every 0.1 s)."""
+    import ray
+
+    total = ray.cluster_resources().get("object_store_memory", 0)
+    return int(total - ray.available_resources().get("object_store_memory", total))
+
+
 def _max(peak: dict[str, int], now: dict[str, int]) -> None:
     for k, v in now.items():
         peak[k] = max(peak.get(k, 0), v)
@@ -83,6 +103,7 @@ class RssSampler(threading.Thread):
         self.samples = 0
         self.driver_now: dict[str, int] = {}
         self.workers_now: dict[str, int] = {}
+        self.store_used = 0  # peak bytes in Ray's object store (all objects)
 
     def sample(self) -> None:
         ps = self.psutil
@@ -103,6 +124,7 @@ class RssSampler(threading.Thread):
         _max(self.workers_sum, workers)
         _max(self.system_sum, system)
         self.workers_now = workers
+        self.store_used = max(self.store_used, object_store_used())
         self.samples += 1
 
     def worker_peak(self, key: str) -> int:
@@ -136,6 +158,10 @@ def child(args: argparse.Namespace) -> None:
         kw: dict[str, Any] = {"read_tasks": args.read_tasks or args.cores, "read_cpus": args.read_cpus}
         if args.rows_per_task:
             kw["rows_per_task"] = args.rows_per_task
+        if args.block_mb:
+            kw["block_mb"] = args.block_mb
+        if args.object_store_mb is not None:
+            kw["object_store_mb"] = args.object_store_mb or None
         t0 = time.perf_counter()
         ds = build_chip_dataset(args.child, split="all", normalize="none", **kw)
         n_ok = n_rows = 0
@@ -169,6 +195,7 @@ def child(args: argparse.Namespace) -> None:
                 "workers_rss_sum_peak_mb": _mb(sampler.workers_sum["rss"]),
                 "workers_anon_sum_peak_mb": _mb(sampler.workers_sum["anon"]),
                 "ray_system_rss_sum_peak_mb": _mb(sampler.system_sum["rss"]),
+                "object_store_used_peak_mb": _mb(sampler.store_used),
                 "worker_processes": len(sampler.worker_peaks),
                 "trace_columns": [
                     "rows",
@@ -214,6 +241,12 @@ def main() -> None:
     ap.add_argument("--read-tasks", type=int, default=None, help="build_chip_dataset read_tasks (default --cores)")
     ap.add_argument("--read-cpus", type=float, default=1.0, help="build_chip_dataset read_cpus")
     ap.add_argument("--rows-per-task", type=int, default=None, help="build_chip_dataset rows_per_task")
+    ap.add_argument(
+        "--block-mb", type=float, default=None, help="build_chip_dataset block_mb (128: Ray Data's default)"
+    )
+    ap.add_argument(
+        "--object-store-mb", type=float, default=None, help="build_chip_dataset object_store_mb (0: Ray Data's default)"
+    )
     ap.add_argument("--workdir", default=None, help="keep data here (default: a temporary folder)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: stream this plan
     args = ap.parse_args()
@@ -227,7 +260,16 @@ def main() -> None:
             plan = Path(tmp) / f"plan_{n}.parquet"
             write_plan(cycled(rows, n), plan)
             cmd = [sys.executable, __file__, "--child", str(plan)]
-            for flag in ("cores", "batch", "interval", "read_tasks", "read_cpus", "rows_per_task"):
+            for flag in (
+                "cores",
+                "batch",
+                "interval",
+                "read_tasks",
+                "read_cpus",
+                "rows_per_task",
+                "block_mb",
+                "object_store_mb",
+            ):
                 value = getattr(args, flag)
                 if value is not None:
                     cmd += [f"--{flag.replace('_', '-')}", str(value)]

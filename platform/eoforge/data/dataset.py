@@ -4,17 +4,18 @@ The driver never holds the plan. It streams the plan's ``split`` column once (on
 batch by batch) to cut the plan into *windows* of ``window_rows`` consecutive rows and count the
 split's rows in each (:func:`plan_windows`; cached per process). An epoch is a seeded
 permutation of the windows, taken in sets of ``mix_windows`` (:func:`epoch_window_sets`); a worker
-of a multi-worker run takes every ``world``-th window. Each set goes to a CPU-only reading actor
-(:class:`TileChipReader`) which:
+of a multi-worker run takes every ``world``-th window. Each set is read by CPU-only reading actors
+(:class:`TileChipReader`), in tasks of :data:`READ_TASK_CHUNKS` chunks (:func:`_read_tasks`); a task:
 
 1. reads the set's plan rows (columns and split filter pushed into the Parquet read);
 2. groups them by source tile (:func:`eoforge.data.tiles.tile_key`), shuffles the groups of all
-   the set's windows together (seed, epoch, set), packs consecutive groups into chunks of
-   >= ``chunk_rows`` rows and permutes each chunk's rows: the chunk is the shuffle buffer, so a
-   batch mixes many tiles of several places and scenes (a batch from one tile gives contrastive
-   training near-duplicate negatives; :func:`batch_diversity` measures it);
-3. drops the first ``skip`` rows of that order (resume), then reads each group's assets once
-   and cuts its chips (:func:`eoforge.data.tiles.read_rows`), one output block per chunk.
+   the set's windows together (seed, epoch, set), packs consecutive groups into chunks of exactly
+   ``chunk_rows`` rows (a group cut at a chunk's end) and permutes each chunk's rows: the chunk is
+   the shuffle buffer, so a batch mixes many tiles of several places and scenes (a batch from one
+   tile gives contrastive training near-duplicate negatives; :func:`batch_diversity` measures it);
+3. drops the first ``skip`` rows of that order (resume, or the set's earlier tasks), then reads each
+   group's assets once per chunk and cuts its chips (:func:`eoforge.data.tiles.read_rows`), one
+   yield per chunk (Ray Data cuts it into blocks of about ``block_mb``), until its ``take`` rows.
 
 The row order of an epoch is a function of (plan, split, seed, epoch, shard) only, and is fixed
 before any pixel is read, so a run resumed mid-epoch passes ``skip_rows`` = rows already
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 
 #: Windows per shard below which a plan is cut into smaller windows (every worker gets rows).
 MIN_WINDOWS_PER_SHARD = 4
+
+#: Shuffle chunks per read task (a window set is read by several tasks; see :func:`_read_tasks`).
+READ_TASK_CHUNKS = 2
 
 #: Optional plan columns passed through to the reader when the plan has them.
 OPTIONAL_COLUMNS = ["clear_fraction", "season", "place_id"]
@@ -233,7 +237,8 @@ class TileChipReader:
         min_valid_fraction: chips below this valid-pixel share come out with ``ok = False``.
         seed, epoch: the epoch's order (groups and chunk permutations).
         window_rows: rows per plan window (as given to :func:`plan_windows`).
-        chunk_rows: rows per shuffle chunk (whole tile groups; bounds the actor's pixel memory).
+        chunk_rows: rows per shuffle chunk (the last one fewer; tile groups, cut at a chunk's end): bounds the
+            actor's memory, and read tasks of whole chunks (``take``) start at a known row of the order.
         tile_aware: False reads every chip on its own (the old per-chip path, for benchmarks).
         max_open: open datasets kept by the actor's LRU.
     """
@@ -292,15 +297,30 @@ class TileChipReader:
         chunks: list[list[tuple[str, int]]] = [[]]
         for g in rng.permutation(len(groups)):
             key, idx = groups[int(g)]
-            if len(chunks[-1]) >= self.chunk_rows:
-                chunks.append([])
-            chunks[-1].extend((key, i) for i in idx)
+            while idx:  # chunks of exactly chunk_rows rows (the last fewer): a group is cut at a chunk's end
+                if len(chunks[-1]) >= self.chunk_rows:
+                    chunks.append([])
+                room = self.chunk_rows - len(chunks[-1])
+                chunks[-1].extend((key, i) for i in idx[:room])
+                idx = idx[room:]
         return [[chunk[int(i)] for i in rng.permutation(len(chunk))] for chunk in chunks if chunk]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        """Read the window sets of ``batch`` (``windows``: JSON lists of Window fields); one block per chunk."""
-        for spec in batch["windows"]:
-            yield from self.read_windows(tuple(Window(*map(int, f)) for f in json.loads(str(spec))))
+        """Read the window sets of ``batch`` (``windows``: JSON lists of Window fields); one block per chunk.
+
+        An optional ``take`` column stops a set after that many rows (from its first window's ``skip``):
+        the chunks after them are never read.
+        """
+        takes = batch.get("take")
+        for k, spec in enumerate(batch["windows"]):
+            left = None if takes is None else int(takes[k])
+            for out in self.read_windows(tuple(Window(*map(int, f)) for f in json.loads(str(spec)))):
+                if left is not None and len(out["ok"]) >= left:
+                    yield {c: v[:left] for c, v in out.items()}
+                    break
+                if left is not None:
+                    left -= len(out["ok"])
+                yield out
 
     def read_window(self, w: Window) -> Iterator[dict[str, np.ndarray]]:
         """The chip blocks of one window (its first ``w.skip`` rows left out, unread)."""
@@ -378,6 +398,8 @@ def build_chip_dataset(
     mix_windows: int = 4,
     tile_aware: bool = True,
     max_open: int = 64,
+    block_mb: float = 16.0,
+    object_store_mb: float | None = 512.0,
 ) -> Any:
     """A lazy Ray Dataset of chips for one split of a plan (``split='all'`` keeps every row).
 
@@ -390,7 +412,7 @@ def build_chip_dataset(
         min_valid_fraction: chips below this valid-pixel share are skipped and counted.
         read_tasks: most reading actors at once (CPU only: ``num_gpus=0``).
         read_cpus: logical CPUs reserved per reading actor.
-        rows_per_task: rows per shuffle chunk (one output block; whole tile groups): the shuffle
+        rows_per_task: most rows per shuffle chunk (whole tile groups, a larger one cut): the shuffle
             buffer; a 32-chip batch mixes about ``rows_per_task / chips per tile`` tiles.
         shuffle_seed: seed of the epochs' row orders (see module docstring).
         epoch: which epoch's order to stream.
@@ -400,25 +422,38 @@ def build_chip_dataset(
         mix_windows: windows (random places of the plan) read and shuffled together by one actor call.
         tile_aware: False reads every chip on its own (benchmark baseline).
         max_open: open datasets per reading actor (LRU).
+        block_mb: largest output block, MiB (Ray Data slices a chunk into blocks of about this size;
+            by default it merges a task's chunks into blocks of up to 128 MiB, i.e. a whole window
+            set, which the consumer and the actors then hold).
+        object_store_mb: object-store budget of this stream, MiB (Ray Data backpressure: blocks
+            produced but not yet consumed, out-of-order blocks kept for ``preserve_order``
+            included); None keeps Ray Data's default (half the node's object store, per stream).
+
+    Memory does not grow with the plan's length: each read task covers :data:`READ_TASK_CHUNKS` chunks
+    of a window set (not the whole set), so the ordered output holds at most the tasks running ahead
+    of the consumed one; blocks are at most ``block_mb``; an actor holds one chunk (``rows_per_task``).
 
     Raises:
         ChipReadError: no chips in the split (or none left after ``skip_rows``).
-        ValueError: unknown ``normalize``.
+        ValueError: unknown ``normalize``, or a non-positive ``block_mb`` / ``object_store_mb``.
     """
     import ray.data
 
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize: unknown mode {normalize!r}; choose one of {NORMALIZATIONS}")
+    if block_mb <= 0 or (object_store_mb is not None and object_store_mb <= 0):
+        raise ValueError(f"block_mb ({block_mb}) and object_store_mb ({object_store_mb}) must be > 0")
     windows, window_rows = shardable_windows(str(plan_path), split, window_rows, shard[1])
     if not windows:
         raise ChipReadError(f"chip plan {plan_path}: no chips in split {split!r}")
     mine = epoch_window_sets(windows, shuffle_seed, epoch, shard, skip_rows, mix_windows)
     if not mine:
         raise ChipReadError(f"chip plan {plan_path}: no chips of split {split!r} left after skipping {skip_rows}")
-    items = [{"windows": json.dumps([[w.row_group, w.index, w.rows, w.skip] for w in ws])} for ws in mine]
+    items = _read_tasks(mine, READ_TASK_CHUNKS * rows_per_task)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # the epoch's order is fixed before reading: keep it (resume skips rows by position)
     ds.context.execution_options.preserve_order = True
+    _bound_memory(ds.context, block_mb, object_store_mb)
     return ds.map_batches(
         TileChipReader,
         fn_constructor_kwargs={
@@ -438,6 +473,33 @@ def build_chip_dataset(
         num_gpus=0,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=read_tasks),
     )
+
+
+def _read_tasks(sets: list[tuple[Window, ...]], rows: int) -> list[dict[str, Any]]:
+    """One read task per ``rows`` rows of a window set's order (``rows``: whole chunks), in order.
+
+    Ordered output keeps every block of a task that runs ahead of the one being consumed, so a task's
+    output bounds that buffer: a whole set (``mix_windows * window_rows`` rows) made it ~0.5 GB a task.
+    Each task reads the set's plan rows and order again, skips to its first row and stops after ``take``.
+    """
+    items = []
+    for ws in sets:
+        total, start = sum(w.rows for w in ws), ws[0].skip
+        while start < total:
+            end = min(total, (start // rows + 1) * rows)
+            spec = [[ws[0].row_group, ws[0].index, ws[0].rows, start]]
+            spec += [[w.row_group, w.index, w.rows, w.skip] for w in ws[1:]]
+            items.append({"windows": json.dumps(spec), "take": end - start})
+            start = end
+    return items
+
+
+def _bound_memory(ctx: Any, block_mb: float, object_store_mb: float | None) -> None:
+    """Cap a stream's block size and object-store budget in its own (sealed) DataContext."""
+    ctx.target_max_block_size = int(block_mb * 2**20)
+    if object_store_mb is not None:
+        limits = ctx.execution_options.resource_limits
+        ctx.execution_options.resource_limits = limits.copy(object_store_memory=int(object_store_mb * 2**20))
 
 
 def split_ok(batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -1,0 +1,50 @@
+"""A reading actor's chunk (its pixel memory) stays within chunk_rows, whatever the size of a tile group."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from eoforge.config import DataConfig, parse_config
+from eoforge.data.dataset import epoch_window_sets, iter_chip_blocks, plan_windows
+from eoforge.demo.catalog import write_demo_catalog
+from eoforge.plan.io import build_plan, read_plan, write_plan
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """The demo plan (24 chips; 4 per internal COG tile) and the same rows repeated 4 times (16 per tile)."""
+    tmp = tmp_path_factory.mktemp("chunks")
+    cat = write_demo_catalog(tmp / "cat", scenes=2, size_px=256)
+    cfg = parse_config(
+        {"kind": "data", "catalog": {"backend": "static", "url": str(cat.catalog_json)}, "chips": {"size_px": 64}},
+        "test",
+        DataConfig,
+    )
+    build_plan(cfg, tmp / "plan.parquet")
+    frame, _ = read_plan(tmp / "plan.parquet")
+    rows = frame.to_dict("records")
+    repeated = [{**r, "chip_id": f"{r['chip_id']}#{k}"} for k in range(4) for r in rows]
+    write_plan(repeated, tmp / "plan_x4.parquet")
+    return {1: tmp / "plan.parquet", 4: tmp / "plan_x4.parquet"}
+
+
+@pytest.mark.parametrize("times", [1, 4])
+def test_chunks_stay_within_chunk_rows_and_large_tile_groups_are_cut(plans: dict[int, Path], times: int) -> None:
+    plan = plans[times]
+    windows = epoch_window_sets(plan_windows(str(plan), "all", 1024), 0, 0, (0, 1), 0, 4)
+    blocks = list(
+        iter_chip_blocks(str(plan), windows, split="all", window_rows=1024, chunk_rows=3, min_valid_fraction=0.0)
+    )
+    ids = [c for b in blocks for c in b["chip_id"]]
+    frame, _ = read_plan(plan)
+    assert sorted(ids) == sorted(frame["chip_id"])  # every chip once
+    # one block per chunk: never more than chunk_rows, although a tile group holds 4 x times chips ...
+    assert max(len(b["chip_id"]) for b in blocks) <= 3
+    tiles = Counter(k for b in blocks for k in b["tile_key"])
+    assert set(tiles.values()) == {4 * times}
+    # ... so every group was cut across chunks
+    spread = Counter(k for b in blocks for k in set(b["tile_key"]))
+    assert all(spread[k] >= -(-n // 3) for k, n in tiles.items()), (spread, tiles)
+    assert all(b["ok"].all() for b in blocks)  # every chip read
