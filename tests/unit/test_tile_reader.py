@@ -246,3 +246,73 @@ def test_proj_on_a_node_lattice_is_within_a_hundredth_of_a_pixel() -> None:
     alon, alat = reproject_centres(grid, "EPSG:4326")
     # S1 RTC-like lon/lat pixels of 1e-4 deg (~10 m)
     assert np.abs(alon - lon).max() / 1e-4 < 0.01 and np.abs(alat - lat).max() / 1e-4 < 0.01
+
+
+def _reference_bilinear(m: object, data: np.ndarray, nodata: float | None, fill: float) -> np.ndarray:
+    """GDAL's renormalised bilinear, pixel by pixel: the four neighbours inside and valid, weights renormalised."""
+    rows, cols = np.broadcast_to(m.rows, m.shape), np.broadcast_to(m.cols, m.shape)  # type: ignore[attr-defined]
+    wr, wc = np.broadcast_to(m.wr, m.shape), np.broadcast_to(m.wc, m.shape)  # type: ignore[attr-defined]
+    out = np.full(m.shape, fill, np.float64)  # type: ignore[attr-defined]
+    h, w = data.shape
+    for i in range(m.shape[0]):  # type: ignore[attr-defined]
+        for j in range(m.shape[1]):  # type: ignore[attr-defined]
+            acc = wsum = 0.0
+            for dr, dc, wk in ((0, 0, (1 - wr[i, j]) * (1 - wc[i, j])), (0, 1, (1 - wr[i, j]) * wc[i, j]),
+                               (1, 0, wr[i, j] * (1 - wc[i, j])), (1, 1, wr[i, j] * wc[i, j])):  # fmt: skip
+                r, c = rows[i, j] + dr, cols[i, j] + dc
+                if 0 <= r < h and 0 <= c < w and np.isfinite(data[r, c]) and data[r, c] != nodata:
+                    acc += wk * float(data[r, c])
+                    wsum += wk
+            if wsum > 1e-5:
+                out[i, j] = acc / wsum
+    return out
+
+
+@pytest.mark.parametrize("src_crs", ["EPSG:32632", "EPSG:4326"])  # a separable map, and a full one
+@pytest.mark.parametrize("holes", [False, True])
+def test_bilinear_renormalises_over_valid_neighbours_like_gdal(tmp_path: Path, src_crs: str, holes: bool) -> None:
+    # a 20 m (or lon/lat) source; a 10 m grid hanging over its top-left corner and, with holes, nodata inside
+    rng = np.random.default_rng(5)
+    arr = rng.integers(1, 5000, (24, 24)).astype(np.uint16)
+    if holes:
+        arr[6:9, 4:15] = 0
+        arr[15, 15] = 0
+    if src_crs == "EPSG:4326":
+        transform = Affine(0.00025, 0, 9.0, 0, -0.00025, 45.0)
+        x0, y0 = Transformer.from_crs("EPSG:4326", "EPSG:32632", always_xy=True).transform(9.0, 45.0)
+        x0, y0 = round(x0, -1) - 30, round(y0, -1) + 30
+    else:
+        transform, x0, y0 = Affine(20, 0, 500000, 0, -20, 5000000), 499970.0, 5000030.0
+    sg = SourceGrid(src_crs, tuple(transform)[:6], 24, 24)
+    m = sample_map(sg, ChipGridKey("EPSG:32632", (10.0, 0.0, x0, 0.0, -10.0, y0), 40), "bilinear")
+    assert m.separable == (src_crs == "EPSG:32632") and not m.inside
+    r0, r1, c0, c1 = m.bbox
+    ours = apply_map(m, arr[r0:r1, c0:c1], (r0, c0), 0, -1.0)
+    ref = _reference_bilinear(
+        type(m)(m.kind, m.shape, m.rows - r0, m.cols - c0, m.wr, m.wc, m.bbox), arr[r0:r1, c0:c1], 0, -1.0
+    )
+    assert ours.dtype == np.float32 and (ours == -1).any() == (ref == -1).any()
+    assert np.allclose(ours, ref, rtol=1e-5, atol=1e-2)
+
+
+def test_a_tile_group_reads_each_file_once(demo_plan: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # every band file of a tile group is read once for all its chips (S1 too: its NaN fill once made
+    # a distinct job per chip, reading S1 chip by chip)
+    import eoforge.data.tiles as tiles
+
+    rows = list(_rows(demo_plan).values())
+    group = next(idx for _, idx in tiles.group_rows(rows, DatasetCache()) if len(idx) > 1)
+    calls: list[tuple[str, int]] = []
+    real = tiles.read_band_on_grids
+
+    def counting(href: str, grids: list, *args: object) -> list[np.ndarray]:
+        calls.append((href, len(grids)))
+        return real(href, grids, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tiles, "read_band_on_grids", counting)
+    out = tiles.read_rows([rows[i] for i in group], DatasetCache())
+    assert all(isinstance(c, tiles.RawChip) for c in out)
+    hrefs = [h for h, _ in calls]
+    assert len(hrefs) == len(set(hrefs)) and {n for _, n in calls} == {len(group)}
+    s1 = {json.loads(rows[i]["s1_assets"])[b] for i in group for b in S1_BAND_NAMES}
+    assert s1 <= set(hrefs)

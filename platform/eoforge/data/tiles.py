@@ -26,6 +26,7 @@ most ``max_age_s``, then it is reopened and signed again).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -43,6 +44,8 @@ from eoforge.errors import ChipReadError
 
 #: The S2 band whose COG's internal tiles define the groups (a 10 m band).
 KEY_BAND = "B04"
+#: Fill of S1 pixels with no valid source neighbour (masked). One object: it is part of a dict key.
+S1_FILL = math.nan
 
 
 @dataclass
@@ -242,7 +245,8 @@ def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip |
             parsed[i] = _parse(row)
         except ChipReadError as exc:
             out[i] = exc
-    # (sensor, href, kind, fill) -> row indices; pixels per (row index, name)
+    # (sensor, href, kind, fill) -> row indices; pixels per (row index, name). The fill is one
+    # object (S1_FILL): a fresh float("nan") per row is a new key (nan != nan), which read S1 chip by chip
     jobs: dict[tuple[str, str, str, float], list[int]] = {}
     for i, p in parsed.items():
         for b in S2_BAND_NAMES:
@@ -252,7 +256,7 @@ def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip |
         if p.label:
             jobs.setdefault(("s2", p.label, "nearest", 255.0), []).append(i)
         for b in S1_BAND_NAMES:
-            jobs.setdefault(("s1", p.s1_assets[b], "bilinear", float("nan")), []).append(i)
+            jobs.setdefault(("s1", p.s1_assets[b], "bilinear", S1_FILL), []).append(i)
     pixels: dict[tuple[int, str, str], np.ndarray] = {}
     # one GDAL environment per (sensor, access settings), entered once for all of its files
     by_env: dict[str, list[tuple[tuple[str, str, str, float], list[int]]]] = {}
@@ -275,52 +279,93 @@ def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip |
                     continue
                 for i, band in zip(idx, bands, strict=True):
                     pixels[(i, href, kind)] = band
+    # chips of one file set (same files, units and radiometry: a tile group's chips) are assembled together
+    sets: dict[tuple[object, ...], list[int]] = {}
     for i, p in parsed.items():
-        if out[i] is not None:
-            continue
-        try:
-            out[i] = _assemble(i, p, pixels, cache, resolve_signer, grd_calibration_on_grid, s1_to_db, GDAL_ENV)
-        except ChipReadError as exc:
-            out[i] = exc
+        if out[i] is None:
+            sets.setdefault(_file_set(p), []).append(i)
+    for idx in sets.values():
+        chips = _assemble(
+            idx, [parsed[i] for i in idx], pixels, resolve_signer, grd_calibration_on_grid, s1_to_db, GDAL_ENV
+        )
+        for i, chip in zip(idx, chips, strict=True):
+            out[i] = chip
     return out  # type: ignore[return-value]
 
 
+def _file_set(p: _Parsed) -> tuple[object, ...]:
+    """What makes chips assemble alike: their files, units, radiometry, calibration, S1 access and size."""
+    return (
+        tuple(p.s2_assets[b] for b in S2_BAND_NAMES),
+        tuple(p.s1_assets[b] for b in S1_BAND_NAMES),
+        p.scl,
+        p.label,
+        p.units,
+        json.dumps(p.radiometry, sort_keys=True),
+        json.dumps(p.calibration, sort_keys=True),
+        json.dumps(p.access.get("s1", {}), sort_keys=True),
+        p.grid.size,
+    )
+
+
 def _assemble(
-    i: int,
-    p: _Parsed,
+    idx: list[int],
+    ps: list[_Parsed],
     pixels: dict[tuple[int, str, str], np.ndarray],
-    cache: DatasetCache,
     resolve_signer: Callable[[str | None], Callable[[str], str]],
     grd_calibration_on_grid: Callable[..., np.ndarray],
     s1_to_db: Callable[..., np.ndarray],
     gdal_env: dict[str, str],
-) -> RawChip:
+) -> list[RawChip | ChipReadError]:
+    """The chips ``idx`` of one file set (``ps``: their parsed rows), assembled as one [N, ...] batch.
+
+    Gains and offsets, masks (S2 nodata, SCL classes, S1 nodata), dB and the storage dtypes are
+    applied to the whole batch; only GRD calibration LUTs are computed chip by chip (they depend
+    on the chip's own grid), and a chip whose LUT fails gets its own error.
+    """
     from eoforge.data.reader import ChipGrid
 
-    raw = np.stack([pixels[(i, p.s2_assets[b], "bilinear")] for b in S2_BAND_NAMES])
-    valid = np.all(raw > 0, axis=0)
+    p = ps[0]
+
+    def stacked(href: str, kind: str) -> np.ndarray:
+        return np.stack([pixels[(i, href, kind)] for i in idx])  # [N, H, W]
+
+    raw = np.stack([stacked(p.s2_assets[b], "bilinear") for b in S2_BAND_NAMES], axis=1)  # [N, 12, H, W]
+    valid = np.all(raw > 0, axis=1)
     gains = np.array([p.radiometry.get(b, [1.0, 0.0])[0] for b in S2_BAND_NAMES], np.float32)[:, None, None]
     offsets = np.array([p.radiometry.get(b, [1.0, 0.0])[1] for b in S2_BAND_NAMES], np.float32)[:, None, None]
-    s2 = raw * gains + offsets
+    s2 = raw * gains + offsets if (gains != 1).any() or (offsets != 0).any() else raw
     if p.scl:
-        valid &= ~np.isin(pixels[(i, p.scl, "nearest")].astype(np.uint8), S2_SCL_INVALID)
-    label = pixels[(i, p.label, "nearest")].astype(np.uint8) if p.label else None
+        valid &= ~np.isin(stacked(p.scl, "nearest").astype(np.uint8), S2_SCL_INVALID)
+    label = stacked(p.label, "nearest").astype(np.uint8) if p.label else None
     s1_access = p.access.get("s1", {})
+    failed: dict[int, ChipReadError] = {}
     bands = []
     for b in S1_BAND_NAMES:
         lut = None
         if p.units == "amplitude" and p.calibration.get(b):
-            grid = ChipGrid(p.grid.crs, Affine(*p.grid.transform), p.grid.size)
+            lut = np.full((len(idx), *p.grid.shape), np.nan, np.float32)
             with rasterio.Env(**gdal_env, **s1_access.get("env", {})):
-                lut = grd_calibration_on_grid(
-                    p.s1_assets[b], p.calibration[b], grid, resolve_signer(s1_access.get("signing"))
-                )
-        bands.append(s1_to_db(pixels[(i, p.s1_assets[b], "bilinear")], p.units, lut))
-    s1 = np.stack(bands)
-    valid &= np.all(np.isfinite(s1), axis=0)
-    s2_u16 = np.where(valid, np.clip(np.rint(s2), 0, 65535), 0).astype(np.uint16)
-    s1_f16 = np.where(valid, s1, 0).astype(np.float16)
-    return RawChip(s2=s2_u16, s1=s1_f16, valid=valid, label=label)
+                for j in range(len(idx)):
+                    g = ps[j].grid  # rows of a file set share files, not grids: each chip's LUT on its own
+                    grid = ChipGrid(g.crs, Affine(*g.transform), g.size)
+                    try:
+                        lut[j] = grd_calibration_on_grid(
+                            p.s1_assets[b], p.calibration[b], grid, resolve_signer(s1_access.get("signing"))
+                        )
+                    except ChipReadError as exc:
+                        failed[j] = exc
+        bands.append(s1_to_db(stacked(p.s1_assets[b], "bilinear"), p.units, lut))
+    s1 = np.stack(bands, axis=1)  # [N, 2, H, W]
+    valid &= np.all(np.isfinite(s1), axis=1)
+    s2_u16 = np.where(valid[:, None], np.clip(np.rint(s2), 0, 65535), 0).astype(np.uint16)
+    s1_f16 = np.where(valid[:, None], s1, 0).astype(np.float16)
+    return [
+        failed[j]
+        if j in failed
+        else RawChip(s2=s2_u16[j], s1=s1_f16[j], valid=valid[j], label=None if label is None else label[j])
+        for j in range(len(idx))
+    ]
 
 
 def group_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> Iterator[tuple[str, list[int]]]:
