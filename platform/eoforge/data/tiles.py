@@ -44,6 +44,8 @@ from eoforge.errors import ChipReadError
 
 #: The S2 band whose COG's internal tiles define the groups (a 10 m band).
 KEY_BAND = "B04"
+#: Chips assembled as one batch at most (float32 temporaries of ~1 MB a chip at 64 px: bounded memory).
+ASSEMBLE_CHIPS = 32
 #: Fill of S1 pixels with no valid source neighbour (masked). One object: it is part of a dict key.
 S1_FILL = math.nan
 
@@ -284,12 +286,14 @@ def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip |
     for i, p in parsed.items():
         if out[i] is None:
             sets.setdefault(_file_set(p), []).append(i)
-    for idx in sets.values():
-        chips = _assemble(
-            idx, [parsed[i] for i in idx], pixels, resolve_signer, grd_calibration_on_grid, s1_to_db, GDAL_ENV
-        )
-        for i, chip in zip(idx, chips, strict=True):
-            out[i] = chip
+    for members in sets.values():
+        for k in range(0, len(members), ASSEMBLE_CHIPS):
+            idx = members[k : k + ASSEMBLE_CHIPS]
+            chips = _assemble(
+                idx, [parsed[i] for i in idx], pixels, resolve_signer, grd_calibration_on_grid, s1_to_db, GDAL_ENV
+            )
+            for i, chip in zip(idx, chips, strict=True):
+                out[i] = chip
     return out  # type: ignore[return-value]
 
 
