@@ -337,3 +337,34 @@ def test_network_policies_admit_only_cluster_pods(rendered: dict[str, list[Obj]]
             sel = spec["podSelector"]["matchLabels"].items()
             assert any(sel <= labels.items() for labels in templates), name
         assert spec["policyTypes"] == ["Ingress"]
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes quantity (``8Gi``, ``512Mi``, ``1073741824``) in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * factor)
+    return int(quantity)
+
+
+@pytest.mark.parametrize("overlay", ("base", *OVERLAYS))
+def test_every_ray_pod_has_an_object_store_inside_its_shared_memory(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    # Ray's default store (30 % of the container's memory) can be larger than /dev/shm, and Ray then
+    # puts it on disk (/tmp); an explicit size inside /dev/shm and the memory limit keeps it in RAM
+    for where, spec in cluster_specs(rendered[overlay]):
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            name = f"{where}/{group.get('groupName', 'head')}"
+            store = _bytes(group["rayStartParams"]["object-store-memory"])
+            pod = group["template"]["spec"]
+            (container,) = [c for c in pod["containers"] if c["name"].startswith("ray")]
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert "/dev/shm" in mounts, name
+            (shm,) = [v for v in pod["volumes"] if v["name"] == mounts["/dev/shm"]]
+            assert shm["emptyDir"]["medium"] == "Memory", name
+            shm_bytes = _bytes(shm["emptyDir"]["sizeLimit"])
+            memory = _bytes(container["resources"]["limits"]["memory"])
+            # tmpfs pages count against the container's memory: store + heap must fit the limit
+            assert store <= 0.8 * shm_bytes and shm_bytes <= memory // 2, (name, store, shm_bytes, memory)
