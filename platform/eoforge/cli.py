@@ -50,7 +50,10 @@ def up(
     ray_port: int = typer.Option(6379, help="Ray GCS port."),
     client_port: int = typer.Option(10001, help="Ray client server port."),
     mlflow_port: int = typer.Option(5000, help="MLflow tracking server port."),
-    num_cpus: int | None = typer.Option(None, help="Logical CPUs the Ray head advertises (default max(8, cores))."),
+    num_cpus: int | None = typer.Option(None, help="Logical CPUs the Ray head advertises (default max(4, cores))."),
+    object_store_mb: int | None = typer.Option(
+        None, min=100, help="The Ray head's object store, MiB (default min(2048, 30 % of RAM))."
+    ),
     random_ports: bool = typer.Option(False, help="Pick free ports for every service (tests, second stacks)."),
 ) -> None:
     """Start the local stack: a Ray head and an MLflow server on 127.0.0.1."""
@@ -59,7 +62,7 @@ def up(
 
     ports = StackPorts.random() if random_ports else StackPorts(ray_port, dashboard_port, client_port, mlflow_port)
     typer.echo("starting MLflow and the Ray head (about 20 s)...", err=True)
-    state = stack_up(home, ports, num_cpus)
+    state = stack_up(home, ports, num_cpus, object_store_mb)
     typer.echo(f"Ray dashboard: {state.ray_dashboard_url}  (RAY_ADDRESS={state.ray_dashboard_url})")
     typer.echo(f"MLflow:        {state.mlflow_url}  (MLFLOW_TRACKING_URI={state.mlflow_url})")
     typer.echo(f"state:         {state.home}/stack.json")

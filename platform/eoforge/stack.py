@@ -116,8 +116,36 @@ def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[b
         )
 
 
-def up(home: Path, ports: StackPorts | None = None, num_cpus: int | None = None) -> StackState:
-    """Start MLflow, then the Ray head; return the recorded state (idempotent when running)."""
+#: The local head's object store, MiB, at most (Ray's default is 30 % of the machine's memory).
+OBJECT_STORE_MB = 2048
+
+
+def object_store_bytes(object_store_mb: int | None) -> int:
+    """The head's object store in bytes: ``object_store_mb``, else min(:data:`OBJECT_STORE_MB`, 30 % of RAM).
+
+    A bounded store also bounds the object-store pages a consumer of chip streams touches, which
+    its RSS counts (``bench/stream_memory.py``).
+    """
+    if object_store_mb is not None:
+        if object_store_mb < 100:
+            raise ValueError(f"object_store_mb: {object_store_mb} MiB is too small for Ray (at least 100)")
+        return object_store_mb * 2**20
+    import psutil
+
+    return int(min(OBJECT_STORE_MB * 2**20, 0.3 * psutil.virtual_memory().total))
+
+
+def up(
+    home: Path, ports: StackPorts | None = None, num_cpus: int | None = None, object_store_mb: int | None = None
+) -> StackState:
+    """Start MLflow, then the Ray head; return the recorded state (idempotent when running).
+
+    Args:
+        home: state, logs, MLflow's database and artifacts.
+        ports: the services' ports (default: the usual ones).
+        num_cpus: logical CPUs the head advertises (default max(4, cores)).
+        object_store_mb: the head's object store, MiB (see :func:`object_store_bytes`).
+    """
     home = home.absolute()
     current = read_state(home)
     if current and _alive(current.ray_pid) and _alive(current.mlflow_pid):
@@ -188,6 +216,8 @@ def up(home: Path, ports: StackPorts | None = None, num_cpus: int | None = None)
         str(cpus),
         "--num-gpus",
         "0",
+        "--object-store-memory",
+        str(object_store_bytes(object_store_mb)),
         "--disable-usage-stats",
     ]
     for flag in (
