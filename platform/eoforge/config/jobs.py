@@ -42,6 +42,12 @@ class PlanSource(PlanInput):
     mix_windows: PosInt = Field(
         4, description="Plan windows (1024 rows each, random places) one reading call shuffles together."
     )
+    materialize: bool = Field(
+        False,
+        description="Decode the plan's chips once into a Parquet chip cache (<run.storage_path>/chip-cache, "
+        "shared with fine-tuning) and read every epoch from it (no COG reads or resampling after the first "
+        "pass): for plans that fit on disk (~125 KB per 64 px chip) trained for many epochs.",
+    )
 
 
 class ScalingConfig(Strict):

@@ -221,6 +221,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from eoforge.data.dataset import build_chip_dataset
         from eoforge.errors import ChipReadError
 
+        if "cache" in data_args:  # a materialised plan: this worker's files of the cache, same order rules
+            from eoforge.data.materialized import iter_materialized_batches
+
+            yield from iter_materialized_batches(
+                data_args["cache"],
+                data_args["split"],
+                cfg.train.batch_size,
+                seed=cfg.train.seed,
+                epoch=epoch,
+                shard=(rank, world),
+                skip_rows=skip_batches * cfg.train.batch_size,
+                mix=data_args["mix"],
+            )
+            return
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
             ds = build_chip_dataset(

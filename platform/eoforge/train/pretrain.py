@@ -93,6 +93,13 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
         "mix_windows": cfg.data.mix_windows,
     }
     build_chip_dataset(**data_args)
+    if cfg.data.materialize:  # decoded once, then every epoch reads the cache's files (data/materialized.py)
+        from eoforge.finetune.chips import ensure_chip_cache
+
+        cache = ensure_chip_cache(cfg.data, plan_hash, f"{cfg.run.storage_path.rstrip('/')}/chip-cache")
+        data_args = {"cache": cache, "split": cfg.data.split, "mix": cfg.data.mix_windows}
+        client.set_tag(run_id, "eoforge.chip_cache", cache)
+        print(f"[eoforge] epochs read the materialised chips in {cache}", flush=True)
     trainer = torch_trainer(
         train_loop_per_worker,
         {"cfg": cfg.model_dump(mode="json"), "mlflow": {"uri": uri, "run_id": run_id}, "data": data_args},

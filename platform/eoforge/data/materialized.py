@@ -1,0 +1,195 @@
+"""Epochs from a materialised plan: chips decoded once into a sharded Parquet chip cache, then re-read.
+
+Streaming a plan decodes its COG tiles and resamples every chip again in every epoch. For a plan
+that fits on disk (about 125 KB per 64 px chip) and many epochs, ``data.materialize: true`` decodes
+it once through the same reader (:func:`eoforge.finetune.chips.ensure_chip_cache`: Ray Data
+``write_parquet``, one file per output block, shared with fine-tuning) and every epoch reads the
+files back. No reading actors start per epoch and nothing is resampled again.
+
+The order of an epoch follows the live stream's rules (:mod:`eoforge.data.dataset`), with the
+cache's files as its windows: a seeded permutation of the files (seed, epoch), every ``world``-th
+for worker ``rank``, taken in sets of ``mix`` files whose rows of the split are permuted together
+(:func:`eoforge.data.dataset.epoch_window_sets`); batches are consecutive slices of that order. The
+cache's rows are already in the live stream's epoch-0 order (tile groups of several places mixed
+in chunks), so a set mixes several chunks. A cache with too few files for its shards has its
+files cut into parts (:func:`cache_windows`), as the live stream cuts a small plan's windows. A
+resumed run passes ``skip_rows``: whole sets are dropped before any file is read, and the rest of
+the skip is cut from the first set read.
+
+Batches (numpy, as :func:`eoforge.data.dataset.build_chip_dataset` streams them): ``chip_id``,
+``split``, ``ok``, ``error``, ``item_labels``, ``tile_key`` str [B]; ``s2`` uint16 [B, 12, H, W];
+``s1`` float16 [B, 2, H, W]; ``valid`` bool [B, H, W]; ``label`` uint8 [B, H, W].
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from eoforge.data.dataset import Window, epoch_window_sets
+from eoforge.errors import ChipReadError
+
+#: Columns of a batch; pixel columns are tensor-extension columns in the cache.
+COLUMNS = ["chip_id", "split", "ok", "error", "item_labels", "tile_key", "s2", "s1", "valid", "label"]
+PIXELS = {"s2": np.uint16, "s1": np.float16, "valid": bool, "label": np.uint8}
+
+
+def _fs(cache: str) -> tuple[Any, str]:
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(cache) if "://" in cache else (pafs.LocalFileSystem(), cache)
+
+
+@functools.lru_cache(maxsize=8)
+def cache_files(cache: str, split: str) -> tuple[tuple[str, ...], tuple[Window, ...]]:
+    """The cache's Parquet files (sorted) and one window per file holding rows of ``split``.
+
+    A window's ``row_group`` is the file's index; ``rows`` its rows of the split (``all``: every
+    row), read from the ``split`` column only.
+
+    Raises:
+        ChipReadError: the cache has no Parquet file.
+    """
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(cache)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=False))
+    paths = tuple(sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")))
+    if not paths:
+        raise ChipReadError(f"chip cache {cache}: no Parquet files")
+    windows = []
+    for k, path in enumerate(paths):
+        col = pq.read_table(path, columns=["split"], filesystem=fs).column("split")
+        n = len(col) if split == "all" else int(pc.sum(pc.equal(col, split)).as_py() or 0)
+        if n:
+            windows.append(Window(k, 0, n))
+    return paths, tuple(windows)
+
+
+def cache_windows(cache: str, split: str, world: int) -> tuple[tuple[str, ...], tuple[Window, ...], int]:
+    """The cache's files and windows for ``world`` shards, and the rows per window part (0: whole files).
+
+    With fewer than :data:`eoforge.data.dataset.MIN_WINDOWS_PER_SHARD` files per shard (a small
+    cache) the files are cut into parts of ``part`` rows of the split (window ``index`` = part),
+    so that every worker gets rows, as the live stream cuts a small plan's windows.
+    """
+    from eoforge.data.dataset import MIN_WINDOWS_PER_SHARD
+
+    paths, windows = cache_files(cache, split)
+    if len(windows) >= MIN_WINDOWS_PER_SHARD * world:
+        return paths, windows, 0
+    part = max(1, math.ceil(sum(w.rows for w in windows) / (MIN_WINDOWS_PER_SHARD * world)))
+    parts = [
+        Window(w.row_group, j, min(part, w.rows - j * part)) for w in windows for j in range(math.ceil(w.rows / part))
+    ]
+    return paths, tuple(parts), part
+
+
+def _column(col: pa.ChunkedArray, name: str) -> np.ndarray:
+    if name in PIXELS:
+        from eoforge.finetune.chips import _tensor_column
+
+        return _tensor_column(col.combine_chunks(), PIXELS[name])
+    return np.asarray(col.to_pylist(), dtype=bool if name == "ok" else object)
+
+
+def _read_set(
+    cache: str, paths: tuple[str, ...], ws: tuple[Window, ...], split: str, seed: int, epoch: int, part: int
+) -> dict:
+    """The rows of the split in a set of files (or file parts of ``part`` rows), permuted together.
+
+    The first ``ws[0].skip`` rows of that order are left out.
+    """
+    import ray.data  # noqa: F401  (registers Ray's tensor extension types before the read)
+
+    fs, _ = _fs(cache)
+    tables = []
+    for w in ws:
+        table = pq.read_table(paths[w.row_group], columns=COLUMNS, filesystem=fs)
+        if split != "all":
+            table = table.filter(pc.equal(table.column("split"), split))
+        tables.append(table.slice(w.index * part, w.rows) if part else table)
+    table = pa.concat_tables(tables)
+    order = np.random.default_rng([seed, epoch, ws[0].row_group, ws[0].index]).permutation(table.num_rows)
+    order = order[ws[0].skip :]
+    table = table.take(pa.array(order))
+    return {name: _column(table.column(name), name) for name in COLUMNS}
+
+
+def iter_materialized_batches(
+    cache: str,
+    split: str,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    skip_rows: int = 0,
+    mix: int = 4,
+    prefetch: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This worker's batches of ``epoch`` from a chip cache (see module docstring).
+
+    Args:
+        cache: the chip cache (local folder or URI) of :func:`eoforge.finetune.chips.ensure_chip_cache`.
+        split: ``train`` / ``val`` / ``test`` / ``all``.
+        batch_size: rows per batch (the last one of the epoch fewer).
+        seed: seed of the epochs' orders (``train.seed``).
+        epoch: which epoch's order.
+        shard: (rank, world): this worker's share of the files.
+        skip_rows: rows of this epoch (and shard) already trained: left out before reading.
+        mix: files read and permuted together.
+        prefetch: file sets read ahead by a background thread while batches are consumed.
+    """
+    paths, windows, part = cache_windows(cache, split, shard[1])
+    sets = epoch_window_sets(windows, seed, epoch, shard, skip_rows, mix)
+    if not sets:
+        return
+    ahead: queue.Queue[dict | BaseException | None] = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for ws in sets:
+                if stop.is_set():
+                    return
+                ahead.put(_read_set(cache, paths, ws, split, seed, epoch, part))
+        except BaseException as exc:  # handed to the consumer, raised there
+            ahead.put(exc)
+            return
+        ahead.put(None)
+
+    thread = threading.Thread(target=produce, name="eoforge-materialized-prefetch", daemon=True)
+    thread.start()
+    rest: dict[str, np.ndarray] | None = None
+    try:
+        while True:
+            got = ahead.get()
+            if got is None:
+                break
+            if isinstance(got, BaseException):
+                raise got
+            block = got if rest is None else {k: np.concatenate([rest[k], got[k]]) for k in COLUMNS}
+            n = len(block["ok"])
+            full = n - n % batch_size
+            for i in range(0, full, batch_size):
+                yield {k: v[i : i + batch_size] for k, v in block.items()}
+            rest = {k: v[full:] for k, v in block.items()} if full < n else None
+        if rest is not None:
+            yield rest
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ahead.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.1)
