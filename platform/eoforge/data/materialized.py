@@ -3,7 +3,7 @@
 Streaming a plan decodes its COG tiles and resamples every chip again in every epoch. For a plan
 that fits on disk (about 125 KB per 64 px chip) and many epochs, ``data.materialize: true`` decodes
 it once through the same reader (:func:`eoforge.finetune.chips.ensure_chip_cache`: Ray Data
-``write_parquet``, one file per output block, shared with fine-tuning) and every epoch reads the
+``write_parquet``, files of at most 256 rows, shared with fine-tuning) and every epoch reads the
 files back. No reading actors start per epoch and nothing is resampled again.
 
 The order of an epoch follows the live stream's rules (:mod:`eoforge.data.dataset`), with the
