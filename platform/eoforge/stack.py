@@ -130,9 +130,8 @@ def object_store_bytes(object_store_mb: int | None) -> int:
         if object_store_mb < 100:
             raise ValueError(f"object_store_mb: {object_store_mb} MiB is too small for Ray (at least 100)")
         return object_store_mb * 2**20
-    import psutil
-
-    return int(min(OBJECT_STORE_MB * 2**20, 0.3 * psutil.virtual_memory().total))
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(min(OBJECT_STORE_MB * 2**20, 0.3 * ram))
 
 
 def up(
