@@ -316,3 +316,13 @@ def test_a_tile_group_reads_each_file_once(demo_plan: Path, monkeypatch: pytest.
     assert len(hrefs) == len(set(hrefs)) and {n for _, n in calls} == {len(group)}
     s1 = {json.loads(rows[i]["s1_assets"])[b] for i in group for b in S1_BAND_NAMES}
     assert s1 <= set(hrefs)
+
+
+def test_a_chip_that_cannot_be_assembled_gets_its_error_and_the_others_are_read(demo_plan: Path) -> None:
+    import eoforge.data.tiles as tiles
+
+    rows = list(_rows(demo_plan).values())[:4]
+    bad = dict(rows[1], s1_units="furlongs")  # unknown S1 units: refused with the reason, not a crash
+    out = tiles.read_rows([rows[0], bad, rows[2], rows[3]], DatasetCache())
+    assert isinstance(out[1], tiles.ChipReadError) and "furlongs" in str(out[1])
+    assert all(isinstance(c, tiles.RawChip) for c in (out[0], out[2], out[3]))

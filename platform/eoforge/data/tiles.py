@@ -289,9 +289,12 @@ def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip |
     for members in sets.values():
         for k in range(0, len(members), ASSEMBLE_CHIPS):
             idx = members[k : k + ASSEMBLE_CHIPS]
-            chips = _assemble(
-                idx, [parsed[i] for i in idx], pixels, resolve_signer, grd_calibration_on_grid, s1_to_db, GDAL_ENV
-            )
+            try:
+                chips = _assemble(
+                    idx, [parsed[i] for i in idx], pixels, resolve_signer, grd_calibration_on_grid, s1_to_db, GDAL_ENV
+                )
+            except ChipReadError as exc:  # e.g. unknown S1 units: every chip of the set, with the reason
+                chips = [exc] * len(idx)
             for i, chip in zip(idx, chips, strict=True):
                 out[i] = chip
     return out  # type: ignore[return-value]
