@@ -24,9 +24,9 @@ store (Ray's resource view, refreshed about every 0.1 s, so a short burst can be
 it follows the store's peak use (and its allocator's fragmentation), which the stream bounds
 (``--block-mb``, ``--object-store-mb``, read tasks of a few chunks), not the plan's length.
 Within a long run a consumer's ``shmem`` grows past that peak: the store's allocator places new
-objects over more and more of the store's memory (a loop of 16 MB objects, 6 alive at a time, read
-by the driver: 550 MB touched after 50 objects, 1082 MB after 350 with Ray's default store; 286 MB
-from the 50th on with a 300 MB store), so its bound is the node's object-store size (``--store-mb``;
+objects over more and more of the store's memory (``bench/store_pages.py``: 16 MB objects, 6 alive
+at a time, read by the driver: 682 MB touched after 50 objects, 1566 MB after 350 with Ray's default
+store; 295 MB from the 50th on with a 300 MB store), so its bound is the node's object-store size (``--store-mb``;
 ``eoforge up`` and the k8s manifests set it explicitly), not the stream's budget nor the plan's length.
 
 JSON last line: both runs, ``driver_rss_ratio`` / ``worker_rss_ratio`` (10N peak / N peak of the
