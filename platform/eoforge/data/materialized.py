@@ -112,13 +112,14 @@ def _read_set(
     import ray.data  # noqa: F401  (registers Ray's tensor extension types before the read)
 
     fs, _ = _fs(cache)
-    tables = []
+    files: dict[int, pa.Table] = {}  # each file of the set read once (a small cache's parts share files)
     for w in ws:
-        table = pq.read_table(paths[w.row_group], columns=COLUMNS, filesystem=fs)
-        if split != "all":
-            table = table.filter(pc.equal(table.column("split"), split))
-        tables.append(table.slice(w.index * part, w.rows) if part else table)
-    table = pa.concat_tables(tables)
+        if w.row_group not in files:
+            table = pq.read_table(paths[w.row_group], columns=COLUMNS, filesystem=fs)
+            files[w.row_group] = table.filter(pc.equal(table.column("split"), split)) if split != "all" else table
+    table = pa.concat_tables(
+        [files[w.row_group].slice(w.index * part, w.rows) if part else files[w.row_group] for w in ws]
+    )
     order = np.random.default_rng([seed, epoch, ws[0].row_group, ws[0].index]).permutation(table.num_rows)
     order = order[ws[0].skip :]
     table = table.take(pa.array(order))
