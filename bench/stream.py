@@ -18,8 +18,8 @@ process run, one contender after the other:
   resolution, S1 on its own lon/lat grid: the covering window, no reprojection).
 
 A fourth contender, ``eoforge_materialized``, is the repeated epochs of a materialised plan
-(``data.materialize: true``): each plan is decoded once through the stream into the chip cache
-(``ensure_chip_cache``, untimed), then a pass is one worker's epoch read back from it
+(``data.materialize: true``): each plan is decoded once through the stream into Parquet files
+(``ensure_materialized``, untimed), then a pass is one worker's epoch read back from it
 (``iter_materialized_batches``, batches of ``--batch``), in this process on the same ``--cores``. It
 is reported as ``materialized_ratio_vs_raw``, apart from the live stream's ``ratio_vs_raw``.
 
@@ -363,13 +363,14 @@ def eoforge_pass(plan: str, batch: int, block: int, ds_kwargs: dict) -> dict:
 
 
 def materialize(plan: str, cache_dir: Path, kw: dict) -> str:
-    """The plan's chip cache (``data.materialize``: decoded once through the stream), untimed."""
+    """The plan's materialised chips (``data.materialize``: decoded once through the stream), untimed."""
     from eoforge.config.jobs import PlanSource
-    from eoforge.finetune.chips import ensure_chip_cache
+    from eoforge.data.materialized import ensure_materialized
     from eoforge.plan.io import verify_plan
 
-    data = PlanSource.model_validate({"plan": plan, "split": "all", "normalize": "none", **kw})
-    return ensure_chip_cache(data, verify_plan(plan), str(cache_dir))
+    reading = {k: kw[k] for k in ("read_tasks", "read_cpus")}
+    data = PlanSource.model_validate({"plan": plan, "split": "all", "normalize": "none", **reading})
+    return ensure_materialized(data, verify_plan(plan), str(cache_dir))
 
 
 def materialized_pass(cache: str, batch: int) -> dict:
@@ -399,6 +400,8 @@ def main() -> None:
     ap.add_argument("--read-tasks", type=int, default=None, help="build_chip_dataset read_tasks (default --cores)")
     ap.add_argument("--read-cpus", type=float, default=1.0, help="build_chip_dataset read_cpus")
     ap.add_argument("--rows-per-task", type=int, default=None, help="build_chip_dataset rows_per_task")
+    ap.add_argument("--max-open", type=int, default=None, help="build_chip_dataset max_open (datasets per actor)")
+    ap.add_argument("--mix-windows", type=int, default=None, help="build_chip_dataset mix_windows")
     ap.add_argument("--skip-torchgeo", action="store_true")
     ap.add_argument("--workdir", default=None, help="keep data here (default: a temporary folder)")
     args = ap.parse_args()
@@ -453,6 +456,10 @@ def main() -> None:
             kw: dict[str, Any] = {"read_tasks": args.read_tasks or args.cores, "read_cpus": args.read_cpus}
             if args.rows_per_task:
                 kw["rows_per_task"] = args.rows_per_task
+            if args.max_open:
+                kw["max_open"] = args.max_open
+            if args.mix_windows:
+                kw["mix_windows"] = args.mix_windows
             results["eoforge"] = measure(
                 lambda: eoforge_pass(plan_small, args.batch, block, kw),
                 lambda: eoforge_pass(plan_large, args.batch, block, kw),
@@ -461,7 +468,7 @@ def main() -> None:
             )
             _progress("eoforge", results)
             # repeated epochs of a materialised plan (data.materialize): decoded once (untimed), then re-read
-            caches = [materialize(plan, Path(tmp) / "chip-cache", kw) for plan in (plan_small, plan_large)]
+            caches = [materialize(plan, Path(tmp) / "materialized", kw) for plan in (plan_small, plan_large)]
             results["eoforge_materialized"] = measure(
                 lambda: materialized_pass(caches[0], args.batch),
                 lambda: materialized_pass(caches[1], args.batch),

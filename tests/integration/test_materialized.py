@@ -11,9 +11,8 @@ from eoforge.config import DataConfig, parse_config
 from eoforge.config.jobs import PlanSource
 from eoforge.data import materialized
 from eoforge.data.dataset import build_chip_dataset, epoch_window_sets
-from eoforge.data.materialized import cache_files, cache_windows, iter_materialized_batches
+from eoforge.data.materialized import cache_files, cache_windows, ensure_materialized, iter_materialized_batches
 from eoforge.demo.catalog import write_demo_catalog
-from eoforge.finetune.chips import ensure_chip_cache
 from eoforge.plan.io import build_plan, read_plan
 
 
@@ -36,7 +35,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         # small files: many of them, so that sets, shards and skips are exercised
-        path = ensure_chip_cache(data, plan_hash, str(tmp / "chip-cache"), rows_per_file=16)
+        path = ensure_materialized(data, plan_hash, str(tmp / "materialized"), rows_per_file=16)
         yield path, tmp / "plan.parquet"
     finally:
         ray.shutdown()

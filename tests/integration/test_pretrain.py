@@ -108,8 +108,8 @@ def test_rerun_with_same_name_resumes_from_checkpoint(stack, trained) -> None:
     assert int(run.data.metrics["train/steps"]) > steps_before
 
 
-def test_materialized_epochs_train_from_the_chip_cache(stack, trained) -> None:
-    # data.materialize: the plan is decoded once into the chip cache, every epoch reads its files
+def test_materialized_epochs_train_from_the_materialized_plan(stack, trained) -> None:
+    # data.materialize: the plan is decoded once into Parquet files, every epoch reads them
     logs = submit(
         stack,
         trained["config"],
@@ -121,10 +121,10 @@ def test_materialized_epochs_train_from_the_chip_cache(stack, trained) -> None:
     assert "epochs read the materialised chips in" in logs
     client, run = _run(stack, "it-pretrain-mat")
     assert run.info.status == "FINISHED"
-    cache = Path(run.data.tags["eoforge.chip_cache"])
+    cache = Path(run.data.tags["eoforge.materialized"])
     assert (cache / "_SUCCESS").is_file() and list(cache.glob("*.parquet"))
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert losses and np.isfinite(losses).all()
     assert int(run.data.metrics["train/steps"]) >= 6  # 2 workers x 3 epochs of batches from the cache
     path = client.download_artifacts(run.info.run_id, "data/skipped_chips.json", str(trained["tmp"]))
-    assert trained["victim"] in json.loads(Path(path).read_text())  # the corrupt COG, counted from the cache
+    assert trained["victim"] in json.loads(Path(path).read_text())  # the corrupt COG, counted from the files

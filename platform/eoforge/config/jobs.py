@@ -44,8 +44,8 @@ class PlanSource(PlanInput):
     )
     materialize: bool = Field(
         False,
-        description="Decode the plan's chips once into a Parquet chip cache (<run.storage_path>/chip-cache, "
-        "shared with fine-tuning) and read every epoch from it (no COG reads or resampling after the first "
+        description="Decode the plan's chips once into Parquet files (<run.storage_path>/materialized) "
+        "and read every epoch from them (no COG reads or resampling after the first "
         "pass): for plans that fit on disk (~125 KB per 64 px chip) trained for many epochs.",
     )
 

@@ -1,10 +1,11 @@
-"""Epochs from a materialised plan: chips decoded once into a sharded Parquet chip cache, then re-read.
+"""Epochs from a materialised plan: chips decoded once into sharded Parquet files, then re-read.
 
 Streaming a plan decodes its COG tiles and resamples every chip again in every epoch. For a plan
 that fits on disk (about 125 KB per 64 px chip) and many epochs, ``data.materialize: true`` decodes
-it once through the same reader (:func:`eoforge.finetune.chips.ensure_chip_cache`: Ray Data
-``write_parquet``, files of at most 256 rows, shared with fine-tuning) and every epoch reads the
-files back. No reading actors start per epoch and nothing is resampled again.
+it once through the same reader (:func:`ensure_materialized`: Ray Data ``write_parquet`` under
+``<run.storage_path>/materialized/``, files of at most 256 rows, each pixel column one fixed-size
+blob per chip) and every epoch reads the files back. No reading actors start per epoch and nothing
+is decoded from COGs or resampled again; a pixel column reads back as one buffer that numpy views.
 
 The order of an epoch follows the live stream's rules (:mod:`eoforge.data.dataset`), with the
 cache's files as its windows: a seeded permutation of the files (seed, epoch), every ``world``-th
@@ -24,6 +25,7 @@ Batches (numpy, as :func:`eoforge.data.dataset.build_chip_dataset` streams them)
 from __future__ import annotations
 
 import functools
+import json
 import math
 import queue
 import threading
@@ -38,9 +40,81 @@ import pyarrow.parquet as pq
 from eoforge.data.dataset import Window, epoch_window_sets
 from eoforge.errors import ChipReadError
 
-#: Columns of a batch; pixel columns are tensor-extension columns in the cache.
+#: Columns of a batch; pixel columns are fixed-size binary columns (one blob per chip) in the files.
 COLUMNS = ["chip_id", "split", "ok", "error", "item_labels", "tile_key", "s2", "s1", "valid", "label"]
 PIXELS = {"s2": np.uint16, "s1": np.float16, "valid": bool, "label": np.uint8}
+#: Schema metadata key of the pixel columns' dtypes and shapes.
+PIXELS_META = b"eoforge.pixels"
+#: Bumped when the files' layout changes.
+VERSION = "m1"
+#: Rows per file at most (~32 MB at 64 px): the files are the shards and shuffle units of an epoch.
+FILE_ROWS = 256
+
+
+def materialized_key(plan_hash: str, data: Any) -> str:
+    """Folder name of a plan's materialised chips: what changes the pixels (plan, normalisation, valid threshold)."""
+    return f"{plan_hash[:16]}-{data.normalize}-mv{data.min_valid_fraction:g}-{VERSION}"
+
+
+def _encode(batch: dict[str, np.ndarray]) -> pa.Table:
+    """A stream block as an Arrow table whose pixel columns hold one fixed-size blob per chip.
+
+    Parquet stores a tensor-extension column as lists and decodes every element with its
+    repetition levels on read; a fixed-size binary column reads back as one buffer, which numpy
+    views as [N, ...] without a copy.
+    """
+    cols: dict[str, pa.Array] = {}
+    meta = {}
+    for name in COLUMNS:
+        values = np.asarray(batch[name])
+        if name in PIXELS:
+            arr = np.ascontiguousarray(values.astype(PIXELS[name], copy=False))
+            width = int(arr[0].nbytes) if len(arr) else 0
+            cols[name] = pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(width), len(arr), [None, pa.py_buffer(arr.tobytes())]
+            )
+            meta[name] = [np.dtype(PIXELS[name]).str, list(arr.shape[1:])]
+        else:
+            cols[name] = pa.array(values.tolist(), pa.bool_() if name == "ok" else pa.string())
+    return pa.table(cols, metadata={PIXELS_META: json.dumps(meta).encode()})
+
+
+def ensure_materialized(data: Any, plan_hash: str, root: str, rows_per_file: int = FILE_ROWS) -> str:
+    """Decode every chip of the plan once into Parquet files under ``root``; returns the folder (URI).
+
+    Runs the plan's chip stream (:func:`eoforge.data.dataset.build_chip_dataset`, epoch 0, every
+    split) through Ray Data ``write_parquet`` (files of at most ``rows_per_file`` rows). A ``_SUCCESS``
+    marker written last marks a complete folder; a half-written one is rebuilt. Chips that could
+    not be read are kept as ``ok = False`` rows with their reason (the training loop counts them).
+
+    Args:
+        data: the job's data section (plan, normalize, min_valid_fraction, read_tasks, read_cpus).
+        plan_hash: the plan's content hash (part of the folder name).
+        root: where materialised plans live (``<run.storage_path>/materialized``).
+        rows_per_file: rows per file at most.
+    """
+    from eoforge.data.dataset import build_chip_dataset
+
+    folder = f"{root.rstrip('/')}/{materialized_key(plan_hash, data)}"
+    fs, path = _fs(folder)
+    if fs.get_file_info(f"{path}/_SUCCESS").type.name == "File":
+        return folder
+    fs.delete_dir_contents(path, missing_dir_ok=True)
+    fs.create_dir(path, recursive=True)
+    print(f"[eoforge] materialising the plan's chips once into {folder}", flush=True)
+    ds = build_chip_dataset(
+        data.plan,
+        split="all",
+        normalize=data.normalize,
+        min_valid_fraction=data.min_valid_fraction,
+        read_tasks=data.read_tasks,
+        read_cpus=data.read_cpus,
+    )
+    ds = ds.map_batches(_encode, batch_format="numpy", num_cpus=0.25)
+    ds.write_parquet(folder, filesystem=None if "://" in folder else fs, max_rows_per_file=rows_per_file)
+    with fs.open_output_stream(f"{path}/_SUCCESS") as out:
+        out.write(json.dumps({"plan_hash": plan_hash, "normalize": data.normalize}).encode())
+    return folder
 
 
 def _fs(cache: str) -> tuple[Any, str]:
@@ -65,7 +139,7 @@ def cache_files(cache: str, split: str) -> tuple[tuple[str, ...], tuple[Window, 
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=False))
     paths = tuple(sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")))
     if not paths:
-        raise ChipReadError(f"chip cache {cache}: no Parquet files")
+        raise ChipReadError(f"materialised chips {cache}: no Parquet files")
     windows = []
     for k, path in enumerate(paths):
         col = pq.read_table(path, columns=["split"], filesystem=fs).column("split")
@@ -94,11 +168,14 @@ def cache_windows(cache: str, split: str, world: int) -> tuple[tuple[str, ...], 
     return paths, tuple(parts), part
 
 
-def _column(col: pa.ChunkedArray, name: str) -> np.ndarray:
-    if name in PIXELS:
-        from eoforge.finetune.chips import _tensor_column
-
-        return _tensor_column(col.combine_chunks(), PIXELS[name])
+def _column(col: pa.ChunkedArray, name: str, meta: dict[str, Any]) -> np.ndarray:
+    if name in PIXELS:  # one fixed-size blob per chip: a view of the column's buffer
+        arr = col.combine_chunks()
+        dtype, shape = meta[name]
+        width = arr.type.byte_width
+        data = arr.buffers()[1]
+        flat = np.frombuffer(data, np.uint8, count=len(arr) * width, offset=arr.offset * width)
+        return flat.view(np.dtype(dtype)).reshape(len(arr), *shape)
     return np.asarray(col.to_pylist(), dtype=bool if name == "ok" else object)
 
 
@@ -109,8 +186,6 @@ def _read_set(
 
     The first ``ws[0].skip`` rows of that order are left out.
     """
-    import ray.data  # noqa: F401  (registers Ray's tensor extension types before the read)
-
     fs, _ = _fs(cache)
     files: dict[int, pa.Table] = {}  # each file of the set read once (a small cache's parts share files)
     for w in ws:
@@ -123,7 +198,10 @@ def _read_set(
     order = np.random.default_rng([seed, epoch, ws[0].row_group, ws[0].index]).permutation(table.num_rows)
     order = order[ws[0].skip :]
     table = table.take(pa.array(order))
-    return {name: _column(table.column(name), name) for name in COLUMNS}
+    meta = json.loads((table.schema.metadata or {}).get(PIXELS_META, b"{}"))
+    if set(meta) != set(PIXELS):
+        raise ChipReadError(f"materialised chips {cache}: files without {PIXELS_META.decode()} (not eoforge's)")
+    return {name: _column(table.column(name), name, meta) for name in COLUMNS}
 
 
 def iter_materialized_batches(
@@ -138,10 +216,10 @@ def iter_materialized_batches(
     mix: int = 4,
     prefetch: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """This worker's batches of ``epoch`` from a chip cache (see module docstring).
+    """This worker's batches of ``epoch`` from a materialised plan (see module docstring).
 
     Args:
-        cache: the chip cache (local folder or URI) of :func:`eoforge.finetune.chips.ensure_chip_cache`.
+        cache: the folder (local or URI) of :func:`ensure_materialized`.
         split: ``train`` / ``val`` / ``test`` / ``all``.
         batch_size: rows per batch (the last one of the epoch fewer).
         seed: seed of the epochs' orders (``train.seed``).

@@ -7,14 +7,12 @@ pretraining (:func:`eoforge.data.dataset.build_chip_dataset`) once, and are writ
 Parquet (Ray Data ``write_parquet``; tensor columns) under
 ``<cache_dir>/<plan hash>-<normalize>-mv<min_valid_fraction>/``. A ``_SUCCESS`` file written
 last marks a complete cache; a half-written one is rebuilt. Trials then stream rows from it
-with ``ray.data.read_parquet`` filtered to their split and label subset; a pretraining run with
-``data.materialize: true`` reads its epochs from it (:mod:`eoforge.data.materialized`).
+with ``ray.data.read_parquet`` filtered to their split and label subset.
 
 Columns: ``chip_id`` str, ``split`` str, ``ok`` bool, ``error`` str, ``s1`` float16 [2, H, W] dB,
 ``s2`` uint16 [12, H, W] reflectance x 10000, ``valid`` bool [H, W], ``label`` uint8 [H, W] (255
-where none), ``item_labels`` str (JSON), ``tile_key`` str (the source tile). Pixels stay in storage
-units (half the bytes of float32); the fine-tuning loop normalises them on its device
-(:func:`eoforge.data.normalize.normalize_batch`).
+where none), ``item_labels`` str (JSON). Pixels stay in storage units (half the bytes of float32);
+the fine-tuning loop normalises them on its device (:func:`eoforge.data.normalize.normalize_batch`).
 """
 
 from __future__ import annotations
@@ -36,8 +34,8 @@ log = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS"
 INDEX_COLUMNS = ["chip_id", "split", "ok", "error", "label", "item_labels"]
 TRAIN_COLUMNS = ["chip_id", "s1", "s2", "valid", "label", "item_labels"]
-#: Bumped when the cached columns change (v2: storage units + valid mask; v3: tile_key, for pretraining epochs).
-CACHE_VERSION = "v3"
+#: Bumped when the cached columns change (v2: storage units + valid mask).
+CACHE_VERSION = "v2"
 
 
 def cache_key(plan_hash: str, data: PlanInput) -> str:
@@ -55,8 +53,7 @@ def is_complete(cache: str) -> bool:
     return fs.get_file_info(f"{path}/{SUCCESS}").type == pafs.FileType.File
 
 
-#: Rows per cache file at most (~32 MB at 64 px): the files are the shards and shuffle units of
-#: materialised pretraining epochs (:mod:`eoforge.data.materialized`).
+#: Rows per cache file at most (~32 MB at 64 px).
 CACHE_FILE_ROWS = 256
 
 
@@ -85,7 +82,7 @@ def ensure_chip_cache(data: PlanInput, plan_hash: str, cache_dir: str, rows_per_
         read_tasks=data.read_tasks,
         read_cpus=data.read_cpus,
     )
-    ds = ds.drop_columns(["valid_fraction"])
+    ds = ds.drop_columns(["valid_fraction", "tile_key"])
     ds.write_parquet(
         cache, filesystem=None if "://" in cache else pafs.LocalFileSystem(), max_rows_per_file=rows_per_file
     )

@@ -93,12 +93,12 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
         "mix_windows": cfg.data.mix_windows,
     }
     build_chip_dataset(**data_args)
-    if cfg.data.materialize:  # decoded once, then every epoch reads the cache's files (data/materialized.py)
-        from eoforge.finetune.chips import ensure_chip_cache
+    if cfg.data.materialize:  # decoded once, then every epoch reads the files (data/materialized.py)
+        from eoforge.data.materialized import ensure_materialized
 
-        cache = ensure_chip_cache(cfg.data, plan_hash, f"{cfg.run.storage_path.rstrip('/')}/chip-cache")
+        cache = ensure_materialized(cfg.data, plan_hash, f"{cfg.run.storage_path.rstrip('/')}/materialized")
         data_args = {"cache": cache, "split": cfg.data.split, "mix": cfg.data.mix_windows}
-        client.set_tag(run_id, "eoforge.chip_cache", cache)
+        client.set_tag(run_id, "eoforge.materialized", cache)
         print(f"[eoforge] epochs read the materialised chips in {cache}", flush=True)
     trainer = torch_trainer(
         train_loop_per_worker,
