@@ -475,6 +475,26 @@ def build_chip_dataset(
     )
 
 
+def whole_plan_stream(data: Any) -> Any:
+    """Every chip of a job's plan (epoch 0's order, every split, readable or not).
+
+    What the decoded-once caches write (:func:`eoforge.finetune.chips.ensure_chip_cache`,
+    :func:`eoforge.data.materialized.ensure_materialized`).
+
+    Args:
+        data: a job's data section (``plan``, ``normalize``, ``min_valid_fraction``, ``read_tasks``,
+            ``read_cpus``).
+    """
+    return build_chip_dataset(
+        data.plan,
+        split="all",
+        normalize=data.normalize,
+        min_valid_fraction=data.min_valid_fraction,
+        read_tasks=data.read_tasks,
+        read_cpus=data.read_cpus,
+    )
+
+
 def _read_tasks(sets: list[tuple[Window, ...]], rows: int) -> list[dict[str, Any]]:
     """One read task per ``rows`` rows of a window set's order (``rows``: whole chunks), in order.
 

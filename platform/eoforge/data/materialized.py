@@ -93,7 +93,7 @@ def ensure_materialized(data: Any, plan_hash: str, root: str, rows_per_file: int
         root: where materialised plans live (``<run.storage_path>/materialized``).
         rows_per_file: rows per file at most.
     """
-    from eoforge.data.dataset import build_chip_dataset
+    from eoforge.data.dataset import whole_plan_stream
 
     folder = f"{root.rstrip('/')}/{materialized_key(plan_hash, data)}"
     fs, path = _fs(folder)
@@ -102,14 +102,7 @@ def ensure_materialized(data: Any, plan_hash: str, root: str, rows_per_file: int
     fs.delete_dir_contents(path, missing_dir_ok=True)
     fs.create_dir(path, recursive=True)
     print(f"[eoforge] materialising the plan's chips once into {folder}", flush=True)
-    ds = build_chip_dataset(
-        data.plan,
-        split="all",
-        normalize=data.normalize,
-        min_valid_fraction=data.min_valid_fraction,
-        read_tasks=data.read_tasks,
-        read_cpus=data.read_cpus,
-    )
+    ds = whole_plan_stream(data)
     ds = ds.map_batches(_encode, batch_format="numpy", num_cpus=0.25)
     ds.write_parquet(folder, filesystem=None if "://" in folder else fs, max_rows_per_file=rows_per_file)
     with fs.open_output_stream(f"{path}/_SUCCESS") as out:

@@ -64,7 +64,7 @@ def ensure_chip_cache(data: PlanInput, plan_hash: str, cache_dir: str, rows_per_
     ``ok = False`` rows with their reason, so the count of skipped chips is known later. Files
     hold at most ``rows_per_file`` rows.
     """
-    from eoforge.data.dataset import build_chip_dataset
+    from eoforge.data.dataset import whole_plan_stream
 
     cache = f"{cache_dir.rstrip('/')}/{cache_key(plan_hash, data)}"
     if is_complete(cache):
@@ -74,14 +74,7 @@ def ensure_chip_cache(data: PlanInput, plan_hash: str, cache_dir: str, rows_per_
     fs.delete_dir_contents(path, missing_dir_ok=True)
     fs.create_dir(path, recursive=True)
     print(f"[eoforge] decoding the plan's chips once into {cache}", flush=True)
-    ds = build_chip_dataset(
-        data.plan,
-        split="all",
-        normalize=data.normalize,
-        min_valid_fraction=data.min_valid_fraction,
-        read_tasks=data.read_tasks,
-        read_cpus=data.read_cpus,
-    )
+    ds = whole_plan_stream(data)
     ds = ds.drop_columns(["valid_fraction", "tile_key"])
     ds.write_parquet(
         cache, filesystem=None if "://" in cache else pafs.LocalFileSystem(), max_rows_per_file=rows_per_file
