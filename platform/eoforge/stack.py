@@ -152,6 +152,7 @@ def up(
     if current:
         down(home)
     ports = ports or StackPorts()
+    store_bytes = object_store_bytes(object_store_mb)  # checked before anything starts
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
     env = dict(os.environ)
@@ -174,7 +175,7 @@ def up(
     mlflow_proc = _start(mlflow_cmd, logs / "mlflow.log", env)
     try:
         _wait_http(f"{mlflow_url}/health", "MLflow server", mlflow_proc, logs / "mlflow.log")
-    except ServiceError:
+    except BaseException:  # a failed start (or ^C) leaves no MLflow behind
         _kill_group(mlflow_proc.pid)
         raise
     # Small machines: 2 Ray Train workers (1 CPU each) plus 2 chip readers (0.5 CPU each) must
@@ -216,7 +217,7 @@ def up(
         "--num-gpus",
         "0",
         "--object-store-memory",
-        str(object_store_bytes(object_store_mb)),
+        str(store_bytes),
         "--disable-usage-stats",
     ]
     for flag in (
@@ -229,11 +230,15 @@ def up(
     ):
         if flag in extra:
             ray_cmd += [f"--{flag}", str(extra[flag])]
-    ray_proc = _start(ray_cmd, logs / "ray.log", env)
+    try:
+        ray_proc = _start(ray_cmd, logs / "ray.log", env)
+    except BaseException:
+        _kill_group(mlflow_proc.pid)
+        raise
     dashboard = f"http://127.0.0.1:{ports.ray_dashboard}"
     try:
         _wait_http(f"{dashboard}/api/version", "Ray head", ray_proc, logs / "ray.log")
-    except ServiceError:
+    except BaseException:  # neither process is left behind
         _kill_group(ray_proc.pid)
         _kill_group(mlflow_proc.pid)
         raise
