@@ -20,29 +20,27 @@ worker's, and the largest sum over workers at one sample; ``trace``: the latest 
 
 The same thread records ``object_store_used_peak_mb``: the most bytes of objects in the node's object
 store (Ray's resource view, refreshed about every 0.1 s, so a short burst can be missed). A process's
-``shmem`` is the set of store pages it has touched, which stays counted after the objects are freed:
-it follows the store's peak use (and its allocator's fragmentation), which the stream bounds
-(``--block-mb``, ``--object-store-mb``, read tasks of a few chunks), not the plan's length.
-Within a long run a consumer's ``shmem`` grows past that peak: the store's allocator places new
-objects over more and more of the store's memory (``bench/store_pages.py``: 16 MB objects, 6 alive
-at a time, read by the driver: 682 MB touched after 50 objects, 1566 MB after 350 with Ray's default
-store; 295 MB from the 50th on with a 300 MB store), so its bound is the node's object-store size (``--store-mb``;
-``eoforge up`` and the k8s manifests set it explicitly), not the stream's budget nor the plan's length.
+``shmem`` is the set of store pages it has touched, which stays counted after the objects are freed.
+With Ray's defaults a raylet frees dead objects in batches of 100 (or after 1 s), so the store keeps
+about a hundred dead blocks and its allocator places new ones over more and more of its memory: a
+consumer's ``shmem`` climbs with the plan's length up to the store's size (``bench/store_pages.py``).
+The child starts Ray with eoforge's node settings (:mod:`eoforge.ray_node`: freed one by one), as
+``eoforge up``, the embedded default and the k8s manifests do; ``--ray-free-defaults`` runs Ray's.
 
 JSON last line: both runs, ``driver_rss_ratio`` / ``worker_rss_ratio`` (10N peak / N peak of the
 driver / of the largest worker; goal <= 1.2) and the same for private memory only
 (``driver_anon_ratio`` / ``worker_anon_ratio``); ``goals`` says which are met.
 
-Caveat: with the default N = 500 the small plan is one window set of 500 rows: one read task of
-one chunk on one actor, so its run never reaches the steady state (a second actor, filled caches,
-the store's working set) that the 10N run (5 read tasks) does; ``--rows 2000`` (2 read tasks vs
-20) comes closer.
+N (``--rows``, default 5000: 20 read tasks on 2 actors) must be long enough for the small run to
+reach the stream's steady state (both actors busy, their caches filled, the store's working set
+touched); with N = 500 the small plan is one read task of one chunk on one actor, and the ratios
+measure that start-up, not growth with the plan's length.
 
 Usage::
 
-    PYTHONPATH=$PWD/platform:$PWD python bench/stream_memory.py                # N=500 -> 5000, 2 cores
-    PYTHONPATH=$PWD/platform:$PWD python bench/stream_memory.py --rows 100 --cores 1
-    PYTHONPATH=$PWD/platform:$PWD python bench/stream_memory.py --block-mb 128 --object-store-mb 0  # Ray's defaults
+    PYTHONPATH=$PWD/platform:$PWD python bench/stream_memory.py                # N=5000 -> 50000, 2 cores
+    PYTHONPATH=$PWD/platform:$PWD python bench/stream_memory.py --ray-free-defaults   # Ray's object freeing
+    PYTHONPATH=$PWD/platform:$PWD python bench/stream_memory.py --block-mb 128 --object-store-mb 0  # Ray Data: defaults
 """
 
 from __future__ import annotations
@@ -60,6 +58,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from eoforge.plan.io import write_plan
+from eoforge.ray_node import RAY_NODE_ENV, with_node_env
 from stream import make_data, pin  # bench/stream.py (this folder is sys.path[0] when run as a script)
 
 MB = 1024 * 1024
@@ -153,6 +152,8 @@ def child(args: argparse.Namespace) -> None:
 
     pin(args.cores)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local instance, as the Makefile runs it
+    if not args.ray_free_defaults:
+        with_node_env(os.environ)  # eoforge's Ray node settings, as `eoforge up` and init_ray start Ray
     store = int(args.store_mb * 2**20) if args.store_mb else None  # 0: Ray's default (30 % of RAM)
     ray.init(
         address="local", num_cpus=args.cores, include_dashboard=False, log_to_driver=False, object_store_memory=store
@@ -238,7 +239,7 @@ def cycled(rows: list[dict], n: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=500, help="N: chips of the small plan")
+    ap.add_argument("--rows", type=int, default=5000, help="N: chips of the small plan")
     ap.add_argument("--factor", type=int, default=10, help="the large plan has factor x N chips")
     ap.add_argument("--size", type=int, default=1024, help="scene side, px at 10 m")
     ap.add_argument("--chip", type=int, default=64, help="chip side, px at 10 m")
@@ -260,6 +261,11 @@ def main() -> None:
         type=float,
         default=None,
         help="the local Ray node's object store, MiB (ray.init object_store_memory; default or 0: Ray's, 30 %% of RAM)",
+    )
+    ap.add_argument(
+        "--ray-free-defaults",
+        action="store_true",
+        help="start Ray without eoforge.ray_node's settings (dead objects freed in batches of 100)",
     )
     ap.add_argument("--workdir", default=None, help="keep data here (default: a temporary folder)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: stream this plan
@@ -288,6 +294,8 @@ def main() -> None:
                 value = getattr(args, flag)
                 if value is not None:
                     cmd += [f"--{flag.replace('_', '-')}", str(value)]
+            if args.ray_free_defaults:
+                cmd.append("--ray-free-defaults")
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
             if proc.returncode:
                 raise SystemExit(f"stream_memory child for {n} chips failed (exit {proc.returncode})")
@@ -301,6 +309,7 @@ def main() -> None:
         "chip_px": args.chip,
         "block_px": args.block or 256,
         "node_object_store_mb": args.store_mb or "ray default (30 % of RAM)",
+        "ray_node_env": "ray defaults" if args.ray_free_defaults else RAY_NODE_ENV,
         "runs": runs,
         "driver_rss_ratio": round(large["driver_rss_peak_mb"] / small["driver_rss_peak_mb"], 3),
         "worker_rss_ratio": round(large["worker_rss_peak_mb"] / small["worker_rss_peak_mb"], 3),

@@ -24,6 +24,7 @@ from pathlib import Path
 import requests
 
 from eoforge.errors import ServiceError
+from eoforge.ray_node import with_node_env
 
 STATE_FILE = "stack.json"
 
@@ -196,6 +197,7 @@ def up(
             "RAY_enable_worker_prestart": env.get("RAY_enable_worker_prestart", "0"),
         }
     )
+    with_node_env(env)  # eoforge's Ray node settings (eoforge.ray_node): dead blocks freed at once
     extra = ports.extra
     ray_cmd = [
         _bin("ray"),

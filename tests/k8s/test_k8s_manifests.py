@@ -368,3 +368,16 @@ def test_every_ray_pod_has_an_object_store_inside_its_shared_memory(
             memory = _bytes(container["resources"]["limits"]["memory"])
             # tmpfs pages count against the container's memory: store + heap must fit the limit
             assert store <= 0.8 * shm_bytes and shm_bytes <= memory // 2, (name, store, shm_bytes, memory)
+
+
+@pytest.mark.parametrize("overlay", ("base", *OVERLAYS))
+def test_every_ray_container_runs_with_eoforges_ray_node_settings(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    # the settings `eoforge up` and the embedded default start Ray with (eoforge.ray_node), so a
+    # pod's object store frees dead blocks as promptly as the local stack's does
+    from eoforge.ray_node import RAY_NODE_ENV
+
+    for where, spec in cluster_specs(rendered[overlay]):
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            (container,) = [c for c in group["template"]["spec"]["containers"] if c["name"].startswith("ray")]
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert {k: env.get(k) for k in RAY_NODE_ENV} == RAY_NODE_ENV, f"{where}/{group.get('groupName', 'head')}"

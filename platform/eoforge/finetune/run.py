@@ -26,6 +26,7 @@ from eoforge.finetune.backbone import BackboneSpec, resolve_backbone
 from eoforge.finetune.chips import ChipIndex, ensure_chip_cache, labelled_dataset, read_index
 from eoforge.finetune.fractions import label_subset
 from eoforge.finetune.tasks import Task
+from eoforge.ray_node import init_ray
 from eoforge.tracking.runs import flatten, log_plan_stats, resolve_tracking_uri, run_url, start_or_resume_run
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def prepare_chips(cfg: FinetuneConfig) -> tuple[str, str]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+        init_ray(log_to_driver=True)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

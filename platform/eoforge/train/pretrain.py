@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import yaml
 
 from eoforge.config import DataConfig, PretrainConfig, check_inputs, load_config
+from eoforge.ray_node import init_ray
 from eoforge.tracking.runs import flatten, log_plan_stats, resolve_tracking_uri, run_url, start_or_resume_run
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     print(f"[eoforge] plan {cfg.data.plan} ({plan_hash[:12]}), {n_chips} chips in split {cfg.data.split!r}", flush=True)
 
     if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+        init_ray(log_to_driver=True)
     # our own per-step lines are the progress report; Ray Data's bars flood job logs
     ray.data.DataContext.get_current().enable_progress_bars = False
     # each worker streams its own seeded shard per epoch (fast resume); checked here once

@@ -28,6 +28,7 @@ import yaml
 
 from eoforge.config import FinetuneConfig, SweepConfig, apply_overrides, load_raw, parse_config
 from eoforge.errors import ConfigError
+from eoforge.ray_node import init_ray
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
             raise type(exc)(f"search.methods.{name}: {exc}") from None
 
     if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+        init_ray(log_to_driver=True)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")  # experiment state saved after every event
     plan_hash, cache = prepare_chips(probe)  # decode chips once, before trials race for it
     run_id, resumed = start_or_resume_run(
