@@ -78,6 +78,7 @@ from eoforge.config import DataConfig, parse_config
 from eoforge.data.reader import gdal_path
 from eoforge.demo.catalog import write_demo_catalog
 from eoforge.plan.io import build_plan, read_plan, write_plan
+from eoforge.ray_node import with_node_env
 from pyproj import Transformer
 from rasterio.windows import Window
 
@@ -450,6 +451,7 @@ def main() -> None:
         import ray
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local instance, as the Makefile runs it
+        with_node_env(os.environ)  # eoforge's Ray node settings, as `eoforge up` and init_ray start Ray
         ray.init(address="local", num_cpus=args.cores, include_dashboard=False, log_to_driver=False)
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from eoforge.config import DataConfig, parse_config
 from eoforge.config.jobs import PlanSource
 from eoforge.data import materialized
 from eoforge.data.dataset import build_chip_dataset, epoch_window_sets
 from eoforge.data.materialized import cache_files, cache_windows, ensure_materialized, iter_materialized_batches
-from eoforge.demo.catalog import write_demo_catalog
-from eoforge.plan.io import build_plan, read_plan
+from eoforge.plan.io import read_plan
+
+from tests.support.demo_plan import demo_plan
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +21,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
     import ray
 
     tmp = tmp_path_factory.mktemp("materialized")
-    cat = write_demo_catalog(tmp / "cat", scenes=2, size_px=256)
-    cfg = parse_config(
-        {"kind": "data", "catalog": {"backend": "static", "url": str(cat.catalog_json)}, "chips": {"size_px": 32}},
-        "test",
-        DataConfig,
-    )
-    build_plan(cfg, tmp / "plan.parquet")
+    demo_plan(tmp, chip_px=32)
     _, plan_hash = read_plan(tmp / "plan.parquet")
     data = PlanSource.model_validate(
         {"plan": str(tmp / "plan.parquet"), "split": "all", "min_valid_fraction": 0.0, "read_tasks": 1}

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from eoforge.config import DataConfig, parse_config
 from eoforge.data.dataset import build_chip_dataset
-from eoforge.demo.catalog import write_demo_catalog
-from eoforge.plan.io import build_plan, read_plan
+from eoforge.plan.io import read_plan
+
+from tests.support.demo_plan import demo_plan
 
 MIB = 2**20
 
@@ -17,14 +17,7 @@ MIB = 2**20
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("stream-memory")
-    cat = write_demo_catalog(tmp / "cat", scenes=2, size_px=256)
-    cfg = parse_config(
-        {"kind": "data", "catalog": {"backend": "static", "url": str(cat.catalog_json)}, "chips": {"size_px": 64}},
-        "test",
-        DataConfig,
-    )
-    build_plan(cfg, tmp / "plan.parquet")
-    return tmp / "plan.parquet"
+    return demo_plan(tmp, chip_px=64)
 
 
 @pytest.fixture(scope="module")

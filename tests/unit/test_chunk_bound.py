@@ -6,23 +6,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from eoforge.config import DataConfig, parse_config
 from eoforge.data.dataset import epoch_window_sets, iter_chip_blocks, plan_windows
-from eoforge.demo.catalog import write_demo_catalog
-from eoforge.plan.io import build_plan, read_plan, write_plan
+from eoforge.plan.io import read_plan, write_plan
+
+from tests.support.demo_plan import demo_plan
 
 
 @pytest.fixture(scope="module")
 def plans(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     """The demo plan (24 chips; 4 per internal COG tile) and the same rows repeated 4 times (16 per tile)."""
     tmp = tmp_path_factory.mktemp("chunks")
-    cat = write_demo_catalog(tmp / "cat", scenes=2, size_px=256)
-    cfg = parse_config(
-        {"kind": "data", "catalog": {"backend": "static", "url": str(cat.catalog_json)}, "chips": {"size_px": 64}},
-        "test",
-        DataConfig,
-    )
-    build_plan(cfg, tmp / "plan.parquet")
+    demo_plan(tmp, chip_px=64)
     frame, _ = read_plan(tmp / "plan.parquet")
     rows = frame.to_dict("records")
     repeated = [{**r, "chip_id": f"{r['chip_id']}#{k}"} for k in range(4) for r in rows]

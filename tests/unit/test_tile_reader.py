@@ -10,7 +10,6 @@ import pytest
 import rasterio
 import torch
 from eoforge.catalog.bands import S1_BAND_NAMES
-from eoforge.config import DataConfig, parse_config
 from eoforge.data.dataset import (
     batch_diversity,
     epoch_window_sets,
@@ -31,26 +30,19 @@ from eoforge.data.resample import (
     sample_map,
 )
 from eoforge.data.tiles import DatasetCache, read_band_on_grids
-from eoforge.demo.catalog import write_demo_catalog
-from eoforge.plan.io import build_plan, read_plan
+from eoforge.plan.io import read_plan
 from pyproj import Transformer
 from rasterio.enums import Resampling
 from rasterio.transform import Affine
 
+from tests.support.demo_plan import demo_plan as plan_demo_catalog
 from tests.support.provider_items import write_tif
 
 
 @pytest.fixture(scope="module")
 def demo_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("tiles")
-    cat = write_demo_catalog(tmp / "cat", scenes=2, size_px=256)
-    cfg = parse_config(
-        {"kind": "data", "catalog": {"backend": "static", "url": str(cat.catalog_json)}, "chips": {"size_px": 64}},
-        "test",
-        DataConfig,
-    )
-    build_plan(cfg, tmp / "plan.parquet")
-    return tmp / "plan.parquet"
+    return plan_demo_catalog(tmp, chip_px=64)
 
 
 def _rows(plan: Path) -> dict[str, dict]:
