@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from eoforge.data.dataset import Window, epoch_window_sets
 from eoforge.errors import ChipReadError
+from eoforge.train.storage import filesystem_of
 
 #: Columns of a batch; pixel columns are fixed-size binary columns (one blob per chip) in the files.
 COLUMNS = ["chip_id", "split", "ok", "error", "item_labels", "tile_key", "s2", "s1", "valid", "label"]
@@ -96,7 +97,7 @@ def ensure_materialized(data: Any, plan_hash: str, root: str, rows_per_file: int
     from eoforge.data.dataset import whole_plan_stream
 
     folder = f"{root.rstrip('/')}/{materialized_key(plan_hash, data)}"
-    fs, path = _fs(folder)
+    fs, path = filesystem_of(folder, "materialised plan")
     if fs.get_file_info(f"{path}/_SUCCESS").type.name == "File":
         return folder
     fs.delete_dir_contents(path, missing_dir_ok=True)
@@ -108,12 +109,6 @@ def ensure_materialized(data: Any, plan_hash: str, root: str, rows_per_file: int
     with fs.open_output_stream(f"{path}/_SUCCESS") as out:
         out.write(json.dumps({"plan_hash": plan_hash, "normalize": data.normalize}).encode())
     return folder
-
-
-def _fs(cache: str) -> tuple[Any, str]:
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(cache) if "://" in cache else (pafs.LocalFileSystem(), cache)
 
 
 @functools.lru_cache(maxsize=8)
@@ -128,7 +123,7 @@ def cache_files(cache: str, split: str) -> tuple[tuple[str, ...], tuple[Window, 
     """
     import pyarrow.fs as pafs
 
-    fs, root = _fs(cache)
+    fs, root = filesystem_of(cache, "materialised plan")
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=False))
     paths = tuple(sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")))
     if not paths:
@@ -179,7 +174,7 @@ def _read_set(
 
     The first ``ws[0].skip`` rows of that order are left out.
     """
-    fs, _ = _fs(cache)
+    fs, _ = filesystem_of(cache, "materialised plan")
     files: dict[int, pa.Table] = {}  # each file of the set read once (a small cache's parts share files)
     for w in ws:
         if w.row_group not in files:

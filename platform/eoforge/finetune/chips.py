@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from eoforge.config.jobs import PlanInput
 from eoforge.errors import ChipReadError
+from eoforge.train.storage import filesystem_of
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,9 @@ def cache_key(plan_hash: str, data: PlanInput) -> str:
     return f"{plan_hash[:16]}-{data.normalize}-mv{data.min_valid_fraction:g}-{CACHE_VERSION}"
 
 
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-
-
 def is_complete(cache: str) -> bool:
     """Whether ``cache`` holds a finished cache (its ``_SUCCESS`` marker exists)."""
-    fs, path = _fs(cache)
+    fs, path = filesystem_of(cache, "chip cache")
     return fs.get_file_info(f"{path}/{SUCCESS}").type == pafs.FileType.File
 
 
@@ -70,7 +67,7 @@ def ensure_chip_cache(data: PlanInput, plan_hash: str, cache_dir: str, rows_per_
     if is_complete(cache):
         log.info("chip cache %s is complete: reusing it", cache)
         return cache
-    fs, path = _fs(cache)
+    fs, path = filesystem_of(cache, "chip cache")
     fs.delete_dir_contents(path, missing_dir_ok=True)
     fs.create_dir(path, recursive=True)
     print(f"[eoforge] decoding the plan's chips once into {cache}", flush=True)
@@ -107,7 +104,7 @@ class ChipIndex:
 
 def read_index(cache: str) -> ChipIndex:
     """Read the cache's small columns (labels included, pixels not)."""
-    fs, path = _fs(cache)
+    fs, path = filesystem_of(cache, "chip cache")
     dataset = pq.ParquetDataset(path, filesystem=fs)
     table = dataset.read(columns=INDEX_COLUMNS)
     if table.num_rows == 0:
