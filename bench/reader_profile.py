@@ -1,9 +1,9 @@
-"""Where a reading actor's time goes: the tile-aware reader in one process vs the decode limit.
+"""Where a reading task's time goes: the tile-aware reader in one process vs the decode limit.
 
 Runs the reader of the chip stream (:func:`eoforge.data.dataset.iter_chip_blocks`, the code a Ray
-Data reading actor runs, without Ray) over the data of ``bench/stream.py`` (one clear scene of
+Data read task runs, without Ray) over the data of ``bench/stream.py`` (one clear scene of
 ``--size`` px, COGs retiled to ``--block`` px, ``--chip`` px chips), pinned to one CPU, with the
-sample maps cleared before every pass as in a fresh actor; and the decode limit of
+sample maps cleared before every pass as in a fresh worker; and the decode limit of
 ``bench/stream.py`` on the same rows. Resampling is timed per kind of map (``aligned``, separable
 or full ``bilinear``, ``nearest``; whether neighbours outside the image or nodata had to be
 checked) by wrapping :func:`eoforge.data.resample.apply_map` in an extra timed pass.

@@ -28,7 +28,7 @@ every chip of twice as many scenes (2N), so the large plan adds whole scenes: al
 band, their files. Each contender makes ``--warmup`` untimed passes over the small plan, then
 ``--repeats`` rounds of one pass over each plan. ``<contender>_chips_per_s`` is the marginal rate
 N / median(T(2N) - T(N)): what the chips of one more scene cost once a pass runs, without the per-pass
-start (Ray Data's actor pool, DataLoader workers); ``<contender>_end_to_end_chips_per_s`` is
+start (Ray Data's scheduling, DataLoader workers); ``<contender>_end_to_end_chips_per_s`` is
 N / median T(N), start included, and ``<contender>_pass_overhead_s`` = T(N) - N / marginal rate (the
 per-pass start, estimated).
 
@@ -401,7 +401,7 @@ def main() -> None:
     ap.add_argument("--read-tasks", type=int, default=None, help="build_chip_dataset read_tasks (default --cores)")
     ap.add_argument("--read-cpus", type=float, default=1.0, help="build_chip_dataset read_cpus")
     ap.add_argument("--rows-per-task", type=int, default=None, help="build_chip_dataset rows_per_task")
-    ap.add_argument("--max-open", type=int, default=None, help="build_chip_dataset max_open (datasets per actor)")
+    ap.add_argument("--max-open", type=int, default=None, help="build_chip_dataset max_open (per reading process)")
     ap.add_argument("--mix-windows", type=int, default=None, help="build_chip_dataset mix_windows")
     ap.add_argument("--skip-torchgeo", action="store_true")
     ap.add_argument("--workdir", default=None, help="keep data here (default: a temporary folder)")

@@ -31,10 +31,10 @@ JSON last line: both runs, ``driver_rss_ratio`` / ``worker_rss_ratio`` (10N peak
 driver / of the largest worker; goal <= 1.2) and the same for private memory only
 (``driver_anon_ratio`` / ``worker_anon_ratio``); ``goals`` says which are met.
 
-N (``--rows``, default 10000: 10 read tasks of 1024 rows on 2 actors) must be long enough for the small run to
-reach the stream's steady state (both actors busy, their caches filled, the store's working set
+N (``--rows``, default 10000: 10 read tasks of 1024 rows, 2 at a time) must be long enough for the small run to
+reach the stream's steady state (both readers busy, their caches filled, the store's working set
 touched; measured: the driver's ratio 1.15 and 1.23 in two runs at N = 5000, 1.18 at 10000);
-with N = 500 the small plan is one read task of one chunk on one actor, and the ratios
+with N = 500 the small plan is one read task of one chunk, and the ratios
 measure that start-up, not growth with the plan's length.
 
 Usage::

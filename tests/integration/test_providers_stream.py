@@ -91,8 +91,8 @@ def test_pc_and_earth_search_items_stream_with_signing_and_correct_units(stack, 
         assert np.allclose(r["s2"][:, 5:-5, 5:-5], truth), r["chip_id"]  # 2021 and 2023 in the same units
         assert abs(float(np.median(r["s1"][0])) - expected_db) < 0.01, r["chip_id"]  # GRD via GCPs, in dB
     signed = log.read_text().splitlines()
-    # every href signed inside the workers just before its file is opened; a reading actor keeps
-    # its open datasets (bounded LRU), so an href shared by chips is signed once per actor
+    # every href signed inside the workers just before its file is opened; a reading process keeps
+    # its open datasets (bounded LRU), so an href shared by chips is signed once per process
     frame, _ = read_plan(tmp_path / "plan.parquet")
     hrefs = {h for _, r in frame.iterrows() for c in ("s2_assets", "s1_assets") for h in json.loads(r[c]).values()}
     hrefs |= {h for h in frame["scl_href"] if isinstance(h, str) and h}

@@ -1,4 +1,4 @@
-"""A reading actor's chunk (its pixel memory) stays within chunk_rows, whatever the size of a tile group."""
+"""A reading task's chunk (its pixel memory) stays within chunk_rows, whatever the size of a tile group."""
 
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ from eoforge.data.dataset import (
     epoch_windows,
     iter_chip_blocks,
     plan_windows,
+    process_cache,
+    read_chip_task,
     shardable_windows,
 )
 from eoforge.data.normalize import S1_DB_MEAN, S1_DB_STD, S2_L2A_MEAN, S2_L2A_STD, normalize, normalize_batch
@@ -183,6 +185,34 @@ def test_resume_skips_rows_without_opening_their_files(
     for c in full[:32]:
         if rows[c]["s2_item"] in skipped_items:
             assert not set(json.loads(rows[c]["s2_assets"]).values()) & set(opened), c  # never opened
+
+
+def test_the_read_tasks_of_later_epochs_reuse_their_process_open_datasets(demo_plan: Path) -> None:
+    # the stream's UDF is a plain function run by Ray's pooled workers: what one epoch's task opened
+    # stays open in that process for the next epoch's tasks (and the pixels are the same)
+    import json as _json
+
+    from eoforge.data.dataset import _read_tasks
+
+    def epoch(e: int) -> dict[str, np.ndarray]:
+        sets = epoch_window_sets(plan_windows(str(demo_plan), "all", 16), 7, e, (0, 1), 0, 2)
+        kw = {"plan_path": str(demo_plan), "split": "all", "min_valid_fraction": 0.0, "seed": 7, "epoch": e}
+        kw |= {"window_rows": 16, "chunk_rows": 8, "max_open": 97}  # a cache size of this test's own
+        blocks = []
+        for task in _read_tasks(sets, 16):
+            batch = {"windows": np.array([task["windows"]], object), "take": np.array([task["take"]])}
+            blocks += list(read_chip_task(batch, **kw))
+        return {c: s2 for b in blocks for c, s2 in zip(b["chip_id"], b["s2"], strict=True)}
+
+    first = epoch(0)
+    cache = process_cache(97)
+    opened = cache.opens
+    assert opened >= 15 and len(cache) == opened  # every file of the plan's chips, opened once
+    second = epoch(1)
+    assert cache.opens == opened  # none opened again
+    assert sorted(first) == sorted(second) == sorted(_rows(demo_plan))
+    assert all(np.array_equal(first[c], second[c]) for c in first)
+    assert _json.dumps(sorted(first)) == _json.dumps(sorted(second))
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -37,7 +37,7 @@ class PlanSource(PlanInput):
     shuffle_rows: PosInt = Field(
         512,
         description="Rows per shuffle chunk (one reading block, whole source tiles): a batch mixes about "
-        "shuffle_rows / chips-per-tile tiles; a reading actor holds one chunk of pixels (~115 KB per 64 px chip).",
+        "shuffle_rows / chips-per-tile tiles; a reading task holds one chunk of pixels (~115 KB per 64 px chip).",
     )
     mix_windows: PosInt = Field(
         4, description="Plan windows (1024 rows each, random places) one reading call shuffles together."

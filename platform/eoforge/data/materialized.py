@@ -4,7 +4,7 @@ Streaming a plan decodes its COG tiles and resamples every chip again in every e
 that fits on disk (about 125 KB per 64 px chip) and many epochs, ``data.materialize: true`` decodes
 it once through the same reader (:func:`ensure_materialized`: Ray Data ``write_parquet`` under
 ``<run.storage_path>/materialized/``, files of at most 256 rows, each pixel column one fixed-size
-blob per chip) and every epoch reads the files back. No reading actors start per epoch and nothing
+blob per chip) and every epoch reads the files back. No reading tasks run per epoch and nothing
 is decoded from COGs or resampled again; a pixel column reads back as one buffer that numpy views.
 
 The order of an epoch follows the live stream's rules (:mod:`eoforge.data.dataset`), with the

@@ -1,7 +1,7 @@
 """What a reader of a chip plan needs to know without the planner: streamed columns, error wording.
 
-Kept apart from :mod:`eoforge.plan.io` so that Ray Data's reading actors import it in milliseconds
-(the planner pulls in geopandas and the STAC client, about a second per actor start).
+Kept apart from :mod:`eoforge.plan.io` so that Ray Data's reading workers import it in milliseconds
+(the planner pulls in geopandas and the STAC client, about a second per worker start).
 """
 
 from __future__ import annotations
