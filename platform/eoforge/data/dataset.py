@@ -46,7 +46,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +57,9 @@ from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES
 from eoforge.data.normalize import NORMALIZATIONS
 from eoforge.errors import ChipReadError
 from eoforge.plan.columns import STREAM_COLUMNS
+
+if TYPE_CHECKING:
+    from eoforge.data.tiles import DatasetCache
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +244,7 @@ class TileChipReader:
         seed, epoch: the epoch's order (groups and chunk permutations).
         window_rows: rows per plan window (as given to :func:`plan_windows`).
         chunk_rows: rows per shuffle chunk (the last one fewer; tile groups, cut at a chunk's end): bounds the
-            actor's memory, and read tasks of whole chunks (``take``) start at a known row of the order.
+            reader's memory, and read tasks of whole chunks (``take``) start at a known row of the order.
         tile_aware: False reads every chip on its own (the old per-chip path, for benchmarks).
         max_open: open datasets kept by the reader's LRU (when it makes its own ``cache``).
         cache: the open datasets to read through (default: a new LRU of ``max_open``); the stream's
@@ -259,7 +262,7 @@ class TileChipReader:
         chunk_rows: int = 256,
         tile_aware: bool = True,
         max_open: int = 64,
-        cache: Any = None,
+        cache: DatasetCache | None = None,
     ) -> None:
         from eoforge.data.tiles import DatasetCache
 
@@ -377,10 +380,10 @@ class TileChipReader:
 
 #: Open datasets of this process, per LRU size: a read task's reader reads through them, so a
 #: pooled worker keeps its files (and GDAL's decoded blocks) open across tasks and epochs.
-_PROCESS_CACHES: dict[int, Any] = {}
+_PROCESS_CACHES: dict[int, DatasetCache] = {}
 
 
-def process_cache(max_open: int) -> Any:
+def process_cache(max_open: int) -> DatasetCache:
     """This process's :class:`eoforge.data.tiles.DatasetCache` of ``max_open`` datasets (made once)."""
     from eoforge.data.tiles import DatasetCache
 
@@ -464,7 +467,7 @@ def build_chip_dataset(
         skip_rows: rows of this epoch (and shard) already trained: left out before reading.
         shard: (rank, world): this consumer's share of the windows.
         window_rows: plan rows per window.
-        mix_windows: windows (random places of the plan) read and shuffled together by one actor call.
+        mix_windows: windows (random places of the plan) read and shuffled together by one read task.
         tile_aware: False reads every chip on its own (benchmark baseline).
         max_open: open datasets per reading process (LRU, kept across epochs).
         block_mb: largest output block, MiB (Ray Data slices a chunk into blocks of about this size;
@@ -476,7 +479,7 @@ def build_chip_dataset(
 
     Memory does not grow with the plan's length: each read task covers :data:`READ_TASK_CHUNKS` chunks
     of a window set (not the whole set), so the ordered output holds at most the tasks running ahead
-    of the consumed one; blocks are at most ``block_mb``; an actor holds one chunk (``rows_per_task``).
+    of the consumed one; blocks are at most ``block_mb``; a read task holds one chunk (``rows_per_task``).
 
     Raises:
         ChipReadError: no chips in the split (or none left after ``skip_rows``).
