@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -81,19 +82,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait_http(url: str, what: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180) -> None:
-    """Poll ``url`` until it answers 200, the process dies, or the timeout passes."""
+def _wait_http(
+    url: str,
+    what: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout_s: float = 180,
+    ready: Callable[[requests.Response], bool] | None = None,
+) -> None:
+    """Poll ``url`` until it answers 200 and ``ready`` (if given) holds, the process dies, or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServiceError(f"{what} exited with code {proc.returncode} while starting; see {log}")
         try:
-            if requests.get(url, timeout=2).status_code == 200:
+            resp = requests.get(url, timeout=2)
+            if resp.status_code == 200 and (ready is None or ready(resp)):
                 return
         except requests.RequestException:
             pass
         time.sleep(0.5)
-    raise ServiceError(f"{what} did not answer at {url} within {timeout_s:.0f}s; see {log}")
+    raise ServiceError(f"{what} was not ready at {url} within {timeout_s:.0f}s; see {log}")
+
+
+def _a_node_is_alive(resp: requests.Response) -> bool:
+    """Whether a Ray state API ``/api/v0/nodes`` answer lists an ALIVE node (the head's raylet)."""
+    try:
+        nodes = resp.json()["data"]["result"]["result"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return any(isinstance(n, dict) and n.get("state") == "ALIVE" for n in nodes)
 
 
 def read_state(home: Path) -> StackState | None:
@@ -240,6 +258,8 @@ def up(
     dashboard = f"http://127.0.0.1:{ports.ray_dashboard}"
     try:
         _wait_http(f"{dashboard}/api/version", "Ray head", ray_proc, logs / "ray.log")
+        # the dashboard can answer before the head's raylet has started: wait for the node itself
+        _wait_http(f"{dashboard}/api/v0/nodes", "Ray head node", ray_proc, logs / "ray.log", ready=_a_node_is_alive)
     except BaseException:  # neither process is left behind
         _kill_group(ray_proc.pid)
         _kill_group(mlflow_proc.pid)

@@ -27,13 +27,9 @@ def _children(pid: int) -> list[int]:
 def test_the_stacks_raylet_frees_dead_objects_one_by_one(stack) -> None:
     # eoforge up starts Ray with eoforge.ray_node's settings: the raylet (which frees the objects
     # that went out of scope) must have them in its own environment, not only the CLI that started it
-    import ray
     from eoforge.ray_node import RAY_NODE_ENV
 
-    # eoforge up returns once the dashboard answers, which can be before the raylet has started;
-    # a driver connects only once the head's raylet has registered
-    ray.init(address=stack.ray_address)
-    ray.shutdown()
+    # eoforge up returns once the head's node is ALIVE (not only once its dashboard answers)
     raylets = [p for p in _children(stack.ray_pid) if b"/raylet" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert raylets, f"no raylet under the stack's Ray (pid {stack.ray_pid})"
     for pid in raylets:
