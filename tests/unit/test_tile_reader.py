@@ -322,13 +322,13 @@ def test_a_tile_group_reads_each_file_once(demo_plan: Path, monkeypatch: pytest.
     rows = list(_rows(demo_plan).values())
     group = next(idx for _, idx in tiles.group_rows(rows, DatasetCache()) if len(idx) > 1)
     calls: list[tuple[str, int]] = []
-    real = tiles.read_band_on_grids
+    real = tiles.read_band_cuts
 
-    def counting(href: str, grids: list, *args: object) -> list[np.ndarray]:
+    def counting(href: str, grids: list, *args: object) -> list[tiles.Cut]:
         calls.append((href, len(grids)))
         return real(href, grids, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tiles, "read_band_on_grids", counting)
+    monkeypatch.setattr(tiles, "read_band_cuts", counting)
     out = tiles.read_rows([rows[i] for i in group], DatasetCache())
     assert all(isinstance(c, tiles.RawChip) for c in out)
     hrefs = [h for h, _ in calls]

@@ -31,6 +31,7 @@ from pyproj import CRS, Transformer
 from rasterio.control import GroundControlPoint
 from rasterio.transform import Affine, GCPTransformer
 
+from eoforge.data import kernels
 from eoforge.errors import ChipReadError
 
 #: GCPs used for the local polynomial around one chip (GRD in radar geometry).
@@ -401,10 +402,7 @@ def apply_map(m: SampleMap, data: np.ndarray, origin: tuple[int, int], nodata: f
         # every neighbour inside and valid: the four flat indices and weights of this map and
         # window are computed once (S1 VV and VH share them)
         k00, weights = _taps(m, origin, w)
-        out = weights[0] * flat[k00].astype(np.float32)
-        for (dr, dc), wk in zip(((0, 1), (1, 0), (1, 1)), weights[1:], strict=True):
-            out += wk * flat[k00 + (dr * w + dc)].astype(np.float32)
-        return out
+        return kernels.taps_bilinear(np.ascontiguousarray(flat), k00, w, *weights)
     ok_flat = ok.ravel()
     steps = ((0, 0),) if m.kind == "nearest" else ((0, 0), (0, 1), (1, 0), (1, 1))
     idx, oks = [], []
@@ -536,7 +534,8 @@ def _separable_bilinear(
         # outside gives the other tap all its weight (rows/columns with both taps inside are unchanged)
         wt, wb = np.where(rows_in, wt, np.where(in_t, one, z)), np.where(rows_in, wb, np.where(in_b, one, z))
         wl, wr_ = np.where(cols_in, wl, np.where(in_l, one, z)), np.where(cols_in, wr_, np.where(in_r, one, z))
-        out = passes(band, wl, wr_, wt, wb)
+        c = np.ascontiguousarray
+        out = kernels.separable_bilinear(c(band), c(top), c(bottom), c(wt), c(wb), c(left), c(right), c(wl), c(wr_))
         none = ~(in_t | in_b)[:, None] | ~(in_l | in_r)[None, :]  # no neighbour inside the image
         return np.where(none, np.float32(fill), out) if none.any() else out
     out = passes(band, wl, wr_, wt, wb)

@@ -39,6 +39,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_INVALID
+from eoforge.data import kernels
 from eoforge.data.resample import ChipGridKey, SampleMap, SourceGrid, apply_map, mosaics, sample_map, union_bbox
 from eoforge.errors import ChipReadError
 
@@ -48,6 +49,8 @@ KEY_BAND = "B04"
 ASSEMBLE_CHIPS = 32
 #: Fill of S1 pixels with no valid source neighbour (masked). One object: it is part of a dict key.
 S1_FILL = math.nan
+#: True at the SCL classes that mask a pixel (:data:`eoforge.catalog.bands.S2_SCL_INVALID`), by class.
+_SCL_INVALID_LUT = np.isin(np.arange(256), S2_SCL_INVALID)
 
 
 @dataclass
@@ -195,6 +198,10 @@ def _parse(row: dict[str, Any]) -> _Parsed:
     )
 
 
+#: Where a chip's pixels of one band are: (float32 [Hm, Wm] mosaic, row offset, col offset).
+Cut = tuple[np.ndarray, int, int]
+
+
 def read_band_on_grids(
     href: str,
     grids: list[ChipGridKey],
@@ -209,6 +216,21 @@ def read_band_on_grids(
     and one resampling pass per mosaic, and cut by slicing; a source georeferenced by GCPs is
     sampled chip by chip (its local GCP fit depends on the chip's centre).
     """
+    return [
+        pixels[dr : dr + g.shape[0], dc : dc + g.shape[1]]
+        for g, (pixels, dr, dc) in zip(grids, read_band_cuts(href, grids, kind, fill, cache, sign), strict=True)
+    ]
+
+
+def read_band_cuts(
+    href: str,
+    grids: list[ChipGridKey],
+    kind: str,
+    fill: float,
+    cache: DatasetCache,
+    sign: Callable[[str], str] | None,
+) -> list[Cut]:
+    """:func:`read_band_on_grids` as one :data:`Cut` per grid: its mosaic and its place in it (no copies)."""
     src = cache.get(href, sign)
     groups = [(g, [(k, 0, 0)]) for k, g in enumerate(grids)] if src.grid.gcps is not None else mosaics(grids)
     try:
@@ -222,12 +244,11 @@ def read_band_on_grids(
         raise ChipReadError(f"{href}: {exc}") from None
     except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
         raise ChipReadError(f"{href}: {type(exc).__name__}: {exc}") from None
-    out: list[np.ndarray | None] = [None] * len(grids)
+    out: list[Cut | None] = [None] * len(grids)
     for m, (_, members) in zip(maps, groups, strict=True):
         pixels = apply_map(m, data, (r0, c0), src.nodata, fill)
         for k, dr, dc in members:
-            h, w = grids[k].shape
-            out[k] = pixels[dr : dr + h, dc : dc + w]
+            out[k] = (pixels, dr, dc)
     return out  # type: ignore[return-value]
 
 
@@ -259,7 +280,7 @@ def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip |
             jobs.setdefault(("s2", p.label, "nearest", 255.0), []).append(i)
         for b in S1_BAND_NAMES:
             jobs.setdefault(("s1", p.s1_assets[b], "bilinear", S1_FILL), []).append(i)
-    pixels: dict[tuple[int, str, str], np.ndarray] = {}
+    pixels: dict[tuple[int, str, str], Cut] = {}
     # one GDAL environment per (sensor, access settings), entered once for all of its files
     by_env: dict[str, list[tuple[tuple[str, str, str, float], list[int]]]] = {}
     for job, idx in jobs.items():
@@ -274,7 +295,7 @@ def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip |
                 if not idx:
                     continue
                 try:
-                    bands = read_band_on_grids(href, [parsed[i].grid for i in idx], kind, fill, cache, sign)
+                    bands = read_band_cuts(href, [parsed[i].grid for i in idx], kind, fill, cache, sign)
                 except ChipReadError as exc:
                     for i in idx:
                         out[i] = exc
@@ -318,7 +339,7 @@ def _file_set(p: _Parsed) -> tuple[object, ...]:
 def _assemble(
     idx: list[int],
     ps: list[_Parsed],
-    pixels: dict[tuple[int, str, str], np.ndarray],
+    pixels: dict[tuple[int, str, str], Cut],
     resolve_signer: Callable[[str | None], Callable[[str], str]],
     grd_calibration_on_grid: Callable[..., np.ndarray],
     s1_to_db: Callable[..., np.ndarray],
@@ -334,17 +355,25 @@ def _assemble(
 
     p = ps[0]
 
-    def stacked(href: str, kind: str) -> np.ndarray:
-        return np.stack([pixels[(i, href, kind)] for i in idx])  # [N, H, W]
+    h, w = p.grid.shape
 
-    raw = np.stack([stacked(p.s2_assets[b], "bilinear") for b in S2_BAND_NAMES], axis=1)  # [N, 12, H, W]
-    valid = np.all(raw > 0, axis=1)
-    gains = np.array([p.radiometry.get(b, [1.0, 0.0])[0] for b in S2_BAND_NAMES], np.float32)[:, None, None]
-    offsets = np.array([p.radiometry.get(b, [1.0, 0.0])[1] for b in S2_BAND_NAMES], np.float32)[:, None, None]
-    s2 = raw * gains + offsets if (gains != 1).any() or (offsets != 0).any() else raw
-    if p.scl:
-        valid &= ~np.isin(stacked(p.scl, "nearest").astype(np.uint8), S2_SCL_INVALID)
-    label = stacked(p.label, "nearest").astype(np.uint8) if p.label else None
+    def gather(href: str, kind: str, out: np.ndarray | None = None) -> np.ndarray:
+        """The chips' pixels of one band: float32 [N, H, W] (into ``out`` when given), cut from their mosaics."""
+        out = np.empty((len(idx), h, w), np.float32) if out is None else out
+        by_mosaic: dict[int, tuple[np.ndarray, list[int], list[int], list[int]]] = {}
+        for j, i in enumerate(idx):
+            mosaic, dr, dc = pixels[(i, href, kind)]
+            entry = by_mosaic.setdefault(id(mosaic), (mosaic, [], [], []))
+            entry[1].append(j), entry[2].append(dr), entry[3].append(dc)
+        for mosaic, js, drs, dcs in by_mosaic.values():
+            kernels.cut(mosaic, np.array(drs), np.array(dcs), np.array(js), out)
+        return out
+
+    gains = np.array([p.radiometry.get(b, [1.0, 0.0])[0] for b in S2_BAND_NAMES], np.float32)
+    offsets = np.array([p.radiometry.get(b, [1.0, 0.0])[1] for b in S2_BAND_NAMES], np.float32)
+    scaled = bool((gains != 1).any() or (offsets != 0).any())
+    scl = gather(p.scl, "nearest") if p.scl else np.zeros((0, 0, 0), np.float32)
+    label = gather(p.label, "nearest").astype(np.uint8) if p.label else None
     s1_access = p.access.get("s1", {})
     failed: dict[int, ChipReadError] = {}
     bands = []
@@ -362,11 +391,24 @@ def _assemble(
                         )
                     except ChipReadError as exc:
                         failed[j] = exc
-        bands.append(s1_to_db(stacked(p.s1_assets[b], "bilinear"), p.units, lut))
-    s1 = np.stack(bands, axis=1)  # [N, 2, H, W]
-    valid &= np.all(np.isfinite(s1), axis=1)
-    s2_u16 = np.where(valid[:, None], np.clip(np.rint(s2), 0, 65535), 0).astype(np.uint16)
-    s1_f16 = np.where(valid[:, None], s1, 0).astype(np.float16)
+        bands.append(s1_to_db(gather(p.s1_assets[b], "bilinear"), p.units, lut))
+    s1 = np.stack(bands, axis=1).astype(np.float32, copy=False)  # [N, 2, H, W] dB
+    n = len(idx)
+    s2_u16 = np.empty((n, len(S2_BAND_NAMES), h, w), np.uint16)
+    s1_masked, valid = np.empty_like(s1), np.empty((n, h, w), bool)
+    # S2 is read straight from its band mosaics: chips grouped by the mosaics they are cut from
+    by_mosaics: dict[tuple[int, ...], tuple[tuple[np.ndarray, ...], list[list[int]], list[list[int]], list[int]]] = {}
+    for j, i in enumerate(idx):
+        cuts = [pixels[(i, p.s2_assets[b], "bilinear")] for b in S2_BAND_NAMES]
+        entry = by_mosaics.setdefault(tuple(id(c[0]) for c in cuts), (tuple(c[0] for c in cuts), [], [], []))
+        entry[1].append([c[1] for c in cuts]), entry[2].append([c[2] for c in cuts]), entry[3].append(j)
+    for mosaics_, rows, cols, js in by_mosaics.values():
+        rows_, cols_ = np.array(rows, np.intp).T.copy(), np.array(cols, np.intp).T.copy()
+        kernels.assemble(
+            mosaics_, rows_, cols_, np.array(js, np.intp), gains, offsets, scaled, scl, _SCL_INVALID_LUT, s1,
+            s2_u16, s1_masked, valid,
+        )  # fmt: skip
+    s1_f16 = s1_masked.astype(np.float16)
     return [
         failed[j]
         if j in failed

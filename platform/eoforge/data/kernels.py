@@ -1,0 +1,209 @@
+"""Compiled per-pixel kernels (numba) of the tile-aware reader: resampling and chip assembly.
+
+The numpy formulations of these steps make one pass over the pixels per operation (gather,
+multiply, add, compare, round, clip, cast), each a temporary array; at 64 px chips that was most
+of a read task's time after decoding (``bench/reader_profile.py``). Each kernel here makes one
+pass, with the same float32 arithmetic in the same order as the numpy code it replaces, so its
+results are bit for bit those of the numpy reference (``tests/unit/test_kernels.py``).
+
+Kernels are compiled on first use and cached on disk (numba ``cache=True``: next to this module,
+else numba's user cache); :func:`warm` compiles every signature the reader uses ahead of time
+(the Docker image runs it at build time).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_JIT = {"cache": True, "nogil": True}
+
+
+@numba.njit(**_JIT)
+def separable_bilinear(
+    band: np.ndarray,
+    top: np.ndarray,
+    bottom: np.ndarray,
+    wt: np.ndarray,
+    wb: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    wl: np.ndarray,
+    wr: np.ndarray,
+) -> np.ndarray:
+    """Separable bilinear resampling: a column pass per source row, then a row pass.
+
+    Args:
+        band: [h, w] source rows (any real dtype; converted to float32 per pixel).
+        top: int [H] the upper source row of each output row (0 <= row < h).
+        bottom: int [H] the lower source row of each output row.
+        wt: float32 [H] the weight of ``top``.
+        wb: float32 [H] the weight of ``bottom``.
+        left: int [W] the left source column of each output column (0 <= col < w).
+        right: int [W] the right source column of each output column.
+        wl: float32 [W] the weight of ``left``.
+        wr: float32 [W] the weight of ``right``.
+
+    Returns:
+        float32 [H, W]: ``across[top] * wt + across[bottom] * wb`` with
+        ``across = band[:, left] * wl + band[:, right] * wr`` (float32 throughout).
+    """
+    h = band.shape[0]
+    H, W = top.shape[0], left.shape[0]
+    used = np.zeros(h, np.bool_)
+    for i in range(H):
+        used[top[i]] = True
+        used[bottom[i]] = True
+    across = np.empty((h, W), np.float32)
+    for r in range(h):
+        if used[r]:
+            for j in range(W):
+                across[r, j] = np.float32(band[r, left[j]]) * wl[j] + np.float32(band[r, right[j]]) * wr[j]
+    out = np.empty((H, W), np.float32)
+    for i in range(H):
+        t, b, a, c = top[i], bottom[i], wt[i], wb[i]
+        for j in range(W):
+            out[i, j] = across[t, j] * a + across[b, j] * c
+    return out
+
+
+@numba.njit(**_JIT)
+def taps_bilinear(
+    flat: np.ndarray, k00: np.ndarray, width: int, w0: np.ndarray, w1: np.ndarray, w2: np.ndarray, w3: np.ndarray
+) -> np.ndarray:
+    """Bilinear resampling through precomputed taps (a map that is not separable, e.g. S1 on lon/lat).
+
+    Args:
+        flat: the source window, raveled ([h * w], any real dtype).
+        k00: int [H, W] flat index of each output pixel's top-left neighbour (all four inside).
+        width: the window's width ``w`` (the bottom neighbours are ``k00 + width``).
+        w0: float32 [H, W] weight of the top-left neighbour.
+        w1: float32 [H, W] weight of the top-right neighbour.
+        w2: float32 [H, W] weight of the bottom-left neighbour.
+        w3: float32 [H, W] weight of the bottom-right neighbour.
+
+    Returns:
+        float32 [H, W]: ``((w0 * v00 + w1 * v01) + w2 * v10) + w3 * v11``.
+    """
+    H, W = k00.shape
+    out = np.empty((H, W), np.float32)
+    for i in range(H):
+        for j in range(W):
+            k = k00[i, j]
+            acc = w0[i, j] * np.float32(flat[k])
+            acc += w1[i, j] * np.float32(flat[k + 1])
+            acc += w2[i, j] * np.float32(flat[k + width])
+            acc += w3[i, j] * np.float32(flat[k + width + 1])
+            out[i, j] = acc
+    return out
+
+
+@numba.njit(**_JIT)
+def assemble(
+    s2_mosaics: tuple,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    dest: np.ndarray,
+    gains: np.ndarray,
+    offsets: np.ndarray,
+    scaled: bool,
+    scl: np.ndarray,
+    invalid_class: np.ndarray,
+    s1: np.ndarray,
+    s2_u16: np.ndarray,
+    s1_out: np.ndarray,
+    valid: np.ndarray,
+) -> None:
+    """Masks and storage units of chips cut from their S2 band mosaics, in one pass over their pixels.
+
+    Chip ``k`` is ``s2_mosaics[b][rows[b, k]:rows[b, k] + H, cols[b, k]:cols[b, k] + W]`` for band
+    ``b``; its results go to index ``dest[k]`` of the outputs (and its SCL / S1 are read there).
+
+    Args:
+        s2_mosaics: 12 float32 [Hm, Wm] S2 band mosaics as read (0: nodata).
+        rows: int [12, K] each chip's first row in each band's mosaic.
+        cols: int [12, K] each chip's first column in each band's mosaic.
+        dest: int [K] each chip's index in the outputs (and in ``scl``, ``s1``).
+        gains: float32 [12] per-band gain, applied when ``scaled``.
+        offsets: float32 [12] per-band offset, applied when ``scaled``.
+        scaled: whether ``gains`` / ``offsets`` apply (False: values as read).
+        scl: float32 [N, H, W] SCL classes ([0, 0, 0] shaped: no SCL).
+        invalid_class: bool [256], True for the SCL classes that mask a pixel.
+        s1: float32 [N, 2, H, W] S1 in dB (NaN: no valid source).
+        s2_u16: out, uint16 [N, 12, H, W] ``clip(rint(s2 * gain + offset), 0, 65535)``, 0 where invalid.
+        s1_out: out, float32 [N, 2, H, W] ``s1``, 0 where invalid (the caller casts to float16).
+        valid: out, bool [N, H, W]: every S2 band > 0, SCL class not masked, S1 finite.
+    """
+    nb, ns1 = len(s2_mosaics), s1.shape[1]
+    H, W = valid.shape[1], valid.shape[2]
+    has_scl = scl.shape[0] > 0
+    for k in range(dest.shape[0]):  # band by band, branch-free inner loops (vectorised by LLVM)
+        d = dest[k]
+        ok = valid[d]
+        for b in range(nb):
+            m, r0, c0 = s2_mosaics[b], rows[b, k], cols[b, k]
+            for y in range(H):
+                for x in range(W):
+                    if b == 0:
+                        ok[y, x] = m[r0 + y, c0 + x] > 0
+                    else:
+                        ok[y, x] &= m[r0 + y, c0 + x] > 0
+        if has_scl:
+            for y in range(H):
+                for x in range(W):
+                    ok[y, x] &= not invalid_class[np.uint8(scl[d, y, x])]
+        for b in range(ns1):
+            for y in range(H):
+                for x in range(W):
+                    ok[y, x] &= np.isfinite(s1[d, b, y, x])
+        for b in range(nb):
+            m, r0, c0 = s2_mosaics[b], rows[b, k], cols[b, k]
+            g, o = gains[b], offsets[b]
+            for y in range(H):
+                for x in range(W):
+                    v = m[r0 + y, c0 + x] * g + o if scaled else m[r0 + y, c0 + x]
+                    v = min(max(np.rint(v), np.float32(0)), np.float32(65535))
+                    s2_u16[d, b, y, x] = np.uint16(v) if ok[y, x] else np.uint16(0)
+        for b in range(ns1):
+            for y in range(H):
+                for x in range(W):
+                    s1_out[d, b, y, x] = s1[d, b, y, x] if ok[y, x] else np.float32(0)
+
+
+@numba.njit(**_JIT)
+def cut(mosaic: np.ndarray, rows: np.ndarray, cols: np.ndarray, dest: np.ndarray, out: np.ndarray) -> None:
+    """Copy chips out of a mosaic: ``out[dest[k]] = mosaic[rows[k]:rows[k] + H, cols[k]:cols[k] + W]``.
+
+    Args:
+        mosaic: float32 [Hm, Wm].
+        rows: int [K] each chip's first row in the mosaic.
+        cols: int [K] each chip's first column in the mosaic.
+        dest: int [K] each chip's index in ``out``.
+        out: float32 [N, H, W] (any strides), written.
+    """
+    H, W = out.shape[1], out.shape[2]
+    for k in range(rows.shape[0]):
+        r, c, d = rows[k], cols[k], dest[k]
+        for y in range(H):
+            for x in range(W):
+                out[d, y, x] = mosaic[r + y, c + x]
+
+
+def warm() -> None:
+    """Compile (or load from the cache) every kernel signature the reader uses."""
+    f32, i64 = np.float32, np.intp
+    idx, w1 = np.zeros(2, i64), np.full(2, 0.5, f32)
+    for dtype in (np.uint16, np.float32, np.int16, np.uint8):
+        band = np.ones((2, 2), dtype)
+        separable_bilinear(band, idx, idx, w1, w1, idx, idx, w1, w1)
+        taps_bilinear(band.ravel(), np.zeros((2, 2), i64), 2, *(np.full((2, 2), 0.25, f32),) * 4)
+    mosaic, at = np.zeros((4, 4), f32), np.zeros(1, i64)
+    cut(mosaic, at, at, at, np.zeros((1, 2, 2), f32))
+    cut(mosaic, at, at, at, np.zeros((1, 1, 2, 2), f32)[:, 0])
+    lut = np.zeros(256, np.bool_)
+    bands = (np.ones((2, 2), f32),) * 12
+    offsets = np.zeros((12, 1), i64)
+    outs = np.zeros((1, 12, 2, 2), np.uint16), np.zeros((1, 2, 2, 2), f32), np.zeros((1, 2, 2), np.bool_)
+    for scl in (np.zeros((1, 2, 2), f32), np.zeros((0, 0, 0), f32)):
+        s1 = np.zeros((1, 2, 2, 2), f32)
+        assemble(bands, offsets, offsets, at, np.ones(12, f32), np.zeros(12, f32), False, scl, lut, s1, *outs)

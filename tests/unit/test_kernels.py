@@ -1,0 +1,81 @@
+"""The compiled reader kernels give bit for bit what their numpy formulations give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from eoforge.catalog.bands import S2_SCL_INVALID
+from eoforge.data import kernels
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.int16])
+def test_separable_bilinear_equals_its_numpy_formulation(dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    band = rng.uniform(0, 3000, (40, 50)).astype(dtype)
+    top = rng.integers(0, 39, 64)
+    bottom = np.minimum(top + 1, 39)
+    left = rng.integers(0, 49, 70)
+    right = np.minimum(left + 1, 49)
+    wt, wl = rng.uniform(0, 1, 64).astype(np.float32), rng.uniform(0, 1, 70).astype(np.float32)
+    wb, wr = 1 - wt, 1 - wl
+    v = band.astype(np.float32)
+    across = v[:, left] * wl + v[:, right] * wr
+    want = across[top] * wt[:, None] + across[bottom] * wb[:, None]
+    got = kernels.separable_bilinear(band, top, bottom, wt, wb, left, right, wl, wr)
+    assert got.dtype == np.float32 and got.shape == (64, 70)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_taps_bilinear_equals_its_numpy_formulation() -> None:
+    rng = np.random.default_rng(1)
+    data = rng.normal(0.05, 0.02, (30, 40)).astype(np.float32)
+    h, w = data.shape
+    k00 = rng.integers(0, h - 1, (16, 20)) * w + rng.integers(0, w - 1, (16, 20))
+    wr, wc = rng.uniform(0, 1, (2, 16, 20)).astype(np.float32)
+    weights = [((1 - wr) * (1 - wc)), ((1 - wr) * wc), (wr * (1 - wc)), (wr * wc)]
+    flat = data.ravel()
+    want = weights[0] * flat[k00]
+    for off, wk in zip((1, w, w + 1), weights[1:], strict=True):
+        want += wk * flat[k00 + off]
+    np.testing.assert_array_equal(kernels.taps_bilinear(flat, k00, w, *weights), want)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("with_scl", [False, True])
+def test_assemble_equals_its_numpy_formulation(scaled: bool, with_scl: bool) -> None:
+    rng = np.random.default_rng(2)
+    n, h, w = 3, 8, 9
+    mosaics = tuple(rng.uniform(-50, 70000, (20, 24)).astype(np.float32) for _ in range(12))
+    mosaics[3][2:5, 4:9] = 0  # nodata
+    rows, cols = rng.integers(0, 12, (12, n)), rng.integers(0, 15, (12, n))
+    dest = np.array([2, 0, 1])
+    scl = rng.integers(0, 12, (n, h, w)).astype(np.float32) if with_scl else np.zeros((0, 0, 0), np.float32)
+    s1 = rng.normal(-12, 4, (n, 2, h, w)).astype(np.float32)
+    s1[1, 0, :2] = np.nan
+    gains = rng.uniform(0.9, 1.1, 12).astype(np.float32) if scaled else np.ones(12, np.float32)
+    offsets = rng.uniform(-1000, 0, 12).astype(np.float32) if scaled else np.zeros(12, np.float32)
+    lut = np.isin(np.arange(256), S2_SCL_INVALID)
+    u16, s1_out, valid = np.empty((n, 12, h, w), np.uint16), np.empty_like(s1), np.empty((n, h, w), bool)
+    kernels.assemble(mosaics, rows, cols, dest, gains, offsets, scaled, scl, lut, s1, u16, s1_out, valid)
+
+    raw = np.empty((n, 12, h, w), np.float32)
+    for k, d in enumerate(dest):
+        for b in range(12):
+            raw[d, b] = mosaics[b][rows[b, k] : rows[b, k] + h, cols[b, k] : cols[b, k] + w]
+    want_valid = np.all(raw > 0, axis=1) & np.all(np.isfinite(s1), axis=1)
+    if with_scl:
+        want_valid &= ~np.isin(scl.astype(np.uint8), S2_SCL_INVALID)
+    s2 = raw * gains[:, None, None] + offsets[:, None, None] if scaled else raw
+    want_u16 = np.where(want_valid[:, None], np.clip(np.rint(s2), 0, 65535), 0).astype(np.uint16)
+    assert 0 < want_valid.mean() < 1  # both outcomes exercised
+    np.testing.assert_array_equal(valid, want_valid)
+    np.testing.assert_array_equal(u16, want_u16)
+    np.testing.assert_array_equal(s1_out, np.where(want_valid[:, None], s1, 0))
+
+
+def test_cut_copies_each_chip_from_its_place_in_the_mosaic() -> None:
+    mosaic = np.arange(20 * 30, dtype=np.float32).reshape(20, 30)
+    out = np.zeros((2, 4, 5), np.float32)
+    kernels.cut(mosaic, np.array([3, 10]), np.array([7, 0]), np.array([1, 0]), out)
+    np.testing.assert_array_equal(out[1], mosaic[3:7, 7:12])
+    np.testing.assert_array_equal(out[0], mosaic[10:14, 0:5])
