@@ -212,6 +212,30 @@ def test_the_read_tasks_of_later_epochs_reuse_their_process_open_datasets(demo_p
     assert all(np.array_equal(first[c], second[c]) for c in first)
 
 
+def test_a_stream_that_does_not_keep_files_open_reopens_them_once_for_itself(demo_plan: Path) -> None:
+    # keep_open=False (a stream id per stream): the process's files of an earlier stream are closed,
+    # so this stream reads its tiles from the files, each file opened once for all of its tasks
+    from eoforge.data.dataset import _read_tasks
+
+    def epoch(e: int, stream: str) -> dict[str, np.ndarray]:
+        sets = epoch_window_sets(plan_windows(str(demo_plan), "all", 16), 7, e, (0, 1), 0, 2)
+        kw = {"plan_path": str(demo_plan), "split": "all", "min_valid_fraction": 0.0, "seed": 7, "epoch": e}
+        kw |= {"window_rows": 16, "chunk_rows": 8, "max_open": 98, "stream": stream}
+        blocks = []
+        for task in _read_tasks(sets, 16):
+            batch = {"windows": np.array([task["windows"]], object), "take": np.array([task["take"]])}
+            blocks += list(read_chip_task(batch, **kw))
+        return {c: s2 for b in blocks for c, s2 in zip(b["chip_id"], b["s2"], strict=True)}
+
+    first = epoch(0, "stream-a")
+    cache = process_cache(98)
+    opened = cache.opens
+    assert opened >= 15 and len(cache) == opened
+    second = epoch(1, "stream-b")
+    assert cache.opens == 2 * opened and len(cache) == opened  # closed, then each opened once again
+    assert all(np.array_equal(first[c], second[c]) for c in first)
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_a_small_plan_gives_every_shard_rows_and_each_row_once(demo_plan: Path, world: int) -> None:
     # one row group, fewer rows than a default window: whole-window sharding alone gives worker 1 nothing

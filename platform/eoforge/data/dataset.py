@@ -44,6 +44,7 @@ import functools
 import json
 import logging
 import math
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -381,12 +382,25 @@ class TileChipReader:
 #: Open datasets of this process, per LRU size: a read task's reader reads through them, so a
 #: pooled worker keeps its files (and GDAL's decoded blocks) open across tasks and epochs.
 _PROCESS_CACHES: dict[int, DatasetCache] = {}
+#: The stream the process's caches were opened for, when a stream asks for files of its own.
+_PROCESS_STREAM: list[str | None] = [None]
 
 
-def process_cache(max_open: int) -> DatasetCache:
-    """This process's :class:`eoforge.data.tiles.DatasetCache` of ``max_open`` datasets (made once)."""
+def process_cache(max_open: int, stream: str | None = None) -> DatasetCache:
+    """This process's :class:`eoforge.data.tiles.DatasetCache` of ``max_open`` datasets (made once).
+
+    Args:
+        max_open: the LRU's size.
+        stream: None keeps the files open across streams (epochs). A stream id closes every file
+            the process opened for another stream first, so the stream reads its tiles from the
+            files, not from GDAL's block cache of the previous epoch (``keep_open=False``).
+    """
     from eoforge.data.tiles import DatasetCache
 
+    if stream is not None and stream != _PROCESS_STREAM[0]:
+        for cache in _PROCESS_CACHES.values():
+            cache.close()
+        _PROCESS_STREAM[0] = stream
     if max_open not in _PROCESS_CACHES:
         if not _PROCESS_CACHES:  # closed before the interpreter tears rasterio down
             atexit.register(_close_process_caches)
@@ -410,10 +424,12 @@ def read_chip_task(batch: dict[str, np.ndarray], **reader_kwargs: Any) -> Iterat
 
     Args:
         batch: one read task (``windows``, ``take``; see :meth:`TileChipReader.__call__`).
-        reader_kwargs: :class:`TileChipReader` arguments (``max_open`` sizes the process's cache).
+        reader_kwargs: :class:`TileChipReader` arguments (``max_open`` sizes the process's cache;
+            ``stream``, when given, is the stream's id for :func:`process_cache`).
     """
     max_open = int(reader_kwargs.pop("max_open", 64))
-    reader = TileChipReader(**reader_kwargs, cache=process_cache(max_open))
+    stream = reader_kwargs.pop("stream", None)
+    reader = TileChipReader(**reader_kwargs, cache=process_cache(max_open, stream))
     yield from reader(batch)
 
 
@@ -446,6 +462,7 @@ def build_chip_dataset(
     mix_windows: int = 4,
     tile_aware: bool = True,
     max_open: int = 64,
+    keep_open: bool = True,
     block_mb: float = 16.0,
     object_store_mb: float | None = 512.0,
 ) -> Any:
@@ -470,6 +487,11 @@ def build_chip_dataset(
         mix_windows: windows (random places of the plan) read and shuffled together by one read task.
         tile_aware: False reads every chip on its own (benchmark baseline).
         max_open: open datasets per reading process (LRU, kept across epochs).
+        keep_open: True keeps the reading processes' files open from one stream (epoch) to the
+            next, and with them GDAL's decoded blocks (``GDAL_CACHEMAX``): a plan whose tiles fit
+            in that cache is decoded once, not once per epoch. False opens them afresh for this
+            stream, so every tile is read and decoded once per pass, as with a plan larger than
+            the cache (``bench/stream.py`` measures both).
         block_mb: largest output block, MiB (Ray Data slices a chunk into blocks of about this size;
             by default it merges a task's chunks into blocks of up to 128 MiB, i.e. a whole window
             set, which the consumer and the readers then hold).
@@ -514,6 +536,7 @@ def build_chip_dataset(
             "chunk_rows": rows_per_task,
             "tile_aware": tile_aware,
             "max_open": max_open,
+            **({} if keep_open else {"stream": uuid.uuid4().hex}),
         },
         batch_size=1,
         batch_format="numpy",
