@@ -36,7 +36,7 @@ from stream import decode_limit_pass, make_data  # bench/stream.py (this folder 
 
 def reader_pass(plan: str, chunk_rows: int, mix: int) -> tuple[int, float]:
     """One pass of the reader over the whole plan in this process: (ok chips, seconds)."""
-    resample.sample_map.cache_clear()
+    resample.clear_sample_maps()
     t0 = time.perf_counter()
     windows, window_rows = dataset.shardable_windows(plan, "all", 1024, 1)
     sets = dataset.epoch_window_sets(windows, 0, 0, (0, 1), 0, mix)

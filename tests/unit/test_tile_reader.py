@@ -369,3 +369,25 @@ def test_a_chip_that_cannot_be_assembled_gets_its_error_and_the_others_are_read(
     out = tiles.read_rows([rows[0], bad, rows[2], rows[3]], DatasetCache())
     assert isinstance(out[1], tiles.ChipReadError) and "furlongs" in str(out[1])
     assert all(isinstance(c, tiles.RawChip) for c in (out[0], out[2], out[3]))
+
+
+def test_sample_maps_are_kept_by_bytes_and_the_oldest_go_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a scene's tile groups need ~20 maps: a bound by count (16) evicted each before its next use
+    import eoforge.data.resample as resample
+
+    src = resample.SourceGrid("EPSG:32632", (20.0, 0.0, 500000.0, 0.0, -20.0, 5000000.0), 512, 512)
+    grids = [
+        resample.ChipGridKey("EPSG:32632", (10.0, 0.0, 500000.0 + 640 * k, 0.0, -10.0, 5000000.0), 64)
+        for k in range(30)
+    ]
+    resample.clear_sample_maps()
+    first = [resample.sample_map(src, g, "bilinear") for g in grids]
+    assert all(resample.sample_map(src, g, "bilinear") is m for g, m in zip(grids, first, strict=True))
+    one = resample._map_bytes(first[0])
+    monkeypatch.setattr(resample, "SAMPLE_MAP_CACHE_BYTES", 10 * one)
+    resample.clear_sample_maps()
+    maps = [resample.sample_map(src, g, "bilinear") for g in grids]
+    assert len(resample._MAPS) == 10 and resample._MAPS_BYTES[0] == 10 * one
+    assert resample.sample_map(src, grids[-1], "bilinear") is maps[-1]  # the newest kept
+    assert resample.sample_map(src, grids[0], "bilinear") is not maps[0]  # the oldest made again
+    resample.clear_sample_maps()

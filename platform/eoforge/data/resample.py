@@ -306,19 +306,48 @@ def _clip_bbox(r0: int, r1: int, c0: int, c1: int, src: SourceGrid) -> tuple[int
     return max(0, r0), min(src.height, r1), max(0, c0), min(src.width, c1)
 
 
-#: Sample maps kept (a 512 px mosaic's map is ~4 MB when not separable, KB when separable).
-SAMPLE_MAP_CACHE = 16
+#: Bytes of sample maps kept per process. A 576 px mosaic's map is ~5 MB when not separable (S1 on
+#: lon/lat) and a few KB when separable or aligned; a scene's tile groups need ~20 maps, so the old
+#: count-bounded LRU of 16 evicted every map before its next use (next epoch, other dates).
+SAMPLE_MAP_CACHE_BYTES = 64 << 20
+
+_MAPS: OrderedDict[tuple[SourceGrid, ChipGridKey, str], SampleMap] = OrderedDict()
+_MAPS_BYTES = [0]
 
 
-@functools.lru_cache(maxsize=SAMPLE_MAP_CACHE)
+def _map_bytes(m: SampleMap) -> int:
+    return sum(a.nbytes for a in (m.rows, m.cols, m.wr, m.wc) if a is not None)
+
+
 def sample_map(src: SourceGrid, grid: ChipGridKey, kind: str) -> SampleMap:
     """The map of ``grid`` on ``src`` for ``kind`` (``bilinear`` or ``nearest``); cached per triple.
 
-    An aligned source gives an ``aligned`` map whatever ``kind`` says (no resampling needed).
+    An aligned source gives an ``aligned`` map whatever ``kind`` says (no resampling needed). Maps
+    are kept in an LRU of at most :data:`SAMPLE_MAP_CACHE_BYTES` (:func:`clear_sample_maps` empties it).
 
     Raises:
         ChipReadError: the source cannot be georeferenced.
     """
+    key = (src, grid, kind)
+    hit = _MAPS.get(key)
+    if hit is not None:
+        _MAPS.move_to_end(key)
+        return hit
+    m = _sample_map(src, grid, kind)
+    _MAPS[key] = m
+    _MAPS_BYTES[0] += _map_bytes(m)
+    while _MAPS_BYTES[0] > SAMPLE_MAP_CACHE_BYTES and len(_MAPS) > 1:
+        _MAPS_BYTES[0] -= _map_bytes(_MAPS.popitem(last=False)[1])
+    return m
+
+
+def clear_sample_maps() -> None:
+    """Forget every cached sample map (as in a fresh reading process)."""
+    _MAPS.clear()
+    _MAPS_BYTES[0] = 0
+
+
+def _sample_map(src: SourceGrid, grid: ChipGridKey, kind: str) -> SampleMap:
     h, w = grid.shape
     off = _aligned(src, grid)
     if off is not None:
