@@ -44,4 +44,6 @@ echo "bootstrap: pip install -e .[$EXTRAS] (first run downloads torch and ray: s
 # wants python-dateutil < 3, kubernetes >= 3), so it is installed on its own, last: pip keeps the
 # installed versions where it can and takes python-dateutil 2.9, which kubernetes runs with.
 "$VENV/bin/pip" install -q --progress-bar off "moto[server]==5.2.5" 2>&1 | grep -v "dependency resolver\|requires\|^WARNING" || true
+# the tile reader's numba kernels, compiled once into their on-disk cache (not by every reading process)
+"$VENV/bin/python" -c "from eoforge.data import kernels; kernels.warm()"
 touch "$VENV/.eoforge-installed"
