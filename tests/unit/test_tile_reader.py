@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cachetools
 import numpy as np
 import pytest
 import rasterio
@@ -31,7 +32,7 @@ from eoforge.data.resample import (
     reproject_centres,
     sample_map,
 )
-from eoforge.data.tiles import DatasetCache, read_band_on_grids
+from eoforge.data.tiles import DatasetCache, read_band_cuts
 from eoforge.plan.io import read_plan
 from pyproj import Transformer
 from rasterio.enums import Resampling
@@ -252,6 +253,11 @@ def test_a_small_plan_gives_every_shard_rows_and_each_row_once(demo_plan: Path, 
     assert sorted(seen) == sorted(_rows(demo_plan))
 
 
+def _pixels(grids: list[ChipGridKey], cuts: list) -> list[np.ndarray]:
+    """Each grid's pixels: its place in its mosaic."""
+    return [m[dr : dr + g.shape[0], dc : dc + g.shape[1]] for g, (m, dr, dc) in zip(grids, cuts, strict=True)]
+
+
 @pytest.mark.parametrize("src_crs", ["EPSG:32632", "EPSG:4326"])
 def test_a_mosaic_gives_each_chip_the_pixels_it_gets_alone(tmp_path: Path, src_crs: str) -> None:
     # a 20 m source (or a lon/lat one) with nodata holes; 16 px chips on a 10 m lattice, some
@@ -273,9 +279,9 @@ def test_a_mosaic_gives_each_chip_the_pixels_it_gets_alone(tmp_path: Path, src_c
     assert max(len(members) for _, members in mosaics(grids)) == len(grids)  # one mosaic
     cache = DatasetCache()
     for kind, fill in (("bilinear", 0.0), ("nearest", 255.0)):
-        together = read_band_on_grids(f"file://{path}", grids, kind, fill, cache, None)
+        together = _pixels(grids, read_band_cuts(f"file://{path}", grids, kind, fill, cache, None))
         for g, got in zip(grids, together, strict=True):
-            (alone,) = read_band_on_grids(f"file://{path}", [g], kind, fill, cache, None)
+            (alone,) = _pixels([g], read_band_cuts(f"file://{path}", [g], kind, fill, cache, None))
             assert got.shape == (16, 16) and np.array_equal(got, alone), (kind, g.transform)
         for edge in (together[0], together[-1]):  # chips hanging over the image's edges
             assert (edge == fill).any() and (edge != fill).any()
@@ -384,10 +390,10 @@ def test_sample_maps_are_kept_by_bytes_and_the_oldest_go_first(monkeypatch: pyte
     first = [resample.sample_map(src, g, "bilinear") for g in grids]
     assert all(resample.sample_map(src, g, "bilinear") is m for g, m in zip(grids, first, strict=True))
     one = resample._map_bytes(first[0])
-    monkeypatch.setattr(resample, "SAMPLE_MAP_CACHE_BYTES", 10 * one)
-    resample.clear_sample_maps()
+    small = cachetools.LRUCache(maxsize=10 * one, getsizeof=resample._map_bytes)
+    monkeypatch.setattr(resample, "_MAPS", small)
     maps = [resample.sample_map(src, g, "bilinear") for g in grids]
-    assert len(resample._MAPS) == 10 and resample._MAPS_BYTES[0] == 10 * one
+    assert len(small) == 10 and small.currsize == 10 * one
     assert resample.sample_map(src, grids[-1], "bilinear") is maps[-1]  # the newest kept
     assert resample.sample_map(src, grids[0], "bilinear") is not maps[0]  # the oldest made again
     resample.clear_sample_maps()

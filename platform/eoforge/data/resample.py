@@ -26,6 +26,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import cachetools
 import numpy as np
 from pyproj import CRS, Transformer
 from rasterio.control import GroundControlPoint
@@ -311,12 +312,13 @@ def _clip_bbox(r0: int, r1: int, c0: int, c1: int, src: SourceGrid) -> tuple[int
 #: count-bounded LRU of 16 evicted every map before its next use (next epoch, other dates).
 SAMPLE_MAP_CACHE_BYTES = 64 << 20
 
-_MAPS: OrderedDict[tuple[SourceGrid, ChipGridKey, str], SampleMap] = OrderedDict()
-_MAPS_BYTES = [0]
-
 
 def _map_bytes(m: SampleMap) -> int:
     return sum(a.nbytes for a in (m.rows, m.cols, m.wr, m.wc) if a is not None)
+
+
+#: (source grid, chip grid, kind) -> map, least recently used first out past the byte bound.
+_MAPS: cachetools.LRUCache = cachetools.LRUCache(maxsize=SAMPLE_MAP_CACHE_BYTES, getsizeof=_map_bytes)
 
 
 def sample_map(src: SourceGrid, grid: ChipGridKey, kind: str) -> SampleMap:
@@ -329,22 +331,19 @@ def sample_map(src: SourceGrid, grid: ChipGridKey, kind: str) -> SampleMap:
         ChipReadError: the source cannot be georeferenced.
     """
     key = (src, grid, kind)
-    hit = _MAPS.get(key)
-    if hit is not None:
-        _MAPS.move_to_end(key)
-        return hit
-    m = _sample_map(src, grid, kind)
-    _MAPS[key] = m
-    _MAPS_BYTES[0] += _map_bytes(m)
-    while _MAPS_BYTES[0] > SAMPLE_MAP_CACHE_BYTES and len(_MAPS) > 1:
-        _MAPS_BYTES[0] -= _map_bytes(_MAPS.popitem(last=False)[1])
+    m = _MAPS.get(key)
+    if m is None:
+        m = _sample_map(src, grid, kind)
+        try:
+            _MAPS[key] = m
+        except ValueError:  # larger than the whole cache: used once, not kept
+            pass
     return m
 
 
 def clear_sample_maps() -> None:
     """Forget every cached sample map (as in a fresh reading process)."""
     _MAPS.clear()
-    _MAPS_BYTES[0] = 0
 
 
 def _sample_map(src: SourceGrid, grid: ChipGridKey, kind: str) -> SampleMap:
@@ -431,7 +430,7 @@ def apply_map(m: SampleMap, data: np.ndarray, origin: tuple[int, int], nodata: f
         # every neighbour inside and valid: the four flat indices and weights of this map and
         # window are computed once (S1 VV and VH share them)
         k00, weights = _taps(m, origin, w)
-        return kernels.taps_bilinear(np.ascontiguousarray(flat), k00, w, *weights)
+        return kernels.taps_bilinear(flat, k00, w, *weights)
     ok_flat = ok.ravel()
     steps = ((0, 0),) if m.kind == "nearest" else ((0, 0), (0, 1), (1, 0), (1, 1))
     idx, oks = [], []

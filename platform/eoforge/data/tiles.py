@@ -202,26 +202,6 @@ def _parse(row: dict[str, Any]) -> _Parsed:
 Cut = tuple[np.ndarray, int, int]
 
 
-def read_band_on_grids(
-    href: str,
-    grids: list[ChipGridKey],
-    kind: str,
-    fill: float,
-    cache: DatasetCache,
-    sign: Callable[[str], str] | None,
-) -> list[np.ndarray]:
-    """Band 1 of ``href`` on each grid: float32 [H, W] each, one window read for all of them.
-
-    Chips on one lattice are sampled as mosaics (:func:`eoforge.data.resample.mosaics`), one map
-    and one resampling pass per mosaic, and cut by slicing; a source georeferenced by GCPs is
-    sampled chip by chip (its local GCP fit depends on the chip's centre).
-    """
-    return [
-        pixels[dr : dr + g.shape[0], dc : dc + g.shape[1]]
-        for g, (pixels, dr, dc) in zip(grids, read_band_cuts(href, grids, kind, fill, cache, sign), strict=True)
-    ]
-
-
 def read_band_cuts(
     href: str,
     grids: list[ChipGridKey],
@@ -230,7 +210,13 @@ def read_band_cuts(
     cache: DatasetCache,
     sign: Callable[[str], str] | None,
 ) -> list[Cut]:
-    """:func:`read_band_on_grids` as one :data:`Cut` per grid: its mosaic and its place in it (no copies)."""
+    """Band 1 of ``href`` on each grid, one window read for all of them: one :data:`Cut` per grid.
+
+    Chips on one lattice are sampled as mosaics (:func:`eoforge.data.resample.mosaics`), one map
+    and one resampling pass per mosaic, and each grid's cut is its place in its mosaic (no copies);
+    a source georeferenced by GCPs is sampled chip by chip (its local GCP fit depends on the chip's
+    centre). ``mosaic[dr:dr + H, dc:dc + W]`` is the grid's float32 [H, W] pixels.
+    """
     src = cache.get(href, sign)
     groups = [(g, [(k, 0, 0)]) for k, g in enumerate(grids)] if src.grid.gcps is not None else mosaics(grids)
     try:
