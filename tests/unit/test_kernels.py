@@ -47,6 +47,13 @@ def test_assemble_equals_its_numpy_formulation(scaled: bool, with_scl: bool) -> 
     n, h, w = 3, 8, 9
     mosaics = tuple(rng.uniform(-50, 70000, (20, 24)).astype(np.float32) for _ in range(12))
     mosaics[3][2:5, 4:9] = 0  # nodata
+    # bands 1, 2, 3 and 7 as stored (uint16 windows, as the 10 m bands are read), the rest resampled (float32)
+    stored = np.isin(np.arange(12), [1, 2, 3, 7])
+    mosaics = tuple(np.clip(np.rint(m), 0, 65535) if k else m for m, k in zip(mosaics, stored, strict=True))
+    u16s = tuple(
+        m.astype(np.uint16) if k else np.zeros((1, 1), np.uint16) for m, k in zip(mosaics, stored, strict=True)
+    )
+    f32s = tuple(np.zeros((1, 1), np.float32) if k else m for m, k in zip(mosaics, stored, strict=True))
     rows, cols = rng.integers(0, 12, (12, n)), rng.integers(0, 15, (12, n))
     dest = np.array([2, 0, 1])
     scl = rng.integers(0, 12, (n, h, w)).astype(np.float32) if with_scl else np.zeros((0, 0, 0), np.float32)
@@ -55,8 +62,11 @@ def test_assemble_equals_its_numpy_formulation(scaled: bool, with_scl: bool) -> 
     gains = rng.uniform(0.9, 1.1, 12).astype(np.float32) if scaled else np.ones(12, np.float32)
     offsets = rng.uniform(-1000, 0, 12).astype(np.float32) if scaled else np.zeros(12, np.float32)
     lut = np.isin(np.arange(256), S2_SCL_INVALID)
-    u16, s1_out, valid = np.empty((n, 12, h, w), np.uint16), np.empty_like(s1), np.empty((n, h, w), bool)
-    kernels.assemble(mosaics, rows, cols, dest, gains, offsets, scaled, scl, lut, s1, u16, s1_out, valid)
+    u16, s1_out, valid = np.empty((n, 12, h, w), np.uint16), np.empty(s1.shape, np.uint16), np.empty((n, h, w), bool)
+    bits = s1.view(np.uint32)
+    kernels.assemble(
+        u16s, f32s, stored, rows, cols, dest, gains, offsets, scaled, scl, lut, s1, bits, u16, s1_out, valid
+    )
 
     raw = np.empty((n, 12, h, w), np.float32)
     for k, d in enumerate(dest):
@@ -70,7 +80,7 @@ def test_assemble_equals_its_numpy_formulation(scaled: bool, with_scl: bool) -> 
     assert 0 < want_valid.mean() < 1  # both outcomes exercised
     np.testing.assert_array_equal(valid, want_valid)
     np.testing.assert_array_equal(u16, want_u16)
-    np.testing.assert_array_equal(s1_out, np.where(want_valid[:, None], s1, 0))
+    np.testing.assert_array_equal(s1_out.view(np.float16), np.where(want_valid[:, None], s1, 0).astype(np.float16))
 
 
 def test_cut_copies_each_chip_from_its_place_in_the_mosaic() -> None:
@@ -79,3 +89,52 @@ def test_cut_copies_each_chip_from_its_place_in_the_mosaic() -> None:
     kernels.cut(mosaic, np.array([3, 10]), np.array([7, 0]), np.array([1, 0]), out)
     np.testing.assert_array_equal(out[1], mosaic[3:7, 7:12])
     np.testing.assert_array_equal(out[0], mosaic[10:14, 0:5])
+
+
+def test_f16_bits_is_numpys_float16_cast_bit_for_bit() -> None:
+    import numba
+
+    @numba.njit
+    def cast(v: np.ndarray, out: np.ndarray) -> None:
+        bits = v.view(np.uint32)
+        for i in range(v.shape[0]):
+            out[i] = kernels.f16_bits(v[i], bits[i])
+
+    rng = np.random.default_rng(3)
+    edges = [0, -0.0, 65504, 65519.99, 65520, 65536, 2**-14, 2**-24, 2**-25, 1.5 * 2**-25, 6.1e-5, 1 / 3, -12.345]
+    v = np.concatenate(
+        [
+            rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32),  # every exponent
+            rng.normal(-12, 6, 50_000).astype(np.float32),  # dB
+            rng.uniform(-(2**-13), 2**-13, 50_000).astype(np.float32),  # subnormal halves
+            np.array(edges, np.float32),
+        ]
+    )
+    v = v[np.isfinite(v)]
+    out = np.empty(v.shape, np.uint16)
+    cast(v, out)
+    with np.errstate(over="ignore"):
+        want = v.astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.uint8, np.int16])
+@pytest.mark.parametrize("nodata", [None, 0.0, 7.0, float("nan")])
+def test_all_valid_is_the_reader_mask_all(dtype: type, nodata: float | None) -> None:
+    from eoforge.data.resample import _valid
+
+    rng = np.random.default_rng(4)
+    cases = [rng.integers(1, 100, (5, 6)).astype(dtype) for _ in range(4)]
+    cases[1][2, 3] = 0
+    cases[2][4, 5] = 7
+    if np.issubdtype(dtype, np.floating):
+        cases[3][0, 0] = np.nan
+        cases.append(cases[0].copy())
+        cases[-1][1, 1] = np.inf
+    outcomes = set()
+    for data in cases:
+        want = bool(_valid(data, nodata).all())
+        assert kernels.all_valid(data, nodata is not None, 0.0 if nodata is None else nodata) == want
+        outcomes.add(want)
+    can_fail = np.issubdtype(dtype, np.floating) or nodata in (0.0, 7.0)  # a NaN nodata never matches an int
+    assert outcomes == ({True, False} if can_fail else {True})

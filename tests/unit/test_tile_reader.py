@@ -354,9 +354,9 @@ def test_a_tile_group_reads_each_file_once(demo_plan: Path, monkeypatch: pytest.
     calls: list[tuple[str, int]] = []
     real = tiles.read_band_cuts
 
-    def counting(href: str, grids: list, *args: object) -> list[tiles.Cut]:
+    def counting(href: str, grids: list, *args: object, **kwargs: object) -> list[tiles.Cut]:
         calls.append((href, len(grids)))
-        return real(href, grids, *args)  # type: ignore[arg-type]
+        return real(href, grids, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(tiles, "read_band_cuts", counting)
     out = tiles.read_rows([rows[i] for i in group], DatasetCache())

@@ -99,8 +99,63 @@ def taps_bilinear(
 
 
 @numba.njit(**_JIT)
+def f16_bits(v: np.float32, bits: np.uint32) -> np.uint16:
+    """The bits of ``np.float16(v)``: IEEE half precision, rounded to nearest even (numpy's cast).
+
+    numba has no float16 on the CPU, so the cast is done on the bits (``bits``: those of the
+    float32 ``v``, e.g. read through a ``.view(np.uint32)`` of its array): values >= 65520 in
+    magnitude become +-inf, NaN becomes a quiet NaN, |v| < 2**-14 becomes a subnormal (or zero).
+    """
+    u = np.int64(bits)
+    sign = (u >> 16) & 0x8000
+    a = u & 0x7FFFFFFF
+    if a >= 0x47800000:  # >= 65536 (or inf / nan): the half is inf or nan
+        o = 0x7E00 if a > 0x7F800000 else 0x7C00
+    elif a < 0x38800000:  # < 2**-14: subnormal half, exactly round(|v| * 2**24) units of 2**-24
+        o = np.int64(np.rint(np.abs(np.float64(v)) * 16777216.0))
+    else:  # normal half: rebias the exponent, round the 13 dropped mantissa bits to nearest even
+        o = (a - 0x38000000 + 0xFFF + ((a >> 13) & 1)) >> 13
+    return np.uint16(o | sign)
+
+
+@numba.njit(**_JIT)
+def all_valid(data: np.ndarray, has_nodata: bool, nodata: float) -> bool:
+    """Whether every pixel of ``data`` (2-D, any real dtype) is finite and, with ``has_nodata``, != ``nodata``.
+
+    The test of ``eoforge.data.resample._valid(data, nodata).all()``, in one pass and without a mask.
+    """
+    for y in range(data.shape[0]):
+        for x in range(data.shape[1]):
+            v = data[y, x]
+            if v - v != 0 or (has_nodata and np.float64(v) == nodata):  # v - v: NaN for nan / inf
+                return False
+    return True
+
+
+@numba.njit(**_JIT)
+def _s2_band(
+    m: np.ndarray, r0: int, c0: int, g: np.float32, o: np.float32, scaled: bool, first: bool, ok: np.ndarray,
+    out: np.ndarray,
+) -> None:  # fmt: skip
+    """One S2 band of one chip: ``ok`` (&)= pixel > 0; ``out`` = its uint16 storage value (unmasked)."""
+    H, W = out.shape
+    lo, hi = np.float32(0), np.float32(65535)
+    for y in range(H):
+        for x in range(W):
+            v = np.float32(m[r0 + y, c0 + x])
+            if first:
+                ok[y, x] = v > 0
+            else:
+                ok[y, x] &= v > 0
+            w = v * g + o if scaled else v
+            out[y, x] = np.uint16(min(max(np.rint(w), lo), hi))
+
+
+@numba.njit(**_JIT)
 def assemble(
-    s2_mosaics: tuple,
+    s2_u16_mosaics: tuple,
+    s2_f32_mosaics: tuple,
+    stored: np.ndarray,
     rows: np.ndarray,
     cols: np.ndarray,
     dest: np.ndarray,
@@ -110,17 +165,24 @@ def assemble(
     scl: np.ndarray,
     invalid_class: np.ndarray,
     s1: np.ndarray,
+    s1_bits: np.ndarray,
     s2_u16: np.ndarray,
-    s1_out: np.ndarray,
+    s1_f16: np.ndarray,
     valid: np.ndarray,
 ) -> None:
     """Masks and storage units of chips cut from their S2 band mosaics, in one pass over their pixels.
 
-    Chip ``k`` is ``s2_mosaics[b][rows[b, k]:rows[b, k] + H, cols[b, k]:cols[b, k] + W]`` for band
-    ``b``; its results go to index ``dest[k]`` of the outputs (and its SCL / S1 are read there).
+    Band ``b``'s mosaic is ``s2_u16_mosaics[b]`` where ``stored[b]`` (the COG's uint16 window as read:
+    a band on the chip grid needs no resampling), else ``s2_f32_mosaics[b]`` (resampled); the other
+    entry is any placeholder array. Chip ``k`` is ``mosaic[rows[b, k]:rows[b, k] + H, cols[b, k]:cols[b, k] + W]``
+    for band ``b``; its results go to index ``dest[k]`` of the outputs (and its SCL / S1 are read there).
+    Each band is converted as it is checked; only a chip with masked pixels is passed over again
+    (to zero them).
 
     Args:
-        s2_mosaics: 12 float32 [Hm, Wm] S2 band mosaics as read (0: nodata).
+        s2_u16_mosaics: 12 uint16 [Hm, Wm] mosaics (used where ``stored``; 0: nodata).
+        s2_f32_mosaics: 12 float32 [Hm, Wm] mosaics (used where not ``stored``; 0: nodata).
+        stored: bool [12], which of the two holds each band.
         rows: int [12, K] each chip's first row in each band's mosaic.
         cols: int [12, K] each chip's first column in each band's mosaic.
         dest: int [K] each chip's index in the outputs (and in ``scl``, ``s1``).
@@ -130,24 +192,23 @@ def assemble(
         scl: float32 [N, H, W] SCL classes ([0, 0, 0] shaped: no SCL).
         invalid_class: bool [256], True for the SCL classes that mask a pixel.
         s1: float32 [N, 2, H, W] S1 in dB (NaN: no valid source).
+        s1_bits: ``s1.view(np.uint32)`` (its bits, for the float16 cast).
         s2_u16: out, uint16 [N, 12, H, W] ``clip(rint(s2 * gain + offset), 0, 65535)``, 0 where invalid.
-        s1_out: out, float32 [N, 2, H, W] ``s1``, 0 where invalid (the caller casts to float16).
+        s1_f16: out, uint16 [N, 2, H, W]: the bits of float16 ``s1``, 0 where invalid (view it as float16).
         valid: out, bool [N, H, W]: every S2 band > 0, SCL class not masked, S1 finite.
     """
-    nb, ns1 = len(s2_mosaics), s1.shape[1]
+    nb, ns1 = len(s2_f32_mosaics), s1.shape[1]
     H, W = valid.shape[1], valid.shape[2]
     has_scl = scl.shape[0] > 0
     for k in range(dest.shape[0]):  # band by band, branch-free inner loops (vectorised by LLVM)
         d = dest[k]
         ok = valid[d]
         for b in range(nb):
-            m, r0, c0 = s2_mosaics[b], rows[b, k], cols[b, k]
-            for y in range(H):
-                for x in range(W):
-                    if b == 0:
-                        ok[y, x] = m[r0 + y, c0 + x] > 0
-                    else:
-                        ok[y, x] &= m[r0 + y, c0 + x] > 0
+            r0, c0, g, o = rows[b, k], cols[b, k], gains[b], offsets[b]
+            if stored[b]:
+                _s2_band(s2_u16_mosaics[b], r0, c0, g, o, scaled, b == 0, ok, s2_u16[d, b])
+            else:
+                _s2_band(s2_f32_mosaics[b], r0, c0, g, o, scaled, b == 0, ok, s2_u16[d, b])
         if has_scl:
             for y in range(H):
                 for x in range(W):
@@ -156,18 +217,20 @@ def assemble(
             for y in range(H):
                 for x in range(W):
                     ok[y, x] &= np.isfinite(s1[d, b, y, x])
-        for b in range(nb):
-            m, r0, c0 = s2_mosaics[b], rows[b, k], cols[b, k]
-            g, o = gains[b], offsets[b]
-            for y in range(H):
-                for x in range(W):
-                    v = m[r0 + y, c0 + x] * g + o if scaled else m[r0 + y, c0 + x]
-                    v = min(max(np.rint(v), np.float32(0)), np.float32(65535))
-                    s2_u16[d, b, y, x] = np.uint16(v) if ok[y, x] else np.uint16(0)
+        masked = False
+        for y in range(H):
+            for x in range(W):
+                masked |= not ok[y, x]
+        if masked:
+            for b in range(nb):
+                for y in range(H):
+                    for x in range(W):
+                        if not ok[y, x]:
+                            s2_u16[d, b, y, x] = 0
         for b in range(ns1):
             for y in range(H):
                 for x in range(W):
-                    s1_out[d, b, y, x] = s1[d, b, y, x] if ok[y, x] else np.float32(0)
+                    s1_f16[d, b, y, x] = f16_bits(s1[d, b, y, x], s1_bits[d, b, y, x]) if ok[y, x] else np.uint16(0)
 
 
 @numba.njit(**_JIT)
@@ -195,15 +258,32 @@ def warm() -> None:
     idx, w1 = np.zeros(2, i64), np.full(2, 0.5, f32)
     for dtype in (np.uint16, np.float32, np.int16, np.uint8):
         band = np.ones((2, 2), dtype)
+        all_valid(band, True, 0.0)
         separable_bilinear(band, idx, idx, w1, w1, idx, idx, w1, w1)
         taps_bilinear(band.ravel(), np.zeros((2, 2), i64), 2, *(np.full((2, 2), 0.25, f32),) * 4)
     mosaic, at = np.zeros((4, 4), f32), np.zeros(1, i64)
     cut(mosaic, at, at, at, np.zeros((1, 2, 2), f32))
     cut(mosaic, at, at, at, np.zeros((1, 1, 2, 2), f32)[:, 0])
     lut = np.zeros(256, np.bool_)
-    bands = (np.ones((2, 2), f32),) * 12
+    f32_bands, u16_bands = (np.ones((2, 2), f32),) * 12, (np.ones((2, 2), np.uint16),) * 12
     offsets = np.zeros((12, 1), i64)
-    outs = np.zeros((1, 12, 2, 2), np.uint16), np.zeros((1, 2, 2, 2), f32), np.zeros((1, 2, 2), np.bool_)
+    outs = np.zeros((1, 12, 2, 2), np.uint16), np.zeros((1, 2, 2, 2), np.uint16), np.zeros((1, 2, 2), np.bool_)
     for scl in (np.zeros((1, 2, 2), f32), np.zeros((0, 0, 0), f32)):
         s1 = np.zeros((1, 2, 2, 2), f32)
-        assemble(bands, offsets, offsets, at, np.ones(12, f32), np.zeros(12, f32), False, scl, lut, s1, *outs)
+        gains, zeros, stored = np.ones(12, f32), np.zeros(12, f32), np.zeros(12, np.bool_)
+        assemble(
+            u16_bands,
+            f32_bands,
+            stored,
+            offsets,
+            offsets,
+            at,
+            gains,
+            zeros,
+            False,
+            scl,
+            lut,
+            s1,
+            s1.view(np.uint32),
+            *outs,
+        )

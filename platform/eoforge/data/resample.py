@@ -419,11 +419,12 @@ def apply_map(m: SampleMap, data: np.ndarray, origin: tuple[int, int], nodata: f
     h, w = data.shape
     if not (h and w):
         return np.full(shape, fill, np.float32)
-    rows, cols = m.rows.astype(np.intp) - R0, m.cols.astype(np.intp) - C0
-    ok = _valid(data, nodata)
-    all_ok = bool(ok.all())
+    # one pass, no mask, when every source pixel is valid (the usual case); the mask only when not
+    all_ok = kernels.all_valid(data, nodata is not None, 0.0 if nodata is None else float(nodata))
+    ok = np.ones(data.shape, bool) if all_ok else _valid(data, nodata)
     if m.kind == "bilinear" and m.separable:
-        return _separable_bilinear(m, data, rows[:, 0], cols[0], ok, all_ok, fill)
+        r_lo, c_lo = m.rows[:, 0].astype(np.intp) - R0, m.cols[0].astype(np.intp) - C0
+        return _separable_bilinear(m, data, r_lo, c_lo, ok, all_ok, fill)
     checked = not (m.inside and all_ok)  # some neighbours may be outside or invalid
     flat = data.ravel()
     if m.kind == "bilinear" and not checked:
@@ -431,6 +432,7 @@ def apply_map(m: SampleMap, data: np.ndarray, origin: tuple[int, int], nodata: f
         # window are computed once (S1 VV and VH share them)
         k00, weights = _taps(m, origin, w)
         return kernels.taps_bilinear(flat, k00, w, *weights)
+    rows, cols = m.rows.astype(np.intp) - R0, m.cols.astype(np.intp) - C0
     ok_flat = ok.ravel()
     steps = ((0, 0),) if m.kind == "nearest" else ((0, 0), (0, 1), (1, 0), (1, 1))
     idx, oks = [], []

@@ -25,6 +25,7 @@ most ``max_age_s``, then it is reopened and signed again).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -166,9 +167,10 @@ def tile_key(row: dict[str, Any], cache: DatasetCache) -> str:
     return key
 
 
-@dataclass
-class _Parsed:
-    grid: ChipGridKey
+@dataclass(frozen=True)
+class _Files:
+    """What the rows of one scene pair share: their assets, radiometry, calibration, access (parsed once)."""
+
     s2_assets: dict[str, str]
     s1_assets: dict[str, str]
     radiometry: dict[str, list[float]]
@@ -177,29 +179,66 @@ class _Parsed:
     units: str
     scl: str | None
     label: str | None
+    #: what makes chips assemble alike (with their size): files, units, radiometry, calibration, S1 access
+    set_key: tuple[object, ...]
+
+
+@functools.lru_cache(maxsize=1024)
+def _files(
+    s2_assets: str, s1_assets: str, radiometry: object, calibration: object, access: object, units: object,
+    scl: object, label: object,
+) -> _Files:  # fmt: skip
+    """The parsed cells of a row (cached: every row of a scene pair has the same cells).
+
+    Raises:
+        ChipReadError: a band has no asset (the caller names the chip).
+    """
+    s2, s1 = json.loads(s2_assets), json.loads(s1_assets)
+    missing = [b for b in S2_BAND_NAMES if not s2.get(b)] + [b for b in S1_BAND_NAMES if not s1.get(b)]
+    if missing:
+        raise ChipReadError(f"no asset for bands {missing}")
+    cells = {"s2_radiometry": radiometry, "s1_calibration": calibration, "access": access}
+    rad, cal, acc = (_json_cell(cells, k, {}) for k in cells)
+    s1_units, scl_href, label_href = str(units or "dB"), _href(scl), _href(label)
+    set_key = (
+        tuple(s2[b] for b in S2_BAND_NAMES),
+        tuple(s1[b] for b in S1_BAND_NAMES),
+        scl_href,
+        label_href,
+        s1_units,
+        json.dumps(rad, sort_keys=True),
+        json.dumps(cal, sort_keys=True),
+        json.dumps(acc.get("s1", {}), sort_keys=True),
+    )
+    return _Files(s2, s1, rad, cal, acc, s1_units, scl_href, label_href, set_key)
+
+
+@dataclass
+class _Parsed:
+    grid: ChipGridKey
+    files: _Files
+
+    def __getattr__(self, name: str) -> Any:  # the shared cells: p.files.s2_assets, p.files.units, ...
+        return getattr(self.__dict__["files"], name)
+
+
+#: The optional cells of a row that :func:`_files` parses, after its two asset cells.
+_FILE_CELLS = ("s2_radiometry", "s1_calibration", "access", "s1_units", "scl_href", "label_href")
 
 
 def _parse(row: dict[str, Any]) -> _Parsed:
-    s2_assets = json.loads(str(row["s2_assets"]))
-    s1_assets = json.loads(str(row["s1_assets"]))
-    missing = [b for b in S2_BAND_NAMES if not s2_assets.get(b)] + [b for b in S1_BAND_NAMES if not s1_assets.get(b)]
-    if missing:
-        raise ChipReadError(f"chip {row.get('chip_id')}: no asset for bands {missing}")
-    return _Parsed(
-        grid=chip_grid(row),
-        s2_assets=s2_assets,
-        s1_assets=s1_assets,
-        radiometry=_json_cell(row, "s2_radiometry", {}),
-        calibration=_json_cell(row, "s1_calibration", {}),
-        access=_json_cell(row, "access", {}),
-        units=str(row.get("s1_units") or "dB"),
-        scl=_href(row.get("scl_href")),
-        label=_href(row.get("label_href")),
-    )
+    try:
+        files = _files(str(row["s2_assets"]), str(row["s1_assets"]), *(row.get(c) for c in _FILE_CELLS))
+    except ChipReadError as exc:
+        raise ChipReadError(f"chip {row.get('chip_id')}: {exc}") from None
+    return _Parsed(grid=chip_grid(row), files=files)
 
 
-#: Where a chip's pixels of one band are: (float32 [Hm, Wm] mosaic, row offset, col offset).
+#: Where a chip's pixels of one band are: (float32 [Hm, Wm] mosaic, row offset, col offset); with
+#: ``stored`` (:func:`read_band_cuts`) the mosaic may be the uint16 window as read.
 Cut = tuple[np.ndarray, int, int]
+#: Placeholders for the unused entries of :func:`eoforge.data.kernels.assemble`'s two mosaic tuples.
+_NO_U16, _NO_F32 = np.zeros((1, 1), np.uint16), np.zeros((1, 1), np.float32)
 
 
 def read_band_cuts(
@@ -209,6 +248,7 @@ def read_band_cuts(
     fill: float,
     cache: DatasetCache,
     sign: Callable[[str], str] | None,
+    stored: bool = False,
 ) -> list[Cut]:
     """Band 1 of ``href`` on each grid, one window read for all of them: one :data:`Cut` per grid.
 
@@ -216,6 +256,10 @@ def read_band_cuts(
     and one resampling pass per mosaic, and each grid's cut is its place in its mosaic (no copies);
     a source georeferenced by GCPs is sampled chip by chip (its local GCP fit depends on the chip's
     centre). ``mosaic[dr:dr + H, dc:dc + W]`` is the grid's float32 [H, W] pixels.
+
+    With ``stored`` (S2 bands, ``fill`` 0), a uint16 source whose mosaic lies on the chip grid
+    (``aligned``) and inside the image, with no nodata or nodata 0, is cut from the window as read:
+    uint16 pixels, no float32 copy (the same values; 0 stays 0, i.e. nodata, for the masks).
     """
     src = cache.get(href, sign)
     groups = [(g, [(k, 0, 0)]) for k, g in enumerate(grids)] if src.grid.gcps is not None else mosaics(grids)
@@ -231,7 +275,14 @@ def read_band_cuts(
     except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
         raise ChipReadError(f"{href}: {type(exc).__name__}: {exc}") from None
     out: list[Cut | None] = [None] * len(grids)
+    as_read = stored and fill == 0 and data.dtype == np.uint16 and src.nodata in (None, 0)
     for m, (_, members) in zip(maps, groups, strict=True):
+        if as_read and m.kind == "aligned":
+            r, c = int(m.rows[0]), int(m.cols[0])
+            if m.bbox == (r, r + m.shape[0], c, c + m.shape[1]):  # inside the image: nothing to fill
+                for k, dr, dc in members:
+                    out[k] = (data, r - r0 + dr, c - c0 + dc)
+                continue
         pixels = apply_map(m, data, (r0, c0), src.nodata, fill)
         for k, dr, dc in members:
             out[k] = (pixels, dr, dc)
@@ -259,29 +310,32 @@ def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip |
     jobs: dict[tuple[str, str, str, float], list[int]] = {}
     for i, p in parsed.items():
         for b in S2_BAND_NAMES:
-            jobs.setdefault(("s2", p.s2_assets[b], "bilinear", 0.0), []).append(i)
-        if p.scl:
-            jobs.setdefault(("s2", p.scl, "nearest", 0.0), []).append(i)
-        if p.label:
-            jobs.setdefault(("s2", p.label, "nearest", 255.0), []).append(i)
+            jobs.setdefault(("s2", p.files.s2_assets[b], "bilinear", 0.0), []).append(i)
+        if p.files.scl:
+            jobs.setdefault(("s2", p.files.scl, "nearest", 0.0), []).append(i)
+        if p.files.label:
+            jobs.setdefault(("s2", p.files.label, "nearest", 255.0), []).append(i)
         for b in S1_BAND_NAMES:
-            jobs.setdefault(("s1", p.s1_assets[b], "bilinear", S1_FILL), []).append(i)
+            jobs.setdefault(("s1", p.files.s1_assets[b], "bilinear", S1_FILL), []).append(i)
     pixels: dict[tuple[int, str, str], Cut] = {}
     # one GDAL environment per (sensor, access settings), entered once for all of its files
     by_env: dict[str, list[tuple[tuple[str, str, str, float], list[int]]]] = {}
     for job, idx in jobs.items():
-        access = parsed[idx[0]].access.get(job[0], {})
+        access = parsed[idx[0]].files.access.get(job[0], {})
         by_env.setdefault(json.dumps(access, sort_keys=True), []).append((job, idx))
     for access_json, env_jobs in by_env.items():
         access = json.loads(access_json)
         sign = resolve_signer(access.get("signing"))
         with rasterio.Env(**GDAL_ENV, **access.get("env", {})):
-            for (_, href, kind, fill), idx in env_jobs:
+            for (sensor, href, kind, fill), idx in env_jobs:
                 idx = [i for i in idx if out[i] is None]
                 if not idx:
                     continue
                 try:
-                    bands = read_band_cuts(href, [parsed[i].grid for i in idx], kind, fill, cache, sign)
+                    grids = [parsed[i].grid for i in idx]
+                    bands = read_band_cuts(
+                        href, grids, kind, fill, cache, sign, stored=sensor == "s2" and kind == "bilinear"
+                    )
                 except ChipReadError as exc:
                     for i in idx:
                         out[i] = exc
@@ -309,17 +363,7 @@ def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip |
 
 def _file_set(p: _Parsed) -> tuple[object, ...]:
     """What makes chips assemble alike: their files, units, radiometry, calibration, S1 access and size."""
-    return (
-        tuple(p.s2_assets[b] for b in S2_BAND_NAMES),
-        tuple(p.s1_assets[b] for b in S1_BAND_NAMES),
-        p.scl,
-        p.label,
-        p.units,
-        json.dumps(p.radiometry, sort_keys=True),
-        json.dumps(p.calibration, sort_keys=True),
-        json.dumps(p.access.get("s1", {}), sort_keys=True),
-        p.grid.size,
-    )
+    return (*p.files.set_key, p.grid.size)
 
 
 def _assemble(
@@ -355,17 +399,18 @@ def _assemble(
             kernels.cut(mosaic, np.array(drs), np.array(dcs), np.array(js), out)
         return out
 
-    gains = np.array([p.radiometry.get(b, [1.0, 0.0])[0] for b in S2_BAND_NAMES], np.float32)
-    offsets = np.array([p.radiometry.get(b, [1.0, 0.0])[1] for b in S2_BAND_NAMES], np.float32)
+    gains = np.array([p.files.radiometry.get(b, [1.0, 0.0])[0] for b in S2_BAND_NAMES], np.float32)
+    offsets = np.array([p.files.radiometry.get(b, [1.0, 0.0])[1] for b in S2_BAND_NAMES], np.float32)
     scaled = bool((gains != 1).any() or (offsets != 0).any())
-    scl = gather(p.scl, "nearest") if p.scl else np.zeros((0, 0, 0), np.float32)
-    label = gather(p.label, "nearest").astype(np.uint8) if p.label else None
-    s1_access = p.access.get("s1", {})
+    scl = gather(p.files.scl, "nearest") if p.files.scl else np.zeros((0, 0, 0), np.float32)
+    label = gather(p.files.label, "nearest").astype(np.uint8) if p.files.label else None
+    s1_access = p.files.access.get("s1", {})
     failed: dict[int, ChipReadError] = {}
-    bands = []
-    for b in S1_BAND_NAMES:
+    n = len(idx)
+    s1 = np.empty((n, len(S1_BAND_NAMES), h, w), np.float32)  # [N, 2, H, W] dB
+    for k, b in enumerate(S1_BAND_NAMES):
         lut = None
-        if p.units == "amplitude" and p.calibration.get(b):
+        if p.files.units == "amplitude" and p.files.calibration.get(b):
             lut = np.full((len(idx), *p.grid.shape), np.nan, np.float32)
             with rasterio.Env(**gdal_env, **s1_access.get("env", {})):
                 for j in range(len(idx)):
@@ -373,34 +418,49 @@ def _assemble(
                     grid = ChipGrid(g.crs, Affine(*g.transform), g.size)
                     try:
                         lut[j] = grd_calibration_on_grid(
-                            p.s1_assets[b], p.calibration[b], grid, resolve_signer(s1_access.get("signing"))
+                            p.files.s1_assets[b], p.files.calibration[b], grid, resolve_signer(s1_access.get("signing"))
                         )
                     except ChipReadError as exc:
                         failed[j] = exc
-        bands.append(s1_to_db(gather(p.s1_assets[b], "bilinear"), p.units, lut))
-    s1 = np.stack(bands, axis=1).astype(np.float32, copy=False)  # [N, 2, H, W] dB
-    n = len(idx)
+        band = gather(p.files.s1_assets[b], "bilinear", s1[:, k])
+        db = s1_to_db(band, p.files.units, lut)
+        if db is not band:
+            s1[:, k] = db
     s2_u16 = np.empty((n, len(S2_BAND_NAMES), h, w), np.uint16)
-    s1_masked, valid = np.empty_like(s1), np.empty((n, h, w), bool)
+    s1_f16, valid = np.empty(s1.shape, np.uint16), np.empty((n, h, w), bool)
     # S2 is read straight from its band mosaics: chips grouped by the mosaics they are cut from
     by_mosaics: dict[tuple[int, ...], tuple[tuple[np.ndarray, ...], list[list[int]], list[list[int]], list[int]]] = {}
     for j, i in enumerate(idx):
-        cuts = [pixels[(i, p.s2_assets[b], "bilinear")] for b in S2_BAND_NAMES]
+        cuts = [pixels[(i, p.files.s2_assets[b], "bilinear")] for b in S2_BAND_NAMES]
         entry = by_mosaics.setdefault(tuple(id(c[0]) for c in cuts), (tuple(c[0] for c in cuts), [], [], []))
         entry[1].append([c[1] for c in cuts]), entry[2].append([c[2] for c in cuts]), entry[3].append(j)
     for mosaics_, rows, cols, js in by_mosaics.values():
         rows_, cols_ = np.array(rows, np.intp).T.copy(), np.array(cols, np.intp).T.copy()
+        stored = np.array([m.dtype == np.uint16 for m in mosaics_])
+        u16s = tuple(m if k else _NO_U16 for m, k in zip(mosaics_, stored, strict=True))
+        f32s = tuple(_NO_F32 if k else m for m, k in zip(mosaics_, stored, strict=True))
         kernels.assemble(
-            mosaics_, rows_, cols_, np.array(js, np.intp), gains, offsets, scaled, scl, _SCL_INVALID_LUT, s1,
-            s2_u16, s1_masked, valid,
+            u16s, f32s, stored, rows_, cols_, np.array(js, np.intp), gains, offsets, scaled, scl, _SCL_INVALID_LUT,
+            s1, s1.view(np.uint32), s2_u16, s1_f16, valid,
         )  # fmt: skip
-    s1_f16 = s1_masked.astype(np.float16)
+    s1_f16 = s1_f16.view(np.float16)
     return [
         failed[j]
         if j in failed
         else RawChip(s2=s2_u16[j], s1=s1_f16[j], valid=valid[j], label=None if label is None else label[j])
         for j in range(len(idx))
     ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_file(s2_assets: object, access: object) -> tuple[str | None, str]:
+    """(href of the key band or None, JSON of the S2 access settings) of a row's cells (cached)."""
+    try:
+        href = json.loads(str(s2_assets)).get(KEY_BAND)
+        settings = json.dumps(_json_cell({"access": access}, "access", {}).get("s2", {}), sort_keys=True)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None, "{}"
+    return (href if isinstance(href, str) and href else None), settings
 
 
 def group_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> Iterator[tuple[str, list[int]]]:
@@ -414,14 +474,10 @@ def group_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> Iterator[tupl
     by_file: dict[tuple[str, str], list[int]] = {}
     keys: list[str | None] = [None] * len(rows)
     for i, row in enumerate(rows):
-        try:
-            href = json.loads(str(row["s2_assets"])).get(KEY_BAND)
-        except (TypeError, ValueError, KeyError):
-            href = None
+        href, access = _key_file(row.get("s2_assets"), row.get("access"))
         if not href:
             keys[i] = f"!{row.get('chip_id')}"
             continue
-        access = json.dumps(_json_cell(row, "access", {}).get("s2", {}), sort_keys=True)
         by_file.setdefault((href, access), []).append(i)
     for (href, access_json), idx in by_file.items():
         access = json.loads(access_json)
