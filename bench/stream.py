@@ -403,7 +403,7 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="rounds of (N, 2N) passes; the rates are medians")
     ap.add_argument("--torchgeo-workers", type=int, default=None, help="default: 0 with 1 core, else --cores")
     ap.add_argument("--read-tasks", type=int, default=None, help="build_chip_dataset read_tasks (default --cores)")
     ap.add_argument("--read-cpus", type=float, default=1.0, help="build_chip_dataset read_cpus")
