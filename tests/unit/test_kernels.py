@@ -62,11 +62,16 @@ def test_assemble_equals_its_numpy_formulation(scaled: bool, with_scl: bool) -> 
     gains = rng.uniform(0.9, 1.1, 12).astype(np.float32) if scaled else np.ones(12, np.float32)
     offsets = rng.uniform(-1000, 0, 12).astype(np.float32) if scaled else np.zeros(12, np.float32)
     lut = np.isin(np.arange(256), S2_SCL_INVALID)
-    u16, s1_out, valid = np.empty((n, 12, h, w), np.uint16), np.empty(s1.shape, np.uint16), np.empty((n, h, w), bool)
+    # outputs: rows 4, 0, 2 of a block of 5 (as chips are assembled into their block rows); 1 and 3 untouched
+    at, m = np.array([4, 0, 2]), 5
+    u16, s1_out = np.full((m, 12, h, w), 7, np.uint16), np.full((m, 2, h, w), 7, np.uint16)
+    valid = np.ones((m, h, w), bool)
     bits = s1.view(np.uint32)
     kernels.assemble(
-        u16s, f32s, stored, rows, cols, dest, gains, offsets, scaled, scl, lut, s1, bits, u16, s1_out, valid
+        u16s, f32s, stored, rows, cols, dest, at, gains, offsets, scaled, scl, lut, s1, bits, u16, s1_out, valid
     )
+    assert (u16[[1, 3]] == 7).all() and (s1_out[[1, 3]] == 7).all() and valid[[1, 3]].all()
+    u16, s1_out, valid = u16[at], s1_out[at], valid[at]
 
     raw = np.empty((n, 12, h, w), np.float32)
     for k, d in enumerate(dest):

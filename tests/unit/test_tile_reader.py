@@ -58,6 +58,20 @@ def _stream(plan: Path, skip_rows: int = 0, mix: int = 1, **kw: object) -> list[
     return list(iter_chip_blocks(str(plan), windows, split="all", window_rows=16, min_valid_fraction=0.0, **kw))
 
 
+def test_chips_below_the_valid_fraction_leave_empty_rows_in_their_block(demo_plan: Path) -> None:
+    """Chips are assembled straight into their block's rows; one that then fails its check is cleared again."""
+    windows = epoch_window_sets(plan_windows(str(demo_plan), "all", 16), 7, 1, (0, 1), 0, 1)
+    kept, dropped = (
+        list(iter_chip_blocks(str(demo_plan), windows, split="all", window_rows=16, min_valid_fraction=f))
+        for f in (0.0, 1.01)  # every chip passes / every chip fails (a fraction is at most 1)
+    )
+    assert all(b["ok"].all() for b in kept) and not any(b["ok"].any() for b in dropped)
+    assert all((b["s2"] > 0).any() and b["valid"].any() for b in kept)
+    for b in dropped:
+        assert not b["s2"].any() and not b["s1"].any() and not b["valid"].any()
+        assert all("valid fraction" in e for e in b["error"]) and (b["valid_fraction"] > 0).any()
+
+
 def test_tile_aware_streaming_yields_the_same_pixels_as_read_chip(demo_plan: Path) -> None:
     rows = _rows(demo_plan)
     blocks = _stream(demo_plan, chunk_rows=32)

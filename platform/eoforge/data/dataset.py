@@ -236,6 +236,11 @@ def _empty_out(n: int, size: int) -> dict[str, Any]:
     }
 
 
+def _clear(block: dict[str, np.ndarray], pos: int) -> None:
+    """Row ``pos`` of a chip block back to its empty pixels (a chip that failed after it was written)."""
+    block["s1"][pos], block["s2"][pos], block["valid"][pos] = 0, 0, False
+
+
 class TileChipReader:
     """Reader of plan windows -> chip blocks, one per read task (see module docstring).
 
@@ -357,7 +362,8 @@ class TileChipReader:
             by_group.setdefault(key, []).append(pos)
         for key, positions in by_group.items():
             group = [rows[chunk[p][1]] for p in positions]
-            for pos, row, res in zip(positions, group, read_rows(group, self.cache), strict=True):
+            # chips are assembled straight into the block's rows; a row that fails is cleared again
+            for pos, row, res in zip(positions, group, read_rows(group, self.cache, (out, positions)), strict=True):
                 out["chip_id"][pos] = str(row["chip_id"])
                 out["split"][pos] = str(row.get("split") or "")
                 out["item_labels"][pos] = str(row.get("item_labels") or "[]")
@@ -365,6 +371,7 @@ class TileChipReader:
                 if isinstance(res, ChipReadError):
                     out["error"][pos] = f"chip {row['chip_id']}: {res}"
                     log.warning("skipping %s", out["error"][pos])
+                    _clear(out, pos)
                     continue
                 vf = res.valid_fraction
                 out["valid_fraction"][pos] = vf
@@ -372,8 +379,12 @@ class TileChipReader:
                     out["error"][pos] = (
                         f"chip {row['chip_id']}: valid fraction {vf:.2f} < {self.min_valid_fraction} (clouds / nodata)"
                     )
+                    _clear(out, pos)
                     continue
-                out["s1"][pos], out["s2"][pos], out["valid"][pos], out["ok"][pos] = res.s1, res.s2, res.valid, True
+                for name, pixels in (("s1", res.s1), ("s2", res.s2), ("valid", res.valid)):
+                    if not np.may_share_memory(out[name][pos], pixels):  # assembled elsewhere (not into the block)
+                        out[name][pos] = pixels
+                out["ok"][pos] = True
                 if res.label is not None:
                     out["label"][pos] = res.label
         return out

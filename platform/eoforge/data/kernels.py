@@ -159,6 +159,7 @@ def assemble(
     rows: np.ndarray,
     cols: np.ndarray,
     dest: np.ndarray,
+    at: np.ndarray,
     gains: np.ndarray,
     offsets: np.ndarray,
     scaled: bool,
@@ -175,7 +176,8 @@ def assemble(
     Band ``b``'s mosaic is ``s2_u16_mosaics[b]`` where ``stored[b]`` (the COG's uint16 window as read:
     a band on the chip grid needs no resampling), else ``s2_f32_mosaics[b]`` (resampled); the other
     entry is any placeholder array. Chip ``k`` is ``mosaic[rows[b, k]:rows[b, k] + H, cols[b, k]:cols[b, k] + W]``
-    for band ``b``; its results go to index ``dest[k]`` of the outputs (and its SCL / S1 are read there).
+    for band ``b``; its SCL and S1 are ``scl[dest[k]]``, ``s1[dest[k]]``, and its results go to index
+    ``at[dest[k]]`` of the outputs (e.g. its row of a chip block).
     Each band is converted as it is checked; only a chip with masked pixels is passed over again
     (to zero them).
 
@@ -185,7 +187,8 @@ def assemble(
         stored: bool [12], which of the two holds each band.
         rows: int [12, K] each chip's first row in each band's mosaic.
         cols: int [12, K] each chip's first column in each band's mosaic.
-        dest: int [K] each chip's index in the outputs (and in ``scl``, ``s1``).
+        dest: int [K] each chip's index in ``scl`` and ``s1``.
+        at: int [N] the outputs' index of each index of ``scl`` / ``s1``.
         gains: float32 [12] per-band gain, applied when ``scaled``.
         offsets: float32 [12] per-band offset, applied when ``scaled``.
         scaled: whether ``gains`` / ``offsets`` apply (False: values as read).
@@ -193,22 +196,23 @@ def assemble(
         invalid_class: bool [256], True for the SCL classes that mask a pixel.
         s1: float32 [N, 2, H, W] S1 in dB (NaN: no valid source).
         s1_bits: ``s1.view(np.uint32)`` (its bits, for the float16 cast).
-        s2_u16: out, uint16 [N, 12, H, W] ``clip(rint(s2 * gain + offset), 0, 65535)``, 0 where invalid.
-        s1_f16: out, uint16 [N, 2, H, W]: the bits of float16 ``s1``, 0 where invalid (view it as float16).
-        valid: out, bool [N, H, W]: every S2 band > 0, SCL class not masked, S1 finite.
+        s2_u16: out, uint16 [M, 12, H, W] ``clip(rint(s2 * gain + offset), 0, 65535)``, 0 where invalid.
+        s1_f16: out, uint16 [M, 2, H, W]: the bits of float16 ``s1``, 0 where invalid (view it as float16).
+        valid: out, bool [M, H, W]: every S2 band > 0, SCL class not masked, S1 finite.
     """
     nb, ns1 = len(s2_f32_mosaics), s1.shape[1]
     H, W = valid.shape[1], valid.shape[2]
     has_scl = scl.shape[0] > 0
     for k in range(dest.shape[0]):  # band by band, branch-free inner loops (vectorised by LLVM)
         d = dest[k]
-        ok = valid[d]
+        slot = at[d]
+        ok = valid[slot]
         for b in range(nb):
             r0, c0, g, o = rows[b, k], cols[b, k], gains[b], offsets[b]
             if stored[b]:
-                _s2_band(s2_u16_mosaics[b], r0, c0, g, o, scaled, b == 0, ok, s2_u16[d, b])
+                _s2_band(s2_u16_mosaics[b], r0, c0, g, o, scaled, b == 0, ok, s2_u16[slot, b])
             else:
-                _s2_band(s2_f32_mosaics[b], r0, c0, g, o, scaled, b == 0, ok, s2_u16[d, b])
+                _s2_band(s2_f32_mosaics[b], r0, c0, g, o, scaled, b == 0, ok, s2_u16[slot, b])
         if has_scl:
             for y in range(H):
                 for x in range(W):
@@ -226,11 +230,11 @@ def assemble(
                 for y in range(H):
                     for x in range(W):
                         if not ok[y, x]:
-                            s2_u16[d, b, y, x] = 0
+                            s2_u16[slot, b, y, x] = 0
         for b in range(ns1):
             for y in range(H):
                 for x in range(W):
-                    s1_f16[d, b, y, x] = f16_bits(s1[d, b, y, x], s1_bits[d, b, y, x]) if ok[y, x] else np.uint16(0)
+                    s1_f16[slot, b, y, x] = f16_bits(s1[d, b, y, x], s1_bits[d, b, y, x]) if ok[y, x] else np.uint16(0)
 
 
 @numba.njit(**_JIT)

@@ -289,8 +289,15 @@ def read_band_cuts(
     return out  # type: ignore[return-value]
 
 
-def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip | ChipReadError]:
+def read_rows(
+    rows: list[dict[str, Any]], cache: DatasetCache, into: tuple[dict[str, np.ndarray], list[int]] | None = None
+) -> list[RawChip | ChipReadError]:
     """Read the chips of ``rows`` (best: one tile group), each asset window read once.
+
+    ``into`` = (chip block, block row of each of ``rows``): the chips' ``s2``, ``s1`` and ``valid`` are
+    written straight into the block's arrays of those names (uint16 / float16 / bool, [B, ...]) and each
+    :class:`RawChip` views its rows there, so the block needs no copy. Rows that come back as errors
+    may have been written too; the caller clears them.
 
     Returns:
         one entry per row, in order: its :class:`RawChip`, or the :class:`ChipReadError` that
@@ -352,8 +359,9 @@ def read_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> list[RawChip |
             idx = members[k : k + ASSEMBLE_CHIPS]
             try:
                 chips = _assemble(
-                    idx, [parsed[i] for i in idx], pixels, resolve_signer, grd_calibration_on_grid, s1_to_db, GDAL_ENV
-                )
+                    idx, [parsed[i] for i in idx], pixels, resolve_signer, grd_calibration_on_grid, s1_to_db, GDAL_ENV,
+                    None if into is None else (into[0], [into[1][i] for i in idx]),
+                )  # fmt: skip
             except ChipReadError as exc:  # e.g. unknown S1 units: every chip of the set, with the reason
                 chips = [exc] * len(idx)
             for i, chip in zip(idx, chips, strict=True):
@@ -374,8 +382,11 @@ def _assemble(
     grd_calibration_on_grid: Callable[..., np.ndarray],
     s1_to_db: Callable[..., np.ndarray],
     gdal_env: dict[str, str],
+    into: tuple[dict[str, np.ndarray], list[int]] | None = None,
 ) -> list[RawChip | ChipReadError]:
     """The chips ``idx`` of one file set (``ps``: their parsed rows), assembled as one [N, ...] batch.
+
+    ``into``: (chip block, block row of each chip): outputs written there (see :func:`read_rows`).
 
     Gains and offsets, masks (S2 nodata, SCL classes, S1 nodata), dB and the storage dtypes are
     applied to the whole batch; only GRD calibration LUTs are computed chip by chip (they depend
@@ -426,8 +437,14 @@ def _assemble(
         db = s1_to_db(band, p.files.units, lut)
         if db is not band:
             s1[:, k] = db
-    s2_u16 = np.empty((n, len(S2_BAND_NAMES), h, w), np.uint16)
-    s1_f16, valid = np.empty(s1.shape, np.uint16), np.empty((n, h, w), bool)
+    if into is None:
+        s2_u16 = np.empty((n, len(S2_BAND_NAMES), h, w), np.uint16)
+        s1_f16, valid = np.empty(s1.shape, np.uint16), np.empty((n, h, w), bool)
+        at = np.arange(n, dtype=np.intp)
+    else:
+        block, at_rows = into
+        s2_u16, s1_f16, valid = block["s2"], block["s1"].view(np.uint16), block["valid"]
+        at = np.array(at_rows, np.intp)
     # S2 is read straight from its band mosaics: chips grouped by the mosaics they are cut from
     by_mosaics: dict[tuple[int, ...], tuple[tuple[np.ndarray, ...], list[list[int]], list[list[int]], list[int]]] = {}
     for j, i in enumerate(idx):
@@ -440,15 +457,15 @@ def _assemble(
         u16s = tuple(m if k else _NO_U16 for m, k in zip(mosaics_, stored, strict=True))
         f32s = tuple(_NO_F32 if k else m for m, k in zip(mosaics_, stored, strict=True))
         kernels.assemble(
-            u16s, f32s, stored, rows_, cols_, np.array(js, np.intp), gains, offsets, scaled, scl, _SCL_INVALID_LUT,
-            s1, s1.view(np.uint32), s2_u16, s1_f16, valid,
+            u16s, f32s, stored, rows_, cols_, np.array(js, np.intp), at, gains, offsets, scaled, scl,
+            _SCL_INVALID_LUT, s1, s1.view(np.uint32), s2_u16, s1_f16, valid,
         )  # fmt: skip
     s1_f16 = s1_f16.view(np.float16)
     return [
         failed[j]
         if j in failed
-        else RawChip(s2=s2_u16[j], s1=s1_f16[j], valid=valid[j], label=None if label is None else label[j])
-        for j in range(len(idx))
+        else RawChip(s2=s2_u16[a], s1=s1_f16[a], valid=valid[a], label=None if label is None else label[j])
+        for j, a in enumerate(at.tolist())
     ]
 
 
