@@ -143,3 +143,10 @@ def test_all_valid_is_the_reader_mask_all(dtype: type, nodata: float | None) -> 
         outcomes.add(want)
     can_fail = np.issubdtype(dtype, np.floating) or nodata in (0.0, 7.0)  # a NaN nodata never matches an int
     assert outcomes == ({True, False} if can_fail else {True})
+
+
+def test_warm_compiles_every_kernel_signature_the_reader_uses() -> None:
+    """`kernels.warm()` runs at install time (scripts/bootstrap.sh, the Dockerfile): it must match the kernels."""
+    kernels.warm()
+    for kernel in (kernels.assemble, kernels.cut, kernels.separable_bilinear, kernels.taps_bilinear, kernels.all_valid):
+        assert kernel.signatures, kernel

@@ -282,6 +282,7 @@ def warm() -> None:
             offsets,
             offsets,
             at,
+            at,
             gains,
             zeros,
             False,
