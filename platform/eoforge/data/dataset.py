@@ -381,10 +381,7 @@ class TileChipReader:
                     )
                     _clear(out, pos)
                     continue
-                for name, pixels in (("s1", res.s1), ("s2", res.s2), ("valid", res.valid)):
-                    if not np.may_share_memory(out[name][pos], pixels):  # assembled elsewhere (not into the block)
-                        out[name][pos] = pixels
-                out["ok"][pos] = True
+                out["ok"][pos] = True  # its s2, s1 and valid are already in the block (read_rows(into=...))
                 if res.label is not None:
                     out["label"][pos] = res.label
         return out

@@ -218,9 +218,6 @@ class _Parsed:
     grid: ChipGridKey
     files: _Files
 
-    def __getattr__(self, name: str) -> Any:  # the shared cells: p.files.s2_assets, p.files.units, ...
-        return getattr(self.__dict__["files"], name)
-
 
 #: The optional cells of a row that :func:`_files` parses, after its two asset cells.
 _FILE_CELLS = ("s2_radiometry", "s1_calibration", "access", "s1_units", "scl_href", "label_href")
