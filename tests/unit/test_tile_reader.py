@@ -251,6 +251,45 @@ def test_a_stream_that_does_not_keep_files_open_reopens_them_once_for_itself(dem
     assert all(np.array_equal(first[c], second[c]) for c in first)
 
 
+def test_the_read_tasks_of_a_window_set_share_its_order_by_plan_hash(
+    demo_plan: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every read task of a set needs the set's whole order: a reading process makes it once, keyed by
+    # the plan's hash, so a plan rewritten at the same path is read afresh, not from the old entry
+    from eoforge.data import dataset as eods
+    from eoforge.plan.io import write_plan
+
+    monkeypatch.setattr(eods, "_SET_ORDERS", cachetools.LRUCache(maxsize=eods.SET_ORDERS_KEPT))
+    frame, digest = read_plan(demo_plan)
+    plan = tmp_path / "plan.parquet"
+    write_plan(frame, plan)
+    reads: list[object] = []
+    real = eods.TileChipReader.window_rows_of
+    monkeypatch.setattr(eods.TileChipReader, "window_rows_of", lambda self, w: reads.append(w) or real(self, w))
+
+    def stream() -> tuple[int, int, list[tuple[str, str]]]:
+        sets = epoch_window_sets(plan_windows(str(plan), "all", 16), 7, 0, (0, 1), 0, 99)  # one set
+        kw = {"plan_path": str(plan), "split": "all", "min_valid_fraction": 0.0, "seed": 7, "epoch": 0}
+        kw |= {"window_rows": 16, "chunk_rows": 8, "max_open": 96}
+        tasks, out = eods._read_tasks(sets, 16), []
+        for task in tasks:
+            batch = {"windows": np.array([task["windows"]], object), "take": np.array([task["take"]])}
+            for b in read_chip_task(batch, **kw):
+                out += [(str(c), str(s)) for c, s in zip(b["chip_id"], b["split"], strict=True)]
+        return sum(len(ws) for ws in sets), len(tasks) - len(sets), out
+
+    windows, extra_tasks, first = stream()
+    assert extra_tasks > 0  # sets read by more than one task
+    assert len(reads) == windows  # each window's rows read once, not once per task
+    assert sorted(c for c, _ in first) == sorted(_rows(demo_plan))
+    write_plan(frame.assign(split="test"), plan)  # same rows and windows, another hash
+    assert read_plan(plan)[1] != digest
+    reads.clear()
+    windows, _, second = stream()
+    assert len(reads) == windows
+    assert [c for c, _ in second] == [c for c, _ in first] and {s for _, s in second} == {"test"}
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_a_small_plan_gives_every_shard_rows_and_each_row_once(demo_plan: Path, world: int) -> None:
     # one row group, fewer rows than a default window: whole-window sharding alone gives worker 1 nothing
