@@ -24,7 +24,15 @@ processes keep their files open from one pass to the next, and with them GDAL's 
 a plan this small (its tiles fit in ``GDAL_CACHEMAX``) is not decoded again after the first pass. It
 is reported as ``warm_files_ratio_vs_raw``, apart from ``ratio_vs_raw``.
 
-A fifth contender, ``eoforge_materialized``, is the repeated epochs of a materialised plan
+``ray_hop`` is the stream with the reading left out (:func:`hop_dataset`): the same Ray Data
+pipeline (read tasks, chunks, block size, object-store budget, order, consumer), whose tasks yield
+empty blocks of the stream's columns and bytes. Its time per chip is what the hop from the readers
+to the consumer costs on these cores, whatever the reader does. ``hop_ceiling_vs_raw`` is
+decode limit ms / (decode limit ms + hop ms) per chip and core: the ``ratio_vs_raw`` of a reader
+that did only the decode limit's work (no resampling, reprojection, masks or dtype conversion)
+behind this hop, if the two costs add on one core.
+
+A sixth contender, ``eoforge_materialized``, is the repeated epochs of a materialised plan
 (``data.materialize: true``): each plan is decoded once through the stream into Parquet files
 (``ensure_materialized``, untimed), then a pass is one worker's epoch read back from it
 (``iter_materialized_batches``, batches of ``--batch``), in this process on the same ``--cores``. It
@@ -32,7 +40,7 @@ is reported as ``materialized_ratio_vs_raw``, apart from the live stream's ``rat
 
 Timing: the small plan holds every chip of the first ``--scenes`` scenes (N chips), the large one
 every chip of twice as many scenes (2N), so the large plan adds whole scenes: all their tiles of every
-band, their files. Each contender makes ``--warmup`` untimed passes over the small plan, then
+band, their files. Each contender makes ``--warmup`` untimed rounds of one pass over each plan, then
 ``--repeats`` rounds of one pass over each plan. ``<contender>_chips_per_s`` is the marginal rate
 N / median(T(2N) - T(N)): what the chips of one more scene cost once a pass runs, without the per-pass
 start (Ray Data's scheduling, DataLoader workers); ``<contender>_end_to_end_chips_per_s`` is
@@ -78,6 +86,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import rasterio
 import rasterio.shutil
 from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_ASSET
@@ -173,12 +182,16 @@ def _clock(fn: Callable[[], dict]) -> dict:
 
 
 def measure(small: Callable[[], dict], large: Callable[[], dict], warmup: int, repeats: int) -> dict:
-    """``warmup`` untimed ``small()`` passes, then ``repeats`` rounds of (``small()``, ``large()``).
+    """``warmup`` untimed rounds of (``small()``, ``large()``), then ``repeats`` timed rounds of them.
+
+    The warm-up passes over both plans, so the first timed round does not pay what a process keeps
+    across passes for the large plan alone (eoforge's sample maps of its second scene, imports).
 
     Each pass returns ``{"chips": n, ...}``. Returns the rates (module docstring) and every pass.
     """
     for _ in range(warmup):
         small()
+        large()
     rounds = [(_clock(small), _clock(large)) for _ in range(repeats)]
     n_small, n_large = rounds[0][0]["chips"], rounds[0][1]["chips"]
     t_small = statistics.median(a["s"] for a, _ in rounds)
@@ -349,12 +362,59 @@ def _tiles(chip_ids: list[str], block: int) -> set[tuple[str, int, int]]:
     return out
 
 
-def eoforge_pass(plan: str, batch: int, block: int, ds_kwargs: dict) -> dict:
-    """One pass of eoforge's stream: ok chips, rows, time to first batch, per-batch diversity."""
+def hop_task(batch: dict[str, np.ndarray], size: int, chunk_rows: int) -> Any:
+    """The ``ray_hop`` UDF: a read task's rows as empty chip blocks (every row ok), in its chunks; nothing read."""
+    from eoforge.data.dataset import _empty_out
+
+    for take in batch["take"]:
+        left = int(take)
+        while left > 0:
+            out = _empty_out(min(chunk_rows, left), size)  # the reader allocates its chunk's block alike
+            out["ok"][:] = True
+            out["chip_id"][:] = "hop:0:0"
+            left -= len(out["ok"])
+            yield out
+
+
+def hop_dataset(plan: str, ds_kwargs: dict) -> Any:
+    """``build_chip_dataset(plan, split="all", **ds_kwargs)``'s Ray Data pipeline with the reading left out.
+
+    The same read tasks (count, rows, chunks), block size, object-store budget, order and CPU-only
+    task pool; each task yields empty blocks of the stream's columns, dtypes and bytes instead of
+    reading them (:func:`hop_task`). Its pass time is what the hop between the readers and the
+    consumer costs on these cores: tasks, block transfer through the object store, the driver's
+    executor and batching, Ray's own processes.
+    """
+    import inspect
+
+    import ray.data
+    from eoforge.data import dataset as eods
+
+    kw = {**{k: v.default for k, v in inspect.signature(eods.build_chip_dataset).parameters.items()}, **ds_kwargs}
+    windows, _ = eods.shardable_windows(plan, "all", kw["window_rows"], kw["shard"][1])
+    sets = eods.epoch_window_sets(windows, kw["shuffle_seed"], kw["epoch"], kw["shard"], 0, kw["mix_windows"])
+    items = eods._read_tasks(sets, eods.READ_TASK_CHUNKS * kw["rows_per_task"])
+    size = int(pq.ParquetFile(plan).read_row_group(0, columns=["size_px"]).column(0)[0].as_py())
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds.context.execution_options.preserve_order = True
+    eods._bound_memory(ds.context, kw["block_mb"], kw["object_store_mb"])
+    return ds.map_batches(
+        hop_task,
+        fn_kwargs={"size": size, "chunk_rows": kw["rows_per_task"]},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=kw["read_cpus"],
+        num_gpus=0,
+        compute=ray.data.TaskPoolStrategy(size=kw["read_tasks"]),
+    )
+
+
+def eoforge_pass(plan: str, batch: int, block: int, ds_kwargs: dict, hop: bool = False) -> dict:
+    """One pass of eoforge's stream (``hop``: of :func:`hop_dataset`): ok chips, rows, first batch, diversity."""
     from eoforge.data.dataset import build_chip_dataset
 
     t0 = time.perf_counter()
-    ds = build_chip_dataset(plan, split="all", normalize="none", **ds_kwargs)
+    ds = hop_dataset(plan, ds_kwargs) if hop else build_chip_dataset(plan, split="all", normalize="none", **ds_kwargs)
     n_ok = n_rows = 0
     first_s = first_n = None
     items, tiles = [], []
@@ -432,7 +492,7 @@ def main() -> None:
         out["bands"] = {"s2": [*S2_BAND_NAMES], "s2_mask": S2_SCL_ASSET, "s1": [*S1_BAND_NAMES]}
         results: dict[str, dict] = {}
         cores = {"decode_limit": 1, "torchgeo": max(1, tg_workers), "eoforge": args.cores}
-        cores["eoforge_materialized"] = cores["eoforge_warm_files"] = args.cores
+        cores["eoforge_materialized"] = cores["eoforge_warm_files"] = cores["ray_hop"] = args.cores
 
         pin(1)
         results["decode_limit"] = measure(
@@ -477,6 +537,14 @@ def main() -> None:
                 args.repeats,
             )
             _progress("eoforge", results)
+            # the same Ray Data pipeline, nothing read: what the hop alone costs (the ceiling of ratio_vs_raw)
+            results["ray_hop"] = measure(
+                lambda: eoforge_pass(plan_small, args.batch, block, cold, hop=True),
+                lambda: eoforge_pass(plan_large, args.batch, block, cold, hop=True),
+                args.warmup,
+                args.repeats,
+            )
+            _progress("ray_hop", results)
             # the default: files (and GDAL's decoded blocks) kept open from one epoch to the next
             results["eoforge_warm_files"] = measure(
                 lambda: eoforge_pass(plan_small, args.batch, block, kw),
@@ -526,6 +594,8 @@ def _report(results: dict[str, dict], cores: dict[str, int], rows_large: list[di
         out["materialized_ratio_vs_raw"] = _num(per_core["eoforge_materialized"] / per_core["decode_limit"], 4)
     if "eoforge_warm_files" in per_core:  # tiles decoded in an earlier pass, from GDAL's block cache
         out["warm_files_ratio_vs_raw"] = _num(per_core["eoforge_warm_files"] / per_core["decode_limit"], 4)
+    if "ray_hop" in per_core:  # a reader doing only the decode limit's work, plus the hop (costs add on a core)
+        out["hop_ceiling_vs_raw"] = _num(1 / (1 + per_core["decode_limit"] / per_core["ray_hop"]), 4)
     e2e = {"vs_raw": _num(e2e_core["eoforge"] / e2e_core["decode_limit"], 4)}
     if "torchgeo" in per_core:
         out["ratio_vs_torchgeo"] = _num(per_core["eoforge"] / per_core["torchgeo"], 3)
