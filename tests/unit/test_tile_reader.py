@@ -290,6 +290,17 @@ def test_the_read_tasks_of_a_window_set_share_its_order_by_plan_hash(
     assert [c for c, _ in second] == [c for c, _ in first] and {s for _, s in second} == {"test"}
 
 
+def test_a_plan_rewritten_at_the_same_path_gets_its_own_windows(demo_plan: Path, tmp_path: Path) -> None:
+    from eoforge.plan.io import write_plan
+
+    frame, _ = read_plan(demo_plan)
+    plan = tmp_path / "plan.parquet"
+    write_plan(frame.iloc[:20], plan)
+    assert sum(w.rows for w in plan_windows(str(plan), "all", 16)) == 20
+    write_plan(frame, plan)  # the driver's window cache is keyed by the plan's hash, not its path
+    assert sum(w.rows for w in plan_windows(str(plan), "all", 16)) == len(frame) > 20
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_a_small_plan_gives_every_shard_rows_and_each_row_once(demo_plan: Path, world: int) -> None:
     # one row group, fewer rows than a default window: whole-window sharding alone gives worker 1 nothing

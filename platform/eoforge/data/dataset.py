@@ -108,17 +108,32 @@ def _open_plan(plan_path: str) -> pq.ParquetFile:
         raise storage_error(str(plan_path), exc, WHAT, "read") from None
 
 
-@functools.lru_cache(maxsize=8)
 def plan_windows(plan_path: str, split: str, window_rows: int) -> tuple[Window, ...]:
     """The plan's windows holding rows of ``split`` (``all``: every row), in file order.
 
-    Streams only the ``split`` column; memory is one batch plus one entry per window.
+    Streams only the ``split`` column; memory is one batch plus one entry per window. Kept per
+    process by the plan's content hash (``eoforge:plan_hash``, read from the footer on each call),
+    so a plan rewritten at the same path gets its own windows; a plan without one is not kept.
 
     Raises:
         CatalogError: the file is missing or not a plan.
         ServiceError: its store refused the read or is unreachable.
     """
+    from eoforge.plan.io import HASH_KEY
+
     f = _open_plan(plan_path)
+    digest = (f.metadata.metadata or {}).get(HASH_KEY)
+    if digest is None:
+        return _scan_windows(f, split, window_rows)
+    return _plan_windows(plan_path, digest, split, window_rows)
+
+
+@functools.lru_cache(maxsize=8)
+def _plan_windows(plan_path: str, digest: bytes, split: str, window_rows: int) -> tuple[Window, ...]:
+    return _scan_windows(_open_plan(plan_path), split, window_rows)
+
+
+def _scan_windows(f: pq.ParquetFile, split: str, window_rows: int) -> tuple[Window, ...]:
     out = []
     for g in range(f.metadata.num_row_groups):
         for j, batch in enumerate(f.iter_batches(batch_size=window_rows, row_groups=[g], columns=["split"])):
