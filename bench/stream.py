@@ -387,26 +387,17 @@ def hop_dataset(plan: str, ds_kwargs: dict) -> Any:
     """
     import inspect
 
-    import ray.data
     from eoforge.data import dataset as eods
 
     kw = {**{k: v.default for k, v in inspect.signature(eods.build_chip_dataset).parameters.items()}, **ds_kwargs}
-    windows, _ = eods.shardable_windows(plan, "all", kw["window_rows"], kw["shard"][1])
-    sets = eods.epoch_window_sets(windows, kw["shuffle_seed"], kw["epoch"], kw["shard"], 0, kw["mix_windows"])
-    items = eods._read_tasks(sets, eods.READ_TASK_CHUNKS * kw["rows_per_task"])
+    items, _ = eods.epoch_tasks(
+        plan, "all", kw["window_rows"], kw["shard"], kw["shuffle_seed"], kw["epoch"], 0, kw["mix_windows"],
+        kw["rows_per_task"],
+    )  # fmt: skip
     size = int(pq.ParquetFile(plan).read_row_group(0, columns=["size_px"]).column(0)[0].as_py())
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds.context.execution_options.preserve_order = True
-    eods._bound_memory(ds.context, kw["block_mb"], kw["object_store_mb"])
-    return ds.map_batches(
-        hop_task,
-        fn_kwargs={"size": size, "chunk_rows": kw["rows_per_task"]},
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=kw["read_cpus"],
-        num_gpus=0,
-        compute=ray.data.TaskPoolStrategy(size=kw["read_tasks"]),
-    )
+    hop = {"size": size, "chunk_rows": kw["rows_per_task"]}
+    pool = (kw["read_tasks"], kw["read_cpus"], kw["block_mb"], kw["object_store_mb"])
+    return eods.task_pool(items, hop_task, hop, *pool)
 
 
 def eoforge_pass(plan: str, batch: int, block: int, ds_kwargs: dict, hop: bool = False) -> dict:

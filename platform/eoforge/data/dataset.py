@@ -40,7 +40,6 @@ training loop drops and counts these rows (:func:`split_ok`), and the count reac
 from __future__ import annotations
 
 import atexit
-import functools
 import json
 import logging
 import math
@@ -74,6 +73,8 @@ READ_TASK_CHUNKS = 2
 #: Optional plan columns passed through to the reader when the plan has them.
 OPTIONAL_COLUMNS = ["clear_fraction", "season", "place_id"]
 
+#: The plans' windows a process keeps (:func:`plan_windows`): (path, plan hash, split, window_rows) -> windows.
+_WINDOWS: cachetools.LRUCache = cachetools.LRUCache(maxsize=8)
 #: Window sets whose rows and order a reading process keeps (:meth:`TileChipReader.set_order`).
 SET_ORDERS_KEPT = 2
 #: Those sets: (plan hash, split, seed, epoch, window_rows, chunk_rows, tile_aware, windows) -> (rows, chunks).
@@ -119,28 +120,22 @@ def plan_windows(plan_path: str, split: str, window_rows: int) -> tuple[Window, 
         CatalogError: the file is missing or not a plan.
         ServiceError: its store refused the read or is unreachable.
     """
-    from eoforge.plan.io import HASH_KEY
+    from eoforge.plan.io import metadata_hash
 
     f = _open_plan(plan_path)
-    digest = (f.metadata.metadata or {}).get(HASH_KEY)
-    if digest is None:
-        return _scan_windows(f, split, window_rows)
-    return _plan_windows(plan_path, digest, split, window_rows)
-
-
-@functools.lru_cache(maxsize=8)
-def _plan_windows(plan_path: str, digest: bytes, split: str, window_rows: int) -> tuple[Window, ...]:
-    return _scan_windows(_open_plan(plan_path), split, window_rows)
-
-
-def _scan_windows(f: pq.ParquetFile, split: str, window_rows: int) -> tuple[Window, ...]:
-    out = []
-    for g in range(f.metadata.num_row_groups):
-        for j, batch in enumerate(f.iter_batches(batch_size=window_rows, row_groups=[g], columns=["split"])):
-            n = batch.num_rows if split == "all" else int(pc.sum(pc.equal(batch.column(0), split)).as_py() or 0)
-            if n:
-                out.append(Window(g, j, n))
-    return tuple(out)
+    key = (plan_path, metadata_hash(f.metadata.metadata), split, window_rows)
+    hit = _WINDOWS.get(key) if key[1] else None
+    if hit is None:
+        out = []
+        for g in range(f.metadata.num_row_groups):
+            for j, batch in enumerate(f.iter_batches(batch_size=window_rows, row_groups=[g], columns=["split"])):
+                n = batch.num_rows if split == "all" else int(pc.sum(pc.equal(batch.column(0), split)).as_py() or 0)
+                if n:
+                    out.append(Window(g, j, n))
+        hit = tuple(out)
+        if key[1]:
+            _WINDOWS[key] = hit
+    return hit
 
 
 def shardable_windows(plan_path: str, split: str, window_rows: int, world: int) -> tuple[tuple[Window, ...], int]:
@@ -370,11 +365,11 @@ class TileChipReader:
         keeps the last :data:`SET_ORDERS_KEPT`, keyed by the plan's content hash (``eoforge:plan_hash``),
         so a rewritten plan is never read from a stale entry; a plan without one is not cached.
         """
-        from eoforge.plan.io import HASH_KEY
+        from eoforge.plan.io import metadata_hash
 
         if self._file is None:
             self._file = _open_plan(self.plan_path)
-        digest = (self._file.metadata.metadata or {}).get(HASH_KEY)
+        digest = metadata_hash(self._file.metadata.metadata)
         spec = tuple((w.row_group, w.index, w.rows) for w in ws)
         key = (digest, self.split, self.seed, self.epoch, self.window_rows, self.chunk_rows, self.tile_aware, spec)
         hit = _SET_ORDERS.get(key) if digest else None
@@ -559,37 +554,75 @@ def build_chip_dataset(
         ChipReadError: no chips in the split (or none left after ``skip_rows``).
         ValueError: unknown ``normalize``, or a non-positive ``block_mb`` / ``object_store_mb``.
     """
-    import ray.data
-
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize: unknown mode {normalize!r}; choose one of {NORMALIZATIONS}")
     if block_mb <= 0 or (object_store_mb is not None and object_store_mb <= 0):
         raise ValueError(f"block_mb ({block_mb}) and object_store_mb ({object_store_mb}) must be > 0")
-    windows, window_rows = shardable_windows(str(plan_path), split, window_rows, shard[1])
+    items, window_rows = epoch_tasks(
+        str(plan_path), split, window_rows, shard, shuffle_seed, epoch, skip_rows, mix_windows, rows_per_task
+    )
+    reader = {
+        "plan_path": str(plan_path),
+        "split": split,
+        "min_valid_fraction": min_valid_fraction,
+        "seed": shuffle_seed,
+        "epoch": epoch,
+        "window_rows": window_rows,
+        "chunk_rows": rows_per_task,
+        "tile_aware": tile_aware,
+        "max_open": max_open,
+        **({} if keep_open else {"stream": uuid.uuid4().hex}),
+    }
+    return task_pool(items, read_chip_task, reader, read_tasks, read_cpus, block_mb, object_store_mb)
+
+
+def epoch_tasks(
+    plan_path: str,
+    split: str,
+    window_rows: int,
+    shard: tuple[int, int],
+    seed: int,
+    epoch: int,
+    skip_rows: int,
+    mix_windows: int,
+    rows_per_task: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """The read tasks of one epoch's stream (:func:`build_chip_dataset`), and the window size used.
+
+    Raises:
+        ChipReadError: no chips in the split (or none left after ``skip_rows``).
+    """
+    windows, window_rows = shardable_windows(plan_path, split, window_rows, shard[1])
     if not windows:
         raise ChipReadError(f"chip plan {plan_path}: no chips in split {split!r}")
-    mine = epoch_window_sets(windows, shuffle_seed, epoch, shard, skip_rows, mix_windows)
+    mine = epoch_window_sets(windows, seed, epoch, shard, skip_rows, mix_windows)
     if not mine:
         raise ChipReadError(f"chip plan {plan_path}: no chips of split {split!r} left after skipping {skip_rows}")
-    items = _read_tasks(mine, READ_TASK_CHUNKS * rows_per_task)
+    return _read_tasks(mine, READ_TASK_CHUNKS * rows_per_task), window_rows
+
+
+def task_pool(
+    items: list[dict[str, Any]],
+    fn: Any,
+    fn_kwargs: dict[str, Any],
+    read_tasks: int,
+    read_cpus: float,
+    block_mb: float,
+    object_store_mb: float | None,
+) -> Any:
+    """The stream's Ray Data pipeline: one ``fn(item, **fn_kwargs)`` call per read task, in order, CPU only.
+
+    ``bench/stream.py`` runs it with a UDF that reads nothing, to measure the hop on its own.
+    """
+    import ray.data
+
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # the epoch's order is fixed before reading: keep it (resume skips rows by position)
     ds.context.execution_options.preserve_order = True
     _bound_memory(ds.context, block_mb, object_store_mb)
     return ds.map_batches(
-        read_chip_task,
-        fn_kwargs={
-            "plan_path": str(plan_path),
-            "split": split,
-            "min_valid_fraction": min_valid_fraction,
-            "seed": shuffle_seed,
-            "epoch": epoch,
-            "window_rows": window_rows,
-            "chunk_rows": rows_per_task,
-            "tile_aware": tile_aware,
-            "max_open": max_open,
-            **({} if keep_open else {"stream": uuid.uuid4().hex}),
-        },
+        fn,
+        fn_kwargs=fn_kwargs,
         batch_size=1,
         batch_format="numpy",
         num_cpus=read_cpus,

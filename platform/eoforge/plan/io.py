@@ -552,7 +552,7 @@ def read_plan(path: str | Path, verify: bool = True) -> tuple[gpd.GeoDataFrame, 
         raise storage_error(uri, exc, WHAT, "read") from None
     except Exception as exc:
         raise CatalogError(f"chip plan {uri}: not a readable GeoParquet file: {exc}") from None
-    stored = stored or meta.get(HASH_KEY, b"").decode()
+    stored = stored or metadata_hash(meta)
     if not stored:
         raise CatalogError(f"chip plan {uri}: no {HASH_KEY.decode()} metadata; not written by eoforge")
     return frame, stored
@@ -560,7 +560,12 @@ def read_plan(path: str | Path, verify: bool = True) -> tuple[gpd.GeoDataFrame, 
 
 def stored_hash(path: str | Path) -> str:
     """The hash stored in a plan's metadata, without reading the rows ("" if none)."""
-    return _schema_metadata(path).get(HASH_KEY, b"").decode()
+    return metadata_hash(_schema_metadata(path))
+
+
+def metadata_hash(meta: dict[bytes, bytes] | None) -> str:
+    """The plan hash in a Parquet file's key-value metadata ("" if none)."""
+    return (meta or {}).get(HASH_KEY, b"").decode()
 
 
 def plan_stats(path: str | Path) -> dict[str, object]:
