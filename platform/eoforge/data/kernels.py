@@ -105,16 +105,15 @@ def f16_bits(v: np.float32, bits: np.uint32) -> np.uint16:
     numba has no float16 on the CPU, so the cast is done on the bits (``bits``: those of the
     float32 ``v``, e.g. read through a ``.view(np.uint32)`` of its array): values >= 65520 in
     magnitude become +-inf, NaN becomes a quiet NaN, |v| < 2**-14 becomes a subnormal (or zero).
+    Every case is computed and one is selected (no branch), so loops over it vectorise.
     """
     u = np.int64(bits)
     sign = (u >> 16) & 0x8000
     a = u & 0x7FFFFFFF
-    if a >= 0x47800000:  # >= 65536 (or inf / nan): the half is inf or nan
-        o = 0x7E00 if a > 0x7F800000 else 0x7C00
-    elif a < 0x38800000:  # < 2**-14: subnormal half, exactly round(|v| * 2**24) units of 2**-24
-        o = np.int64(np.rint(np.abs(np.float64(v)) * 16777216.0))
-    else:  # normal half: rebias the exponent, round the 13 dropped mantissa bits to nearest even
-        o = (a - 0x38000000 + 0xFFF + ((a >> 13) & 1)) >> 13
+    special = np.int64(0x7E00) if a > 0x7F800000 else np.int64(0x7C00)  # >= 65536, inf or nan: inf / nan
+    subnormal = np.int64(np.rint(np.abs(np.float64(v)) * 16777216.0))  # < 2**-14: units of 2**-24
+    normal = (a - 0x38000000 + 0xFFF + ((a >> 13) & 1)) >> 13  # rebias, round 13 bits to nearest even
+    o = special if a >= 0x47800000 else (subnormal if a < 0x38800000 else normal)
     return np.uint16(o | sign)
 
 
@@ -133,22 +132,42 @@ def all_valid(data: np.ndarray, has_nodata: bool, nodata: float) -> bool:
 
 
 @numba.njit(**_JIT)
+def _s2_stored(m: np.ndarray, r0: int, c0: int, first: bool, ok: np.ndarray, out: np.ndarray) -> None:
+    """One S2 band of one chip from a uint16 mosaic, unscaled: ``out`` = its pixels; ``ok`` (&)= pixel > 0.
+
+    ``ok``: uint8 [H, W] (0 / 1). The values ``_s2_band`` gives for such a band (``rint`` and the clip to
+    [0, 65535] leave a uint16 as it is), in integer arithmetic.
+    """
+    H, W = out.shape
+    for y in range(H):  # row slices: contiguous inner loops, which LLVM vectorises
+        src, dst, k = m[r0 + y, c0 : c0 + W], out[y], ok[y]
+        for x in range(W):
+            v = src[x]
+            dst[x] = v
+            b = np.uint8(v > 0)
+            k[x] = b if first else k[x] & b
+
+
+@numba.njit(**_JIT)
 def _s2_band(
     m: np.ndarray, r0: int, c0: int, g: np.float32, o: np.float32, scaled: bool, first: bool, ok: np.ndarray,
     out: np.ndarray,
 ) -> None:  # fmt: skip
-    """One S2 band of one chip: ``ok`` (&)= pixel > 0; ``out`` = its uint16 storage value (unmasked)."""
+    """One S2 band of one chip: ``ok`` (&)= pixel > 0; ``out`` = its uint16 storage value (unmasked).
+
+    ``ok``: uint8 [H, W] (0 / 1). The clipped value is cast through int32 (exact in [0, 65535]): a
+    float -> uint16 cast does not vectorise.
+    """
     H, W = out.shape
     lo, hi = np.float32(0), np.float32(65535)
     for y in range(H):
+        src, dst, k = m[r0 + y, c0 : c0 + W], out[y], ok[y]
         for x in range(W):
-            v = np.float32(m[r0 + y, c0 + x])
-            if first:
-                ok[y, x] = v > 0
-            else:
-                ok[y, x] &= v > 0
+            v = np.float32(src[x])
             w = v * g + o if scaled else v
-            out[y, x] = np.uint16(min(max(np.rint(w), lo), hi))
+            dst[x] = np.uint16(np.int32(min(max(np.rint(w), lo), hi)))
+            b = np.uint8(v > 0)
+            k[x] = b if first else k[x] & b
 
 
 @numba.njit(**_JIT)
@@ -179,7 +198,8 @@ def assemble(
     for band ``b``; its SCL and S1 are ``scl[dest[k]]``, ``s1[dest[k]]``, and its results go to index
     ``at[dest[k]]`` of the outputs (e.g. its row of a chip block).
     Each band is converted as it is checked; only a chip with masked pixels is passed over again
-    (to zero them).
+    (to zero them). Every inner loop runs over one contiguous row, branch-free (vectorised by LLVM);
+    the mask is kept as uint8 (a view of ``valid``).
 
     Args:
         s2_u16_mosaics: 12 uint16 [Hm, Wm] mosaics (used where ``stored``; 0: nodata).
@@ -198,43 +218,52 @@ def assemble(
         s1_bits: ``s1.view(np.uint32)`` (its bits, for the float16 cast).
         s2_u16: out, uint16 [M, 12, H, W] ``clip(rint(s2 * gain + offset), 0, 65535)``, 0 where invalid.
         s1_f16: out, uint16 [M, 2, H, W]: the bits of float16 ``s1``, 0 where invalid (view it as float16).
-        valid: out, bool [M, H, W]: every S2 band > 0, SCL class not masked, S1 finite.
+        valid: out, bool [M, H, W] (C-contiguous): every S2 band > 0, SCL class not masked, S1 finite.
     """
     nb, ns1 = len(s2_f32_mosaics), s1.shape[1]
     H, W = valid.shape[1], valid.shape[2]
     has_scl = scl.shape[0] > 0
-    for k in range(dest.shape[0]):  # band by band, branch-free inner loops (vectorised by LLVM)
+    keep = np.empty(256, np.uint8)  # 1 for the SCL classes that keep a pixel
+    for c in range(256):
+        keep[c] = np.uint8(not invalid_class[c])
+    masks = valid.view(np.uint8)
+    zero16 = np.uint16(0)
+    for k in range(dest.shape[0]):
         d = dest[k]
         slot = at[d]
-        ok = valid[slot]
+        ok = masks[slot]
         for b in range(nb):
-            r0, c0, g, o = rows[b, k], cols[b, k], gains[b], offsets[b]
-            if stored[b]:
-                _s2_band(s2_u16_mosaics[b], r0, c0, g, o, scaled, b == 0, ok, s2_u16[slot, b])
+            r0, c0 = rows[b, k], cols[b, k]
+            if stored[b] and not scaled:
+                _s2_stored(s2_u16_mosaics[b], r0, c0, b == 0, ok, s2_u16[slot, b])
+            elif stored[b]:
+                _s2_band(s2_u16_mosaics[b], r0, c0, gains[b], offsets[b], scaled, b == 0, ok, s2_u16[slot, b])
             else:
-                _s2_band(s2_f32_mosaics[b], r0, c0, g, o, scaled, b == 0, ok, s2_u16[slot, b])
-        if has_scl:
-            for y in range(H):
-                for x in range(W):
-                    ok[y, x] &= not invalid_class[np.uint8(scl[d, y, x])]
-        for b in range(ns1):
-            for y in range(H):
-                for x in range(W):
-                    ok[y, x] &= np.isfinite(s1[d, b, y, x])
-        masked = False
+                _s2_band(s2_f32_mosaics[b], r0, c0, gains[b], offsets[b], scaled, b == 0, ok, s2_u16[slot, b])
+        kept = 0
         for y in range(H):
+            m = ok[y]
+            if has_scl:
+                classes = scl[d, y]
+                for x in range(W):
+                    m[x] &= keep[np.uint8(classes[x])]
+            for b in range(ns1):
+                row = s1[d, b, y]
+                for x in range(W):
+                    m[x] &= np.uint8(np.isfinite(row[x]))
             for x in range(W):
-                masked |= not ok[y, x]
-        if masked:
+                kept += np.int64(m[x])
+        if kept < H * W:
             for b in range(nb):
                 for y in range(H):
+                    dst, m = s2_u16[slot, b, y], ok[y]
                     for x in range(W):
-                        if not ok[y, x]:
-                            s2_u16[slot, b, y, x] = 0
+                        dst[x] = dst[x] if m[x] else zero16
         for b in range(ns1):
             for y in range(H):
+                dst, m, row, bits = s1_f16[slot, b, y], ok[y], s1[d, b, y], s1_bits[d, b, y]
                 for x in range(W):
-                    s1_f16[slot, b, y, x] = f16_bits(s1[d, b, y, x], s1_bits[d, b, y, x]) if ok[y, x] else np.uint16(0)
+                    dst[x] = f16_bits(row[x], bits[x]) if m[x] else zero16
 
 
 @numba.njit(**_JIT)
@@ -252,8 +281,9 @@ def cut(mosaic: np.ndarray, rows: np.ndarray, cols: np.ndarray, dest: np.ndarray
     for k in range(rows.shape[0]):
         r, c, d = rows[k], cols[k], dest[k]
         for y in range(H):
+            src, dst = mosaic[r + y, c : c + W], out[d, y]
             for x in range(W):
-                out[d, y, x] = mosaic[r + y, c + x]
+                dst[x] = src[x]
 
 
 def warm() -> None:
