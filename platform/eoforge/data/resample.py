@@ -566,8 +566,11 @@ def _separable_bilinear(
         wl, wr_ = np.where(cols_in, wl, np.where(in_l, one, z)), np.where(cols_in, wr_, np.where(in_r, one, z))
         c = np.ascontiguousarray
         out = kernels.separable_bilinear(c(band), c(top), c(bottom), c(wt), c(wb), c(left), c(right), c(wl), c(wr_))
-        none = ~(in_t | in_b)[:, None] | ~(in_l | in_r)[None, :]  # no neighbour inside the image
-        return np.where(none, np.float32(fill), out) if none.any() else out
+        # no neighbour inside the image: a whole row or column (the [H, W] mask only when there is one)
+        rows_none, cols_none = ~(in_t | in_b), ~(in_l | in_r)
+        if not (rows_none.any() or cols_none.any()):
+            return out
+        return np.where(rows_none[:, None] | cols_none[None, :], np.float32(fill), out)
     out = passes(band, wl, wr_, wt, wb)
     # some source pixels invalid (nodata): pixels with an invalid or outside neighbour are
     # renormalised over the valid ones (weighted sums of value * valid and of valid, separably)
