@@ -26,8 +26,9 @@ is reported as ``warm_files_ratio_vs_raw``, apart from ``ratio_vs_raw``.
 
 ``ray_hop`` is the stream with the reading left out (:func:`hop_dataset`): the same Ray Data
 pipeline (read tasks, chunks, block size, object-store budget, order, consumer), whose tasks yield
-empty blocks of the stream's columns and bytes. Its time per chip is what the hop from the readers
-to the consumer costs on these cores, whatever the reader does. ``hop_ceiling_vs_raw`` is
+blocks of the stream's columns and bytes, every pixel byte written (:func:`hop_task`). Its time per
+chip is what the hop from the readers to the consumer costs on these cores, whatever the reader does
+(writing a fresh block of 122 kB a chip included). ``hop_ceiling_vs_raw`` is
 decode limit ms / (decode limit ms + hop ms) per chip and core: the ``ratio_vs_raw`` of a reader
 that did only the decode limit's work (no resampling, reprojection, masks or dtype conversion)
 behind this hop, if the two costs add on one core.
@@ -362,14 +363,27 @@ def _tiles(chip_ids: list[str], block: int) -> set[tuple[str, int, int]]:
     return out
 
 
+#: The pixel columns a reader writes in full (every byte of every row).
+PIXEL_COLUMNS = ("s2", "s1", "valid", "label")
+
+
 def hop_task(batch: dict[str, np.ndarray], size: int, chunk_rows: int) -> Any:
-    """The ``ray_hop`` UDF: a read task's rows as empty chip blocks (every row ok), in its chunks; nothing read."""
+    """The ``ray_hop`` UDF: a read task's rows as chip blocks (every row ok), in its chunks; nothing read.
+
+    Each block is allocated as the reader allocates its chunk's block, and every byte of its pixel
+    columns is written, as the reader writes them: a block left as allocated is calloc'd pages that
+    were never touched, which cost no page faults here and are copied from the kernel's one zero
+    page when Ray stores them, so the hop measured on them is too cheap (0.14-0.18 ms/chip instead
+    of 0.21-0.31 ms/chip on this machine, ``docs/benchmarks.md``).
+    """
     from eoforge.data.dataset import _empty_out
 
     for take in batch["take"]:
         left = int(take)
         while left > 0:
             out = _empty_out(min(chunk_rows, left), size)  # the reader allocates its chunk's block alike
+            for name in PIXEL_COLUMNS:
+                out[name].view(np.uint8).reshape(-1)[:] = 1  # every page touched, as a reader writes them
             out["ok"][:] = True
             out["chip_id"][:] = "hop:0:0"
             left -= len(out["ok"])
@@ -380,10 +394,10 @@ def hop_dataset(plan: str, ds_kwargs: dict) -> Any:
     """``build_chip_dataset(plan, split="all", **ds_kwargs)``'s Ray Data pipeline with the reading left out.
 
     The same read tasks (count, rows, chunks), block size, object-store budget, order and CPU-only
-    task pool; each task yields empty blocks of the stream's columns, dtypes and bytes instead of
-    reading them (:func:`hop_task`). Its pass time is what the hop between the readers and the
-    consumer costs on these cores: tasks, block transfer through the object store, the driver's
-    executor and batching, Ray's own processes.
+    task pool; each task yields blocks of the stream's columns, dtypes and bytes, their pixels written
+    but not read (:func:`hop_task`). Its pass time is what the hop between the readers and the
+    consumer costs on these cores: writing the blocks, tasks, block transfer through the object
+    store, the driver's executor and batching, Ray's own processes.
     """
     import inspect
 
