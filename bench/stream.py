@@ -363,8 +363,9 @@ def _tiles(chip_ids: list[str], block: int) -> set[tuple[str, int, int]]:
     return out
 
 
-#: The pixel columns a reader writes in full (every byte of every row).
-PIXEL_COLUMNS = ("s2", "s1", "valid", "label")
+#: The pixel columns a reader writes in full that ``_empty_out`` leaves as calloc'd zeros (``label`` is
+#: allocated filled with 255, so its pages are written already).
+PIXEL_COLUMNS = ("s2", "s1", "valid")
 
 
 def hop_task(batch: dict[str, np.ndarray], size: int, chunk_rows: int) -> Any:
