@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from eoforge.config import DataConfig, parse_config
-from eoforge.data.reader import read_chip
+from eoforge.data.chip import read_chip
 from eoforge.demo.catalog import write_demo_catalog
 from eoforge.plan.io import build_plan, read_plan
 

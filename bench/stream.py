@@ -90,9 +90,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import rasterio
 import rasterio.shutil
-from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_ASSET
+from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_ASSET
+from eoforge.catalog.assets import gdal_path
 from eoforge.config import DataConfig, parse_config
-from eoforge.data.reader import gdal_path
 from eoforge.demo.catalog import write_demo_catalog
 from eoforge.plan.io import build_plan, read_plan, write_plan
 from eoforge.ray_node import with_node_env
@@ -284,9 +284,11 @@ def decode_limit_pass(rows: list[dict], keep: bool = False) -> dict:
 
 def check_decode_limit(rows: list[dict]) -> None:
     """The decode limit's 10 m chips are the stored pixels: B02 of chip 0 equals eoforge's aligned read."""
-    from eoforge.data.reader import ChipGrid, read_band
+    from eoforge.data.grid import ChipGrid
     from rasterio.enums import Resampling
     from rasterio.transform import Affine
+
+    from tests.support.gdal_reference import read_band
 
     r = rows[0]
     grid = ChipGrid(str(r["crs"]), Affine(*list(r["transform"])[:6]), int(r["size_px"]))

@@ -9,10 +9,11 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
+from eoforge.catalog.assets import gdal_path
 from eoforge.catalog.pairing import pair_items
 from eoforge.catalog.search import SearchQuery, StacApiBackend, StaticCatalogBackend
 from eoforge.config import DataConfig, PairingConfig, parse_config
-from eoforge.data.reader import gdal_path, read_chip
+from eoforge.data.chip import read_chip
 from eoforge.plan.io import build_plan, read_plan
 from pyproj import Transformer
 from rasterio.transform import Affine

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from eoforge.catalog.bands import S2_BAND_NAMES
+from eoforge.bands import S2_BAND_NAMES
 from eoforge.config import DataConfig, parse_config
-from eoforge.data.reader import GRD_APPROX_DB_OFFSET
+from eoforge.data.calibration import GRD_APPROX_DB_OFFSET
 from eoforge.plan.io import build_plan, plan_stats, read_plan
 
 from tests.support.provider_items import (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from eoforge.errors import ConfigError
-from eoforge.train.storage import resolve_storage, s3_filesystem
+from eoforge.storage import resolve_storage, s3_filesystem
 
 AWS_VARS = (
     "AWS_ENDPOINT_URL",

@@ -11,7 +11,7 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
-from eoforge.catalog.bands import DFC_CLASSES, S2_BAND_NAMES, S2_BANDS
+from eoforge.bands import DFC_CLASSES, S2_BAND_NAMES, S2_BANDS
 from eoforge.demo.catalog import DemoCatalog, cloud_kind, write_demo_catalog
 from eoforge.demo.synth import cloud_cover_percent, make_scene, render_s2
 from eoforge.demo.world import World

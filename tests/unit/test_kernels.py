@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from eoforge.catalog.bands import S2_SCL_INVALID
+from eoforge.bands import S2_SCL_INVALID
 from eoforge.data import kernels
 
 

@@ -25,7 +25,7 @@ from eoforge.demo.catalog import write_demo_catalog
 from eoforge.errors import CatalogError, ConfigError, ServiceError
 from eoforge.plan.build import plan_rows_with_stats
 from eoforge.plan.io import build_plan, plan_exists, plan_stats, read_plan, read_stream_table, stored_hash, write_plan
-from eoforge.train.storage import filesystem_of, s3_filesystem
+from eoforge.storage import filesystem_of, s3_filesystem
 from geopandas.testing import assert_geodataframe_equal
 from typer.testing import CliRunner
 

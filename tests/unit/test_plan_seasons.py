@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pystac
 import pytest
-from eoforge.catalog.bands import S2_BAND_NAMES, S2_SCL_INVALID
+from eoforge.bands import S2_BAND_NAMES, S2_SCL_INVALID
 from eoforge.config import DataConfig, load_config, parse_config
 from eoforge.config.data import SeasonsConfig
 from eoforge.errors import CatalogError, ConfigError

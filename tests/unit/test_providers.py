@@ -9,16 +9,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from eoforge.catalog.bands import S2_BAND_NAMES
+from eoforge.bands import S2_BAND_NAMES
 from eoforge.catalog.providers import resolve_profile
 from eoforge.catalog.radiometry import s2_dn_map
 from eoforge.config import DataConfig, parse_config
-from eoforge.data.reader import GRD_APPROX_DB_OFFSET, ChipGrid, read_band, read_chip, s1_to_db
+from eoforge.data.calibration import GRD_APPROX_DB_OFFSET, s1_to_db
+from eoforge.data.chip import read_chip
+from eoforge.data.grid import ChipGrid
 from eoforge.errors import CatalogError, ChipReadError
 from eoforge.plan.io import build_plan, plan_stats, read_plan
 from rasterio.enums import Resampling
 from rasterio.transform import Affine
 
+from tests.support.gdal_reference import read_band
 from tests.support.provider_items import (
     S2_TRUTH,
     SIGN_LOG_ENV,

@@ -15,11 +15,12 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
-from eoforge.catalog.bands import S2_BAND_NAMES
+from eoforge.bands import S2_BAND_NAMES
+from eoforge.catalog.assets import gdal_path
 from eoforge.catalog.search import SearchQuery, StaticCatalogBackend
 from eoforge.config import DataConfig, parse_config
 from eoforge.config.finetune import TaskConfig
-from eoforge.data.reader import gdal_path, read_chip
+from eoforge.data.chip import read_chip
 from eoforge.demo.sen12ms import (
     DFC10_TO_DFC8,
     IGBP_TO_DFC8,

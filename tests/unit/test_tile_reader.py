@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from eoforge.catalog.bands import S1_BAND_NAMES
+from eoforge.bands import S1_BAND_NAMES
+from eoforge.data.chip import read_chip, read_chip_raw
 from eoforge.data.dataset import (
     batch_diversity,
     epoch_window_sets,
@@ -21,8 +22,8 @@ from eoforge.data.dataset import (
     read_chip_task,
     shardable_windows,
 )
+from eoforge.data.grid import ChipGrid
 from eoforge.data.normalize import S1_DB_MEAN, S1_DB_STD, S2_L2A_MEAN, S2_L2A_STD, normalize, normalize_batch
-from eoforge.data.reader import ChipGrid, read_band, read_chip, read_chip_raw
 from eoforge.data.resample import (
     ChipGridKey,
     SourceGrid,
@@ -39,6 +40,7 @@ from rasterio.enums import Resampling
 from rasterio.transform import Affine
 
 from tests.support.demo_plan import demo_plan as plan_demo_catalog
+from tests.support.gdal_reference import read_band
 from tests.support.provider_items import write_tif
 
 

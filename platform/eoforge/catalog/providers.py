@@ -31,7 +31,7 @@ from typing import Any
 
 import pystac
 
-from eoforge.catalog.bands import EARTH_SEARCH_S2_ALIASES, S1_BAND_NAMES, S2_BANDS, S2_SCL_ASSET
+from eoforge.bands import EARTH_SEARCH_S2_ALIASES, S1_BAND_NAMES, S2_BANDS, S2_SCL_ASSET
 from eoforge.errors import CatalogError
 
 #: Units a Sentinel-1 asset can hold. ``dB``: backscatter in decibels (read as is); ``linear``:

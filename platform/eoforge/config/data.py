@@ -38,7 +38,7 @@ class ProfileConfig(Strict):
     @field_validator("s2_assets", "s1_assets", "s1_calibration_assets")
     @classmethod
     def _check_bands(cls, v: dict[str, Any], info: Any) -> Any:
-        from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_ASSET
+        from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_ASSET
 
         allowed = set(S2_BAND_NAMES) | {S2_SCL_ASSET} if info.field_name == "s2_assets" else set(S1_BAND_NAMES)
         unknown = sorted(set(v) - allowed)

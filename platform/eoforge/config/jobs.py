@@ -86,7 +86,7 @@ def check_inputs(cfg: HasPlanInput) -> None:
         ServiceError: the plan's bucket does not exist, access was refused, or the store is
             unreachable.
     """
-    from eoforge.train.storage import file_exists
+    from eoforge.storage import file_exists
 
     if not file_exists(cfg.data.plan, "data.plan"):
         if cfg.data.config is None:

@@ -54,7 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES
+from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES
 from eoforge.data.normalize import NORMALIZATIONS
 from eoforge.errors import ChipReadError
 from eoforge.plan.columns import STREAM_COLUMNS
@@ -98,7 +98,7 @@ class Window:
 def _open_plan(plan_path: str) -> pq.ParquetFile:
     from eoforge.plan.columns import WHAT
     from eoforge.plan.columns import not_found as _not_found
-    from eoforge.train.storage import filesystem_of, storage_error
+    from eoforge.storage import filesystem_of, storage_error
 
     fs, inner = filesystem_of(str(plan_path), WHAT)
     try:
@@ -517,7 +517,7 @@ def build_chip_dataset(
 
     Args:
         plan_path: GeoParquet chip plan: local path, ``s3://``, ``gs://`` or any URI pyarrow or
-            fsspec opens (:func:`eoforge.train.storage.filesystem_of`); the reading tasks open it.
+            fsspec opens (:func:`eoforge.storage.filesystem_of`); the reading tasks open it.
         split: ``train`` / ``val`` / ``test`` / ``all``.
         normalize: the normalisation the consumer applies with
             :func:`eoforge.data.normalize.normalize_batch` (checked here; pixels stay in storage units).

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from eoforge.data.dataset import Window, epoch_window_sets
 from eoforge.errors import ChipReadError
-from eoforge.train.storage import filesystem_of
+from eoforge.storage import filesystem_of
 
 #: Columns of a batch; pixel columns are fixed-size binary columns (one blob per chip) in the files.
 COLUMNS = ["chip_id", "split", "ok", "error", "item_labels", "tile_key", "s2", "s1", "valid", "label"]

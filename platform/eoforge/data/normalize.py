@@ -3,7 +3,7 @@
 ``ssl4eo`` is z-scoring with the SSL4EO-S12 statistics (Wang et al. 2022, computed on 50k
 samples; see shared reference ssl-methods.md §3.3):
 
-- Sentinel-2 L2A, reflectance x 10000, band order of :data:`eoforge.catalog.bands.S2_BAND_NAMES`;
+- Sentinel-2 L2A, reflectance x 10000, band order of :data:`eoforge.bands.S2_BAND_NAMES`;
 - Sentinel-1 backscatter in dB, VV then VH.
 
 ``none`` keeps the physical units (S2 DN = reflectance x 10000, S1 dB). Masked pixels

@@ -8,7 +8,7 @@ the source window covering all of the group's chips is read once (decoding each 
 once), and the chips are cut from it with index/weight maps computed once per
 (source grid, chip grid) (:mod:`eoforge.data.resample`), never a GDAL warp per chip.
 
-:func:`read_rows` is the one code path: :func:`eoforge.data.reader.read_chip` calls it with a
+:func:`read_rows` is the one code path: :func:`eoforge.data.chip.read_chip` calls it with a
 single row, the Ray Data reader with a tile group, so both give the same pixels exactly.
 
 Output (:class:`RawChip`), the units the training worker normalises (half the bytes of float32):
@@ -39,8 +39,11 @@ import rasterio
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_INVALID
+from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_INVALID
+from eoforge.catalog.assets import GDAL_ENV, gdal_path, resolve_signer, sign_href
 from eoforge.data import kernels
+from eoforge.data.calibration import grd_calibration_on_grid, s1_to_db
+from eoforge.data.grid import ChipGrid
 from eoforge.data.resample import ChipGridKey, SampleMap, SourceGrid, apply_map, mosaics, sample_map, union_bbox
 from eoforge.errors import ChipReadError
 
@@ -50,7 +53,7 @@ KEY_BAND = "B04"
 ASSEMBLE_CHIPS = 32
 #: Fill of S1 pixels with no valid source neighbour (masked). One object: it is part of a dict key.
 S1_FILL = math.nan
-#: True at the SCL classes that mask a pixel (:data:`eoforge.catalog.bands.S2_SCL_INVALID`), by class.
+#: True at the SCL classes that mask a pixel (:data:`eoforge.bands.S2_SCL_INVALID`), by class.
 _SCL_INVALID_LUT = np.isin(np.arange(256), S2_SCL_INVALID)
 
 
@@ -100,15 +103,13 @@ class DatasetCache:
         Raises:
             ChipReadError: the file is missing, corrupt or unreadable.
         """
-        from eoforge.data.reader import _sign, gdal_path
-
         hit = self._open.get(href)
         if hit is not None and time.monotonic() - hit[1] < self.max_age_s:
             self._open.move_to_end(href)
             return hit[0]
         if hit is not None:
             self._evict(href)
-        path = gdal_path(_sign(href, sign))
+        path = gdal_path(sign_href(href, sign))
         try:
             ds = rasterio.open(path)
         except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
@@ -300,8 +301,6 @@ def read_rows(
         one entry per row, in order: its :class:`RawChip`, or the :class:`ChipReadError` that
         stopped it (missing asset, unreadable file, no georeferencing).
     """
-    from eoforge.data.reader import GDAL_ENV, grd_calibration_on_grid, resolve_signer, s1_to_db
-
     out: list[RawChip | ChipReadError | None] = [None] * len(rows)
     parsed: dict[int, _Parsed] = {}
     for i, row in enumerate(rows):
@@ -355,10 +354,8 @@ def read_rows(
         for k in range(0, len(members), ASSEMBLE_CHIPS):
             idx = members[k : k + ASSEMBLE_CHIPS]
             try:
-                chips = _assemble(
-                    idx, [parsed[i] for i in idx], pixels, resolve_signer, grd_calibration_on_grid, s1_to_db, GDAL_ENV,
-                    None if into is None else (into[0], [into[1][i] for i in idx]),
-                )  # fmt: skip
+                block = None if into is None else (into[0], [into[1][i] for i in idx])
+                chips = _assemble(idx, [parsed[i] for i in idx], pixels, block)
             except ChipReadError as exc:  # e.g. unknown S1 units: every chip of the set, with the reason
                 chips = [exc] * len(idx)
             for i, chip in zip(idx, chips, strict=True):
@@ -375,10 +372,6 @@ def _assemble(
     idx: list[int],
     ps: list[_Parsed],
     pixels: dict[tuple[int, str, str], Cut],
-    resolve_signer: Callable[[str | None], Callable[[str], str]],
-    grd_calibration_on_grid: Callable[..., np.ndarray],
-    s1_to_db: Callable[..., np.ndarray],
-    gdal_env: dict[str, str],
     into: tuple[dict[str, np.ndarray], list[int]] | None = None,
 ) -> list[RawChip | ChipReadError]:
     """The chips ``idx`` of one file set (``ps``: their parsed rows), assembled as one [N, ...] batch.
@@ -389,8 +382,6 @@ def _assemble(
     applied to the whole batch; only GRD calibration LUTs are computed chip by chip (they depend
     on the chip's own grid), and a chip whose LUT fails gets its own error.
     """
-    from eoforge.data.reader import ChipGrid
-
     p = ps[0]
 
     h, w = p.grid.shape
@@ -420,7 +411,7 @@ def _assemble(
         lut = None
         if p.files.units == "amplitude" and p.files.calibration.get(b):
             lut = np.full((len(idx), *p.grid.shape), np.nan, np.float32)
-            with rasterio.Env(**gdal_env, **s1_access.get("env", {})):
+            with rasterio.Env(**GDAL_ENV, **s1_access.get("env", {})):
                 for j in range(len(idx)):
                     g = ps[j].grid  # rows of a file set share files, not grids: each chip's LUT on its own
                     grid = ChipGrid(g.crs, Affine(*g.transform), g.size)
@@ -483,8 +474,6 @@ def group_rows(rows: list[dict[str, Any]], cache: DatasetCache) -> Iterator[tupl
     Rows are keyed file by file (one open and one GDAL environment per key-band file). A row whose
     key cannot be found gets a key of its own (``!<chip_id>``) and fails later with the reason.
     """
-    from eoforge.data.reader import GDAL_ENV, resolve_signer
-
     by_file: dict[tuple[str, str], list[int]] = {}
     keys: list[str | None] = [None] * len(rows)
     for i, row in enumerate(rows):

@@ -23,7 +23,7 @@ from pyproj import Transformer
 from shapely.geometry import box, mapping
 from shapely.ops import transform as shp_transform
 
-from eoforge.catalog.bands import S1_BAND_NAMES, S2_BANDS
+from eoforge.bands import S1_BAND_NAMES, S2_BANDS
 from eoforge.errors import CatalogError
 
 S2_COLLECTION = "bigearthnet-s2"

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pystac
 
-from eoforge.catalog.bands import DFC_CLASSES, DFC_IGNORE, S1_BANDS, S2_BANDS, S2_SCL_ASSET
+from eoforge.bands import DFC_CLASSES, DFC_IGNORE, S1_BANDS, S2_BANDS, S2_SCL_ASSET
 from eoforge.demo.cog import Grid, write_cog
 from eoforge.demo.synth import Scene, make_scene, render_s1, render_s2, stream
 from eoforge.demo.world import World

@@ -14,11 +14,11 @@ Layouts read, as distributed (``src`` is the folder holding the ``ROIs*`` folder
 Every file of a patch is 256 x 256 px at 10 m on the same UTM grid.
 
 How the multi-band files are exposed. eoforge reads one band per asset (band 1 of the asset's
-href, :func:`eoforge.data.reader.read_band`). For each S2 and S1 band the catalog writes a tiny
+href, :func:`tests.support.gdal_reference.read_band`). For each S2 and S1 band the catalog writes a tiny
 GDAL VRT next to the item JSON (``<out>/<collection>/<item>/<band>.vrt``) that selects band k of
 the source GeoTIFF with the source's own CRS, transform, size, data type and nodata: reading it is
 reading the source band, pixel for pixel. The assets ``B01`` ... ``B12`` (12 bands, B10 cirrus
-dropped: eoforge's band set is the 12 L2A bands, :data:`eoforge.catalog.bands.S2_BANDS`) and
+dropped: eoforge's band set is the 12 L2A bands, :data:`eoforge.bands.S2_BANDS`) and
 ``vv``/``vh`` point at those VRTs; the asset ``source`` points at the original multi-band file.
 The VRTs hold absolute paths: keep ``src`` where it was when the catalog was written.
 
@@ -56,7 +56,7 @@ from pyproj import Transformer
 from shapely.geometry import box, mapping
 from shapely.ops import transform as shp_transform
 
-from eoforge.catalog.bands import S1_BANDS, S2_BANDS
+from eoforge.bands import S1_BANDS, S2_BANDS
 from eoforge.errors import CatalogError
 
 LAYOUTS = ("sen12ms", "dfc2020")

@@ -18,7 +18,7 @@ from datetime import datetime
 import numpy as np
 from affine import Affine
 
-from eoforge.catalog.bands import S2_BANDS
+from eoforge.bands import S2_BANDS
 from eoforge.demo.cog import Grid, transform_xy
 from eoforge.demo.world import SCL_OF_CLASS, FractalNoise, World, s1_backscatter_db, s2_signature
 

@@ -1,7 +1,7 @@
 """The synthetic land-cover "world" behind the demo catalog.
 
 The world is a deterministic function of a seed that assigns one of the 8 DFC2020 classes
-(:data:`eoforge.catalog.bands.DFC_CLASSES`, 0 Forest .. 7 Water) to every point of the
+(:data:`eoforge.bands.DFC_CLASSES`, 0 Forest .. 7 Water) to every point of the
 plane of EPSG:32632 (UTM 32N, metres). Each class has a smooth random field
 (:class:`FractalNoise`: hashed value noise, octaves from 1.5 km down to 47 m cells); the
 class of a point is the argmax of the fields plus a per-class bias, which sets the class
@@ -13,7 +13,7 @@ Sentinel-1 grid of a scene see the same land cover.
 The module also holds what each class looks like:
 
 - :func:`s2_signature`: 12-band surface reflectance ×10000 (order of
-  :data:`~eoforge.catalog.bands.S2_BAND_NAMES`), vegetation greening up towards July;
+  :data:`~eoforge.bands.S2_BAND_NAMES`), vegetation greening up towards July;
 - :data:`S1_BACKSCATTER_DB`: mean VV and VH backscatter in dB;
 - :data:`SCL_OF_CLASS`: the Sentinel-2 scene-classification code a clear pixel gets.
 """
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eoforge.catalog.bands import DFC_CLASSES, S2_BAND_NAMES
+from eoforge.bands import DFC_CLASSES, S2_BAND_NAMES
 
 N_CLASSES = len(DFC_CLASSES)
 
@@ -89,7 +89,7 @@ def s2_signature(doy: int) -> np.ndarray:
 
     Returns:
         float64 array of shape (8, 12): rows DFC classes, columns S2 bands in the order of
-        :data:`~eoforge.catalog.bands.S2_BAND_NAMES`, unit reflectance ×10000.
+        :data:`~eoforge.bands.S2_BAND_NAMES`, unit reflectance ×10000.
     """
     dormancy = _SEASONAL_AMPLITUDE * (1.0 - greenness(doy))  # (8,)
     return _PEAK * (1.0 - dormancy[:, None]) + _DORMANT[None, :] * dormancy[:, None]

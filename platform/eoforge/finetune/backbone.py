@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES
+from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES
 from eoforge.errors import ConfigError
 
 STATE_FILE = "state.pt"

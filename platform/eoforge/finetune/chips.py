@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from eoforge.config.jobs import PlanInput
 from eoforge.errors import ChipReadError
-from eoforge.train.storage import filesystem_of
+from eoforge.storage import filesystem_of
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from eoforge.finetune.backbone import BackboneSpec, resolve_backbone
 from eoforge.finetune.chips import ChipIndex, ensure_chip_cache, labelled_dataset, read_index
 from eoforge.finetune.fractions import label_subset
 from eoforge.finetune.tasks import Task
+from eoforge.plan.io import plan_stats
 from eoforge.ray_node import init_ray
 from eoforge.tracking.runs import flatten, log_plan_stats, resolve_tracking_uri, run_url, start_or_resume_run
 
@@ -126,7 +127,7 @@ def prepare_chips(cfg: FinetuneConfig) -> tuple[str, str]:
 def _model_card(
     cfg: FinetuneConfig, task: Task, spec: BackboneSpec, plan_hash: str, metrics: dict[str, float]
 ) -> dict[str, Any]:
-    from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES
+    from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES
 
     return {
         "task": task.kind,
@@ -237,7 +238,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_tri
             "labels/subset.json",
         )
         client.log_metric(run_id, "data/skipped_chips", len(splits.skipped))
-        log_plan_stats(client, run_id, cfg.data.plan)
+        log_plan_stats(client, run_id, plan_stats(cfg.data.plan))
         if splits.skipped:
             client.log_dict(run_id, dict(sorted(splits.skipped.items())), "data/skipped_chips.json")
     print(f"[eoforge] MLflow run {'resumed' if resumed else 'started'}: {run_url(uri, run_id)}", flush=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eoforge.catalog.bands import DFC_CLASSES
+from eoforge.bands import DFC_CLASSES
 from eoforge.config.finetune import TaskConfig
 from eoforge.errors import ConfigError
 

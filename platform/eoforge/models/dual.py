@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES
+from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES
 from eoforge.models.backbones import create_backbone
 from eoforge.models.heads import projection_head
 from eoforge.models.spectral import SpectralAdapter

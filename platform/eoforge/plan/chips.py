@@ -249,7 +249,7 @@ def _clear_chips(
 
     An unreadable SCL skips the item (counted with its reason); the plan goes on.
     """
-    from eoforge.data.reader import GDAL_ENV, resolve_signer
+    from eoforge.catalog.assets import GDAL_ENV, resolve_signer
     from eoforge.plan.clear import clear_fractions
 
     cfg, profile = planner.cfg, planner.profile

@@ -3,7 +3,7 @@
 :func:`clear_fractions` reads the SCL of one S2 item once (the window under all the chips asked
 for, at its native 20 m), builds a summed-area table of its clear pixels and gets the clear share
 of every chip from four look-ups in it. A pixel is clear when its class is not in
-:data:`~eoforge.catalog.bands.S2_SCL_INVALID` (no data, saturated, cloud shadow, cloud medium /
+:data:`~eoforge.bands.S2_SCL_INVALID` (no data, saturated, cloud shadow, cloud medium /
 high probability, thin cirrus) and not the file's nodata value.
 
 The share is area-weighted: the summed-area table of a piecewise-constant image is interpolated
@@ -27,7 +27,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from eoforge.catalog.bands import S2_SCL_INVALID
+from eoforge.bands import S2_SCL_INVALID
 from eoforge.errors import CatalogError
 
 if TYPE_CHECKING:  # the grid is only read (crs, transform)

@@ -22,7 +22,7 @@ version 2 hashed WKT rows: rebuild them.
 
 A plan lives on local disk or in object storage: every function here takes a path, a
 ``file://`` URL, ``s3://bucket/key.parquet``, ``gs://...`` or any URI pyarrow or fsspec opens
-(:func:`eoforge.train.storage.filesystem_of`; S3 endpoint and region from the environment).
+(:func:`eoforge.storage.filesystem_of`; S3 endpoint and region from the environment).
 Locally the file is written beside its name and renamed; on object storage it is written to a
 local temporary file and uploaded once. The bytes, and so the hash, are the same wherever the
 plan is written.
@@ -53,7 +53,7 @@ from eoforge.config import DataConfig
 from eoforge.errors import CatalogError
 from eoforge.plan.build import PLAN_SCHEMA, PlanStats, iter_plan_tables, sort_indices
 from eoforge.plan.columns import STREAM_COLUMNS, WHAT, not_found
-from eoforge.train.storage import check_bucket, file_exists, filesystem_of, storage_error
+from eoforge.storage import check_bucket, file_exists, filesystem_of, storage_error
 
 log = logging.getLogger(__name__)
 

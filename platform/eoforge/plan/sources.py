@@ -9,7 +9,7 @@ import pystac
 import rasterio
 from rasterio.transform import Affine
 
-from eoforge.catalog.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_ASSET
+from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_ASSET
 from eoforge.catalog.providers import ProviderProfile, asset_href, find_asset, href_of, resolve_profile
 from eoforge.catalog.radiometry import item_polarizations, s1_product, s1_units, s2_dn_map
 from eoforge.config import DataConfig

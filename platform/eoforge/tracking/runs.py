@@ -106,16 +106,14 @@ class MetricLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
-def log_plan_stats(client: Any, run_id: str, plan_path: str) -> dict[str, Any]:
+def log_plan_stats(client: Any, run_id: str, stats: dict[str, Any]) -> dict[str, Any]:
     """Record what planning kept and skipped with the run that trains on the plan.
 
-    Logs ``data/plan_stats.json`` (stage counts, pairing, every skipped item and why) and
-    metrics ``plan/<stage>`` and ``plan/skipped_items[/<reason>]``. Plans written before stats
-    existed log nothing. Returns the stats ({} when absent).
+    ``stats`` is the plan's own record (:func:`eoforge.plan.io.plan_stats`). Logs
+    ``data/plan_stats.json`` (stage counts, pairing, every skipped item and why) and metrics
+    ``plan/<stage>`` and ``plan/skipped_items[/<reason>]``. Plans written before stats existed
+    (``{}``) log nothing. Returns ``stats``.
     """
-    from eoforge.plan.io import plan_stats
-
-    stats = plan_stats(plan_path)
     if not stats:
         return {}
     client.log_dict(run_id, stats, "data/plan_stats.json")

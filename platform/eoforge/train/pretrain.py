@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import yaml
 
 from eoforge.config import DataConfig, PretrainConfig, check_inputs, load_config
+from eoforge.plan.io import plan_stats
 from eoforge.ray_node import init_ray
 from eoforge.tracking.runs import flatten, log_plan_stats, resolve_tracking_uri, run_url, start_or_resume_run
 
@@ -72,7 +73,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
         client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
         client.set_tag(run_id, "eoforge.plan_hash", plan_hash)
         client.set_tag(run_id, "eoforge.job", "pretrain")
-        stats = log_plan_stats(client, run_id, cfg.data.plan)
+        stats = log_plan_stats(client, run_id, plan_stats(cfg.data.plan))
         if stats:
             print(f"[eoforge] plan stages: {', '.join(f'{k}={v}' for k, v in stats['stages'].items())}", flush=True)
     print(f"[eoforge] MLflow run {'resumed' if resumed else 'started'}: {run_url(uri, run_id)}", flush=True)

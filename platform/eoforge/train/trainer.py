@@ -21,13 +21,13 @@ def torch_trainer(
     """A ``TorchTrainer`` running ``loop`` on ``scaling.num_workers`` workers.
 
     One GPU per worker when ``scaling.use_gpu``; checkpoints go to ``run.storage_path`` (local,
-    ``s3://``, ``gs://``: see :func:`eoforge.train.storage.resolve_storage`) under ``run.name``,
+    ``s3://``, ``gs://``: see :func:`eoforge.storage.resolve_storage`) under ``run.name``,
     the last ``keep_checkpoints`` kept; up to ``run.max_failures`` restarts.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from eoforge.train.storage import resolve_storage
+    from eoforge.storage import resolve_storage
 
     storage_path, storage_fs = resolve_storage(run.storage_path)
     gpu = {"GPU": 1} if scaling.use_gpu else {}

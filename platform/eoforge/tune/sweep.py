@@ -148,6 +148,7 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
 
     from eoforge.finetune.run import prepare_chips, register_finetuned
     from eoforge.finetune.tasks import Task
+    from eoforge.plan.io import plan_stats
     from eoforge.tracking.runs import flatten, log_plan_stats, resolve_tracking_uri, run_url, start_or_resume_run
     from eoforge.tune.report import markdown_table, plot_label_fractions, summarise
 
@@ -188,13 +189,13 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
         params["plan.hash"] = plan_hash
         client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()])
         client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/sweep.yaml")
-        log_plan_stats(client, run_id, probe.data.plan)
+        log_plan_stats(client, run_id, plan_stats(probe.data.plan))
     print(f"[eoforge] sweep {'resumed' if resumed else 'started'}: {run_url(uri, run_id)}", flush=True)
 
     trainable = tune.with_parameters(_trial, base=base, sweep=cfg.model_dump(mode="json"), parent_run_id=run_id)
     trainable = tune.with_resources(trainable, {"cpu": 0.25})
     exp_path = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/tune"
-    from eoforge.train.storage import resolve_storage
+    from eoforge.storage import resolve_storage
 
     storage_path, storage_fs = resolve_storage(f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}")
     scheduler = None
