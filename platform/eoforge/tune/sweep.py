@@ -242,7 +242,15 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
         trials.to_csv(Path(tmp) / "trials.csv", index=False)
         summary.to_csv(Path(tmp) / "label_fractions.csv", index=False)
         (Path(tmp) / "label_fractions.md").write_text(table + "\n")
-        plot_label_fractions(summary, test_metric, Path(tmp) / "label_fractions.png", f"{cfg.run.name}: {task.kind}")
+        plot_label_fractions(
+            summary,
+            test_metric,
+            Path(tmp) / "label_fractions.png",
+            cfg.run.name,
+            task=task.kind,
+            plan=Path(probe.data.plan).stem,
+            plan_hash=plan_hash,
+        )
         client.log_artifacts(run_id, tmp, "results")
     n_done = int((trials["status"] == "finished").sum()) if not trials.empty else 0
     client.log_metric(run_id, "sweep/trials_finished", n_done)
