@@ -48,9 +48,9 @@ named otherwise):
 - ``plain_end_to_end_s``: build the model + warm-up + timed steps in the driver;
   ``ray_train_end_to_end_s``: the wall time of ``TorchTrainer.fit()`` (worker start, model build,
   warm-up, timed steps, teardown); ``ratio_end_to_end``: ``plain_end_to_end_s /
-  ray_train_end_to_end_s`` (the step-rate ratio with start-up included; it shrinks with ``--steps``);
+  ray_train_end_to_end_s`` (the step-rate ratio with start-up included; it nears ``ratio`` as ``--steps`` grows);
 - ``ray_train_startup_s``: from the ``fit()`` call to the worker entering its train function;
-  ``ray_train_teardown_s``: from the worker's last report to ``fit()`` returning (wall clocks of
+  ``ray_train_teardown_s``: from the worker's report call to ``fit()`` returning (wall clocks of
   the worker's and the driver's hosts: the same host unless ``--address``); ``ray_init_s``: the
   local ``ray.init`` (once, in no contender's time);
 - ``goal``: ``{"ratio>=0.97": bool}`` (Ray Train's own anchor: within 2.5% of plain DDP).

@@ -65,7 +65,7 @@ def test_assemble_equals_its_numpy_formulation(scaled: bool, with_scl: bool) -> 
     # outputs: rows 4, 0, 2 of a block of 5 (as chips are assembled into their block rows); 1 and 3 untouched
     at, m = np.array([4, 0, 2]), 5
     u16, s1_out = np.full((m, 12, h, w), 7, np.uint16), np.full((m, 2, h, w), 7, np.uint16)
-    valid = np.ones((m, h, w), bool)
+    valid = np.ones((m, 2, h, w), bool)
     bits = s1.view(np.uint32)
     kernels.assemble(
         u16s, f32s, stored, rows, cols, dest, at, gains, offsets, scaled, scl, lut, s1, bits, u16, s1_out, valid
@@ -77,15 +77,19 @@ def test_assemble_equals_its_numpy_formulation(scaled: bool, with_scl: bool) -> 
     for k, d in enumerate(dest):
         for b in range(12):
             raw[d, b] = mosaics[b][rows[b, k] : rows[b, k] + h, cols[b, k] : cols[b, k] + w]
-    want_valid = np.all(raw > 0, axis=1) & np.all(np.isfinite(s1), axis=1)
+    # validity per sensor: S2 nodata and SCL clouds mask S2 only, S1 nodata masks S1 only
+    want_s2 = np.all(raw > 0, axis=1)
     if with_scl:
-        want_valid &= ~np.isin(scl.astype(np.uint8), S2_SCL_INVALID)
+        want_s2 &= ~np.isin(scl.astype(np.uint8), S2_SCL_INVALID)
+    want_s1 = np.all(np.isfinite(s1), axis=1)
     s2 = raw * gains[:, None, None] + offsets[:, None, None] if scaled else raw
-    want_u16 = np.where(want_valid[:, None], np.clip(np.rint(s2), 0, 65535), 0).astype(np.uint16)
-    assert 0 < want_valid.mean() < 1  # both outcomes exercised
-    np.testing.assert_array_equal(valid, want_valid)
+    want_u16 = np.where(want_s2[:, None], np.clip(np.rint(s2), 0, 65535), 0).astype(np.uint16)
+    assert 0 < want_s2.mean() < 1 and 0 < want_s1.mean() < 1  # both outcomes exercised
+    assert (want_s1 & ~want_s2).any()  # S1 stays valid where S2 is masked
+    np.testing.assert_array_equal(valid[:, 0], want_s2)
+    np.testing.assert_array_equal(valid[:, 1], want_s1)
     np.testing.assert_array_equal(u16, want_u16)
-    np.testing.assert_array_equal(s1_out.view(np.float16), np.where(want_valid[:, None], s1, 0).astype(np.float16))
+    np.testing.assert_array_equal(s1_out.view(np.float16), np.where(want_s1[:, None], s1, 0).astype(np.float16))
 
 
 def test_cut_copies_each_chip_from_its_place_in_the_mosaic() -> None:

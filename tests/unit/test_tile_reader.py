@@ -91,7 +91,10 @@ def test_tile_aware_streaming_yields_the_same_pixels_as_read_chip(demo_plan: Pat
             # read_chip is the same pixels, normalised
             chip = read_chip(rows[chip_id], "ssl4eo")
             assert np.array_equal(
-                chip.s2, normalize(raw.s2.astype(np.float32), S2_L2A_MEAN, S2_L2A_STD, raw.valid, "ssl4eo")
+                chip.s2, normalize(raw.s2.astype(np.float32), S2_L2A_MEAN, S2_L2A_STD, raw.valid[0], "ssl4eo")
+            )
+            assert np.array_equal(
+                chip.s1, normalize(raw.s1.astype(np.float32), S1_DB_MEAN, S1_DB_STD, raw.valid[1], "ssl4eo")
             )
 
 
@@ -102,10 +105,34 @@ def test_normalize_batch_on_device_matches_numpy(demo_plan: Path) -> None:
     )
     assert s2.dtype == torch.float32 and s1.dtype == torch.float32
     for i in range(len(b["chip_id"])):
-        ref2 = normalize(b["s2"][i].astype(np.float32), S2_L2A_MEAN, S2_L2A_STD, b["valid"][i], "ssl4eo")
-        ref1 = normalize(b["s1"][i].astype(np.float32), S1_DB_MEAN, S1_DB_STD, b["valid"][i], "ssl4eo")
+        ref2 = normalize(b["s2"][i].astype(np.float32), S2_L2A_MEAN, S2_L2A_STD, b["valid"][i, 0], "ssl4eo")
+        ref1 = normalize(b["s1"][i].astype(np.float32), S1_DB_MEAN, S1_DB_STD, b["valid"][i, 1], "ssl4eo")
         assert np.allclose(s2[i].numpy(), ref2, atol=1e-5) and np.allclose(s1[i].numpy(), ref1, atol=1e-5)
-        assert (s2[i].numpy()[:, ~b["valid"][i]] == 0).all()
+        assert (s2[i].numpy()[:, ~b["valid"][i, 0]] == 0).all()
+        assert (s1[i].numpy()[:, ~b["valid"][i, 1]] == 0).all()
+
+
+def test_s1_under_an_s2_cloud_stays_valid_in_the_reader_and_after_normalisation(demo_plan: Path) -> None:
+    """A cloud hides S2 only: SAR sees through it, so S1 keeps its pixels where S2 is masked."""
+    blocks = _stream(demo_plan, chunk_rows=32)
+    s2_valid = np.concatenate([b["valid"][:, 0] for b in blocks])
+    s1_valid = np.concatenate([b["valid"][:, 1] for b in blocks])
+    clouded = ~s2_valid  # S2 pixels masked by SCL (cloud, shadow) or nodata
+    assert clouded.any(), "the demo plan has cloudy chips"
+    assert s1_valid[clouded].mean() > 0.99  # S1 is valid under the clouds
+    s1_db = np.concatenate([b["s1"] for b in blocks]).astype(np.float32)
+    assert (s1_db[:, 0][clouded] < -1.0).mean() > 0.9  # real backscatter there, not the 0 of a masked pixel
+    s2n, s1n = normalize_batch(
+        *(torch.from_numpy(np.concatenate([b[k] for b in blocks])) for k in ("s2", "s1", "valid")), "ssl4eo"
+    )
+    assert (s2n.permute(1, 0, 2, 3)[:, torch.from_numpy(clouded)] == 0).all()
+    assert (s1n.permute(1, 0, 2, 3)[:, torch.from_numpy(clouded)] != 0).float().mean() > 0.99
+    # read alone, the chip has the same per-sensor masks
+    rows = _rows(demo_plan)
+    ids = [c for b in blocks for c in b["chip_id"]]
+    cloudy_chip = ids[int(np.argmax(clouded.reshape(len(ids), -1).mean(axis=1)))]
+    raw = read_chip_raw(rows[cloudy_chip])
+    assert raw.valid.shape[0] == 2 and (~raw.valid[0]).any() and raw.valid[1][~raw.valid[0]].all()
 
 
 def test_resampler_matches_gdal_warp_on_a_smooth_field(tmp_path: Path) -> None:
@@ -148,11 +175,11 @@ def test_demo_s2_and_s1_agree_with_gdal(demo_plan: Path) -> None:
     grid = ChipGrid(str(row["crs"]), Affine(*list(row["transform"])[:6]), int(row["size_px"]))
     raw = read_chip_raw(row)
     b05 = read_band(json.loads(row["s2_assets"])["B05"], grid, Resampling.bilinear, 0.0)
-    ok = raw.valid & (b05 > 0)
+    ok = raw.valid[0] & (b05 > 0)
     assert np.abs(raw.s2[4][ok].astype(np.float32) - b05[ok]).mean() < 15  # DN; noisy synthetic field
     vv_href = json.loads(row["s1_assets"])[S1_BAND_NAMES[0]]
     vv = read_band(vv_href, grid, Resampling.bilinear, np.nan)
-    ok = raw.valid & np.isfinite(vv)
+    ok = raw.valid[1] & np.isfinite(vv)
     # speckled S1 finer than 10 m: GDAL widens the bilinear kernel, we take the 4 nearest centres
     assert np.corrcoef(raw.s1[0][ok].astype(np.float32), vv[ok])[0, 1] > 0.95
     assert abs(float(np.mean(raw.s1[0][ok].astype(np.float32) - vv[ok]))) < 0.1  # no bias, no shift

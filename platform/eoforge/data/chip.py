@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from eoforge.data.normalize import S1_DB_MEAN, S1_DB_STD, S2_L2A_MEAN, S2_L2A_STD, normalize
-from eoforge.data.tiles import DatasetCache, RawChip, read_rows
+from eoforge.data.tiles import VALID_S1, VALID_S2, DatasetCache, RawChip, read_rows
 from eoforge.errors import ChipReadError
 
 
@@ -23,7 +23,8 @@ class Chip:
     Attributes:
         s1: float32 [2, H, W], VV and VH (normalised, or dB with ``normalize='none'``).
         s2: float32 [12, H, W], bands in S2_BAND_NAMES order (normalised, or reflectance x 10000).
-        valid_fraction: share of pixels valid in both sensors (not nodata, not cloud), [0, 1].
+        valid_fraction: the smaller of the sensors' valid-pixel shares (S2: not nodata, not cloud; S1:
+            not nodata), [0, 1].
         label: uint8 [H, W] class ids (255 = ignore), or None when the plan has no label.
     """
 
@@ -34,7 +35,7 @@ class Chip:
 
 
 def read_chip_raw(row: dict[str, object]) -> RawChip:
-    """Read the chip of one plan row in storage units (uint16 S2, float16 S1 dB, valid mask).
+    """Read the chip of one plan row in storage units (uint16 S2, float16 S1 dB, per-sensor valid mask).
 
     The same code path as the tile-aware reader (:func:`eoforge.data.tiles.read_rows` with one
     row), so both give the same pixels. Every file is opened (and its href signed) for this call.
@@ -72,8 +73,8 @@ def read_chip(row: dict[str, object], mode: str = "ssl4eo") -> Chip:
     """
     raw = read_chip_raw(row)
     return Chip(
-        s1=normalize(raw.s1.astype(np.float32), S1_DB_MEAN, S1_DB_STD, raw.valid, mode),
-        s2=normalize(raw.s2.astype(np.float32), S2_L2A_MEAN, S2_L2A_STD, raw.valid, mode),
+        s1=normalize(raw.s1.astype(np.float32), S1_DB_MEAN, S1_DB_STD, raw.valid[VALID_S1], mode),
+        s2=normalize(raw.s2.astype(np.float32), S2_L2A_MEAN, S2_L2A_STD, raw.valid[VALID_S2], mode),
         valid_fraction=raw.valid_fraction,
         label=raw.label,
     )

@@ -26,9 +26,11 @@ trained: whole window sets are dropped on the driver and their files are never o
 Columns out (one row per chip):
 
 - ``s2``: uint16 [B, 12, H, W] reflectance x 10000, ``s1``: float16 [B, 2, H, W] dB,
-  ``valid``: bool [B, H, W] (0 in ``s2``/``s1`` where False): storage units, half the bytes of
-  float32; the training worker normalises them (:func:`eoforge.data.normalize.normalize_batch`);
-- ``valid_fraction``: float32 [B], ``label``: uint8 [B, H, W] (255 where the plan has none),
+  ``valid``: bool [B, 2, H, W] per sensor (channel 0 S2, 1 S1; 0 in that sensor's pixels where
+  False, so a cloud masks S2 and leaves S1): storage units, half the bytes of float32; the
+  training worker normalises them (:func:`eoforge.data.normalize.normalize_batch`);
+- ``valid_fraction``: float32 [B] (the smaller sensor's valid share), ``label``: uint8 [B, H, W]
+  (255 where the plan has none),
 - ``chip_id``, ``split``, ``item_labels`` (JSON list), ``tile_key`` (source tile): str [B],
 - ``ok``: bool [B], ``error``: str [B].
 
@@ -244,7 +246,7 @@ def _empty_out(n: int, size: int) -> dict[str, Any]:
         "tile_key": np.full(n, "", dtype=object),
         "s1": np.zeros((n, len(S1_BAND_NAMES), size, size), np.float16),
         "s2": np.zeros((n, len(S2_BAND_NAMES), size, size), np.uint16),
-        "valid": np.zeros((n, size, size), bool),
+        "valid": np.zeros((n, 2, size, size), bool),
         "label": np.full((n, size, size), 255, np.uint8),
         "valid_fraction": np.zeros(n, np.float32),
         "ok": np.zeros(n, bool),
@@ -416,7 +418,8 @@ class TileChipReader:
                 out["valid_fraction"][pos] = vf
                 if vf < self.min_valid_fraction:
                     out["error"][pos] = (
-                        f"chip {row['chip_id']}: valid fraction {vf:.2f} < {self.min_valid_fraction} (clouds / nodata)"
+                        f"chip {row['chip_id']}: valid fraction {vf:.2f} < {self.min_valid_fraction} "
+                        "(S2 clouds / nodata, or S1 nodata)"
                     )
                     _clear(out, pos)
                     continue

@@ -199,7 +199,8 @@ def assemble(
     ``at[dest[k]]`` of the outputs (e.g. its row of a chip block).
     Each band is converted as it is checked; only a chip with masked pixels is passed over again
     (to zero them). Every inner loop runs over one contiguous row, branch-free (vectorised by LLVM);
-    the mask is kept as uint8 (a view of ``valid``).
+    the masks are kept as uint8 (a view of ``valid``). Validity is per sensor: a cloud hides S2 only
+    (SAR sees through it), and S1 nodata masks S1 only.
 
     Args:
         s2_u16_mosaics: 12 uint16 [Hm, Wm] mosaics (used where ``stored``; 0: nodata).
@@ -216,12 +217,13 @@ def assemble(
         invalid_class: bool [256], True for the SCL classes that mask a pixel.
         s1: float32 [N, 2, H, W] S1 in dB (NaN: no valid source).
         s1_bits: ``s1.view(np.uint32)`` (its bits, for the float16 cast).
-        s2_u16: out, uint16 [M, 12, H, W] ``clip(rint(s2 * gain + offset), 0, 65535)``, 0 where invalid.
-        s1_f16: out, uint16 [M, 2, H, W]: the bits of float16 ``s1``, 0 where invalid (view it as float16).
-        valid: out, bool [M, H, W] (C-contiguous): every S2 band > 0, SCL class not masked, S1 finite.
+        s2_u16: out, uint16 [M, 12, H, W] ``clip(rint(s2 * gain + offset), 0, 65535)``, 0 where S2 is invalid.
+        s1_f16: out, uint16 [M, 2, H, W]: the bits of float16 ``s1``, 0 where S1 is invalid (view it as float16).
+        valid: out, bool [M, 2, H, W] (C-contiguous), per sensor: ``[:, 0]`` S2 (every band > 0, SCL
+            class not masked), ``[:, 1]`` S1 (both polarisations finite).
     """
     nb, ns1 = len(s2_f32_mosaics), s1.shape[1]
-    H, W = valid.shape[1], valid.shape[2]
+    H, W = valid.shape[2], valid.shape[3]
     has_scl = scl.shape[0] > 0
     keep = np.empty(256, np.uint8)  # 1 for the SCL classes that keep a pixel
     for c in range(256):
@@ -231,37 +233,38 @@ def assemble(
     for k in range(dest.shape[0]):
         d = dest[k]
         slot = at[d]
-        ok = masks[slot]
+        ok2, ok1 = masks[slot, 0], masks[slot, 1]
         for b in range(nb):
             r0, c0 = rows[b, k], cols[b, k]
             if stored[b] and not scaled:
-                _s2_stored(s2_u16_mosaics[b], r0, c0, b == 0, ok, s2_u16[slot, b])
+                _s2_stored(s2_u16_mosaics[b], r0, c0, b == 0, ok2, s2_u16[slot, b])
             elif stored[b]:
-                _s2_band(s2_u16_mosaics[b], r0, c0, gains[b], offsets[b], scaled, b == 0, ok, s2_u16[slot, b])
+                _s2_band(s2_u16_mosaics[b], r0, c0, gains[b], offsets[b], scaled, b == 0, ok2, s2_u16[slot, b])
             else:
-                _s2_band(s2_f32_mosaics[b], r0, c0, gains[b], offsets[b], scaled, b == 0, ok, s2_u16[slot, b])
-        kept = 0
+                _s2_band(s2_f32_mosaics[b], r0, c0, gains[b], offsets[b], scaled, b == 0, ok2, s2_u16[slot, b])
+        kept2 = 0
         for y in range(H):
-            m = ok[y]
+            m2, m1 = ok2[y], ok1[y]
             if has_scl:
                 classes = scl[d, y]
                 for x in range(W):
-                    m[x] &= keep[np.uint8(classes[x])]
+                    m2[x] &= keep[np.uint8(classes[x])]
+            for x in range(W):
+                kept2 += np.int64(m2[x])
+                m1[x] = np.uint8(1)
             for b in range(ns1):
                 row = s1[d, b, y]
                 for x in range(W):
-                    m[x] &= np.uint8(np.isfinite(row[x]))
-            for x in range(W):
-                kept += np.int64(m[x])
-        if kept < H * W:
+                    m1[x] &= np.uint8(np.isfinite(row[x]))
+        if kept2 < H * W:
             for b in range(nb):
                 for y in range(H):
-                    dst, m = s2_u16[slot, b, y], ok[y]
+                    dst, m = s2_u16[slot, b, y], ok2[y]
                     for x in range(W):
                         dst[x] = dst[x] if m[x] else zero16
         for b in range(ns1):
             for y in range(H):
-                dst, m, row, bits = s1_f16[slot, b, y], ok[y], s1[d, b, y], s1_bits[d, b, y]
+                dst, m, row, bits = s1_f16[slot, b, y], ok1[y], s1[d, b, y], s1_bits[d, b, y]
                 for x in range(W):
                     dst[x] = f16_bits(row[x], bits[x]) if m[x] else zero16
 
@@ -301,7 +304,7 @@ def warm() -> None:
     lut = np.zeros(256, np.bool_)
     f32_bands, u16_bands = (np.ones((2, 2), f32),) * 12, (np.ones((2, 2), np.uint16),) * 12
     offsets = np.zeros((12, 1), i64)
-    outs = np.zeros((1, 12, 2, 2), np.uint16), np.zeros((1, 2, 2, 2), np.uint16), np.zeros((1, 2, 2), np.bool_)
+    outs = np.zeros((1, 12, 2, 2), np.uint16), np.zeros((1, 2, 2, 2), np.uint16), np.zeros((1, 2, 2, 2), np.bool_)
     for scl in (np.zeros((1, 2, 2), f32), np.zeros((0, 0, 0), f32)):
         s1 = np.zeros((1, 2, 2, 2), f32)
         gains, zeros, stored = np.ones(12, f32), np.zeros(12, f32), np.zeros(12, np.bool_)

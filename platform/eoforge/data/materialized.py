@@ -19,7 +19,7 @@ the skip is cut from the first set read.
 
 Batches (numpy, as :func:`eoforge.data.dataset.build_chip_dataset` streams them): ``chip_id``,
 ``split``, ``ok``, ``error``, ``item_labels``, ``tile_key`` str [B]; ``s2`` uint16 [B, 12, H, W];
-``s1`` float16 [B, 2, H, W]; ``valid`` bool [B, H, W]; ``label`` uint8 [B, H, W].
+``s1`` float16 [B, 2, H, W]; ``valid`` bool [B, 2, H, W] (per sensor); ``label`` uint8 [B, H, W].
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ PIXELS = {"s2": np.uint16, "s1": np.float16, "valid": bool, "label": np.uint8}
 #: Schema metadata key of the pixel columns' dtypes and shapes.
 PIXELS_META = b"eoforge.pixels"
 #: Bumped when the files' layout changes.
-VERSION = "m1"
+VERSION = "m2"  # m2: per-sensor valid masks
 #: Rows per file at most (~32 MB at 64 px): the files are the shards and shuffle units of an epoch.
 FILE_ROWS = 256
 

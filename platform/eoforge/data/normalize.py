@@ -37,7 +37,7 @@ def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, valid: np.ndarra
         x: float32 [C, H, W] in physical units.
         mean: float32 [C] band means.
         std: float32 [C] band standard deviations.
-        valid: bool [H, W], False where the pixel is masked.
+        valid: bool [H, W], False where this sensor's pixel is masked (``RawChip.valid[sensor]``).
         mode: ``"ssl4eo"`` or ``"none"``.
 
     Returns:
@@ -59,19 +59,23 @@ def normalize_batch(s2: Any, s1: Any, valid: Any, mode: str) -> tuple[Any, Any]:
     Args:
         s2: uint16 (or any numeric) tensor [B, 12, H, W], reflectance x 10000.
         s1: float16 (or any float) tensor [B, 2, H, W], dB.
-        valid: bool tensor [B, H, W], False where the pixel is masked.
+        valid: bool tensor [B, 2, H, W], per sensor (channel 0 S2, 1 S1), False where the sensor's
+            pixel is masked (a cloud masks S2 only).
         mode: ``"ssl4eo"`` or ``"none"``.
 
     Returns:
-        (s2, s1) float32 tensors on the inputs' device; masked pixels are 0.
+        (s2, s1) float32 tensors on the inputs' device; each sensor's masked pixels are 0.
     """
     import torch
 
     if mode not in NORMALIZATIONS:
         raise ValueError(f"normalize_batch: unknown mode {mode!r}; choose one of {NORMALIZATIONS}")
-    keep = valid.to(torch.bool).unsqueeze(1)
+    keep_both = valid.to(torch.bool)
+    if keep_both.ndim != 4 or keep_both.shape[1] != 2:
+        raise ValueError(f"normalize_batch: valid must be [B, 2, H, W] (per sensor), got {tuple(keep_both.shape)}")
     out = []
-    for x, mean, std in ((s2, S2_L2A_MEAN, S2_L2A_STD), (s1, S1_DB_MEAN, S1_DB_STD)):
+    for c, (x, mean, std) in enumerate(((s2, S2_L2A_MEAN, S2_L2A_STD), (s1, S1_DB_MEAN, S1_DB_STD))):
+        keep = keep_both[:, c : c + 1]
         x = x.to(torch.float32)
         if mode == "ssl4eo":
             m = torch.as_tensor(mean, device=x.device)[None, :, None, None]

@@ -14,9 +14,10 @@ single row, the Ray Data reader with a tile group, so both give the same pixels 
 Output (:class:`RawChip`), the units the training worker normalises (half the bytes of float32):
 
 - ``s2``: uint16 [12, H, W], reflectance x 10000 after the plan's per-band gain/offset, rounded
-  to the nearest integer and clipped to [0, 65535]; 0 where ``valid`` is False;
-- ``s1``: float16 [2, H, W], dB (VV, VH); 0 where ``valid`` is False;
-- ``valid``: bool [H, W], pixel valid in both sensors (no nodata, SCL not cloud/shadow/saturated);
+  to the nearest integer and clipped to [0, 65535]; 0 where ``valid[0]`` is False;
+- ``s1``: float16 [2, H, W], dB (VV, VH); 0 where ``valid[1]`` is False;
+- ``valid``: bool [2, H, W], per sensor (:data:`VALID_S2`, :data:`VALID_S1`): S2 has data and its
+  SCL is not cloud/shadow/saturated; S1 has data. A cloud hides S2 only: SAR sees through it;
 - ``label``: uint8 [H, W] or None.
 
 Hrefs are signed just before their file is opened (a cached dataset keeps its signed URL for at
@@ -57,6 +58,10 @@ S1_FILL = math.nan
 _SCL_INVALID_LUT = np.isin(np.arange(256), S2_SCL_INVALID)
 
 
+#: Channels of a chip's per-sensor ``valid`` mask.
+VALID_S2, VALID_S1 = 0, 1
+
+
 @dataclass
 class RawChip:
     """One chip in storage units (see module docstring for dtypes and units)."""
@@ -67,9 +72,14 @@ class RawChip:
     label: np.ndarray | None
 
     @property
+    def valid_fractions(self) -> tuple[float, float]:
+        """(S2, S1) share of pixels valid in each sensor, [0, 1] each."""
+        return float(self.valid[VALID_S2].mean()), float(self.valid[VALID_S1].mean())
+
+    @property
     def valid_fraction(self) -> float:
-        """Share of pixels valid in both sensors, [0, 1]."""
-        return float(self.valid.mean())
+        """The smaller of the sensors' valid shares, [0, 1]: what ``min_valid_fraction`` is held to."""
+        return min(self.valid_fractions)
 
 
 @dataclass(frozen=True)
@@ -427,7 +437,7 @@ def _assemble(
             s1[:, k] = db
     if into is None:
         s2_u16 = np.empty((n, len(S2_BAND_NAMES), h, w), np.uint16)
-        s1_f16, valid = np.empty(s1.shape, np.uint16), np.empty((n, h, w), bool)
+        s1_f16, valid = np.empty(s1.shape, np.uint16), np.empty((n, 2, h, w), bool)
         at = np.arange(n, dtype=np.intp)
     else:
         block, at_rows = into

@@ -10,7 +10,7 @@ last marks a complete cache; a half-written one is rebuilt. Trials then stream r
 with ``ray.data.read_parquet`` filtered to their split and label subset.
 
 Columns: ``chip_id`` str, ``split`` str, ``ok`` bool, ``error`` str, ``s1`` float16 [2, H, W] dB,
-``s2`` uint16 [12, H, W] reflectance x 10000, ``valid`` bool [H, W], ``label`` uint8 [H, W] (255
+``s2`` uint16 [12, H, W] reflectance x 10000, ``valid`` bool [2, H, W] (per sensor: S2, S1), ``label`` uint8 [H, W] (255
 where none), ``item_labels`` str (JSON). Pixels stay in storage units (half the bytes of float32);
 the fine-tuning loop normalises them on its device (:func:`eoforge.data.normalize.normalize_batch`).
 """
@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS"
 INDEX_COLUMNS = ["chip_id", "split", "ok", "error", "label", "item_labels"]
 TRAIN_COLUMNS = ["chip_id", "s1", "s2", "valid", "label", "item_labels"]
-#: Bumped when the cached columns change (v2: storage units + valid mask).
-CACHE_VERSION = "v2"
+#: Bumped when the cached columns change (v2: storage units + valid mask; v3: valid per sensor).
+CACHE_VERSION = "v3"
 
 
 def cache_key(plan_hash: str, data: PlanInput) -> str:
