@@ -103,13 +103,24 @@ def catalog_demo(
     seed: int = typer.Option(0, min=0, help="Random seed (same seed -> same catalog)."),
     dates: int = typer.Option(3, min=1, help="Acquisitions per place."),
     size_px: int = typer.Option(256, min=64, help="Scene side in 10 m pixels."),
+    pool_scenes: int = typer.Option(
+        0, min=0, help="Also write an unlabelled pool of this many other places under OUT/pool (for pretraining)."
+    ),
+    pool_dates: int = typer.Option(4, min=1, help="Pool acquisitions per place, spread over a year."),
+    pool_layout_seed: int = typer.Option(1, min=0, help="Where the pool's places lie (not the labelled layout)."),
 ) -> None:
-    """Write the synthetic S1/S2/label demo catalog (COGs + STAC + ndjson for pypgstac)."""
+    """Write the synthetic S1/S2/label demo catalog (COGs + STAC + ndjson for pypgstac), and its pool."""
     from eoforge.demo.catalog import write_demo_catalog
+    from eoforge.demo.pool import write_pool_catalog
 
     cat = write_demo_catalog(out, scenes=scenes, seed=seed, dates_per_scene=dates, size_px=size_px)
     typer.echo(f"catalog: {cat.catalog_json}")
     typer.echo(f"pgstac ndjson: {cat.collections_ndjson}, {cat.items_ndjson}")
+    if pool_scenes:
+        pool = write_pool_catalog(
+            out / "pool", pool_scenes, seed, pool_dates, size_px, layout_seed=pool_layout_seed, labelled_scenes=scenes
+        )
+        typer.echo(f"pool: {pool.catalog_json} ({len(pool.s2_item_ids)} S2 acquisitions, unlabelled)")
 
 
 @catalog_app.command("bigearthnet")

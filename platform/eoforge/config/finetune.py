@@ -59,7 +59,9 @@ class BackboneConfig(Strict):
     source: str = Field(
         "scratch",
         description="'models:/NAME@ALIAS' or 'models:/NAME/VERSION' (MLflow registry), a checkpoint directory "
-        "or state.pt of a pretraining run, or 'scratch' (random init: the supervised baseline).",
+        "or state.pt of a pretraining run, 'scratch' (random init: the supervised baseline; with "
+        "mode linear_probe, the random-feature control), or 'band_stats' (each band's chip mean and std: "
+        "the spectral control, no learned features).",
     )
     name: str = Field("resnet18", description="timm model for 'scratch'; must match the card otherwise.")
 
@@ -96,9 +98,18 @@ class FinetuneTrainConfig(Strict):
     """Loop length and evaluation."""
 
     epochs: PosInt = 10
+    steps: PosInt | None = Field(
+        None,
+        description="Optimiser steps in all (overrides epochs): the same budget for every arm and label "
+        "fraction, so a 1 % subset trains as many steps as 100 % (epochs = ceil(steps / batches per epoch)).",
+    )
+    evals: PosInt = Field(10, description="With steps: evaluations on val over the run (sets eval_every_epochs).")
     batch_size: PosInt = Field(32, description="Per-worker batch size (chips).")
     eval_every_epochs: PosInt = Field(1, description="Evaluate on val (and report to Tune) every N epochs.")
     seed: NonNegInt = Field(0, description="Weight init and shuffling seed.")
+    knn_k: list[PosInt] = Field(
+        [1, 5, 10, 20], min_length=1, description="mode knn: neighbour counts tried; the best on val is reported."
+    )
 
 
 class FinetuneMlflowConfig(Strict):
@@ -119,8 +130,10 @@ class FinetuneConfig(Strict):
     data: PlanInput
     task: TaskConfig
     backbone: BackboneConfig = BackboneConfig()
-    mode: Literal["linear_probe", "finetune"] = Field(
-        "finetune", description="'linear_probe': frozen backbone, only the head trains; 'finetune': everything."
+    mode: Literal["linear_probe", "finetune", "knn"] = Field(
+        "finetune",
+        description="'linear_probe': frozen backbone, a linear head on its standardised features trains; "
+        "'finetune': everything trains; 'knn': no training, k nearest train chips in feature space (cosine).",
     )
     labels: LabelSubsetConfig = LabelSubsetConfig()
     optim: FinetuneOptimConfig = FinetuneOptimConfig()
@@ -136,6 +149,17 @@ class FinetuneConfig(Strict):
     cache_dir: str | None = Field(
         None, description="Where decoded labelled chips are kept between jobs (default: <storage_path>/chip-cache)."
     )
+
+    @model_validator(mode="after")
+    def _arm_fits_task(self) -> FinetuneConfig:
+        if self.mode == "knn" and self.task.kind == "segmentation":
+            raise ValueError("mode 'knn' classifies whole chips; segmentation needs linear_probe or finetune")
+        if self.backbone.source == "band_stats":
+            if self.task.kind == "segmentation":
+                raise ValueError("backbone.source 'band_stats' gives one vector per chip; it cannot segment")
+            if self.mode == "finetune":
+                raise ValueError("backbone.source 'band_stats' has nothing to fine-tune: use linear_probe or knn")
+        return self
 
     @property
     def metric(self) -> str:

@@ -16,8 +16,15 @@ from eoforge.config.base import NonNegInt, PathStr, PosFloat, PosInt, Strict, _e
 class MethodConfig(Strict):
     """One line of the label-fraction plot: a backbone source and a mode."""
 
-    source: str = Field(description="As finetune backbone.source: models:/..., a checkpoint, or 'scratch'.")
-    mode: Literal["linear_probe", "finetune"] | None = Field(None, description="Default: the base config's mode.")
+    source: str = Field(
+        description="As finetune backbone.source: models:/..., a checkpoint, 'scratch' or 'band_stats'."
+    )
+    mode: Literal["linear_probe", "finetune", "knn"] | None = Field(
+        None, description="Default: the base config's mode. knn trains nothing, so it runs once, not per lr."
+    )
+    objective: str | None = Field(
+        None, description="The SSL objective the source was pretrained with (a column of the results table)."
+    )
 
 
 class SearchSpaceConfig(Strict):

@@ -31,7 +31,7 @@ Conventions worth knowing:
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +44,7 @@ from eoforge.demo.cog import Grid, write_cog
 from eoforge.demo.synth import Scene, make_scene, render_s1, render_s2, stream
 from eoforge.demo.world import World
 from eoforge.errors import ConfigError
+from eoforge.progress import say
 
 S2_COLLECTION, S1_COLLECTION, LABEL_COLLECTION = "sentinel-2-l2a", "sentinel-1-grd", "dfc-labels"
 CATALOG_ID = "eoforge-demo"
@@ -133,10 +134,13 @@ def _s2_band_fields(name: str) -> tuple[dict, dict]:
     return eo, raster
 
 
-def _s2_item(scene: Scene, seed: int, d: int, when: datetime, kind: str, data: Path) -> pystac.Item:
+def _s2_item(
+    scene: Scene, seed: int, d: int, when: datetime, kind: str, data: Path, extra: dict | None = None
+) -> pystac.Item:
     item_id = f"S2A_DEMO_{scene.index:03d}_{when:%Y%m%d}"
     render = render_s2(scene, seed, d, when, kind)
     props = {
+        **(extra or {}),
         "platform": "sentinel-2a",
         "constellation": "sentinel-2",
         "instruments": ["msi"],
@@ -278,11 +282,13 @@ def _collections(s2: list[pystac.Item], s1: list[pystac.Item], labels: list[pyst
         "label:tasks": ["segmentation", "classification"],
         "eoforge:class_names": list(DFC_CLASSES),
     }
-    return [
+    out = [
         _collection(S2_COLLECTION, "Sentinel-2 L2A imagery", s2, s2_summaries, [EO, RASTER]),
         _collection(S1_COLLECTION, "Sentinel-1 GRD imagery", s1, s1_summaries, [SAR, RASTER]),
-        _collection(LABEL_COLLECTION, "DFC2020 labels", labels, label_summaries, [LABEL, RASTER]),
     ]
+    if labels:  # an unlabelled pool has none
+        out.append(_collection(LABEL_COLLECTION, "DFC2020 labels", labels, label_summaries, [LABEL, RASTER]))
+    return out
 
 
 def _dates(seed: int, k: int, n: int) -> list[datetime]:
@@ -311,6 +317,66 @@ def _dump_ndjson(path: Path, objects: list[pystac.STACObject]) -> None:
             f.write(json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n")
 
 
+def roi_split(k: int, scenes: int) -> str:
+    """The split of labelled scene ``k``'s region of interest (S2 property ``eoforge:roi_split``).
+
+    As in DFC2020, train and test come from different regions: every fourth scene (3, 7, ...)
+    is a test ROI, and with 2 or 3 scenes the last one is; the rest are train ROIs (a plan
+    carves val out of them by place, ``splits.by_property.val_fraction``).
+    """
+    return "test" if k % 4 == 3 or (scenes in (2, 3) and k == scenes - 1) else "train"
+
+
+def write_scenes(
+    root: Path,
+    seed: int,
+    scenes: list[tuple[Scene, list[datetime]]],
+    labelled: bool,
+    extra: Callable[[int], dict] | None = None,
+) -> tuple[list[pystac.Item], list[pystac.Item], list[pystac.Item]]:
+    """Render and write each (scene, S2 dates): COGs under ``root/data``; (S2, S1, label) items.
+
+    S1 acquisitions are the S2 dates shifted by :data:`S1_OFFSETS_DAYS`, cycled over all S2
+    acquisitions in order. ``extra(k)`` adds properties to scene k's S2 items. Prints one
+    progress line per scene.
+    """
+    data = root / "data"
+    s2_items: list[pystac.Item] = []
+    s1_items: list[pystac.Item] = []
+    label_items: list[pystac.Item] = []
+    i = 0
+    for n, (scene, dates) in enumerate(scenes):
+        k = scene.index
+        scene_s2 = []
+        for d, when in enumerate(dates):
+            kind = cloud_kind(seed, k, d, len(dates))
+            scene_s2.append(_s2_item(scene, seed, d, when, kind, data, extra(k) if extra else None))
+            s1_when = when + timedelta(days=S1_OFFSETS_DAYS[i % len(S1_OFFSETS_DAYS)])
+            s1_items.append(_s1_item(scene, seed, d, s1_when, i % 2 == 0, data))
+            i += 1
+        if labelled:
+            label_items.append(_label_item(scene, dates[0], scene_s2, data))
+        s2_items.extend(scene_s2)
+        covers = ", ".join(f"{it.properties['eo:cloud_cover']:.0f}" for it in scene_s2)
+        say(f"demo: scene {n + 1}/{len(scenes)} written ({len(dates)} S2 + S1 dates, cloud % {covers})")
+    return s2_items, s1_items, label_items
+
+
+def save_catalog(
+    root: Path, catalog_id: str, description: str, title: str, collections: list[pystac.Collection]
+) -> list[pystac.Item]:
+    """Save a catalog of ``collections`` under ``root`` (absolute links) and its pgstac ndjson; its items."""
+    catalog = pystac.Catalog(catalog_id, description, title=title)
+    for collection in collections:
+        catalog.add_child(collection)
+    catalog.normalize_hrefs(str(root))
+    catalog.save(catalog_type=pystac.CatalogType.ABSOLUTE_PUBLISHED)
+    all_items = [it for c in collections for it in c.get_items()]
+    _dump_ndjson(root / "collections.ndjson", list(collections))
+    _dump_ndjson(root / "items.ndjson", list(all_items))
+    return all_items
+
+
 def write_demo_catalog(
     out: Path, scenes: int = 4, seed: int = 0, dates_per_scene: int = 3, size_px: int = 256
 ) -> DemoCatalog:
@@ -337,43 +403,20 @@ def write_demo_catalog(
     if size_px < 100:
         raise ConfigError(f"demo catalog: size_px={size_px} must be >= 100")
     root = Path(out).expanduser().resolve()
-    data = root / "data"
     world = World.from_seed(seed)
-    s2_items: list[pystac.Item] = []
-    s1_items: list[pystac.Item] = []
-    label_items: list[pystac.Item] = []
-    for k in range(scenes):
-        scene = make_scene(world, seed, k, size_px)
-        dates = _dates(seed, k, dates_per_scene)
-        scene_s2 = []
-        for d, when in enumerate(dates):
-            scene_s2.append(_s2_item(scene, seed, d, when, cloud_kind(seed, k, d, dates_per_scene), data))
-            i = k * dates_per_scene + d
-            s1_when = when + timedelta(days=S1_OFFSETS_DAYS[i % len(S1_OFFSETS_DAYS)])
-            s1_items.append(_s1_item(scene, seed, d, s1_when, i % 2 == 0, data))
-        label_items.append(_label_item(scene, dates[0], scene_s2, data))
-        s2_items.extend(scene_s2)
-        covers = ", ".join(f"{it.properties['eo:cloud_cover']:.0f}" for it in scene_s2)
-        print(
-            f"eoforge demo: scene {k + 1}/{scenes} written ({len(dates)} S2 + S1 dates, cloud % {covers})",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    catalog = pystac.Catalog(
+    scenes_ = [(make_scene(world, seed, k, size_px), _dates(seed, k, dates_per_scene)) for k in range(scenes)]
+    roles = {k: roi_split(k, scenes) for k in range(scenes)}
+    s2_items, s1_items, label_items = write_scenes(
+        root, seed, scenes_, labelled=True, extra=lambda k: {"eoforge:roi_split": roles[k]}
+    )
+    all_items = save_catalog(
+        root,
         CATALOG_ID,
         "Synthetic co-located Sentinel-1/Sentinel-2 scenes with DFC2020 "
         "labels, generated by eoforge for tests and tutorials.",
-        title="eoforge demo",
+        "eoforge demo",
+        _collections(s2_items, s1_items, label_items),
     )
-    collections = _collections(s2_items, s1_items, label_items)
-    for collection in collections:
-        catalog.add_child(collection)
-    catalog.normalize_hrefs(str(root))
-    catalog.save(catalog_type=pystac.CatalogType.ABSOLUTE_PUBLISHED)
-    all_items = s2_items + s1_items + label_items
-    _dump_ndjson(root / "collections.ndjson", list(collections))
-    _dump_ndjson(root / "items.ndjson", list(all_items))
     bboxes = np.array([it.bbox for it in all_items])
     west, south = bboxes[:, :2].min(axis=0)
     east, north = bboxes[:, 2:].max(axis=0)

@@ -20,7 +20,7 @@ from affine import Affine
 
 from eoforge.bands import S2_BANDS
 from eoforge.demo.cog import Grid, transform_xy
-from eoforge.demo.world import SCL_OF_CLASS, FractalNoise, World, s1_backscatter_db, s2_signature
+from eoforge.demo.world import SCL_OF_CLASS, FractalNoise, RegionConditions, World, s1_backscatter_db, s2_signature
 
 UTM = "EPSG:32632"
 LONLAT = "EPSG:4326"
@@ -78,6 +78,7 @@ class Scene:
         s1_texture: texture at the S1 pixel centres, float64 of shape ``s1_grid.shape``.
         reflectors: (lon, lat) degrees of the corner reflectors, each an S1 pixel centre.
         reflector_pixels: (row, col) of each reflector in ``s1_grid``.
+        conditions: the region's phenology, illumination and S1 offset at the scene centre.
     """
 
     index: int
@@ -90,6 +91,7 @@ class Scene:
     s1_texture: np.ndarray
     reflectors: tuple[tuple[float, float], ...]
     reflector_pixels: tuple[tuple[int, int], ...]
+    conditions: RegionConditions
 
     @property
     def label_map(self) -> np.ndarray:
@@ -139,9 +141,12 @@ def _reflectors(
     return tuple(points), tuple(pixels)
 
 
-def make_scene(world: World, seed: int, k: int, size_px: int) -> Scene:
-    """Lay out scene k and evaluate the world on its grids."""
-    x0, y0 = scene_origin(k, size_px)
+def make_scene(world: World, seed: int, k: int, size_px: int, origin: tuple[float, float] | None = None) -> Scene:
+    """Lay out scene k and evaluate the world on its grids.
+
+    ``origin``: upper-left corner (EPSG:32632 metres, multiples of 60 m); default :func:`scene_origin`.
+    """
+    x0, y0 = scene_origin(k, size_px) if origin is None else origin
     grids = {
         res: Grid(UTM, Affine(float(res), 0.0, x0, 0.0, -float(res), y0), n, n)
         for res, n in ((10, size_px), (20, math.ceil(size_px / 2)), (60, math.ceil(size_px / 6)))
@@ -162,6 +167,7 @@ def make_scene(world: World, seed: int, k: int, size_px: int) -> Scene:
         s1_texture=world.texture_at(sx, sy),
         reflectors=points,
         reflector_pixels=pixels,
+        conditions=world.conditions_at(x0 + size_px * 5.0, y0 - size_px * 5.0),
     )
 
 
@@ -240,7 +246,8 @@ def render_s2(scene: Scene, seed: int, d: int, when: datetime, kind: str) -> S2R
     """
     alpha, shadow, scl = _clouds(scene, stream(seed, _TAG_CLOUD, scene.index, d), kind)
     rng = stream(seed, _TAG_S2NOISE, scene.index, d)
-    sig = s2_signature(when.timetuple().tm_yday)  # (8, 12)
+    cond = scene.conditions
+    sig = s2_signature(when.timetuple().tm_yday, cond.phenology_shift_days) * cond.illumination  # (8, 12)
     ext = scene.classes.shape[0]
     surface = np.moveaxis(sig[scene.classes], -1, 0)  # (12, E, E)
     surface *= 1.0 + 0.06 * scene.texture
@@ -268,7 +275,9 @@ def render_s1(scene: Scene, seed: int, d: int, when: datetime) -> tuple[np.ndarr
         (vv, vh): float32 arrays of shape ``scene.s1_grid.shape``, unit dB.
     """
     rng = stream(seed, _TAG_S1, scene.index, d)
-    mean_db = s1_backscatter_db(when.timetuple().tm_yday)[scene.s1_classes]  # (H, W, 2)
+    cond = scene.conditions
+    mean_db = s1_backscatter_db(when.timetuple().tm_yday, cond.phenology_shift_days)[scene.s1_classes]  # (H, W, 2)
+    mean_db = mean_db + cond.s1_offset_db
     mean_db = mean_db + 0.8 * scene.s1_texture[..., None]
     looks = 5.0
     speckle = rng.gamma(looks, 1.0 / looks, mean_db.shape)

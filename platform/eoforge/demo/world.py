@@ -10,6 +10,19 @@ mix (about 19 % forest, 20 % cropland, 13 % each shrubland and grassland, 12 % u
 the world is a function of projected coordinates, the 10 m Sentinel-2 grid and the lon/lat
 Sentinel-1 grid of a scene see the same land cover.
 
+Regions differ, as DFC2020's regions of interest do (its train and test ROIs lie on other
+continents and seasons). Slow fields (:data:`REGION_SCALE_M` cells, two octaves) shift, from
+place to place:
+
+- the class priors (each class's argmax bias moves by up to about ±:data:`PRIOR_SHIFT`): one
+  region has more cropland, another more forest;
+- the phenology (:meth:`World.conditions_at`): the date of peak greenness moves by about
+  ±:data:`PHENOLOGY_SHIFT_DAYS` (latitude, altitude, crop calendars);
+- the illumination of Sentinel-2 (a multiplicative factor of about ±:data:`ILLUMINATION_SHIFT`:
+  residual sun-angle, BRDF and atmospheric-correction differences between L2A scenes);
+- the Sentinel-1 radiometry (an offset of about ±:data:`S1_OFFSET_DB` dB: incidence angle across
+  the swath, since backscatter falls with incidence).
+
 The module also holds what each class looks like:
 
 - :func:`s2_signature`: 12-band surface reflectance ×10000 (order of
@@ -72,39 +85,49 @@ S1_BACKSCATTER_DB = np.array(
 #: SCL code of a clear pixel of each class: 4 vegetation, 5 not vegetated, 6 water.
 SCL_OF_CLASS = np.array([4, 4, 4, 4, 4, 5, 5, 6], dtype=np.uint8)
 
+#: Cell size (m) of the coarsest octave of the regional fields: scenes tens of km apart differ.
+REGION_SCALE_M = 40_000.0
+#: Regional shifts, per unit (about one standard deviation) of their field.
+PRIOR_SHIFT = 0.25
+PHENOLOGY_SHIFT_DAYS = 20.0
+ILLUMINATION_SHIFT = 0.05
+S1_OFFSET_DB = 0.7
+
 if _PEAK.shape != (N_CLASSES, len(S2_BAND_NAMES)):  # pragma: no cover - guards edits of the tables
     raise RuntimeError("world.py: signature table does not match bands.S2_BAND_NAMES")
 
 
-def greenness(doy: int) -> float:
+def greenness(doy: float) -> float:
     """Seasonal greenness in [0, 1]: 1 at day-of-year 200, 0 half a year away."""
     return 0.5 + 0.5 * math.cos(2.0 * math.pi * (doy - _PEAK_DOY) / 365.25)
 
 
-def s2_signature(doy: int) -> np.ndarray:
+def s2_signature(doy: float, phenology_shift_days: float = 0.0) -> np.ndarray:
     """Mean surface reflectance ×10000 of every class on a given day of year.
 
     Args:
         doy: day of year, 1..366.
+        phenology_shift_days: the region's delay of the season (days; see :meth:`World.conditions_at`).
 
     Returns:
         float64 array of shape (8, 12): rows DFC classes, columns S2 bands in the order of
         :data:`~eoforge.bands.S2_BAND_NAMES`, unit reflectance ×10000.
     """
-    dormancy = _SEASONAL_AMPLITUDE * (1.0 - greenness(doy))  # (8,)
+    dormancy = _SEASONAL_AMPLITUDE * (1.0 - greenness(doy - phenology_shift_days))  # (8,)
     return _PEAK * (1.0 - dormancy[:, None]) + _DORMANT[None, :] * dormancy[:, None]
 
 
-def s1_backscatter_db(doy: int) -> np.ndarray:
+def s1_backscatter_db(doy: float, phenology_shift_days: float = 0.0) -> np.ndarray:
     """Mean backscatter of every class on a given day of year.
 
-    Croplands get up to +2 dB VV / +3 dB VH at peak biomass; the rest is constant.
+    Croplands get up to +2 dB VV / +3 dB VH at peak biomass (delayed by the region's
+    ``phenology_shift_days``); the rest is constant.
 
     Returns:
         float64 array of shape (8, 2): rows DFC classes, columns (VV, VH), unit dB.
     """
     out = S1_BACKSCATTER_DB.copy()
-    out[4] += greenness(doy) * np.array([2.0, 3.0])
+    out[4] += greenness(doy - phenology_shift_days) * np.array([2.0, 3.0])
     return out
 
 
@@ -212,15 +235,32 @@ class FractalNoise:
 
 
 @dataclass(frozen=True)
+class RegionConditions:
+    """What sets a region apart, at one place (see the module docstring).
+
+    Attributes:
+        phenology_shift_days: delay of peak greenness, days (negative: earlier).
+        illumination: multiplicative factor on Sentinel-2 reflectance, unitless, about 1.
+        s1_offset_db: additive offset on Sentinel-1 backscatter, dB.
+    """
+
+    phenology_shift_days: float
+    illumination: float
+    s1_offset_db: float
+
+
+@dataclass(frozen=True)
 class World:
     """Deterministic land cover and texture over the EPSG:32632 plane.
 
-    Build with :meth:`from_seed`; evaluate with :meth:`classes_at` and :meth:`texture_at`.
+    Build with :meth:`from_seed`; evaluate with :meth:`classes_at`, :meth:`texture_at` and
+    :meth:`conditions_at`.
     """
 
     seed: int
     _regions: FractalNoise
     _texture: FractalNoise
+    _regional: FractalNoise
 
     @staticmethod
     def from_seed(seed: int) -> World:
@@ -230,6 +270,8 @@ class World:
             seed=seed,
             _regions=FractalNoise.random(rng, N_CLASSES, 1500.0, 6, gain=0.55),
             _texture=FractalNoise.random(rng, 1, 400.0, 5, gain=0.7),
+            # one field per class prior, then phenology, illumination and S1 offset
+            _regional=FractalNoise.random(rng, N_CLASSES + 3, REGION_SCALE_M, 2, gain=0.5),
         )
 
     def classes_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -244,7 +286,37 @@ class World:
         """
         score = self._regions(x, y)
         score += _CLASS_BIAS.reshape((N_CLASSES,) + (1,) * np.ndim(x))
+        score += PRIOR_SHIFT * self._regional_priors(x, y)
         return np.argmax(score, axis=0).astype(np.uint8)
+
+    def _regional_priors(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The regional prior fields (N_CLASSES, *S), evaluated on a coarse lattice and interpolated.
+
+        The fields vary over tens of km, so a 500 m lattice loses nothing and costs 2500x less.
+        """
+        xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        step = 500.0
+        gx = np.arange(np.floor(xs.min() / step) - 1, np.ceil(xs.max() / step) + 2) * step
+        gy = np.arange(np.floor(ys.min() / step) - 1, np.ceil(ys.max() / step) + 2) * step
+        mx, my = np.meshgrid(gx, gy)
+        fields = self._regional(mx, my)[:N_CLASSES]  # (8, ny, nx)
+        fx = (xs - gx[0]) / step
+        fy = (ys - gy[0]) / step
+        ix, iy = np.floor(fx).astype(np.intp), np.floor(fy).astype(np.intp)
+        tx, ty = fx - ix, fy - iy
+        f = fields
+        top = f[:, iy, ix] * (1 - tx) + f[:, iy, ix + 1] * tx
+        bottom = f[:, iy + 1, ix] * (1 - tx) + f[:, iy + 1, ix + 1] * tx
+        return top * (1 - ty) + bottom * ty
+
+    def conditions_at(self, x: float, y: float) -> RegionConditions:
+        """The region's phenology, illumination and S1 offset at one point (EPSG:32632, metres)."""
+        f = self._regional(np.array([x]), np.array([y]))[N_CLASSES:, 0]
+        return RegionConditions(
+            phenology_shift_days=float(PHENOLOGY_SHIFT_DAYS * f[0]),
+            illumination=float(1.0 + ILLUMINATION_SHIFT * f[1]),
+            s1_offset_db=float(S1_OFFSET_DB * f[2]),
+        )
 
     def texture_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Within-class texture of points in EPSG:32632 (metres, any shape S).

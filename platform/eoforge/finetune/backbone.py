@@ -27,7 +27,7 @@ class BackboneSpec:
     """A resolved backbone source.
 
     Attributes:
-        kind: ``registry``, ``checkpoint`` or ``scratch``.
+        kind: ``registry``, ``checkpoint``, ``scratch`` or ``band_stats`` (no weights).
         name: timm model name.
         uri: pinned ``models:/NAME/VERSION`` (registry only).
         path: ``state.pt`` of a pretraining checkpoint (checkpoint only).
@@ -78,6 +78,8 @@ def resolve_backbone(source: str, name: str, tracking_uri: str, normalize: str) 
 
     if source == "scratch":
         return BackboneSpec("scratch", name, source=source)
+    if source == "band_stats":
+        return BackboneSpec("band_stats", "band_stats", source=source)
     if source.startswith("models:/"):
         mv = resolve_model_version(tracking_uri, source)
         card = model_card(tracking_uri, mv.name, mv.version)
@@ -92,7 +94,7 @@ def resolve_backbone(source: str, name: str, tracking_uri: str, normalize: str) 
     ckpt = _checkpoint_file(source)
     if ckpt is None:
         raise ConfigError(
-            f"backbone.source: {source!r} is not 'scratch', a models:/ URI, or an existing checkpoint "
+            f"backbone.source: {source!r} is not 'scratch', 'band_stats', a models:/ URI, or an existing checkpoint "
             f"(a directory holding {STATE_FILE}, or the file itself)"
         )
     return BackboneSpec("checkpoint", name, path=str(ckpt), source=source)
@@ -119,6 +121,10 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], tracking_uri: str | None 
 
     if isinstance(spec, dict):
         spec = BackboneSpec(**spec)
+    if spec.kind == "band_stats":
+        from eoforge.models.band_stats import BandStats
+
+        return BandStats()
     if spec.kind == "registry":
         import mlflow
         import mlflow.pytorch

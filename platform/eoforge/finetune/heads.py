@@ -1,7 +1,9 @@
 """Task heads on a pretrained :class:`~eoforge.models.dual.DualBackbone`.
 
 - classification / multi-label: one ``Linear`` on the concatenated pooled features of both
-  sensors (d1 + d2 -> K), as in the seeds' linear evaluation (ssl-methods.md §1.6);
+  sensors (d1 + d2 -> K), as in the seeds' linear evaluation (ssl-methods.md §1.6). A linear
+  probe standardises the features first (``BatchNorm1d`` without affine parameters, as MAE's
+  linear probing does), so one lr grid fits every backbone whatever its feature scale;
 - segmentation: a U-Net-style decoder over the backbones' intermediate feature maps
   (timm ``forward_intermediates``). At each level the S1 and S2 maps are concatenated; from
   the deepest level up, each step upsamples to the next level's size, concatenates the
@@ -62,7 +64,9 @@ class FinetuneModel(nn.Module):
     (B, K) logits for classification / multi-label, or (B, K, H, W) for segmentation.
     """
 
-    def __init__(self, backbone: DualBackbone, task_kind: str, num_classes: int, chip_size: int = 64) -> None:
+    def __init__(
+        self, backbone: DualBackbone, task_kind: str, num_classes: int, chip_size: int = 64, probe: bool = False
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.task_kind = task_kind
@@ -73,7 +77,9 @@ class FinetuneModel(nn.Module):
                 raise ValueError(f"S1 and S2 backbones give {len(c1)} and {len(c2)} feature levels")
             self.head: nn.Module = SegmentationDecoder([a + b for a, b in zip(c1, c2, strict=True)], num_classes)
         else:
-            self.head = nn.Linear(backbone.s1.num_features + backbone.s2.num_features, num_classes)
+            width = backbone.s1.num_features + backbone.s2.num_features
+            linear = nn.Linear(width, num_classes)
+            self.head = nn.Sequential(nn.BatchNorm1d(width, affine=False), linear) if probe else linear
 
     def forward(self, s1: Tensor, s2: Tensor) -> Tensor:
         """Task logits (see class docstring)."""

@@ -10,7 +10,8 @@ ASHA acts on). The best weights on ``val`` are kept; at the end they are evaluat
 
 Linear probe: the backbone's parameters get no gradient and its BatchNorm stays in eval
 mode, so its weights and statistics end exactly as they started (``eoforge.backbone_sha256_*``
-tags on the run let a user check it).
+tags on the run let a user check it). For whole-chip tasks the probes (``linear_probe``,
+``knn``) run on features computed once (:mod:`eoforge.finetune.probe`): :func:`_probe_loop`.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     backbone = load_backbone(config["backbone"], config["mlflow"]["uri"])
     sha_start = state_sha256(backbone)
-    model = FinetuneModel(backbone, task.kind, task.num_classes, int(config["chip_size"]))
+    probe = cfg.mode in ("linear_probe", "knn")
+    model = FinetuneModel(backbone, task.kind, task.num_classes, int(config["chip_size"]), probe=probe)
     head_params = list(model.head.parameters())
     groups = [{"params": head_params, "lr": cfg.optim.lr}]
     if cfg.mode == "linear_probe":
@@ -161,6 +163,9 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         groups.append({"params": list(model.backbone.parameters()), "lr": cfg.optim.lr * cfg.optim.backbone_lr_scale})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
     start_epoch, best_value, best_epoch, best_state = 0, -np.inf, 0, None
+    if probe and task.kind != "segmentation":
+        _probe_loop(cfg, task, model, config, sha_start)
+        return
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -268,3 +273,97 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     finally:
         if ckpt is not None:
             shutil.rmtree(ckpt.path, ignore_errors=True)  # the local copy only (hundreds of MB each)
+
+
+def _probe_loop(cfg: Any, task: Any, model: Any, config: dict[str, Any], sha_start: str) -> None:
+    """Linear probe or kNN of a whole-chip task on features computed once (see the module docstring)."""
+    import ray.train
+
+    from eoforge.finetune.backbone import state_sha256
+    from eoforge.finetune.probe import probe_schedule, run_knn, split_features, train_linear_probe
+    from eoforge.progress import say
+    from eoforge.tracking.runs import MetricLogger
+
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    model.to(device)
+    model.freeze_backbone()
+    logger = MetricLogger(config["mlflow"]["uri"], config["mlflow"]["run_id"]) if rank == 0 else None
+    metric_key = cfg.metric.split("/", 1)[1]
+    bs = cfg.train.batch_size
+
+    def features(split: str) -> tuple[torch.Tensor, np.ndarray]:
+        return split_features(
+            model.backbone,
+            ray.train.get_dataset_shard(split),
+            bs,
+            device,
+            lambda b: model_inputs(b, device, cfg.data.normalize),
+            lambda b: _targets(task, b),
+            _gather_list,
+        )
+
+    t0 = time.perf_counter()
+    train, val, test = features("train"), features("val"), features("test")
+    if logger is not None:
+        logger.client.set_tag(logger.run_id, "eoforge.backbone_sha256_start", sha_start)
+        say(f"{cfg.mode}: features of {len(train[1])} train, {len(val[1])} val, {len(test[1])} test chips "
+            f"in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+    if cfg.mode == "knn":
+        best_k, val_m, test_m, curve = run_knn(train, val, test, cfg.train.knn_k, task, metric_key)
+        extra: dict[str, float] = {
+            "knn/k": float(best_k),
+            **{f"knn/val_{metric_key}_k{k}": v for k, v in curve.items()},
+        }
+        best_step = 0
+    else:
+
+        def on_eval(step: int, loss: float, val_m: dict[str, Any]) -> None:
+            metrics = {"step": step, "train/loss": loss, **_flat("val", val_m)}
+            if logger is not None:
+                logger.log(metrics, step)
+            if step != schedule[-1]:
+                ray.train.report(metrics, checkpoint=None)
+
+        schedule = probe_schedule(
+            len(train[1]), bs, cfg.train.epochs, cfg.train.steps, cfg.train.evals, cfg.train.eval_every_epochs
+        )
+        state, best_step, _ = train_linear_probe(
+            model.head, train, val, task, cfg.optim.lr, cfg.optim.weight_decay, bs, schedule,
+            cfg.train.seed, metric_key, on_eval,
+        )  # fmt: skip
+        model.head.load_state_dict(state)
+        model.head.eval()
+        with torch.no_grad():
+            from eoforge.finetune.probe import score
+
+            val_m, test_m = score(task, model.head(val[0]), val[1]), score(task, model.head(test[0]), test[1])
+        extra = {"steps": float(schedule[-1])}
+    final = {
+        "epoch": cfg.train.epochs,
+        "best_epoch": best_step,
+        **extra,
+        **_flat("val", val_m),
+        **_flat("test", test_m),
+        "best/" + metric_key: float(val_m[metric_key]),
+    }
+    ckpt = None
+    if logger is not None:
+        logger.log(final, (schedule[-1] if cfg.mode != "knn" else 0) + 1)
+        logger.client.set_tag(logger.run_id, "eoforge.backbone_sha256_end", state_sha256(model.backbone))
+        for split_name, res in (("val", val_m), ("test", test_m)):
+            if res["per_class"]:
+                logger.client.log_text(
+                    logger.run_id, per_class_csv(task.classes, res["per_class"]), f"metrics/per_class_{split_name}.csv"
+                )
+        d = tempfile.mkdtemp(prefix="eoforge-ft-")
+        model.cpu()
+        state = {"model": model.state_dict(), "epoch": cfg.train.epochs, "best_value": final["best/" + metric_key]}
+        torch.save({**state, "best_epoch": best_step, "best_state": model.state_dict()}, Path(d) / STATE_FILE)
+        (Path(d) / "final_metrics.json").write_text(json.dumps(final))
+        ckpt = ray.train.Checkpoint.from_directory(d)
+    try:
+        ray.train.report(final, checkpoint=ckpt)
+    finally:
+        if ckpt is not None:
+            shutil.rmtree(ckpt.path, ignore_errors=True)

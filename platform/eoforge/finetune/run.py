@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,8 @@ def register_finetuned(
     from eoforge.tracking.registry import decide_champion, register_backbone
 
     state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
-    model = FinetuneModel(load_backbone(spec, tracking_uri), task.kind, task.num_classes, chip_size)
+    probe = cfg.mode in ("linear_probe", "knn")
+    model = FinetuneModel(load_backbone(spec, tracking_uri), task.kind, task.num_classes, chip_size, probe=probe)
     model.load_state_dict(state["best_state"] or state["model"])
     card = _model_card(cfg, task, spec, plan_hash, metrics)
     version, _ = register_backbone(model.eval(), name, None, run_id, tracking_uri, card, artifact_name="model")
@@ -185,6 +187,21 @@ def register_finetuned(
     print(f"[eoforge] champion rule: {decision.reason}", flush=True)
     uri = f"models:/{name}@{alias}" if decision.promoted else f"models:/{name}/{version}"
     return version, uri, dataclasses.asdict(decision)
+
+
+def with_step_budget(cfg: FinetuneConfig, train_chips: int) -> FinetuneConfig:
+    """``cfg`` with ``train.epochs`` and ``eval_every_epochs`` set from ``train.steps`` (unchanged without).
+
+    Every arm and label fraction then trains at least ``steps`` optimiser steps, evaluated on val
+    about ``train.evals`` times.
+    """
+    steps = cfg.train.steps
+    if steps is None:
+        return cfg
+    per_epoch = max(1, math.ceil(train_chips / (cfg.train.batch_size * cfg.scaling.num_workers)))
+    epochs = math.ceil(steps / per_epoch)
+    every = max(1, math.ceil(epochs / cfg.train.evals))
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs, "eval_every_epochs": every})})
 
 
 def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_trial: bool = False) -> FinetuneResult:
@@ -209,6 +226,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_tri
                 "Check the plan's label collection and splits."
             )
     chip_size = int(index.label.shape[-1])
+    cfg = with_step_budget(cfg, len(splits.train))
 
     tags = {"eoforge.job": "finetune", "eoforge.plan_hash": plan_hash, "eoforge.task": task.kind}
     if parent_run_id:

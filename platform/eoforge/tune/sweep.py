@@ -69,6 +69,13 @@ def trial_config(base: dict[str, Any], sweep: dict[str, Any], point: dict[str, A
     return FinetuneConfig.model_validate(raw)
 
 
+def grid_point(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's grid point: method, lr, label_fraction, seed (the ``arm`` pair unpacked)."""
+    point = {k: v for k, v in config.items() if k != "arm"}
+    point.update(config.get("arm") or {})
+    return point
+
+
 def _trial(config: dict[str, Any], base: dict[str, Any], sweep: dict[str, Any], parent_run_id: str) -> None:
     """Tune function trainable: one fine-tuning job on Ray Train."""
     import ray.tune
@@ -77,7 +84,7 @@ def _trial(config: dict[str, Any], base: dict[str, Any], sweep: dict[str, Any], 
 
     ctx = ray.tune.get_context()
     name = f"{sweep['run']['name']}-{ctx.get_trial_id()}"
-    cfg = trial_config(base, sweep, config, name)
+    cfg = trial_config(base, sweep, grid_point(config), name)
     result = run_finetune(cfg, parent_run_id=parent_run_id, tune_trial=True)
     final = {k: v for k, v in result.metrics.items() if k.startswith(("val/", "test/", "best/"))}
     ray.tune.report(
@@ -97,32 +104,45 @@ class SweepResult:
     champion: dict[str, Any] | None
 
 
-def _param_space(cfg: SweepConfig, base_lr: float) -> dict[str, Any]:
+def _param_space(cfg: SweepConfig, base_lr: float, base_mode: str) -> dict[str, Any]:
+    """Grid: (method, lr) arms x label fraction x seed. A knn method trains nothing: one lr, not the grid."""
     from ray import tune
 
+    lrs = cfg.search.lr if cfg.search.lr is not None else [base_lr]
+    arms = []
+    for name, method in cfg.search.methods.items():
+        knn = (method.mode or base_mode) == "knn"
+        if cfg.search.lr_loguniform is not None:
+            arms.append({"method": name})
+        else:
+            arms += [{"method": name, "lr": lr} for lr in (lrs[:1] if knn else lrs)]
     space: dict[str, Any] = {
-        "method": tune.grid_search(list(cfg.search.methods)),
+        "arm": tune.grid_search(arms),
         "label_fraction": tune.grid_search(cfg.search.label_fractions),
         "seed": tune.grid_search(cfg.search.seeds),
     }
     if cfg.search.lr_loguniform is not None:
         space["lr"] = tune.loguniform(*cfg.search.lr_loguniform)
-    elif cfg.search.lr is not None:
-        space["lr"] = tune.grid_search(cfg.search.lr)
-    else:
-        space["lr"] = base_lr
     return space
 
 
-def trials_frame(results: Any, val_metric: str, test_metric: str) -> pd.DataFrame:
-    """One row per trial: its grid point, status, metrics, child run and checkpoint."""
+def trials_frame(
+    results: Any, val_metric: str, test_metric: str, objectives: dict[str, str | None] | None = None
+) -> pd.DataFrame:
+    """One row per trial: its grid point, status, metrics, child run and checkpoint.
+
+    ``objectives``: method -> the SSL objective its backbone was pretrained with; the frame has an
+    ``objective`` column only when some method names one.
+    """
+    objectives = objectives or {}
     rows = []
     for r in results:
         m = r.metrics or {}
-        c = r.config or {}
+        c = grid_point(r.config or {})
         rows.append(
             {
                 "trial_id": m.get("trial_id") or getattr(r, "path", "").rsplit("/", 1)[-1],
+                "objective": objectives.get(str(c.get("method"))),
                 "method": c.get("method"),
                 "label_fraction": c.get("label_fraction"),
                 "seed": c.get("seed"),
@@ -135,6 +155,8 @@ def trials_frame(results: Any, val_metric: str, test_metric: str) -> pd.DataFram
             }
         )
     frame = pd.DataFrame(rows)
+    if not any(objectives.values()):
+        frame = frame.drop(columns=["objective"], errors="ignore")
     if not frame.empty:
         frame[[val_metric, test_metric]] = frame[[val_metric, test_metric]].astype(float)
     return frame.sort_values(["method", "label_fraction", "seed", "lr"]).reset_index(drop=True) if rows else frame
@@ -216,7 +238,7 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=_param_space(cfg, probe.optim.lr),
+            param_space=_param_space(cfg, probe.optim.lr, probe.mode),
             tune_config=tune.TuneConfig(
                 metric=val_metric,
                 mode="max",
@@ -233,7 +255,9 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
             ),
         )
     results = tuner.fit()
-    trials = trials_frame(results, val_metric, test_metric)
+    trials = trials_frame(
+        results, val_metric, test_metric, {name: m.objective for name, m in cfg.search.methods.items()}
+    )
     summary = summarise(trials, val_metric, test_metric)
     table = markdown_table(summary, test_metric)
     print(f"[eoforge] results ({test_metric}; best lr per seed on {val_metric}):\n{table}", flush=True)
