@@ -8,6 +8,7 @@ RAY_AUTH_MODE ?= disabled
 export RAY_AUTH_MODE
 STAMP       := $(VENV)/.eoforge-installed
 DEMO_SCENES ?= 4
+DEMO_POOL_SCENES ?= 24
 
 .PHONY: venv demo test lint bench up down status clean
 
@@ -15,14 +16,17 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	VENV=$(VENV) bash scripts/bootstrap.sh
 
-## make demo: local stack + demo catalog + chip plan + Dual-SimCLR pretraining, then a small
-## label-fraction sweep (SSL backbone vs scratch) that ends with the models:/...@champion URI.
+## make demo: local stack + demo catalog (labelled scenes + an unlabelled pool) + chip plans + Dual-SimCLR
+## pretraining on the pool, then the label-efficiency sweep (every arm of the protocol) that ends with the
+## results table, the label-fraction PNG and the models:/...@champion URI.
 SUBMIT = PATH=$(CURDIR)/$(VENV)/bin:$$PATH RAY_ADDRESS=$$($(EOFORGE) status --field ray_dashboard_url) \
 	  ray job submit --working-dir .
 demo: venv
 	$(EOFORGE) up
-	$(EOFORGE) catalog demo --out $(EOFORGE_HOME)/demo-catalog --scenes $(DEMO_SCENES) --seed 0
+	$(EOFORGE) catalog demo --out $(EOFORGE_HOME)/demo-catalog --scenes $(DEMO_SCENES) --seed 0 \
+	  --pool-scenes $(DEMO_POOL_SCENES)
 	$(EOFORGE) plan --config configs/data/demo.yaml --out $(EOFORGE_HOME)/demo/plan.parquet
+	$(EOFORGE) plan --config configs/data/demo-pool.yaml --out $(EOFORGE_HOME)/demo/pool-plan.parquet
 	$(SUBMIT) -- python jobs/pretrain.py --config configs/pretrain/demo.yaml
 	$(SUBMIT) -- python jobs/sweep.py --config configs/sweep/demo.yaml
 

@@ -50,13 +50,17 @@ def sweep(stack, demo_catalog, ssl_model, tmp_path_factory):
     build_plan(cfg, tmp / "plan.parquet")
     base = yaml.safe_load((REPO / "configs/finetune/demo.yaml").read_text())
     base["data"].update({"plan": str(tmp / "plan.parquet"), "config": None})
-    base["train"].update({"epochs": 2, "batch_size": 16, "eval_every_epochs": 1})
+    base["train"] = {"epochs": 2, "batch_size": 16, "eval_every_epochs": 1}
     base["run"].update({"storage_path": str(tmp / "ft")})
     base["mlflow"].update({"experiment": "it-ft", "registered_model": None})
     sweep = yaml.safe_load((REPO / "configs/sweep/demo.yaml").read_text())
     sweep["base"] = base
     sweep["set"] = {}
-    sweep["search"]["methods"]["ssl"]["source"] = "models:/it-ssl@candidate"
+    sweep["search"]["methods"] = {
+        "ssl": {"source": "models:/it-ssl@candidate", "mode": "linear_probe"},
+        "scratch": {"source": "scratch", "mode": "finetune"},
+    }
+    sweep["search"].pop("lr", None)
     sweep["search"]["label_fractions"] = [0.5, 1.0]
     sweep["run"].update({"name": "it-sweep", "storage_path": str(tmp / "sweeps")})
     sweep["mlflow"].update({"experiment": "it-sweeps", "registered_model": "it-cls"})

@@ -38,7 +38,7 @@ def trained(stack, demo_catalog, tmp_path_factory):
     victim["s2_assets"] = json.dumps(assets, sort_keys=True)
     write_plan(rows, tmp / "plan.parquet", cfg_data)
     config = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())
-    config["data"].update({"plan": str(tmp / "plan.parquet"), "split": "all", "config": None})
+    config["data"].update({"plan": str(tmp / "plan.parquet"), "split": "all", "config": None, "materialize": False})
     config["model"]["proj_dim"] = 32
     config["optim"]["lr"] = 0.001
     config["train"].update({"epochs": 4, "batch_size": 4, "checkpoint_every_steps": 3})
@@ -128,3 +128,25 @@ def test_materialized_epochs_train_from_the_materialized_plan(stack, trained) ->
     assert int(run.data.metrics["train/steps"]) >= 6  # 2 workers x 3 epochs of batches from the cache
     path = client.download_artifacts(run.info.run_id, "data/skipped_chips.json", str(trained["tmp"]))
     assert trained["victim"] in json.loads(Path(path).read_text())  # the corrupt COG, counted from the files
+
+
+def test_a_finished_pretraining_is_reused_not_rerun(stack, trained) -> None:
+    """Same config on the same plan (another run name): the registered version is reused, nothing trains."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(stack.mlflow_url)
+    versions_before = {v.version for v in client.search_model_versions("name = 'it-dual-simclr'")}
+    config = yaml.safe_load(trained["config"].read_text())
+    config["run"]["name"] = "it-pretrain-again"
+    (trained["tmp"] / "again.yaml").write_text(yaml.safe_dump(config))
+    logs = submit(stack, trained["tmp"] / "again.yaml")
+    assert "pretraining reused" in logs and "[eoforge] step " not in logs
+    assert {v.version for v in client.search_model_versions("name = 'it-dual-simclr'")} == versions_before
+    exp = client.get_experiment_by_name("it")
+    assert not client.search_runs([exp.experiment_id], "tags.`eoforge.run_name` = 'it-pretrain-again'")
+    # a change that alters what is learnt trains again
+    config["optim"]["lr"] = 0.002
+    config["train"]["epochs"] = 1
+    config["run"]["name"] = "it-pretrain-other-lr"
+    (trained["tmp"] / "other.yaml").write_text(yaml.safe_dump(config))
+    assert "pretraining reused" not in submit(stack, trained["tmp"] / "other.yaml")

@@ -232,3 +232,40 @@ def test_intra_objectives_train_one_modality_when_asked(kind: str) -> None:
     trained = [n for n, p in obj.named_parameters() if p.requires_grad]
     assert all(p.grad is not None for n, p in obj.named_parameters() if p.requires_grad), trained
     assert not any(n.startswith("backbones.s1.") for n in trained)
+
+
+def test_cross_views_share_one_geometry_and_differ_in_radiometry() -> None:
+    """Dual-SimCLR's pair: the same crop box, flip and rotation for S1 and S2, noise and dropout per sensor."""
+    from eoforge.config.pretrain import AugmentConfig
+    from eoforge.ssl.augment import augment_pair
+
+    torch.manual_seed(0)
+    ramp = torch.arange(16.0).repeat(16, 1)  # a column index ramp: geometry shows where it lands
+    s2 = ramp.expand(4, 12, 16, 16).clone()
+    s1 = ramp.expand(4, 2, 16, 16).clone()
+    geometric = AugmentConfig(crop_scale=(0.3, 0.6), band_dropout=0.0, noise_std=0.0, s2_jitter=0.0)
+    a, b = augment_pair(s1, s2, geometric)
+    torch.testing.assert_close(a[:, 0], b[:, 0])  # one geometry: identical views of identical inputs
+    assert not torch.allclose(a, s1)  # and it did move the pixels
+    noisy = AugmentConfig(crop_scale=(1.0, 1.0), flip=False, rot90=False, band_dropout=0.0, noise_std=0.1, s2_jitter=0)
+    a, b = augment_pair(s1, s2, noisy)
+    assert not torch.allclose(a[:, 0], b[:, 0])  # noise drawn per sensor
+    jitter_only = AugmentConfig(crop_scale=(1.0, 1.0), flip=False, rot90=False, band_dropout=0.0, noise_std=0.0)
+    a, b = augment_pair(s1, s2, jitter_only)
+    torch.testing.assert_close(a, s1)  # no colour jitter on SAR
+    assert not torch.allclose(b, s2)
+
+
+def test_dual_simclr_augments_its_pair_only_while_training() -> None:
+    cfg = ObjectiveConfig.model_validate({"kind": "dual_simclr"})
+    obj = build_objective(cfg, ModelConfig(backbone="resnet18", proj_dim=16, proj_hidden_dim=32))
+    s1, s2 = torch.randn(4, 2, 32, 32), torch.randn(4, 12, 32, 32)
+    obj.eval()
+    assert obj.cross_views(s1, s2)[0] is s1
+    obj.train()
+    a, b = obj.cross_views(s1, s2)
+    assert a.shape == s1.shape and b.shape == s2.shape and not torch.equal(b, s2)
+    off = build_objective(
+        ObjectiveConfig.model_validate({"kind": "dual_simclr", "augment": None}), ModelConfig(backbone="resnet18")
+    ).train()
+    assert off.cross_views(s1, s2)[1] is s2

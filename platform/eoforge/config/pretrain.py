@@ -89,7 +89,17 @@ class _Views(Strict):
         "cross", description="cross: S1 and S2 of a chip are the two views; intra: two augmented views per modality."
     )
     modalities: list[Modality] = Field(["s1", "s2"], min_length=1, description="Modalities trained in intra mode.")
-    augment: AugmentConfig = AugmentConfig()
+    augment: AugmentConfig | None = Field(
+        AugmentConfig(),
+        description="intra: the views' augmentations; cross: one geometry for both sensors, radiometry per "
+        "sensor (null: no augmentation of cross views).",
+    )
+
+    @model_validator(mode="after")
+    def _intra_views_need_augmentation(self) -> _Views:
+        if self.views == "intra" and self.augment is None:
+            raise ValueError("views 'intra' compares two augmented views of a chip: augment cannot be null")
+        return self
 
 
 class DualSimCLRConfig(ObjectiveConfig):
@@ -97,6 +107,11 @@ class DualSimCLRConfig(ObjectiveConfig):
 
     kind: Literal["dual_simclr"] = "dual_simclr"
     temperature: PosFloat = 0.07
+    augment: AugmentConfig | None = Field(
+        AugmentConfig(),
+        description="Views of the S1/S2 pair while training: one crop box, flip and rotation for both sensors, "
+        "band dropout and noise per sensor, S2-only jitter (null: the raw pair).",
+    )
 
 
 class SimCLRConfig(ObjectiveConfig, _Views):
@@ -216,6 +231,11 @@ class MlflowConfig(Strict):
     experiment: str = "eoforge-pretrain"
     registered_model: str = Field("eoforge-dual-simclr", min_length=1)
     alias: str = Field("candidate", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    reuse: bool = Field(
+        True,
+        description="A version of registered_model pretrained with the same config on the same plan (hash) is "
+        "reused (alias moved to it) instead of training again; false: always train.",
+    )
 
 
 class PretrainConfig(Strict):

@@ -26,8 +26,10 @@ from eoforge.errors import CatalogError
 from eoforge.finetune.backbone import BackboneSpec, resolve_backbone
 from eoforge.finetune.chips import ChipIndex, ensure_chip_cache, labelled_dataset, read_index
 from eoforge.finetune.fractions import label_subset
+from eoforge.finetune.overlap import Overlap, pretraining_overlap
 from eoforge.finetune.tasks import Task
 from eoforge.plan.io import plan_stats
+from eoforge.progress import say
 from eoforge.ray_node import init_ray
 from eoforge.tracking.runs import flatten, log_plan_stats, resolve_tracking_uri, run_url, start_or_resume_run
 
@@ -189,6 +191,31 @@ def register_finetuned(
     return version, uri, dataclasses.asdict(decision)
 
 
+def record_pretraining_overlap(client: Any, run_id: str, spec: BackboneSpec, plan: str) -> Overlap | None:
+    """Warn and record when the backbone's pretraining plan covers test places of ``plan``.
+
+    Tags ``eoforge.pretrain_test_overlap_chips`` and logs ``data/pretrain_overlap.json`` when the
+    model card names its pretraining plan (None otherwise, or when that plan is gone).
+    """
+    from eoforge.plan.io import plan_exists
+
+    pre_plan, pre_split = spec.card.get("plan"), spec.card.get("plan_split", "all")
+    if not pre_plan or not plan_exists(pre_plan):
+        return None
+    overlap = pretraining_overlap(str(pre_plan), str(pre_split), plan)
+    client.set_tag(run_id, "eoforge.pretrain_test_overlap_chips", str(overlap.chips))
+    client.log_dict(run_id, {"pretrain_plan": pre_plan, "pretrain_split": pre_split, **overlap.to_dict()},
+                    "data/pretrain_overlap.json")  # fmt: skip
+    if overlap.chips:
+        log.warning(
+            "backbone %s was pretrained on %s, which covers %d of the %d test chips (e.g. at %s): "
+            "test scores are not on unseen land",
+            spec.source, pre_plan, overlap.chips, overlap.test_chips, "; ".join(overlap.places[:3]),
+        )  # fmt: skip
+        say(f"warning: pretraining plan overlaps {overlap.chips}/{overlap.test_chips} test chips (see the run)")
+    return overlap
+
+
 def with_step_budget(cfg: FinetuneConfig, train_chips: int) -> FinetuneConfig:
     """``cfg`` with ``train.epochs`` and ``eval_every_epochs`` set from ``train.steps`` (unchanged without).
 
@@ -256,6 +283,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_tri
             "labels/subset.json",
         )
         client.log_metric(run_id, "data/skipped_chips", len(splits.skipped))
+        record_pretraining_overlap(client, run_id, spec, cfg.data.plan)
         log_plan_stats(client, run_id, plan_stats(cfg.data.plan))
         if splits.skipped:
             client.log_dict(run_id, dict(sorted(splits.skipped.items())), "data/skipped_chips.json")

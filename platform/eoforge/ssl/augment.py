@@ -1,7 +1,9 @@
 """Earth-observation view augmentations, batched on the training device.
 
 Two calls of :func:`augment_view` on the same chips give the two views of intra-modal
-objectives (SimCLR, MoCo, BYOL, ...). Every sample draws its own parameters:
+objectives (SimCLR, MoCo, BYOL, ...); :func:`augment_pair` gives the S1 and S2 views of
+cross-modal ones (Dual-SimCLR, and the others with ``views: cross``) with one geometry for both.
+Every sample draws its own parameters:
 
 - random resized crop (area ``crop_scale``, aspect 3/4..4/3), resampled back to H x W
   (bilinear, via ``torchvision.ops.roi_align``);
@@ -41,31 +43,36 @@ def _per_sample(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), a, b)
 
 
-def augment_view(x: Tensor, cfg: AugmentConfig, sar: bool) -> Tensor:
-    """One random view of each chip.
-
-    Args:
-        x: normalised chips. Shape: (B, C, H, W).
-        cfg: augmentation settings.
-        sar: True for Sentinel-1 (no brightness/contrast jitter).
-
-    Returns:
-        The augmented chips. Shape: (B, C, H, W).
-    """
-    b, c, h, w = x.shape
-    dev = x.device
-    x = x.float()
-    if cfg.crop_scale != (1.0, 1.0):
-        x = roi_align(x, _crop_boxes(b, h, w, cfg.crop_scale, dev), output_size=(h, w), aligned=True)
-    if cfg.flip:
-        x = _per_sample(torch.rand(b, device=dev) < 0.5, x.flip(-1), x)
-        x = _per_sample(torch.rand(b, device=dev) < 0.5, x.flip(-2), x)
-    if cfg.rot90 and h == w:
-        k = torch.randint(0, 4, (b,), device=dev)
+def _geometry(x: Tensor, boxes: Tensor | None, flip_h: Tensor, flip_v: Tensor, k: Tensor | None) -> Tensor:
+    """Crop (roi_align to the input size), flips and 90-degree rotations with drawn parameters."""
+    h, w = x.shape[-2:]
+    if boxes is not None:
+        x = roi_align(x, boxes, output_size=(h, w), aligned=True)
+    x = _per_sample(flip_h, x.flip(-1), x)
+    x = _per_sample(flip_v, x.flip(-2), x)
+    if k is not None:
         out = x.clone()
         for r in (1, 2, 3):
             out = _per_sample(k == r, torch.rot90(x, r, dims=(-2, -1)), out)
         x = out
+    return x
+
+
+def _draw_geometry(
+    b: int, h: int, w: int, cfg: AugmentConfig, dev: torch.device
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None]:
+    boxes = _crop_boxes(b, h, w, cfg.crop_scale, dev) if cfg.crop_scale != (1.0, 1.0) else None
+    no = torch.zeros(b, dtype=torch.bool, device=dev)
+    flip_h = torch.rand(b, device=dev) < 0.5 if cfg.flip else no
+    flip_v = torch.rand(b, device=dev) < 0.5 if cfg.flip else no
+    k = torch.randint(0, 4, (b,), device=dev) if cfg.rot90 and h == w else None
+    return boxes, flip_h, flip_v, k
+
+
+def _radiometry(x: Tensor, cfg: AugmentConfig, sar: bool) -> Tensor:
+    """Band dropout, S2-only brightness/contrast jitter, Gaussian noise (per sample, per sensor)."""
+    b, c = x.shape[:2]
+    dev = x.device
     if cfg.band_dropout > 0:
         keep = (torch.rand(b, c, 1, 1, device=dev) >= cfg.band_dropout).to(x.dtype)
         x = x * keep
@@ -77,3 +84,42 @@ def augment_view(x: Tensor, cfg: AugmentConfig, sar: bool) -> Tensor:
     if cfg.noise_std > 0:
         x = x + cfg.noise_std * torch.randn_like(x)
     return x
+
+
+def augment_view(x: Tensor, cfg: AugmentConfig, sar: bool) -> Tensor:
+    """One random view of each chip.
+
+    Args:
+        x: normalised chips. Shape: (B, C, H, W).
+        cfg: augmentation settings.
+        sar: True for Sentinel-1 (no brightness/contrast jitter).
+
+    Returns:
+        The augmented chips. Shape: (B, C, H, W).
+    """
+    b, _, h, w = x.shape
+    x = x.float()
+    return _radiometry(_geometry(x, *_draw_geometry(b, h, w, cfg, x.device)), cfg, sar)
+
+
+def augment_pair(s1: Tensor, s2: Tensor, cfg: AugmentConfig) -> tuple[Tensor, Tensor]:
+    """The two cross-modal views of each chip: one geometry for both sensors, radiometry per sensor.
+
+    As the Dual-SimCLR code does, S1 and S2 of a chip get the same random crop box, flips and
+    rotation, so the pair still shows the same ground; band dropout and noise are drawn per
+    sensor, and only S2 gets brightness/contrast jitter (SAR backscatter has no colour).
+
+    Args:
+        s1: normalised S1 chips. Shape: (B, 2, H, W).
+        s2: normalised S2 chips. Shape: (B, 12, H, W), the same H, W.
+        cfg: augmentation settings.
+
+    Returns:
+        (s1 view, s2 view), shapes as the inputs.
+    """
+    b, _, h, w = s2.shape
+    geometry = _draw_geometry(b, h, w, cfg, s2.device)
+    return (
+        _radiometry(_geometry(s1.float(), *geometry), cfg, sar=True),
+        _radiometry(_geometry(s2.float(), *geometry), cfg, sar=False),
+    )

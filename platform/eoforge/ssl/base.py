@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from eoforge.config.pretrain import ModelConfig, ObjectiveConfig
 from eoforge.models.dual import DualBackbone, build_dual_backbone
-from eoforge.ssl.augment import augment_view
+from eoforge.ssl.augment import augment_pair, augment_view
 
 MODALITIES = ("s1", "s2")
 _OBJECTIVES: dict[str, type[Objective]] = {}
@@ -87,6 +87,17 @@ class Objective(nn.Module):
             for part in parts:
                 part.requires_grad_(False)
 
+    def cross_views(self, s1: Tensor, s2: Tensor) -> tuple[Tensor, Tensor]:
+        """The S1 and S2 views of a cross-modal step.
+
+        :func:`~eoforge.ssl.augment.augment_pair` while training with ``augment`` set; the chips as
+        they are otherwise (eval, or ``augment: null``).
+        """
+        cfg = getattr(self.cfg, "augment", None)
+        if cfg is None or not self.training:
+            return s1, s2
+        return augment_pair(s1, s2, cfg)
+
     def view_pairs(self, s1: Tensor, s2: Tensor) -> list[tuple[str, Tensor, str, Tensor]]:
         """The (modality_a, view_a, modality_b, view_b) pairs the loss is averaged over.
 
@@ -94,7 +105,8 @@ class Objective(nn.Module):
         augmented views of each trained modality (:func:`~eoforge.ssl.augment.augment_view`).
         """
         if getattr(self.cfg, "views", "cross") == "cross":
-            return [("s1", s1, "s2", s2)]
+            a, b = self.cross_views(s1, s2)
+            return [("s1", a, "s2", b)]
         x = {"s1": s1, "s2": s2}
         return [
             (m, augment_view(x[m], self.cfg.augment, m == "s1"), m, augment_view(x[m], self.cfg.augment, m == "s1"))

@@ -94,5 +94,5 @@ class DualSimCLR(Objective):
 
     def forward(self, s1: Tensor, s2: Tensor) -> Tensor:
         """Global-batch Dual-SimCLR loss."""
-        u, v = self.embed(s1, s2)
+        u, v = self.embed(*self.cross_views(s1, s2))
         return dual_nt_xent(gather_cat(u)[0], gather_cat(v)[0], self.cfg.temperature)

@@ -9,6 +9,8 @@ resumes from the last checkpoint, in the same MLflow run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ import yaml
 
 from eoforge.config import DataConfig, PretrainConfig, check_inputs, load_config
 from eoforge.plan.io import plan_stats
+from eoforge.progress import say
 from eoforge.ray_node import init_ray
 from eoforge.tracking.runs import flatten, log_plan_stats, resolve_tracking_uri, run_url, start_or_resume_run
 
@@ -34,19 +37,78 @@ class PretrainResult:
     final_loss: float
     steps: int
     skipped_chips: int
+    reused: bool = False
 
 
 def ensure_plan(cfg: PretrainConfig) -> tuple[str, int]:
-    """Return (plan hash, chips in the configured split); build the plan first if it is missing."""
-    from eoforge.plan.io import build_plan, plan_exists, read_plan
+    """Return (plan hash, chips in the configured split); build the plan first if it is missing.
+
+    Only the plan's footer (hash) and its ``split`` column are read: the driver never holds the plan.
+
+    Raises:
+        CatalogError: the file is not an eoforge plan (no content hash in its metadata).
+    """
+    from eoforge.errors import CatalogError
+    from eoforge.plan.io import build_plan, plan_exists, plan_split_counts, stored_hash
 
     if not plan_exists(cfg.data.plan):
         assert cfg.data.config is not None  # check_inputs guarantees it
         log.info("plan %s missing: building it from %s", cfg.data.plan, cfg.data.config)
         build_plan(load_config(cfg.data.config, DataConfig), cfg.data.plan)
-    frame, digest = read_plan(cfg.data.plan)
-    n = len(frame) if cfg.data.split == "all" else int((frame["split"] == cfg.data.split).sum())
-    return digest, n
+    digest = stored_hash(cfg.data.plan)
+    if not digest:
+        raise CatalogError(f"chip plan {cfg.data.plan}: no eoforge:plan_hash metadata; not written by eoforge")
+    counts = plan_split_counts(cfg.data.plan)
+    return digest, sum(counts.values()) if cfg.data.split == "all" else counts.get(cfg.data.split, 0)
+
+
+#: Config sections that do not change what pretraining learns (identity, tracking, read speed).
+_NOT_IN_KEY = {"run": True, "mlflow": True, "data": {"plan", "config", "read_tasks", "read_cpus"}}
+KEY_TAG = "eoforge.pretrain_key"
+
+
+def pretrain_key(cfg: PretrainConfig, plan_hash: str) -> str:
+    """SHA-256 of what a pretraining learns from: the config (less identity and speed knobs) + the plan hash."""
+    body = cfg.model_dump(mode="json", exclude=_NOT_IN_KEY)
+    return hashlib.sha256(json.dumps({"cfg": body, "plan": plan_hash}, sort_keys=True).encode()).hexdigest()
+
+
+def find_pretrained(uri: str, name: str, key: str) -> tuple[str, str] | None:
+    """(version, run id) of a registered version of ``name`` tagged with ``key`` whose run finished; else None."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    for mv in sorted(versions, key=lambda v: -int(v.version)):
+        if mv.tags.get(KEY_TAG) == key and mv.run_id and client.get_run(mv.run_id).info.status == "FINISHED":
+            return str(mv.version), str(mv.run_id)
+    return None
+
+
+def _reuse(cfg: PretrainConfig, uri: str, plan_hash: str, found: tuple[str, str]) -> PretrainResult:
+    import mlflow
+
+    version, run_id = found
+    client = mlflow.MlflowClient(uri)
+    client.set_registered_model_alias(cfg.mlflow.registered_model, cfg.mlflow.alias, version)
+    run = client.get_run(run_id)
+    model_uri = f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias}"
+    url = run_url(uri, run_id)
+    say(f"pretraining reused: {model_uri} -> version {version} (same config and plan {plan_hash[:12]}; run {url})")
+    return PretrainResult(
+        run_id,
+        url,
+        model_uri,
+        version,
+        plan_hash,
+        float(run.data.metrics.get("train/loss", float("nan"))),
+        int(run.data.metrics.get("train/steps", 0)),
+        int(run.data.metrics.get("data/skipped_chips", 0)),
+        reused=True,
+    )
 
 
 def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
@@ -64,6 +126,10 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     check_inputs(cfg)
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
     plan_hash, n_chips = ensure_plan(cfg)
+    key = pretrain_key(cfg, plan_hash)
+    found = find_pretrained(uri, cfg.mlflow.registered_model, key) if cfg.mlflow.reuse else None
+    if found is not None:
+        return _reuse(cfg, uri, plan_hash, found)
     run_id, resumed = start_or_resume_run(uri, cfg.mlflow.experiment, cfg.run.name)
     client = mlflow.MlflowClient(uri)
     if not resumed:
@@ -136,9 +202,12 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
         "s2_bands": backbone.s2_bands,
         "normalize": cfg.data.normalize,
         "plan_hash": plan_hash,
+        "plan": cfg.data.plan,  # which places pretraining saw: fine-tuning checks its test split against it
+        "plan_split": cfg.data.split,
         "steps": int(state["step"]),
     }
     version, model_uri = register_backbone(backbone, cfg.mlflow.registered_model, cfg.mlflow.alias, run_id, uri, card)
+    client.set_model_version_tag(cfg.mlflow.registered_model, version, KEY_TAG, key)
     client.log_metric(run_id, "train/steps", int(state["step"]))
     client.set_terminated(run_id, status="FINISHED")
     url = run_url(uri, run_id)
