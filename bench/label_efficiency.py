@@ -1,21 +1,26 @@
-"""Label efficiency: does the SSL backbone with 10 % of the labels match scratch with 100 %?
+"""Label efficiency: does self-supervised pretraining on an unlabelled pool cut the labels a task needs?
 
 Runs what a user runs, on the local stack (``eoforge up``), through ``ray job submit``:
 
-1. the demo catalog (``--scenes`` scenes) and its chip plan;
-2. Dual-SimCLR pretraining (``--pretrain-epochs``, registered as ``eoforge-bench-dual-simclr``),
-   skipped with ``--reuse-pretrain`` when that model already has a ``candidate``;
-3. one label-fraction sweep per task: {ssl, scratch} x ``--fractions`` x ``--seeds`` seeds
-   (ssl: the pretrained backbone, ``--ssl-mode``; scratch: random init, full fine-tuning),
-   each trial selected on val and reported on test.
+1. the demo world of ``--world-seed``: ``--scenes`` labelled scenes (train and test regions differ, as
+   in DFC2020) and an unlabelled pool of ``--pool-scenes`` other places over four seasons; one chip
+   plan each (``--chip-px``);
+2. one pretraining per ``--objectives`` on the pool (``--pretrain-steps``), registered as
+   ``eoforge-bench-<objective>``; a finished pretraining with the same config and pool is reused
+   (``mlflow.reuse``). A backbone whose pretraining plan covers test chips is refused;
+3. one sweep per ``--tasks`` with the protocol's arms, each over the same label subsets (stratified,
+   nested, per seed), the same step budget (``--steps``) and the same lr grid (``--lrs``), the lr
+   chosen on val and test reported once at the chosen checkpoint:
+   ``scratch``, ``random_probe``, ``band_stats_probe`` and, per objective, ``<objective>_probe``,
+   ``<objective>_knn`` and ``<objective>_finetune`` (segmentation: no band-stats or kNN arm).
 
-The last line printed is one JSON object: per task and fraction, the SSL and scratch test
-metric (mean and std over seeds, population std), ``ssl_at_10_vs_scratch_at_100`` (SSL at the
-smallest fraction minus scratch at 100 %, per task; the goal is >= 0), the pretraining budget
-and the wall time. Intermediate numbers and the sweeps' MLflow runs stay on the stack.
+The last line printed is one JSON object: per task, arm and fraction the test metric's mean and std
+over seeds; ``ssl_at_10_vs_scratch_at_100`` per task: the SSL arm with the best val metric at 10 %
+labels (named) minus scratch at 100 % (the goal is >= 0); the pretraining steps and wall times; the
+label-fraction PNG of each sweep (copied next to the bench's files).
 
-Usage: python bench/label_efficiency.py [--seeds 3] [--fractions 0.1,1.0] [--tasks classification]
-       [--pretrain-epochs 3] [--epochs 8] [--scenes 4] [--reuse-pretrain] [--down]
+Usage: python bench/label_efficiency.py [--world-seed 0] [--seeds 3] [--fractions 0.01,0.1,1.0]
+       [--objectives dual_simclr] [--tasks classification] [--down]
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = "eoforge-bench-dual-simclr"
 TASKS = {
     "classification": {"kind": "classification", "classes": "dfc8"},
     "multilabel": {"kind": "multilabel", "classes": "dfc8"},
     "segmentation": {"kind": "segmentation", "classes": "dfc8"},
 }
+#: The pretraining config of each objective (the demo's for Dual-SimCLR).
+PRETRAIN_CONFIGS = {"dual_simclr": "configs/pretrain/demo.yaml"}
 
 
 def sh(*cmd: str, env: dict[str, str] | None = None) -> str:
@@ -52,39 +58,111 @@ def sh(*cmd: str, env: dict[str, str] | None = None) -> str:
     return "".join(lines)
 
 
-def has_candidate(mlflow_url: str) -> bool:
-    import mlflow
+def refuse_overlap(mlflow_url: str, model_uri: str, plan: Path) -> None:
+    """Stop the bench when the model's pretraining plan covers test chips of ``plan``.
 
-    try:
-        mlflow.MlflowClient(mlflow_url).get_model_version_by_alias(MODEL, "candidate")
-    except mlflow.exceptions.MlflowException:
-        return False
-    return True
+    Raises:
+        SystemExit: the pretraining plan and the labelled plan's test split share ground.
+    """
+    from eoforge.finetune.backbone import resolve_backbone
+    from eoforge.finetune.overlap import pretraining_overlap
+
+    card = resolve_backbone(model_uri, "resnet18", mlflow_url, "ssl4eo").card
+    if not card.get("plan"):
+        raise SystemExit(f"bench: {model_uri} does not name its pretraining plan; refusing to compare it")
+    overlap = pretraining_overlap(str(card["plan"]), str(card.get("plan_split", "all")), str(plan))
+    if overlap.chips:
+        raise SystemExit(
+            f"bench: {model_uri} was pretrained on {card['plan']}, which covers {overlap.chips} of "
+            f"{overlap.test_chips} test chips (e.g. {overlap.places[:3]}): refusing a comparison on seen land"
+        )
+
+
+def arms(objectives: list[str], task: str) -> dict[str, dict[str, str]]:
+    """The sweep's methods: the controls, then each objective's probe, kNN and fine-tune."""
+    whole_chip = task != "segmentation"
+    out = {"scratch": {"source": "scratch", "mode": "finetune"}}
+    out["random_probe"] = {"source": "scratch", "mode": "linear_probe"}
+    if whole_chip:
+        out["band_stats_probe"] = {"source": "band_stats", "mode": "linear_probe"}
+    for obj in objectives:
+        src = f"models:/eoforge-bench-{obj.replace('_', '-')}@candidate"
+        out[f"{obj}_probe"] = {"source": src, "mode": "linear_probe", "objective": obj}
+        if whole_chip:
+            out[f"{obj}_knn"] = {"source": src, "mode": "knn", "objective": obj}
+        out[f"{obj}_finetune"] = {"source": src, "mode": "finetune", "objective": obj}
+    return out
+
+
+def summarise(mlflow_url: str, sweep_name: str, out_dir: Path) -> tuple[dict, dict, str]:
+    """(per arm and fraction: test mean/std/val mean, the 10 % vs 100 % comparison, the PNG's path)."""
+    import mlflow
+    import pandas as pd
+
+    client = mlflow.MlflowClient(mlflow_url)
+    exp = client.get_experiment_by_name("eoforge-bench-sweeps")
+    run = client.search_runs([exp.experiment_id], f"tags.`eoforge.run_name` = '{sweep_name}'")[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.read_csv(client.download_artifacts(run.info.run_id, "results/label_fractions.csv", str(out_dir)))
+    png = client.download_artifacts(run.info.run_id, "results/label_fractions.png", str(out_dir))
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for _, row in table.iterrows():
+        results.setdefault(str(row["method"]), {})[f"{row['label fraction']:g}"] = {
+            "mean": round(float(row["test_mean"]), 4),
+            "std": round(float(row["test_std"]), 4),
+            "val_mean": round(float(row["val_mean"]), 4),
+            "seeds": int(row["seeds"]),
+        }
+    has_obj = "objective" in table.columns
+    ssl = table[table["objective"].notna()] if has_obj else table.iloc[0:0]
+    at10 = ssl[(ssl["label fraction"] - 0.1).abs() < 1e-9]
+    scratch100 = table[(table["method"] == "scratch") & ((table["label fraction"] - 1.0).abs() < 1e-9)]
+    compare: dict[str, object] = {"metric": run.data.tags.get("eoforge.test_metric", "test")}
+    if not at10.empty and not scratch100.empty:
+        best = at10.loc[at10["val_mean"].idxmax()]
+        ref = scratch100.iloc[0]
+        compare.update(
+            {
+                "arm": str(best["method"]),
+                "ssl_at_10": round(float(best["test_mean"]), 4),
+                "ssl_at_10_std": round(float(best["test_std"]), 4),
+                "scratch_at_100": round(float(ref["test_mean"]), 4),
+                "scratch_at_100_std": round(float(ref["test_std"]), 4),
+                "gap": round(float(best["test_mean"] - ref["test_mean"]), 4),
+            }
+        )
+    return results, compare, str(png)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--fractions", default="0.1,1.0", help="comma-separated label fractions; 1.0 is always added")
+    ap.add_argument("--world-seed", type=int, default=0, help="the synthetic world (land cover, regions, clouds)")
+    ap.add_argument("--seeds", type=int, default=3, help="label-subset and init seeds per arm and fraction")
+    ap.add_argument("--fractions", default="0.01,0.1,1.0", help="comma-separated label fractions; 1.0 is added")
+    ap.add_argument("--objectives", default="dual_simclr", help=f"comma-separated, of {sorted(PRETRAIN_CONFIGS)}")
     ap.add_argument("--tasks", default="classification", help=f"comma-separated, of {sorted(TASKS)}")
-    ap.add_argument("--pretrain-epochs", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs per trial")
-    ap.add_argument("--scenes", type=int, default=4)
-    ap.add_argument("--ssl-mode", default="linear_probe", choices=["linear_probe", "finetune"])
+    ap.add_argument("--scenes", type=int, default=8, help="labelled scenes (every 4th is a test region)")
+    ap.add_argument("--pool-scenes", type=int, default=48, help="unlabelled pool scenes (four seasons each)")
+    ap.add_argument("--chip-px", type=int, default=64)
+    ap.add_argument("--pretrain-steps", type=int, default=600, help="optimiser steps of each pretraining")
+    ap.add_argument("--steps", type=int, default=200, help="optimiser steps of every fine-tuning arm")
+    ap.add_argument("--lrs", default="0.001,0.003", help="the lr grid every trained arm gets")
     ap.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per trial")
     ap.add_argument("--gpu", action="store_true", help="trials and pretraining on GPU workers")
-    ap.add_argument("--reuse-pretrain", action="store_true")
     ap.add_argument("--down", action="store_true", help="stop the local stack at the end")
     args = ap.parse_args()
     fractions = sorted({float(f) for f in args.fractions.split(",")} | {1.0})
     tasks = [t.strip() for t in args.tasks.split(",")]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise SystemExit(f"bench: unknown task(s) {unknown}; choose from {sorted(TASKS)}")
+    objectives = [o.strip() for o in args.objectives.split(",")]
+    for name, given, known in (("task", tasks, TASKS), ("objective", objectives, PRETRAIN_CONFIGS)):
+        unknown = [g for g in given if g not in known]
+        if unknown:
+            raise SystemExit(f"bench: unknown {name}(s) {unknown}; choose from {sorted(known)}")
 
     t0 = time.perf_counter()
     home = Path(os.environ.get("EOFORGE_HOME", REPO / ".eoforge")).absolute()
-    work = home / "bench-label-efficiency"
+    tag = f"w{args.world_seed}-s{args.scenes}-p{args.pool_scenes}-c{args.chip_px}"
+    work = home / "bench-label-efficiency" / tag
     env = {**os.environ, "EOFORGE_HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     eoforge = str(Path(sys.executable).parent / "eoforge")
     sh(eoforge, "up", env=env)
@@ -93,67 +171,61 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     submit = ["ray", "job", "submit", "--working-dir", "."]
 
-    plan = work / "plan.parquet"
-    if not plan.exists():
-        sh(
-            eoforge,
-            "catalog",
-            "demo",
-            "--out",
-            str(work / "catalog"),
-            "--scenes",
-            str(args.scenes),
-            "--seed",
-            "0",
-            env=env,
-        )
-        data = yaml.safe_load((REPO / "configs/data/demo.yaml").read_text())
-        data["catalog"]["url"] = str(work / "catalog" / "catalog.json")
-        data["splits"] = {"train": 0.6, "val": 0.2, "test": 0.2}  # enough val/test chips for stable numbers
-        (work / "data.yaml").write_text(yaml.safe_dump(data))
-        sh(eoforge, "plan", "--config", str(work / "data.yaml"), "--out", str(plan), env=env)
+    plan, pool_plan = work / "plan.parquet", work / "pool-plan.parquet"
+    if not (plan.exists() and pool_plan.exists()):
+        sh(eoforge, "catalog", "demo", "--out", str(work / "catalog"), "--scenes", str(args.scenes),
+           "--seed", str(args.world_seed), "--pool-scenes", str(args.pool_scenes), env=env)  # fmt: skip
+        for src, url, out in (
+            ("configs/data/demo.yaml", work / "catalog" / "catalog.json", plan),
+            ("configs/data/demo-pool.yaml", work / "catalog" / "pool" / "catalog.json", pool_plan),
+        ):
+            data = yaml.safe_load((REPO / src).read_text())
+            data["catalog"]["url"] = str(url)
+            data["chips"]["size_px"] = args.chip_px
+            (work / Path(src).name).write_text(yaml.safe_dump(data))
+            sh(eoforge, "plan", "--config", str(work / Path(src).name), "--out", str(out), env=env)
 
-    pretrain_s = 0.0
-    if not (args.reuse_pretrain and has_candidate(mlflow_url)):
+    pretrain: dict[str, dict[str, object]] = {}
+    for obj in objectives:
         t = time.perf_counter()
-        pre = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())
-        pre["data"].update({"plan": str(plan), "config": str(work / "data.yaml")})
-        pre["train"]["epochs"] = args.pretrain_epochs
+        pre = yaml.safe_load((REPO / PRETRAIN_CONFIGS[obj]).read_text())
+        pre["data"].update({"plan": str(pool_plan), "config": str(work / "demo-pool.yaml"), "split": "train"})
+        pre["train"].update({"epochs": 1000, "max_steps": args.pretrain_steps})
         pre["scaling"]["use_gpu"] = args.gpu
-        pre["run"].update({"name": f"bench-dual-simclr-e{args.pretrain_epochs}", "storage_path": str(work / "ray")})
-        pre["mlflow"].update({"experiment": "eoforge-bench", "registered_model": MODEL})
-        (work / "pretrain.yaml").write_text(yaml.safe_dump(pre))
-        sh(*submit, "--", "python", "jobs/pretrain.py", "--config", str(work / "pretrain.yaml"), env=env)
-        pretrain_s = time.perf_counter() - t
+        model = f"eoforge-bench-{obj.replace('_', '-')}"
+        pre["run"].update({"name": f"bench-{obj}-{tag}-{args.pretrain_steps}", "storage_path": str(work / "ray")})
+        pre["mlflow"].update({"experiment": "eoforge-bench", "registered_model": model})
+        (work / f"pretrain-{obj}.yaml").write_text(yaml.safe_dump(pre))
+        logs = sh(*submit, "--", "python", "jobs/pretrain.py", "--config", str(work / f"pretrain-{obj}.yaml"), env=env)
+        refuse_overlap(mlflow_url, f"models:/{model}@candidate", plan)
+        pretrain[obj] = {"steps": args.pretrain_steps, "reused": "pretraining reused" in logs}
+        pretrain[obj]["wall_s"] = round(time.perf_counter() - t, 1)
 
-    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
-    gap: dict[str, float] = {}
+    results, compare, pngs = {}, {}, {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for task in tasks:
         base = yaml.safe_load((REPO / "configs/finetune/demo.yaml").read_text())
-        base["data"].update({"plan": str(plan), "config": str(work / "data.yaml")})
+        base["data"].update({"plan": str(plan), "config": str(work / "demo.yaml")})
         base["task"].update(TASKS[task])
-        base["train"].update({"epochs": args.epochs, "eval_every_epochs": 1})
+        base["train"].update({"steps": args.steps})
         base["mlflow"].update({"experiment": "eoforge-bench", "registered_model": None})
         sweep = {
             "kind": "sweep",
             "base": base,
             "search": {
-                "methods": {
-                    "ssl": {"source": f"models:/{MODEL}@candidate", "mode": args.ssl_mode},
-                    "scratch": {"source": "scratch", "mode": "finetune"},
-                },
+                "methods": arms(objectives, task),
                 "label_fractions": fractions,
+                "lr": [float(x) for x in args.lrs.split(",")],
                 "seeds": list(range(args.seeds)),
             },
             "resources": {"num_workers": args.num_workers, "max_concurrent_trials": 1, "use_gpu": args.gpu},
-            "run": {"name": f"bench-{task}-{stamp}", "storage_path": str(work / "sweeps")},
+            "run": {"name": f"bench-{task}-{tag}-{stamp}", "storage_path": str(work / "sweeps")},
             "mlflow": {"experiment": "eoforge-bench-sweeps", "registered_model": f"eoforge-bench-{task}"},
         }
         cfg_path = work / f"sweep-{task}.yaml"
         cfg_path.write_text(yaml.safe_dump(sweep))
         sh(*submit, "--", "python", "jobs/sweep.py", "--config", str(cfg_path), env=env)
-        results[task], gap[task] = summarise(mlflow_url, sweep["run"]["name"], fractions[0])
+        results[task], compare[task], pngs[task] = summarise(mlflow_url, sweep["run"]["name"], work / "results" / task)
 
     if args.down:
         sh(eoforge, "down", env=env)
@@ -161,50 +233,25 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "label_efficiency",
+                "world_seed": args.world_seed,
                 "results": results,
-                "ssl_at_10_vs_scratch_at_100": gap,
-                "goal_met": {t: g >= 0 for t, g in gap.items()},
-                "smallest_fraction": fractions[0],
+                "ssl_at_10_vs_scratch_at_100": compare,
+                "goal_met": {t: c.get("gap", -1.0) >= 0 for t, c in compare.items()},
+                "fractions": fractions,
                 "seeds": args.seeds,
-                "ssl_mode": args.ssl_mode,
-                "pretrain": {
-                    "objective": "dual_simclr",
-                    "epochs": args.pretrain_epochs,
-                    "reused": pretrain_s == 0.0,
-                    "wall_s": round(pretrain_s, 1),
-                },
-                "finetune_epochs": args.epochs,
+                "objectives": objectives,
+                "pretrain": pretrain,
+                "finetune_steps": args.steps,
+                "lrs": args.lrs,
                 "scenes": args.scenes,
+                "pool_scenes": args.pool_scenes,
+                "chip_px": args.chip_px,
+                "png": pngs,
                 "device": "cuda" if args.gpu else "cpu",
                 "wall_s": round(time.perf_counter() - t0, 1),
             }
         )
     )
-
-
-def summarise(mlflow_url: str, sweep_name: str, smallest: float) -> tuple[dict[str, dict[str, float]], float]:
-    """Per fraction and method: test metric mean/std over seeds, from the sweep's results table."""
-    import tempfile
-
-    import mlflow
-    import pandas as pd
-
-    client = mlflow.MlflowClient(mlflow_url)
-    exp = client.get_experiment_by_name("eoforge-bench-sweeps")
-    run = client.search_runs([exp.experiment_id], f"tags.`eoforge.run_name` = '{sweep_name}'")[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        table = pd.read_csv(client.download_artifacts(run.info.run_id, "results/label_fractions.csv", tmp))
-    out: dict[str, dict[str, float]] = {}
-    for _, row in table.iterrows():
-        out.setdefault(f"{row['label fraction']:g}", {}).update(
-            {
-                f"{row['method']}_mean": round(float(row["test_mean"]), 4),
-                f"{row['method']}_std": round(float(row["test_std"]), 4),
-            }
-        )
-    out["metric"] = run.data.tags.get("eoforge.test_metric", "test")  # type: ignore[assignment]
-    gap = out[f"{smallest:g}"]["ssl_mean"] - out["1"]["scratch_mean"]
-    return out, round(gap, 4)
 
 
 if __name__ == "__main__":

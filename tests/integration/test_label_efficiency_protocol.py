@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 LRS = [0.001, 0.01]
 
 
-def _register(stack, name: str, objective: str, seed: int) -> str:
+def _register(stack, name: str, objective: str, seed: int, plan: Path, plan_split: str) -> str:
     import mlflow
 
     torch.manual_seed(seed)
@@ -36,7 +36,7 @@ def _register(stack, name: str, objective: str, seed: int) -> str:
     exp = client.get_experiment_by_name("it-le") or client.get_experiment(client.create_experiment("it-le"))
     run = client.create_run(exp.experiment_id)
     card = {"backbone": "resnet18", "s1_bands": ["vv", "vh"], "s2_bands": list(backbone.s2_bands)}
-    card.update({"normalize": "ssl4eo", "objective": objective})
+    card.update({"normalize": "ssl4eo", "objective": objective, "plan": str(plan), "plan_split": plan_split})
     register_backbone(backbone, name, "candidate", run.info.run_id, stack.mlflow_url, card)
     return state_sha256(backbone)
 
@@ -44,13 +44,15 @@ def _register(stack, name: str, objective: str, seed: int) -> str:
 @pytest.fixture(scope="module")
 def protocol(stack, demo_catalog, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("protocol")
-    shas = {
-        "dual_simclr": _register(stack, "it-le-dual", "dual_simclr", 1),
-        "mae": _register(stack, "it-le-mae", "mae", 2),
-    }
     cfg = data_cfg(str(demo_catalog.catalog_json), size_px=32)
     cfg = cfg.model_copy(update={"splits": SplitConfig(train=0.6, val=0.2, test=0.2)})
     build_plan(cfg, tmp / "plan.parquet")
+    # the "dual" backbone claims it was pretrained on every chip of the plan (test places included),
+    # the "mae" one on its train split only (by place: no test place)
+    shas = {
+        "dual_simclr": _register(stack, "it-le-dual", "dual_simclr", 1, tmp / "plan.parquet", "all"),
+        "mae": _register(stack, "it-le-mae", "mae", 2, tmp / "plan.parquet", "train"),
+    }
     base = yaml.safe_load((REPO / "configs/finetune/demo.yaml").read_text())
     base["data"].update({"plan": str(tmp / "plan.parquet"), "config": None})
     base["train"] = {"steps": 4, "evals": 2, "batch_size": 16, "knn_k": [1, 3]}
@@ -89,7 +91,7 @@ def protocol(stack, demo_catalog, tmp_path_factory):
     runs = client.search_runs([exp.experiment_id], max_results=200)
     parent = next(r for r in runs if r.data.tags.get("eoforge.run_name") == "it-le-sweep")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    return {"client": client, "parent": parent, "children": children, "logs": logs, "shas": shas}
+    return {"client": client, "parent": parent, "children": children, "logs": logs, "shas": shas, "tmp": tmp}
 
 
 def _by_source_mode(children, source: str, mode: str):
@@ -141,3 +143,20 @@ def test_one_parent_table_holds_both_objectives_and_every_arm(protocol, tmp_path
     }
     assert {"dual_simclr", "mae"} <= set(table["objective"].dropna())
     assert "label fraction" in protocol["logs"]
+
+
+def test_overlap_of_pretraining_and_test_places_is_recorded_and_the_bench_refuses_it(stack, protocol) -> None:
+    from bench.label_efficiency import refuse_overlap
+
+    children = protocol["children"]
+    leaky = [c for c in children if c.data.params["backbone.source"] == "models:/it-le-dual@candidate"]
+    clean = [c for c in children if c.data.params["backbone.source"] == "models:/it-le-mae@candidate"]
+    for c in leaky:
+        assert int(c.data.tags["eoforge.pretrain_test_overlap_chips"]) == int(c.data.params["eval.test_chips"]) > 0
+    assert all(c.data.tags["eoforge.pretrain_test_overlap_chips"] == "0" for c in clean)
+    scratch = _by_source_mode(children, "scratch", "finetune")
+    assert not any("eoforge.pretrain_test_overlap_chips" in c.data.tags for c in scratch)
+    plan = protocol["tmp"] / "plan.parquet"
+    with pytest.raises(SystemExit, match="refusing a comparison on seen land"):
+        refuse_overlap(stack.mlflow_url, "models:/it-le-dual@candidate", plan)
+    refuse_overlap(stack.mlflow_url, "models:/it-le-mae@candidate", plan)  # no overlap: accepted

@@ -143,8 +143,9 @@ class FinetuneConfig(Strict):
     mlflow: FinetuneMlflowConfig = FinetuneMlflowConfig()
     materialize: bool = Field(
         True,
-        description="Hold the label subset and val/test chips in Ray's object store for all epochs "
-        "(false: stream them from the chip cache every epoch, for sets larger than the object store).",
+        description="Each worker reads the label subset and its share of val/test from the chip cache once and "
+        "holds them for all epochs (false: Ray Data streams them from the cache every epoch, for sets larger "
+        "than a worker's memory).",
     )
     cache_dir: str | None = Field(
         None, description="Where decoded labelled chips are kept between jobs (default: <storage_path>/chip-cache)."

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,3 +142,51 @@ def labelled_dataset(cache: str, split: str, chip_ids: list[str] | None = None) 
         expr = expr & col("chip_id").is_in(list(chip_ids))
     fs = None if "://" in cache else pafs.LocalFileSystem()
     return ray.data.read_parquet(cache, filesystem=fs, columns=[*TRAIN_COLUMNS, "split", "ok"]).filter(expr=expr)
+
+
+def iter_cached_chips(cache: str, chip_ids: list[str], batch_rows: int = 256) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of the cached chips ``chip_ids`` (readable ones), read straight from the Parquet files.
+
+    For work that reads a labelled set once or holds it in memory (probes, small subsets):
+    no Ray Data pipeline, one pass over the files with the id filter pushed into the scan.
+    Yields dicts of numpy arrays with :data:`TRAIN_COLUMNS` (``s1`` float16 [B, 2, H, W],
+    ``s2`` uint16 [B, 12, H, W], ``valid`` bool [B, 2, H, W], ``label`` uint8 [B, H, W]), in file order.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    import ray.data  # noqa: F401  (registers Ray's tensor extension type for the pixel columns)
+
+    fs, path = filesystem_of(cache, "chip cache")
+    dataset = pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True)
+    wanted = pc.field("chip_id").isin(list(chip_ids)) & (pc.field("ok") == True)  # noqa: E712
+    dtypes = {"s1": np.float16, "s2": np.uint16, "valid": bool, "label": np.uint8}
+    for batch in dataset.to_batches(columns=TRAIN_COLUMNS, filter=wanted, batch_size=batch_rows):
+        if batch.num_rows == 0:
+            continue
+        out: dict[str, np.ndarray] = {}
+        for name in TRAIN_COLUMNS:
+            column = batch.column(name)
+            out[name] = (
+                _tensor_column(column, dtypes[name]) if name in dtypes else np.asarray(column.to_pylist(), dtype=object)
+            )
+        yield out
+
+
+def load_cached_chips(cache: str, chip_ids: list[str]) -> dict[str, np.ndarray]:
+    """The cached chips ``chip_ids`` in memory, in the order of ``chip_ids`` (see :func:`iter_cached_chips`).
+
+    Raises:
+        ChipReadError: a requested chip is not in the cache (or not readable).
+    """
+    parts = list(iter_cached_chips(cache, chip_ids))
+    if not parts:
+        if chip_ids:
+            raise ChipReadError(f"chip cache {cache}: none of {len(chip_ids)} requested chips")
+        return {}
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    where = {str(c): i for i, c in enumerate(merged["chip_id"])}
+    missing = [c for c in chip_ids if c not in where]
+    if missing:
+        raise ChipReadError(f"chip cache {cache}: {len(missing)} requested chips missing, e.g. {missing[:3]}")
+    order = np.array([where[c] for c in chip_ids], dtype=np.intp)
+    return {k: v[order] for k, v in merged.items()}

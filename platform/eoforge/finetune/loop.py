@@ -10,8 +10,8 @@ ASHA acts on). The best weights on ``val`` are kept; at the end they are evaluat
 
 Linear probe: the backbone's parameters get no gradient and its BatchNorm stays in eval
 mode, so its weights and statistics end exactly as they started (``eoforge.backbone_sha256_*``
-tags on the run let a user check it). For whole-chip tasks the probes (``linear_probe``,
-``knn``) run on features computed once (:mod:`eoforge.finetune.probe`): :func:`_probe_loop`.
+tags on the run let a user check it). Probes of whole-chip tasks do not come here: they run
+on features computed once, in the job's own process (:mod:`eoforge.finetune.probe_job`).
 """
 
 from __future__ import annotations
@@ -130,6 +130,54 @@ def per_class_csv(classes: tuple[str, ...], per_class: dict[str, list[float]]) -
     return out.getvalue()
 
 
+SPLITS = ("train", "val", "test")
+
+
+class InMemorySplit:
+    """A labelled split in this worker's memory (``materialize: true``), with Ray Data's ``iter_batches`` call.
+
+    Labelled subsets are small (tens to thousands of chips) and trained for many epochs: one read
+    of the chip cache replaces a Ray Data pipeline per epoch. ``train``: every worker holds the
+    whole split and takes its share of a global per-epoch permutation, the same number of rows on
+    each worker (the last ``n % world`` rows of the permutation sit the epoch out), so DDP steps
+    stay in lockstep. Evaluation splits: each worker holds ``ids[rank::world]``.
+    """
+
+    def __init__(self, chips: dict[str, np.ndarray], rank: int, world: int, train: bool) -> None:
+        self.chips, self.rank, self.world, self.train = chips, rank, world, train
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        batch_format: str = "numpy",
+        local_shuffle_buffer_size: int | None = None,
+        local_shuffle_seed: int | None = None,
+    ) -> Any:
+        """Batches of dicts of numpy arrays (``batch_format`` must be ``numpy``)."""
+        n = len(self.chips.get("chip_id", ()))
+        order = np.arange(n)
+        if self.train:
+            if local_shuffle_seed is not None:
+                order = np.random.default_rng(local_shuffle_seed).permutation(n)
+            order = order[: n - n % self.world][self.rank :: self.world]
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            yield {k: v[idx] for k, v in self.chips.items()}
+
+
+def split_source(config: dict[str, Any], name: str, rank: int, world: int) -> Any:
+    """A split's batches on this worker: in memory (``config["chips"]``) or the Ray Data shard."""
+    import ray.train
+
+    chips = config.get("chips")
+    if chips is None:
+        return ray.train.get_dataset_shard(name)
+    from eoforge.finetune.chips import load_cached_chips
+
+    ids = chips[name] if name == "train" else chips[name][rank::world]
+    return InMemorySplit(load_cached_chips(chips["cache"], ids), rank, world, train=name == "train")
+
+
 def _flat(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
     return {f"{prefix}/{k}": float(v) for k, v in metrics.items() if k != "per_class"}
 
@@ -163,9 +211,6 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         groups.append({"params": list(model.backbone.parameters()), "lr": cfg.optim.lr * cfg.optim.backbone_lr_scale})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
     start_epoch, best_value, best_epoch, best_state = 0, -np.inf, 0, None
-    if probe and task.kind != "segmentation":
-        _probe_loop(cfg, task, model, config, sha_start)
-        return
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -181,8 +226,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     if logger is not None and checkpoint is None:
         logger.client.set_tag(logger.run_id, "eoforge.backbone_sha256_start", sha_start)
     metric_key = cfg.metric.split("/", 1)[1]
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    train_shard, val_shard, test_shard = (split_source(config, name, rank, ctx.get_world_size()) for name in SPLITS)
     bs = cfg.train.batch_size
 
     def save(epoch: int, final: dict[str, Any] | None = None) -> ray.train.Checkpoint | None:
@@ -242,7 +286,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     if best_state is not None:
         core.load_state_dict(best_state)
     val = evaluate(core, val_shard, task, bs, device, cfg.data.normalize)
-    test = evaluate(core, ray.train.get_dataset_shard("test"), task, bs, device, cfg.data.normalize)
+    test = evaluate(core, test_shard, task, bs, device, cfg.data.normalize)
     final = {
         "epoch": cfg.train.epochs,
         "best_epoch": best_epoch,
@@ -273,97 +317,3 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     finally:
         if ckpt is not None:
             shutil.rmtree(ckpt.path, ignore_errors=True)  # the local copy only (hundreds of MB each)
-
-
-def _probe_loop(cfg: Any, task: Any, model: Any, config: dict[str, Any], sha_start: str) -> None:
-    """Linear probe or kNN of a whole-chip task on features computed once (see the module docstring)."""
-    import ray.train
-
-    from eoforge.finetune.backbone import state_sha256
-    from eoforge.finetune.probe import probe_schedule, run_knn, split_features, train_linear_probe
-    from eoforge.progress import say
-    from eoforge.tracking.runs import MetricLogger
-
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
-    model.to(device)
-    model.freeze_backbone()
-    logger = MetricLogger(config["mlflow"]["uri"], config["mlflow"]["run_id"]) if rank == 0 else None
-    metric_key = cfg.metric.split("/", 1)[1]
-    bs = cfg.train.batch_size
-
-    def features(split: str) -> tuple[torch.Tensor, np.ndarray]:
-        return split_features(
-            model.backbone,
-            ray.train.get_dataset_shard(split),
-            bs,
-            device,
-            lambda b: model_inputs(b, device, cfg.data.normalize),
-            lambda b: _targets(task, b),
-            _gather_list,
-        )
-
-    t0 = time.perf_counter()
-    train, val, test = features("train"), features("val"), features("test")
-    if logger is not None:
-        logger.client.set_tag(logger.run_id, "eoforge.backbone_sha256_start", sha_start)
-        say(f"{cfg.mode}: features of {len(train[1])} train, {len(val[1])} val, {len(test[1])} test chips "
-            f"in {time.perf_counter() - t0:.1f}s")  # fmt: skip
-    if cfg.mode == "knn":
-        best_k, val_m, test_m, curve = run_knn(train, val, test, cfg.train.knn_k, task, metric_key)
-        extra: dict[str, float] = {
-            "knn/k": float(best_k),
-            **{f"knn/val_{metric_key}_k{k}": v for k, v in curve.items()},
-        }
-        best_step = 0
-    else:
-
-        def on_eval(step: int, loss: float, val_m: dict[str, Any]) -> None:
-            metrics = {"step": step, "train/loss": loss, **_flat("val", val_m)}
-            if logger is not None:
-                logger.log(metrics, step)
-            if step != schedule[-1]:
-                ray.train.report(metrics, checkpoint=None)
-
-        schedule = probe_schedule(
-            len(train[1]), bs, cfg.train.epochs, cfg.train.steps, cfg.train.evals, cfg.train.eval_every_epochs
-        )
-        state, best_step, _ = train_linear_probe(
-            model.head, train, val, task, cfg.optim.lr, cfg.optim.weight_decay, bs, schedule,
-            cfg.train.seed, metric_key, on_eval,
-        )  # fmt: skip
-        model.head.load_state_dict(state)
-        model.head.eval()
-        with torch.no_grad():
-            from eoforge.finetune.probe import score
-
-            val_m, test_m = score(task, model.head(val[0]), val[1]), score(task, model.head(test[0]), test[1])
-        extra = {"steps": float(schedule[-1])}
-    final = {
-        "epoch": cfg.train.epochs,
-        "best_epoch": best_step,
-        **extra,
-        **_flat("val", val_m),
-        **_flat("test", test_m),
-        "best/" + metric_key: float(val_m[metric_key]),
-    }
-    ckpt = None
-    if logger is not None:
-        logger.log(final, (schedule[-1] if cfg.mode != "knn" else 0) + 1)
-        logger.client.set_tag(logger.run_id, "eoforge.backbone_sha256_end", state_sha256(model.backbone))
-        for split_name, res in (("val", val_m), ("test", test_m)):
-            if res["per_class"]:
-                logger.client.log_text(
-                    logger.run_id, per_class_csv(task.classes, res["per_class"]), f"metrics/per_class_{split_name}.csv"
-                )
-        d = tempfile.mkdtemp(prefix="eoforge-ft-")
-        model.cpu()
-        state = {"model": model.state_dict(), "epoch": cfg.train.epochs, "best_value": final["best/" + metric_key]}
-        torch.save({**state, "best_epoch": best_step, "best_state": model.state_dict()}, Path(d) / STATE_FILE)
-        (Path(d) / "final_metrics.json").write_text(json.dumps(final))
-        ckpt = ray.train.Checkpoint.from_directory(d)
-    try:
-        ray.train.report(final, checkpoint=ckpt)
-    finally:
-        if ckpt is not None:
-            shutil.rmtree(ckpt.path, ignore_errors=True)

@@ -27,6 +27,7 @@ from eoforge.finetune.backbone import BackboneSpec, resolve_backbone
 from eoforge.finetune.chips import ChipIndex, ensure_chip_cache, labelled_dataset, read_index
 from eoforge.finetune.fractions import label_subset
 from eoforge.finetune.overlap import Overlap, pretraining_overlap
+from eoforge.finetune.probe_job import run_probe, runs_in_process
 from eoforge.finetune.tasks import Task
 from eoforge.plan.io import plan_stats
 from eoforge.progress import say
@@ -291,22 +292,33 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_tri
     print(
         f"[eoforge] {task.kind} on {len(splits.train)}/{len(splits.train_all)} train chips "
         f"(fraction {cfg.labels.fraction:g}, seed {cfg.labels.seed}), {len(splits.val)} val, {len(splits.test)} test; "
-        f"backbone {spec.uri or spec.path or 'scratch'} ({cfg.mode})",
+        f"backbone {spec.uri or spec.path or spec.source} ({cfg.mode})",
         flush=True,
     )
+
+    if runs_in_process(cfg):  # a probe on features computed once: no Ray Train worker group to start
+        ids = {"train": splits.train, "val": splits.val, "test": splits.test}
+        try:
+            metrics, ckpt_path = run_probe(cfg, task, spec, cache, ids, chip_size, uri, run_id)
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        return _finish(cfg, task, spec, plan_hash, metrics, run_id, uri, ckpt_path, chip_size, len(splits.train))
 
     callbacks = []
     if tune_trial:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
-    datasets = {
-        "train": labelled_dataset(cache, "train", splits.train),
-        "val": labelled_dataset(cache, "val", splits.val),
-        "test": labelled_dataset(cache, "test", splits.test),
-    }
-    if cfg.materialize:  # decoded once into the object store; each epoch then starts in ~0.1 s, not ~5 s
-        datasets = {k: v.materialize() for k, v in datasets.items()}
+    chips, datasets = None, None
+    if cfg.materialize:  # each worker reads its chips from the cache once and holds them for every epoch
+        chips = {"cache": cache, "train": splits.train, "val": splits.val, "test": splits.test}
+    else:  # streamed from the cache by Ray Data every epoch (sets larger than worker memory)
+        datasets = {
+            "train": labelled_dataset(cache, "train", splits.train),
+            "val": labelled_dataset(cache, "val", splits.val),
+            "test": labelled_dataset(cache, "test", splits.test),
+        }
     trainer = torch_trainer(
         finetune_loop_per_worker,
         {
@@ -315,6 +327,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_tri
             "backbone": spec.to_dict(),
             "mlflow": {"uri": uri, "run_id": run_id},
             "chip_size": chip_size,
+            "chips": chips,
         },
         cfg.scaling,
         cfg.run,
@@ -329,9 +342,31 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_tri
         raise
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     ckpt_path = result.checkpoint.path if result.checkpoint else None
+    return _finish(cfg, task, spec, plan_hash, metrics, run_id, uri, ckpt_path, chip_size, len(splits.train))
+
+
+def _finish(
+    cfg: FinetuneConfig,
+    task: Task,
+    spec: BackboneSpec,
+    plan_hash: str,
+    metrics: dict[str, float],
+    run_id: str,
+    uri: str,
+    ckpt_path: str | None,
+    chip_size: int,
+    train_chips: int,
+) -> FinetuneResult:
+    """Register the model when asked (champion rule), close the run, print the outcome."""
+    import mlflow
+    from ray.train import Checkpoint
+
+    from eoforge.storage import resolve_storage
+
     model_uri, decision = None, None
-    if cfg.mlflow.registered_model and result.checkpoint is not None:
-        with result.checkpoint.as_directory() as d:
+    if cfg.mlflow.registered_model and ckpt_path is not None:
+        fs = resolve_storage(cfg.run.storage_path)[1]
+        with Checkpoint(ckpt_path, filesystem=fs).as_directory() as d:
             _, model_uri, decision = register_finetuned(
                 d,
                 cfg,
@@ -345,11 +380,11 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_tri
                 cfg.mlflow.champion_alias,
                 chip_size,
             )
-    client.set_terminated(run_id, status="FINISHED")
+    mlflow.MlflowClient(uri).set_terminated(run_id, status="FINISHED")
     url = run_url(uri, run_id)
     shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("val/", "test/")) and k.count("/") == 1}
-    print(f"[eoforge] finished {cfg.run.name}: {json.dumps(shown)}", flush=True)
-    print(f"[eoforge] MLflow run: {url}", flush=True)
+    say(f"finished {cfg.run.name}: {json.dumps(shown)}")
+    say(f"MLflow run: {url}")
     if model_uri:
-        print(f"[eoforge] registered model: {model_uri}", flush=True)
-    return FinetuneResult(run_id, url, metrics, ckpt_path, len(splits.train), model_uri, decision)
+        say(f"registered model: {model_uri}")
+    return FinetuneResult(run_id, url, metrics, ckpt_path, train_chips, model_uri, decision)
