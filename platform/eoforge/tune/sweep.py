@@ -28,6 +28,7 @@ import yaml
 
 from eoforge.config import FinetuneConfig, SweepConfig, apply_overrides, load_raw, parse_config
 from eoforge.errors import ConfigError
+from eoforge.progress import say
 from eoforge.ray_node import init_ray
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,8 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
             plan_hash=plan_hash,
         )
         client.log_artifacts(run_id, tmp, "results")
+        results_dir = _keep_results(tmp, cfg)
+    say(f"results table and label-fraction plot: {results_dir}/label_fractions.md, {results_dir}/label_fractions.png")
     n_done = int((trials["status"] == "finished").sum()) if not trials.empty else 0
     client.log_metric(run_id, "sweep/trials_finished", n_done)
     client.log_metric(run_id, "sweep/trials", len(trials))
@@ -325,6 +328,20 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
     if champion_uri:
         print(f"[eoforge] champion: {champion_uri}", flush=True)
     return SweepResult(run_id, trials, summary, table, champion_uri, decision)
+
+
+def _keep_results(local: str, cfg: SweepConfig) -> str:
+    """Copy the sweep's results (tables, plot) to ``<run.storage_path>/<run.name>/results``; that URI."""
+    import pyarrow.fs as pafs
+
+    from eoforge.storage import resolve_storage
+
+    root, fs = resolve_storage(cfg.run.storage_path)
+    dest = f"{root.rstrip('/')}/{cfg.run.name}/results"
+    target = fs or pafs.LocalFileSystem()
+    target.create_dir(dest, recursive=True)
+    pafs.copy_files(local, dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target)
+    return dest if fs is None else f"{cfg.run.storage_path.split('://', 1)[0]}://{dest}"
 
 
 def read_chip_size(cache: str) -> int:
