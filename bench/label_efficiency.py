@@ -41,8 +41,11 @@ TASKS = {
     "multilabel": {"kind": "multilabel", "classes": "dfc8"},
     "segmentation": {"kind": "segmentation", "classes": "dfc8"},
 }
-#: The pretraining config of each objective (the demo's for Dual-SimCLR).
-PRETRAIN_CONFIGS = {"dual_simclr": "configs/pretrain/demo.yaml"}
+#: The pretraining config of each objective (the demo's for Dual-SimCLR, configs/pretrain/<objective>.yaml else).
+PRETRAIN_CONFIGS = {
+    "dual_simclr": "configs/pretrain/demo.yaml",
+    **{k: f"configs/pretrain/{k}.yaml" for k in ("simclr", "moco_v3", "barlow_twins", "vicreg", "decur", "mae")},
+}
 
 
 def sh(*cmd: str, env: dict[str, str] | None = None) -> str:
