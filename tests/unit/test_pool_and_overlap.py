@@ -10,7 +10,7 @@ import pytest
 import shapely
 from eoforge.config import DataConfig, parse_config
 from eoforge.demo.catalog import roi_split, write_demo_catalog
-from eoforge.demo.pool import POOL_INDEX0, write_pool_catalog
+from eoforge.demo.pool import write_pool_catalog
 from eoforge.demo.world import World
 from eoforge.finetune.overlap import pretraining_overlap
 from eoforge.plan.io import build_plan, iter_plan_batches
@@ -82,4 +82,3 @@ def test_overlap_check_finds_test_chips_in_a_pretraining_plan_and_none_in_the_po
     assert leaky.chips == leaky.test_chips > 0 and leaky.places and leaky.chip_ids
     only_train = pretraining_overlap(str(world["labelled"]), "train", str(world["labelled"]))
     assert only_train.chips == 0  # train ROIs are other regions than the test ROIs
-    assert POOL_INDEX0 > 4

@@ -190,6 +190,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     from eoforge.config.finetune import FinetuneConfig
     from eoforge.finetune.backbone import load_backbone, state_sha256
     from eoforge.finetune.heads import FinetuneModel
+    from eoforge.finetune.probe import PROBE_MODES
     from eoforge.finetune.tasks import Task
     from eoforge.progress import say
     from eoforge.tracking.runs import MetricLogger
@@ -201,7 +202,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     backbone = load_backbone(config["backbone"], config["mlflow"]["uri"])
     sha_start = state_sha256(backbone)
-    probe = cfg.mode in ("linear_probe", "knn")
+    probe = cfg.mode in PROBE_MODES
     model = FinetuneModel(backbone, task.kind, task.num_classes, int(config["chip_size"]), probe=probe)
     head_params = list(model.head.parameters())
     groups = [{"params": head_params, "lr": cfg.optim.lr}]

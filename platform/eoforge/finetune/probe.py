@@ -1,9 +1,9 @@
 """Probes on frozen features: a linear head (``linear_probe``) or k nearest neighbours (``knn``).
 
 A frozen backbone in eval mode gives every chip the same features at every step, so they are
-computed once per split (:func:`split_features`, gathered from every worker) and the probe works
-on them: thousands of head steps cost what one backbone pass costs. This is exactly what
-training the head through the frozen backbone would compute, minus the repeated forward passes.
+computed once per split (:mod:`eoforge.finetune.probe_job`) and the probe works on them:
+thousands of head steps cost what one backbone pass costs. This is exactly what training the
+head through the frozen backbone would compute, minus the repeated forward passes.
 
 - ``linear_probe``: the model's head (``BatchNorm1d`` without affine + ``Linear``, see
   :mod:`eoforge.finetune.heads`) trains with AdamW on minibatches of train features for the
@@ -13,9 +13,6 @@ training the head through the frozen backbone would compute, minus the repeated 
 - ``knn``: cosine similarity between L2-normalised features; a query's class scores are the
   similarity-weighted votes of its k nearest train chips (multi-label: the weighted mean of their
   label vectors). Each ``train.knn_k`` is scored on val; test is reported at the best k.
-
-Every worker holds all features and runs the same seeded computation, so each reaches the same
-result; rank 0 logs it.
 """
 
 from __future__ import annotations
@@ -29,28 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def split_features(
-    backbone: torch.nn.Module,
-    shard: Any,
-    batch_size: int,
-    device: torch.device,
-    inputs: Callable[[dict[str, np.ndarray]], tuple[torch.Tensor, torch.Tensor]],
-    targets: Callable[[dict[str, np.ndarray]], np.ndarray],
-    gather: Callable[[list[Any]], list[Any]],
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Pooled features (N, D) float32 on ``device`` and targets (N, ...) of a split, from all workers."""
-    backbone.eval()
-    feats, tgts = [], []
-    with torch.no_grad():
-        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            feats.append(backbone(*inputs(batch)).float().cpu().numpy())
-            tgts.append(targets(batch))
-    all_feats = [f for f in gather(feats) if len(f)]
-    all_tgts = [t for t in gather(tgts) if len(t)]
-    if not all_feats:
-        return torch.zeros((0, 0), device=device), np.zeros(0)
-    return torch.from_numpy(np.concatenate(all_feats)).to(device), np.concatenate(all_tgts)
+#: Modes that train no backbone: their head (or kNN) works on frozen, standardised features.
+PROBE_MODES = ("linear_probe", "knn")
 
 
 def score(task: Any, outputs: torch.Tensor, target: np.ndarray, logits: bool = True) -> dict[str, Any]:

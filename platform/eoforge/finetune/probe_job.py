@@ -30,17 +30,14 @@ from eoforge.finetune.backbone import BackboneSpec, load_backbone, state_sha256
 from eoforge.finetune.chips import iter_cached_chips
 from eoforge.finetune.heads import FinetuneModel
 from eoforge.finetune.loop import STATE_FILE, _flat, _targets, model_inputs, per_class_csv
-from eoforge.finetune.probe import probe_schedule, run_knn, score, train_linear_probe
+from eoforge.finetune.probe import PROBE_MODES, probe_schedule, run_knn, score, train_linear_probe
 from eoforge.finetune.tasks import Task
 from eoforge.progress import say
 from eoforge.tracking.runs import MetricLogger
 
-#: Modes that run here (for classification and multi-label; segmentation probes train a decoder on Ray Train).
-PROBE_MODES = ("linear_probe", "knn")
-
 
 def runs_in_process(cfg: FinetuneConfig) -> bool:
-    """Whether a fine-tuning config is a probe job of this module."""
+    """Whether a fine-tuning config is a probe job of this module (segmentation probes train a decoder on Ray Train)."""
     return cfg.mode in PROBE_MODES and cfg.task.kind != "segmentation"
 
 

@@ -175,10 +175,11 @@ def register_finetuned(
     from eoforge.finetune.backbone import load_backbone
     from eoforge.finetune.heads import FinetuneModel
     from eoforge.finetune.loop import STATE_FILE
+    from eoforge.finetune.probe import PROBE_MODES
     from eoforge.tracking.registry import decide_champion, register_backbone
 
     state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
-    probe = cfg.mode in ("linear_probe", "knn")
+    probe = cfg.mode in PROBE_MODES
     model = FinetuneModel(load_backbone(spec, tracking_uri), task.kind, task.num_classes, chip_size, probe=probe)
     model.load_state_dict(state["best_state"] or state["model"])
     card = _model_card(cfg, task, spec, plan_hash, metrics)
