@@ -9,12 +9,6 @@ runs with authentication on (``INITIAL_NO_AUTH_ACTION_COUNT=0``), so every key i
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,87 +23,25 @@ from eoforge.storage import filesystem_of, s3_filesystem
 from geopandas.testing import assert_geodataframe_equal
 from typer.testing import CliRunner
 
+from tests.support.s3 import aws_env, free_port, moto_server
+
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "eoforge-plans"
 SECRET = "sEcReT-never-shown-0123456789"
-AWS_VARS = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_ROLE_ARN",
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _moto_server(log: Path, auth: bool = False) -> Iterator[str]:
-    """Start ``python -m moto.server`` on a free port; yield its URL; stop it by PID."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    if auth:
-        env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # check every request's credentials
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"moto server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"moto server on {url} not answering after 30 s: {log.read_text()[-2000:]}")
-                time.sleep(0.1)
-        yield url
-    finally:
-        os.kill(proc.pid, 15)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, 9)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from _moto_server(tmp_path_factory.mktemp("moto") / "server.log")
+    yield from moto_server(tmp_path_factory.mktemp("moto") / "server.log")
 
 
 @pytest.fixture(scope="module")
 def s3_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from _moto_server(tmp_path_factory.mktemp("moto-auth") / "server.log", auth=True)
+    yield from moto_server(tmp_path_factory.mktemp("moto-auth") / "server.log", auth=True)
 
 
 def _aws_env(monkeypatch: pytest.MonkeyPatch, endpoint: str, tmp: Path) -> None:
-    for name in AWS_VARS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTESTPLANS")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "no-aws-credentials"))
+    aws_env(monkeypatch, endpoint, tmp, SECRET)
 
 
 @pytest.fixture
@@ -278,7 +210,7 @@ def test_fsspec_and_file_urls_round_trip(data_cfg: DataConfig, tmp_path: Path) -
 
 
 def test_unreachable_endpoint_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    endpoint = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     _aws_env(monkeypatch, endpoint, tmp_path)
     with pytest.raises(
         ServiceError, match=rf"^chip plan s3://{BUCKET}/p.parquet: cannot connect to the store at endpoint {endpoint} "

@@ -6,6 +6,7 @@
 | ``pretrain`` | :class:`PretrainConfig` | :mod:`eoforge.config.pretrain` |
 | ``finetune`` | :class:`FinetuneConfig` | :mod:`eoforge.config.finetune` |
 | ``sweep`` | :class:`SweepConfig` | :mod:`eoforge.config.sweep` |
+| ``predict`` | :class:`PredictConfig` | :mod:`eoforge.config.predict` |
 
 Sections shared by job kinds (plan input, scaling, run) are in :mod:`eoforge.config.jobs`;
 the base model, types and YAML helpers in :mod:`eoforge.config.base`. A config is validated
@@ -31,6 +32,7 @@ from eoforge.config.base import (
 from eoforge.config.data import CatalogConfig, ChipGridConfig, DataConfig, PairingConfig, SplitConfig
 from eoforge.config.finetune import FinetuneConfig, TaskConfig
 from eoforge.config.jobs import PlanInput, PlanSource, RunConfig, ScalingConfig, check_inputs
+from eoforge.config.predict import PredictConfig
 from eoforge.config.pretrain import PretrainConfig
 from eoforge.config.sweep import SweepConfig
 from eoforge.errors import ConfigError
@@ -40,6 +42,7 @@ KINDS: dict[str, type[Strict]] = {
     "pretrain": PretrainConfig,
     "finetune": FinetuneConfig,
     "sweep": SweepConfig,
+    "predict": PredictConfig,
 }
 
 __all__ = [
@@ -51,6 +54,7 @@ __all__ = [
     "PairingConfig",
     "PlanInput",
     "PlanSource",
+    "PredictConfig",
     "PretrainConfig",
     "RunConfig",
     "ScalingConfig",

@@ -126,6 +126,7 @@ def iter_plan_tables(
     stats: PlanStats | None = None,
     filters: Sequence[OriginFilter] = (),
     timings: dict[str, float] | None = None,
+    pairs_out: list[Pair] | None = None,
 ) -> Iterator[pa.Table]:
     """Search, resolve, pair and place chips; yield the plan as Arrow tables in chip-id order.
 
@@ -133,7 +134,8 @@ def iter_plan_tables(
     (``chip_id``, ``s1_item``); memory holds one item's chips at a time. ``stats`` is filled as
     the stages run (complete once the iterator is exhausted). ``timings``, when given, receives
     ``search_s`` (search, resolve and pair, seconds) and ``chips_s`` (placing chips and building
-    tables, seconds, excluding the consumer's time).
+    tables, seconds, excluding the consumer's time). ``pairs_out``, when given, receives the pairs
+    (their STAC items) before the first table: what a product derived from the plan links back to.
 
     Raises:
         CatalogError: no chip is left; the message names the stage and the filter (raised before
@@ -149,6 +151,8 @@ def iter_plan_tables(
     if planner.sampler.kind != "grid":
         stats.stages["chips_drawn"] = planner.sampler.n_drawn
     pairs = prepared.pairs
+    if pairs_out is not None:
+        pairs_out.extend(pairs)
     timings["search_s"] = time.perf_counter() - t0
     timings["chips_s"] = 0.0
     log.info("planning %d pairs (%s)", len(pairs), stats.summary())

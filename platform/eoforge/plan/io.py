@@ -36,7 +36,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,10 @@ import pyarrow.parquet as pq
 import shapely
 from pyproj import CRS
 
+from eoforge.catalog.pairing import Pair
 from eoforge.config import DataConfig
 from eoforge.errors import CatalogError
-from eoforge.plan.build import PLAN_SCHEMA, PlanStats, iter_plan_tables, sort_indices
+from eoforge.plan.build import PLAN_SCHEMA, OriginFilter, PlanStats, iter_plan_tables, sort_indices
 from eoforge.plan.columns import STREAM_COLUMNS, WHAT, not_found
 from eoforge.storage import check_bucket, file_exists, filesystem_of, storage_error
 
@@ -413,12 +414,19 @@ def write_plan(
     return _write_tables(slices, out, lambda: _meta(data_cfg, stats))[0]
 
 
-def build_plan(cfg: DataConfig, out: str | Path, timings: dict[str, float] | None = None) -> tuple[str, int]:
+def build_plan(
+    cfg: DataConfig,
+    out: str | Path,
+    timings: dict[str, float] | None = None,
+    filters: Sequence[OriginFilter] = (),
+    pairs_out: list[Pair] | None = None,
+) -> tuple[str, int]:
     """Search, pair, place chips and stream the plan to ``out`` (local path or URI); returns (hash, chips).
 
     Memory is bounded by one S2 item's chips and one row group, whatever the size of the plan.
     ``timings``, when given, receives ``search_s``, ``chips_s`` (see
     :func:`~eoforge.plan.build.iter_plan_tables`) and ``write_s`` (hash, encode, write, upload).
+    ``filters`` and ``pairs_out``: see :func:`~eoforge.plan.build.iter_plan_tables`.
 
     Raises:
         CatalogError: no chip is left (nothing is written).
@@ -426,7 +434,8 @@ def build_plan(cfg: DataConfig, out: str | Path, timings: dict[str, float] | Non
     """
     stats = PlanStats()
     timings = timings if timings is not None else {}
-    digest, n = _write_tables(iter_plan_tables(cfg, stats, timings=timings), out, lambda: _meta(cfg, stats), timings)
+    tables = iter_plan_tables(cfg, stats, filters, timings=timings, pairs_out=pairs_out)
+    digest, n = _write_tables(tables, out, lambda: _meta(cfg, stats), timings)
     log.info("plan %s: %d chips, hash %s; stages %s", out, n, digest[:12], stats.summary())
     return digest, n
 

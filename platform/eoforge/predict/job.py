@@ -1,0 +1,316 @@
+"""Predict driver: area -> windows plan -> Ray Data (read, infer) -> tiles of COGs -> STAC + MLflow.
+
+Runs on the Ray driver (``jobs/predict.py``):
+
+1. pins and checks the models (:func:`eoforge.predict.model.resolve_models`) before any read;
+2. plans overlapping windows over the area with the planner of ``eoforge plan``
+   (``<output>/plan.parquet``; its hash is the lineage);
+3. cuts each S2 item's grid into output tiles (:mod:`eoforge.predict.grid`) and skips the tiles
+   whose item and files are already there with matching checksums, model and plan (a rerun
+   finishes an interrupted run without redoing work);
+4. streams the other tiles' windows through reading tasks and the inference actor pool
+   (:mod:`eoforge.predict.stream`), assembles each tile as its windows arrive and writes it
+   (:mod:`eoforge.predict.tiles`) before the next ones pile up;
+5. writes the Collection and records the run in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eoforge.config import DataConfig
+from eoforge.config.data import ChipGridConfig
+from eoforge.config.predict import PredictConfig
+from eoforge.errors import ConfigError
+from eoforge.predict.grid import ItemGrid, blend_weights, item_grid, window_origin
+from eoforge.progress import say
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What a predict job leaves behind."""
+
+    run_id: str
+    collection: str
+    tiles: int
+    written: int
+    skipped: int
+    windows: int
+    failed_windows: int
+    km2: float
+    wall_s: float
+
+
+class ItemIdFilter:
+    """Plan only the S2 items named in ``aoi.item_ids`` (an origin filter of the planner)."""
+
+    stage = "chips_in_items"
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = frozenset(ids)
+
+    def __call__(self, pair: Any, source: Any, origins: np.ndarray) -> np.ndarray:
+        """Keep every window of a listed item, none of the others."""
+        return np.full(len(origins), pair.s2.id in self.ids, dtype=bool)
+
+
+def aoi_geometry(path: str) -> dict[str, Any]:
+    """The union of a GeoJSON file's geometries (a geometry, Feature or FeatureCollection), lon/lat.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, or holds no polygon.
+    """
+    import shapely
+    from shapely.geometry import mapping, shape
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"aoi.geojson: {path} does not exist")
+    try:
+        doc = json.loads(p.read_text())
+        feats = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
+        geoms = [shape(f.get("geometry", f) if f.get("type") == "Feature" else f) for f in feats]
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        raise ConfigError(f"aoi.geojson: {path}: not a GeoJSON geometry, Feature or FeatureCollection: {exc}") from None
+    union = shapely.union_all(geoms)
+    if union.is_empty or union.area <= 0:
+        raise ConfigError(f"aoi.geojson: {path}: no polygon with a positive area")
+    return dict(mapping(union))
+
+
+def data_config(cfg: PredictConfig, window_px: int) -> DataConfig:
+    """The planner's config for the area: the catalog, the AOI and a grid of overlapping windows."""
+    if cfg.overlap_px * 2 > window_px:
+        raise ConfigError(f"overlap_px {cfg.overlap_px} must be at most half of the window ({window_px} px)")
+    catalog = cfg.catalog.model_dump()
+    if cfg.aoi.bbox is not None:
+        catalog["bbox"] = cfg.aoi.bbox
+    if cfg.aoi.geojson is not None:
+        catalog["aoi"] = aoi_geometry(cfg.aoi.geojson)
+    if cfg.aoi.datetime is not None:
+        catalog["datetime"] = cfg.aoi.datetime
+    chips = ChipGridConfig(size_px=window_px, stride_px=window_px - cfg.overlap_px, resolution_m=10.0)
+    return DataConfig.model_validate(
+        {"kind": "data", "catalog": catalog, "pairing": cfg.pairing.model_dump(), "chips": chips.model_dump()}
+    )
+
+
+@dataclass
+class TilePlan:
+    """The windows of one output tile: plan rows, and whether the tile is each window's home."""
+
+    key: str
+    grid: ItemGrid
+    tile: tuple[int, int]
+    rows: list[dict[str, Any]]
+    home: list[bool]
+
+
+def tile_id(item: str, tile: tuple[int, int]) -> str:
+    """A tile's id: the item id (made path-safe) and the tile's row and column."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in item)
+    return f"{safe}-{tile[0]:02d}-{tile[1]:02d}"
+
+
+def plan_tiles(
+    table: Any, tile_px: int, per_pixel: bool, class_products: bool
+) -> tuple[list[TilePlan], dict[str, Any]]:
+    """Output tiles of every S2 item of a windows plan, in (item, row, col) order, and per-item facts.
+
+    Args:
+        table: the plan's rows (Arrow) with the reader's columns and ``s2_item``, ``s1_item``,
+            ``s2_datetime``, ``dt_days``; one row per window (the closest S1 kept).
+        tile_px: output tile side, pixels.
+        per_pixel: the task model outputs per pixel (segmentation).
+        class_products: classes or probabilities are made (windows join the tiles their output meets).
+
+    Returns:
+        (tiles, {item: {"grid", "datetime", "s1_items"}}).
+    """
+    from eoforge.predict.stream import READ_COLUMNS
+
+    rows = table.sort_by([("chip_id", "ascending"), ("dt_days", "ascending")]).to_pylist()
+    by_item: dict[str, list[dict[str, Any]]] = {}
+    seen: set[str] = set()
+    for row in rows:
+        if row["chip_id"] not in seen:  # one S1 partner per window: the closest in time
+            seen.add(row["chip_id"])
+            by_item.setdefault(row["s2_item"], []).append(row)
+    tiles: list[TilePlan] = []
+    items: dict[str, Any] = {}
+    for item in sorted(by_item):
+        windows = by_item[item]
+        origins = np.array([window_origin(r["chip_id"])[1:] for r in windows], dtype=np.int64)
+        first = windows[0]
+        size = int(first["size_px"])
+        stride = _stride(origins, size)
+        grid = item_grid(item, first["crs"], first["transform"], origins, size, stride)
+        items[item] = {
+            "grid": grid,
+            "datetime": first["s2_datetime"],
+            "s1_items": sorted({r["s1_item"] for r in windows}),
+        }
+        members: dict[tuple[int, int], list[tuple[int, bool]]] = {}
+        for i, (r, c) in enumerate(origins.tolist()):
+            home = grid.home(r, c, tile_px)
+            touched = set(grid.touched(r, c, tile_px, per_pixel)) if class_products else set()
+            for t in sorted(touched | {home}):
+                members.setdefault(t, []).append((i, t == home))
+        for t in sorted(members):
+            sel = members[t]
+            reader_rows = [{k: windows[i][k] for k in READ_COLUMNS} for i, _ in sel]
+            tiles.append(TilePlan(tile_id(item, t), grid, t, reader_rows, [h for _, h in sel]))
+    return tiles, items
+
+
+def _stride(origins: np.ndarray, size: int) -> int:
+    """The grid's step: the smallest positive gap between window rows or cols (the size for one window)."""
+    gaps = [np.diff(np.unique(origins[:, k])) for k in (0, 1)]
+    steps = np.concatenate([g[g > 0] for g in gaps])
+    return int(steps.min()) if len(steps) else size
+
+
+def weights_for(cfg: PredictConfig, task: str | None, size: int) -> np.ndarray | None:
+    """A window's per-pixel weight for segmentation (blending); None for per-window outputs (their block)."""
+    return blend_weights(size, cfg.blend) if task == "segmentation" else None
+
+
+def run_predict(cfg: PredictConfig) -> PredictResult:
+    """Run one predict job end to end (see module docstring)."""
+    from eoforge.predict.tiles import TileWriter, finish_collection
+    from eoforge.tracking.runs import resolve_tracking_uri
+
+    t0 = time.perf_counter()
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    from eoforge.predict.model import resolve_models
+
+    models = resolve_models(uri, cfg.model, cfg.embedding_model, list(cfg.products), cfg.window_px)
+    if cfg.overlap_px * 2 > models.window_px:
+        raise ConfigError(f"overlap_px {cfg.overlap_px} must be at most half of the window ({models.window_px} px)")
+    say(
+        f"predict: {', '.join(cfg.products)} with "
+        + ", ".join(f"{r.asked} -> {r.uri}" for r in models.refs)
+        + f"; windows {models.window_px} px, overlap {cfg.overlap_px} px"
+    )
+    plan_uri, plan_hash, table, pairs = _plan(cfg, models.window_px)
+    task = models.task.task if models.task else None
+    class_products = bool({"classes", "probabilities"} & set(cfg.products))
+    tiles, items = plan_tiles(table, cfg.tile_px, task == "segmentation", class_products)
+    del table
+    from eoforge.tracking.job_run import job_run
+
+    lineage_uri = (models.task or models.embedding).uri  # type: ignore[union-attr]
+    with job_run(uri, cfg.mlflow.experiment, cfg.run.name, "predict", cfg.model_dump(mode="json"), plan_hash) as run:
+        run.tag(eoforge_model_uri=lineage_uri, eoforge_output=cfg.output)
+        writer = TileWriter(cfg, models, uri, plan_hash, run.run_id, items, pairs)
+        pending = [t for t in tiles if not writer.complete(t)]
+        say(f"{len(tiles)} output tiles over {len(items)} S2 items; {len(tiles) - len(pending)} already written")
+        windows, failed = _predict_tiles(cfg, models, uri, pending, writer, task)
+        coll = finish_collection(cfg, writer, models)
+        wall = time.perf_counter() - t0
+        km2 = sum(t.grid.res**2 * np.prod(t.grid.tile_window(*t.tile, cfg.tile_px)[2:]) for t in tiles) / 1e6
+        run.metrics(
+            {
+                "predict/tiles": len(tiles),
+                "predict/tiles_written": len(pending),
+                "predict/tiles_skipped": len(tiles) - len(pending),
+                "predict/windows": windows,
+                "predict/windows_failed": failed,
+                "predict/km2": km2,
+                "predict/wall_s": wall,
+                "predict/km2_per_min": km2 / max(wall / 60, 1e-9),
+            }
+        )
+        run.tag(eoforge_collection=coll, eoforge_plan=plan_uri)
+        run.client.log_dict(run.run_id, json.loads(writer.read(coll) or b"{}"), "predict/collection.json")
+        _tag_model_versions(run.client, models, coll)
+    say(f"predictions: {coll}")
+    return PredictResult(
+        run.run_id, coll, len(tiles), len(pending), len(tiles) - len(pending), windows, failed, km2, wall
+    )
+
+
+def _plan(cfg: PredictConfig, window_px: int) -> tuple[str, str, Any, list[Any]]:
+    """Plan the windows (``<output>/plan.parquet``); returns (uri, hash, Arrow rows, pairs)."""
+    import pyarrow as pa
+
+    from eoforge.plan.io import build_plan, iter_plan_batches
+    from eoforge.predict.stream import READ_COLUMNS
+
+    dcfg = data_config(cfg, window_px)
+    filters = [ItemIdFilter(cfg.aoi.item_ids)] if cfg.aoi.item_ids else []
+    pairs: list[Any] = []
+    plan_uri = f"{cfg.output.rstrip('/')}/plan.parquet"
+    plan_hash, n = build_plan(dcfg, plan_uri, filters=filters, pairs_out=pairs)
+    cols = [*READ_COLUMNS, "s2_item", "s1_item", "s2_datetime", "dt_days"]
+    table = pa.Table.from_batches(list(iter_plan_batches(plan_uri, cols)))
+    say(f"plan {plan_uri}: {n} windows over {len(pairs)} S1/S2 pairs, hash {plan_hash[:12]}")
+    return plan_uri, plan_hash, table, pairs
+
+
+def _predict_tiles(
+    cfg: PredictConfig, models: Any, uri: str, pending: list[TilePlan], writer: Any, task: str | None
+) -> tuple[int, int]:
+    """Stream the pending tiles' windows, assemble and write each tile as it completes; (windows, failed)."""
+    if not pending:
+        return 0, 0
+    import ray
+
+    from eoforge.predict.assemble import TileAccumulator
+    from eoforge.predict.stream import read_tasks, window_outputs
+    from eoforge.ray_node import init_ray
+
+    if not ray.is_initialized():
+        init_ray(log_to_driver=True)
+    by_key = {t.key: t for t in pending}
+    tasks = [task_ for t in pending for task_ in read_tasks(t.key, t.rows, t.home)]
+    accs: dict[str, TileAccumulator] = {}
+    windows = failed = done = 0
+    want_emb = "embeddings" in cfg.products
+    n_classes = len(models.task.card.get("classes", [])) if models.task else 0
+    for block in window_outputs(tasks, models.to_dict(), uri, cfg):
+        for i in range(len(block["tile"])):
+            key = str(block["tile"][i])
+            acc = accs.get(key)
+            if acc is None:
+                t = by_key[key]
+                w = weights_for(cfg, task, t.grid.size)
+                acc = accs[key] = TileAccumulator(t.grid, t.tile, cfg.tile_px, len(t.rows), w, want_emb, n_classes)
+            _, r, c = window_origin(str(block["chip_id"][i]))
+            ok = bool(block["ok"][i])
+            windows += 1
+            failed += not ok
+            acc.add(
+                str(block["chip_id"][i]),
+                r,
+                c,
+                bool(block["home"][i]),
+                ok,
+                block["probs"][i] if "probs" in block else None,
+                block["valid_any"][i],
+                block["embedding"][i] if "embedding" in block else None,
+            )
+            if acc.done:
+                writer.write(by_key[key], acc.products(list(cfg.products)))
+                del accs[key]
+                done += 1
+                say(f"[{done}/{len(pending)}] tile {key}: {acc.valid_windows}/{acc.expected} windows with valid input")
+    if accs:
+        raise RuntimeError(f"predict: {len(accs)} tiles did not receive all their windows: {sorted(accs)[:5]}")
+    return windows, failed
+
+
+def _tag_model_versions(client: Any, models: Any, collection_uri: str) -> None:
+    """Add the collection to each model version's ``eoforge.collections`` tag (a JSON list)."""
+    for ref in models.refs:
+        mv = client.get_model_version(ref.name, ref.version)
+        made = json.loads((mv.tags or {}).get("eoforge.collections", "[]"))
+        if collection_uri not in made:
+            made.append(collection_uri)
+        client.set_model_version_tag(ref.name, ref.version, "eoforge.collections", json.dumps(made)[:5000])

@@ -1,0 +1,186 @@
+"""Which models a predict job runs, checked against their cards, and the actor that runs them.
+
+:func:`resolve_models` pins every ``models:/NAME@ALIAS`` to its version once, on the driver, and
+refuses a model whose card names other bands or a normalisation the reader cannot give, before
+any pixel is read. :class:`WindowPredictor` is the Ray Data actor: one copy of the models per
+actor, on the actor's GPU when it has one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES
+from eoforge.data.normalize import NORMALIZATIONS
+from eoforge.errors import ConfigError
+
+#: Default window side when neither the config nor the card gives one, pixels.
+DEFAULT_WINDOW_PX = 64
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A pinned registered model and its card.
+
+    Attributes:
+        uri: ``models:/NAME/VERSION`` (an alias resolved when the job started).
+        asked: what the config said (``models:/NAME@champion``).
+        name, version: registry coordinates.
+        card: the model card (bands, normalisation, task, classes, ...).
+    """
+
+    uri: str
+    asked: str
+    name: str
+    version: str
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str | None:
+        """``classification`` / ``multilabel`` / ``segmentation``, or None for a backbone."""
+        return self.card.get("task")
+
+
+@dataclass(frozen=True)
+class PredictModels:
+    """What the actors load: the task model and the embedding backbone (either may be None)."""
+
+    task: ModelRef | None
+    embedding: ModelRef | None
+    normalize: str
+    window_px: int
+
+    @property
+    def refs(self) -> list[ModelRef]:
+        """The distinct models (one when the task model also gives the embeddings)."""
+        out = [r for r in (self.task, self.embedding) if r is not None]
+        return out[:1] if len(out) == 2 and out[0].uri == out[1].uri else out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (crosses into Ray actors)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PredictModels:
+        """Inverse of :meth:`to_dict`."""
+        refs = {k: (ModelRef(**d[k]) if d[k] else None) for k in ("task", "embedding")}
+        return cls(refs["task"], refs["embedding"], d["normalize"], int(d["window_px"]))
+
+
+def check_card_fits_reader(ref: ModelRef) -> None:
+    """Refuse a model whose card names bands or a normalisation the plan's reader does not give.
+
+    Raises:
+        ConfigError: naming the model, what its card says and what the reader gives.
+    """
+    card, problems = ref.card, []
+    for key, bands in (("s1_bands", S1_BAND_NAMES), ("s2_bands", S2_BAND_NAMES)):
+        if key not in card:
+            problems.append(f"its card has no {key}")
+        elif list(card[key]) != list(bands):
+            problems.append(f"{key} {list(card[key])} != the reader's {list(bands)}")
+    if card.get("normalize", "ssl4eo") not in NORMALIZATIONS:
+        problems.append(f"normalisation {card.get('normalize')!r} is not one of {NORMALIZATIONS}")
+    if problems:
+        raise ConfigError(f"model {ref.asked} ({ref.uri}) does not fit the predict input: {'; '.join(problems)}")
+
+
+def _pin(tracking_uri: str, asked: str) -> ModelRef:
+    from eoforge.tracking.registry import model_card, resolve_model_version
+
+    if not asked.startswith("models:/"):
+        raise ConfigError(f"model {asked!r}: give a registered model, models:/NAME@ALIAS or models:/NAME/VERSION")
+    mv = resolve_model_version(tracking_uri, asked)
+    ref = ModelRef(
+        f"models:/{mv.name}/{mv.version}",
+        asked,
+        mv.name,
+        str(mv.version),
+        model_card(tracking_uri, mv.name, mv.version),
+    )
+    check_card_fits_reader(ref)
+    return ref
+
+
+def resolve_models(
+    tracking_uri: str, model: str | None, embedding_model: str | None, products: list[str], window_px: int | None
+) -> PredictModels:
+    """Pin and check the models of a predict config (see module docstring).
+
+    Raises:
+        ServiceError: no such model, alias or version (the message lists what the registry has).
+        ConfigError: a card does not fit the input; the task model has no task; the two models
+            disagree on normalisation.
+    """
+    task = _pin(tracking_uri, model) if model else None
+    if task is not None and task.task not in ("classification", "multilabel", "segmentation"):
+        raise ConfigError(f"model {model}: its card names no task ({task.task!r}); classes need a fine-tuned model")
+    embedding = None
+    if "embeddings" in products:
+        embedding = _pin(tracking_uri, embedding_model) if embedding_model else task
+    norms = {r.card.get("normalize", "ssl4eo") for r in (task, embedding) if r is not None}
+    if len(norms) > 1:
+        raise ConfigError(f"the task and embedding models were trained on different normalisations: {sorted(norms)}")
+    card_px = next((int(r.card["chip_px"]) for r in (task, embedding) if r is not None and r.card.get("chip_px")), None)
+    return PredictModels(task, embedding, norms.pop(), window_px or card_px or DEFAULT_WINDOW_PX)
+
+
+def _features(model: Any, s1: Any, s2: Any) -> Any:
+    """Pooled backbone features (B, D) of a registered backbone or of a fine-tuned model's backbone."""
+    backbone = getattr(model, "backbone", model)
+    return backbone(s1, s2)
+
+
+class WindowPredictor:
+    """Ray Data actor: window blocks in storage units -> model outputs per window.
+
+    In: ``s2`` uint16 [B, 12, H, W], ``s1`` float16 [B, 2, H, W], ``valid`` bool [B, 2, H, W], ``ok`` [B].
+    Out (besides the block's metadata columns): ``valid_any`` bool [B, H, W] (a sensor is valid there),
+    ``probs`` float16 [B, K] (per-window tasks) or
+    [B, K, H, W] (segmentation); ``embedding`` float32 [B, D]. Windows with ``ok`` False get zeros.
+    """
+
+    def __init__(self, models: dict[str, Any], tracking_uri: str) -> None:
+        import mlflow
+        import mlflow.pytorch
+        import torch
+
+        self.spec = PredictModels.from_dict(models)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        mlflow.set_tracking_uri(tracking_uri)
+        loaded: dict[str, Any] = {}
+        for ref in (self.spec.task, self.spec.embedding):
+            if ref is not None and ref.uri not in loaded:
+                loaded[ref.uri] = mlflow.pytorch.load_model(ref.uri, map_location=self.device).eval()
+        self.task = loaded[self.spec.task.uri] if self.spec.task else None
+        self.embedding = loaded[self.spec.embedding.uri] if self.spec.embedding else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the models on one block (see class docstring)."""
+        import torch
+
+        from eoforge.data.normalize import normalize_batch
+
+        out = {k: v for k, v in batch.items() if k not in ("s1", "s2", "valid")}
+        out["valid_any"] = batch["valid"].any(axis=1)  # [B, H, W]: some sensor the models read is valid
+        s2, s1 = normalize_batch(
+            torch.from_numpy(batch["s2"].astype(np.int32)).to(self.device),
+            torch.from_numpy(batch["s1"]).to(self.device),
+            torch.from_numpy(batch["valid"]).to(self.device),
+            self.spec.normalize,
+        )
+        ok = torch.from_numpy(batch["ok"]).to(self.device)
+        with torch.inference_mode():
+            if self.task is not None:
+                logits = self.task(s1, s2).float()
+                kind = self.spec.task.task if self.spec.task else None
+                probs = torch.sigmoid(logits) if kind == "multilabel" else torch.softmax(logits, dim=1)
+                probs = probs * ok.view(-1, *([1] * (probs.dim() - 1)))
+                out["probs"] = probs.to(torch.float16).cpu().numpy()
+            if self.embedding is not None:
+                emb = _features(self.embedding, s1, s2).float() * ok.view(-1, 1)
+                out["embedding"] = emb.cpu().numpy()
+        return out
