@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 
 ## make demo: local stack + demo catalog (labelled scenes + an unlabelled pool) + chip plans + Dual-SimCLR
 ## pretraining on the pool, then the label-efficiency sweep (every arm of the protocol) that ends with the
-## results table, the label-fraction PNG and the models:/...@champion URI.
+## results table, the label-fraction PNG and the models:/...@champion URI; then the champion maps a test scene
+## (classes, probabilities) and the SSL backbone writes its embedding field, as COGs + STAC, with a quicklook PNG
+## beside the labels; the last line is `predictions: <collection.json>`.
 SUBMIT = PATH=$(CURDIR)/$(VENV)/bin:$$PATH RAY_ADDRESS=$$($(EOFORGE) status --field ray_dashboard_url) \
 	  ray job submit --working-dir .
 demo: venv
@@ -29,6 +31,10 @@ demo: venv
 	$(EOFORGE) plan --config configs/data/demo-pool.yaml --out $(EOFORGE_HOME)/demo/pool-plan.parquet
 	$(SUBMIT) -- python jobs/pretrain.py --config configs/pretrain/demo.yaml
 	$(SUBMIT) -- python jobs/sweep.py --config configs/sweep/demo.yaml
+	$(SUBMIT) -- python jobs/predict.py --config configs/predict/demo.yaml
+	$(EOFORGE) predict quicklook --collection $(EOFORGE_HOME)/demo/predictions/collection.json \
+	  --reference $(EOFORGE_HOME)/demo-catalog/data/dfc-labels/DFC_DEMO_000/labels.tif \
+	  --out $(EOFORGE_HOME)/demo/predictions/quicklook.png
 
 ## make test: lint, then unit and integration tests on real Ray / MLflow / STAC API processes.
 test: venv

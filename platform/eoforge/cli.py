@@ -27,8 +27,10 @@ catalog_app = typer.Typer(
     help="STAC catalogs: make the demo catalog, build items for local data.", no_args_is_help=True
 )
 models_app = typer.Typer(help="The MLflow model registry.", no_args_is_help=True)
+predict_app = typer.Typer(help="Predictions and embeddings (jobs/predict.py makes them).", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(models_app, name="models")
+app.add_typer(predict_app, name="predict")
 app.add_typer(list_app, name="list")
 
 HomeOpt = Annotated[Path, typer.Option("--home", envvar="EOFORGE_HOME", help="State directory of the local stack.")]
@@ -213,6 +215,22 @@ def models_promote(
     from eoforge.tracking.registry import promote
 
     typer.echo(promote(_tracking(tracking_uri), name, version, alias))
+
+
+# --------------------------------------------------------------------------- predict
+@predict_app.command("quicklook")
+def predict_quicklook(
+    collection: Annotated[str, typer.Option(help="collection.json of a predict run.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    reference: Annotated[str | None, typer.Option(help="A class raster to show beside it (e.g. labels).")] = None,
+    item: Annotated[str | None, typer.Option(help="Source S2 item id (default: the first).")] = None,
+) -> None:
+    """Draw a predict run's class map beside a reference map; prints the PNG and the collection."""
+    from eoforge.predict.quicklook import quicklook
+
+    png = quicklook(collection, out, reference, item)
+    typer.echo(f"quicklook: {png}")
+    typer.echo(f"predictions: {collection}")
 
 
 def _register_k8s() -> None:

@@ -246,3 +246,37 @@ def test_a_model_for_other_bands_is_refused_before_any_read(stack, demo_catalog,
     with pytest.raises(ConfigError, match=r"s2_bands \['B04', 'B03', 'B02'\]"):
         run_predict(cfg)
     assert not (tmp_path / "refused").exists()
+
+
+def test_outputs_go_to_s3_and_a_rerun_skips_them(stack, demo_catalog, models, tmp_path, monkeypatch) -> None:
+    """``output: s3://...`` against moto's S3 server (a real HTTP S3 API on 127.0.0.1)."""
+    from eoforge.storage import s3_filesystem
+
+    from tests.support.s3 import aws_env, moto_server
+
+    server = moto_server(tmp_path / "moto.log")
+    endpoint = next(server)
+    try:
+        aws_env(monkeypatch, endpoint, tmp_path, "predict-test-secret")
+        s3 = s3_filesystem(allow_bucket_creation=True)
+        s3.create_dir("eoforge-products")
+        item = demo_catalog.s2_item_ids[0]
+        cfg = predict_cfg(demo_catalog, "s3://eoforge-products/demo", models["constant"], [item], tile_px=64)
+        first = run_predict(cfg)
+        assert first.collection == "s3://eoforge-products/demo/collection.json"
+        with s3.open_input_stream("eoforge-products/demo/collection.json") as f:
+            collection = json.loads(f.read())
+        links = [link["href"] for link in collection["links"] if link["rel"] == "item"]
+        assert len(links) == first.tiles == 4
+        for href in links:
+            key = "eoforge-products/demo/" + href.removeprefix("./")
+            with s3.open_input_stream(key) as f:
+                tile = json.loads(f.read())
+            validate_stac(tile)
+            cog_key = key.rsplit("/", 1)[0] + "/classes.tif"
+            with s3.open_input_stream(cog_key) as f:
+                assert sha256_multihash(f.read()) == tile["assets"]["classes"]["file:checksum"]
+        again = run_predict(cfg)
+        assert (again.written, again.skipped) == (0, first.tiles)
+    finally:
+        server.close()

@@ -236,7 +236,7 @@ def test_rayjobs_run_on_the_raycluster_spec_and_clean_up(rendered: dict[str, lis
     (cluster,) = find(objs, "RayCluster")
     assert cluster["spec"]["rayVersion"] == "2.60.0"
     jobs = {j["metadata"]["labels"]["eoforge.io/job"]: j for j in find(objs, "RayJob")}
-    assert set(jobs) == {"pretrain", "sweep"}
+    assert set(jobs) == {"pretrain", "sweep", "predict"}
     for kind, job in jobs.items():
         spec = job["spec"]
         assert spec["rayClusterSpec"] == cluster["spec"], f"{overlay}: RayJob cluster != RayCluster (replacements?)"
@@ -272,7 +272,7 @@ def test_every_job_config_is_in_the_configmap_generator() -> None:
     kustomization = yaml.safe_load((ROOT / "configs" / "kustomization.yaml").read_text())
     listed = {f for gen in kustomization["configMapGenerator"] for f in gen["files"]}
     on_disk = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").glob("*/*.yaml")}
-    on_disk = {p for p in on_disk if p.split("/")[0] in ("pretrain", "data", "sweep")}
+    on_disk = {p for p in on_disk if p.split("/")[0] in ("pretrain", "data", "sweep", "predict")}
     assert on_disk - listed == set(), "add these to configs/kustomization.yaml so k8s jobs can run them"
 
 

@@ -183,6 +183,7 @@ def register_finetuned(
     model = FinetuneModel(load_backbone(spec, tracking_uri), task.kind, task.num_classes, chip_size, probe=probe)
     model.load_state_dict(state["best_state"] or state["model"])
     card = _model_card(cfg, task, spec, plan_hash, metrics)
+    card["chip_px"] = int(chip_size)  # the window side a predict job feeds it by default
     version, _ = register_backbone(model.eval(), name, None, run_id, tracking_uri, card, artifact_name="model")
     decision = decide_champion(tracking_uri, name, version, cfg.metric, float(metrics[cfg.metric]), alias)
     client = MlflowClient(tracking_uri)

@@ -230,7 +230,7 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
         run.tag(eoforge_collection=coll, eoforge_plan=plan_uri)
         run.client.log_dict(run.run_id, json.loads(writer.read(coll) or b"{}"), "predict/collection.json")
         _tag_model_versions(run.client, models, coll)
-    say(f"predictions: {coll}")
+    print(f"predictions: {coll}", flush=True)  # the line users and make demo look for
     return PredictResult(
         run.run_id, coll, len(tiles), len(pending), len(tiles) - len(pending), windows, failed, km2, wall
     )

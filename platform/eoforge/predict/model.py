@@ -118,6 +118,10 @@ def resolve_models(
     task = _pin(tracking_uri, model) if model else None
     if task is not None and task.task not in ("classification", "multilabel", "segmentation"):
         raise ConfigError(f"model {model}: its card names no task ({task.task!r}); classes need a fine-tuned model")
+    if task is not None and task.card.get("mode") == "knn":
+        raise ConfigError(
+            f"model {model} ({task.uri}) is a kNN arm: it keeps no classifier to run; use another version"
+        )
     embedding = None
     if "embeddings" in products:
         embedding = _pin(tracking_uri, embedding_model) if embedding_model else task

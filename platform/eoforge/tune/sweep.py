@@ -285,6 +285,9 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
 
     champion_uri, decision = None, None
     finished = trials.dropna(subset=[val_metric])
+    # a kNN arm keeps no classifier that could be registered and run: the champion comes from the others
+    keeps_model = finished["method"].map(lambda m: (cfg.search.methods[m].mode or base.get("mode")) != "knn")
+    finished = finished[keeps_model.astype(bool)] if not finished.empty else finished
     if not finished.empty:
         best = finished.loc[finished[val_metric].idxmax()]
         name = cfg.mlflow.registered_model or f"{cfg.run.name}-{task.kind}"
