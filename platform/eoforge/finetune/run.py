@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from eoforge.config.finetune import FinetuneConfig
 from eoforge.config.jobs import check_inputs
@@ -32,7 +31,8 @@ from eoforge.finetune.tasks import Task
 from eoforge.plan.io import plan_stats
 from eoforge.progress import say
 from eoforge.ray_node import init_ray
-from eoforge.tracking.runs import flatten, log_plan_stats, resolve_tracking_uri, run_url, start_or_resume_run
+from eoforge.tracking.job_run import job_run
+from eoforge.tracking.runs import resolve_tracking_uri, run_url
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +236,6 @@ def with_step_budget(cfg: FinetuneConfig, train_chips: int) -> FinetuneConfig:
 
 def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_trial: bool = False) -> FinetuneResult:
     """Run one fine-tuning job end to end (see module docstring)."""
-    import mlflow
-
-    from eoforge.finetune.loop import finetune_loop_per_worker
-    from eoforge.train.trainer import torch_trainer
-
     check_inputs(cfg)
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
     task = Task.from_config(cfg.task)
@@ -258,53 +253,55 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_tri
     chip_size = int(index.label.shape[-1])
     cfg = with_step_budget(cfg, len(splits.train))
 
-    tags = {"eoforge.job": "finetune", "eoforge.plan_hash": plan_hash, "eoforge.task": task.kind}
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    run_id, resumed = start_or_resume_run(uri, cfg.mlflow.experiment, cfg.run.name, tags=tags)
-    client = mlflow.MlflowClient(uri)
-    subset_digest = hashlib.sha256("\n".join(splits.train).encode()).hexdigest()
-    if not resumed:
-        params = flatten(cfg.model_dump(mode="json"))
-        params.update(
-            {
-                "plan.hash": plan_hash,
-                "backbone.resolved": spec.uri or spec.path or "scratch",
-                "labels.train_chips": str(len(splits.train)),
-                "labels.train_chips_all": str(len(splits.train_all)),
-                "labels.realised_fraction": f"{len(splits.train) / max(len(splits.train_all), 1):.4f}",
-                "labels.subset_sha256": subset_digest,
-                "eval.val_chips": str(len(splits.val)),
-                "eval.test_chips": str(len(splits.test)),
-            }
+    tags = {"eoforge.task": task.kind, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+    params = {
+        "backbone.resolved": spec.uri or spec.path or "scratch",
+        "labels.train_chips": str(len(splits.train)),
+        "labels.train_chips_all": str(len(splits.train_all)),
+        "labels.realised_fraction": f"{len(splits.train) / max(len(splits.train_all), 1):.4f}",
+        "labels.subset_sha256": hashlib.sha256("\n".join(splits.train).encode()).hexdigest(),
+        "eval.val_chips": str(len(splits.val)),
+        "eval.test_chips": str(len(splits.test)),
+    }
+    config = cfg.model_dump(mode="json")
+    with job_run(
+        uri, cfg.mlflow.experiment, cfg.run.name, "finetune", config, plan_hash, plan_stats(cfg.data.plan), params, tags
+    ) as run:
+        if not run.resumed:
+            subset = {"fraction": cfg.labels.fraction, "seed": cfg.labels.seed, "chip_ids": splits.train}
+            run.client.log_dict(run.run_id, subset, "labels/subset.json")
+            run.client.log_metric(run.run_id, "data/skipped_chips", len(splits.skipped))
+            record_pretraining_overlap(run.client, run.run_id, spec, cfg.data.plan)
+            if splits.skipped:
+                run.client.log_dict(run.run_id, dict(sorted(splits.skipped.items())), "data/skipped_chips.json")
+        say(
+            f"{task.kind} on {len(splits.train)}/{len(splits.train_all)} train chips "
+            f"(fraction {cfg.labels.fraction:g}, seed {cfg.labels.seed}), "
+            f"{len(splits.val)} val, {len(splits.test)} test; "
+            f"backbone {spec.uri or spec.path or spec.source} ({cfg.mode})"
         )
-        client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()])
-        client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
-        client.log_dict(
-            run_id,
-            {"fraction": cfg.labels.fraction, "seed": cfg.labels.seed, "chip_ids": splits.train},
-            "labels/subset.json",
-        )
-        client.log_metric(run_id, "data/skipped_chips", len(splits.skipped))
-        record_pretraining_overlap(client, run_id, spec, cfg.data.plan)
-        log_plan_stats(client, run_id, plan_stats(cfg.data.plan))
-        if splits.skipped:
-            client.log_dict(run_id, dict(sorted(splits.skipped.items())), "data/skipped_chips.json")
-    print(f"[eoforge] MLflow run {'resumed' if resumed else 'started'}: {run_url(uri, run_id)}", flush=True)
-    print(
-        f"[eoforge] {task.kind} on {len(splits.train)}/{len(splits.train_all)} train chips "
-        f"(fraction {cfg.labels.fraction:g}, seed {cfg.labels.seed}), {len(splits.val)} val, {len(splits.test)} test; "
-        f"backbone {spec.uri or spec.path or spec.source} ({cfg.mode})",
-        flush=True,
-    )
+        return _train(cfg, task, spec, plan_hash, splits, cache, chip_size, uri, run.run_id, tune_trial)
+
+
+def _train(
+    cfg: FinetuneConfig,
+    task: Task,
+    spec: BackboneSpec,
+    plan_hash: str,
+    splits: LabelledSplits,
+    cache: str,
+    chip_size: int,
+    uri: str,
+    run_id: str,
+    tune_trial: bool,
+) -> FinetuneResult:
+    """Train the arm in the open run (a probe in this process, else Ray Train), then :func:`_finish`."""
+    from eoforge.finetune.loop import finetune_loop_per_worker
+    from eoforge.train.trainer import torch_trainer
 
     if runs_in_process(cfg):  # a probe on features computed once: no Ray Train worker group to start
         ids = {"train": splits.train, "val": splits.val, "test": splits.test}
-        try:
-            metrics, ckpt_path = run_probe(cfg, task, spec, cache, ids, chip_size, uri, run_id)
-        except BaseException:
-            client.set_terminated(run_id, status="FAILED")
-            raise
+        metrics, ckpt_path = run_probe(cfg, task, spec, cache, ids, chip_size, uri, run_id)
         return _finish(cfg, task, spec, plan_hash, metrics, run_id, uri, ckpt_path, chip_size, len(splits.train))
 
     callbacks = []
@@ -337,11 +334,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, tune_tri
         callbacks=callbacks,
         datasets=datasets,
     )
-    try:
-        result = trainer.fit()
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
+    result = trainer.fit()
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     ckpt_path = result.checkpoint.path if result.checkpoint else None
     return _finish(cfg, task, spec, plan_hash, metrics, run_id, uri, ckpt_path, chip_size, len(splits.train))
@@ -359,8 +352,7 @@ def _finish(
     chip_size: int,
     train_chips: int,
 ) -> FinetuneResult:
-    """Register the model when asked (champion rule), close the run, print the outcome."""
-    import mlflow
+    """Register the model when asked (champion rule), print the outcome (the run closes with its context)."""
     from ray.train import Checkpoint
 
     from eoforge.storage import resolve_storage
@@ -382,7 +374,6 @@ def _finish(
                 cfg.mlflow.champion_alias,
                 chip_size,
             )
-    mlflow.MlflowClient(uri).set_terminated(run_id, status="FINISHED")
     url = run_url(uri, run_id)
     shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("val/", "test/")) and k.count("/") == 1}
     say(f"finished {cfg.run.name}: {json.dumps(shown)}")

@@ -138,7 +138,7 @@ def window_outputs(
         WindowPredictor,
         fn_constructor_kwargs={"models": models, "tracking_uri": tracking_uri},
         batch_size=inf.batch_size,
-        concurrency=inf.actors,
+        compute=ray.data.ActorPoolStrategy(size=inf.actors),
         num_gpus=1 if inf.use_gpu else 0,
         num_cpus=inf.cpus_per_actor,
     )

@@ -58,6 +58,10 @@ def job_run(
     plan_hash: str | None = None,
     plan_stats: dict[str, Any] | None = None,
     params: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    label: str = "MLflow run",
+    artifact: str = "config/resolved.yaml",
+    not_params: frozenset[str] = frozenset(),
 ) -> Iterator[JobRun]:
     """Open or resume the job's run; FINISHED when the block ends, FAILED when it raises.
 
@@ -70,25 +74,29 @@ def job_run(
         plan_hash: tag ``eoforge.plan_hash`` and parameter ``plan.hash``.
         plan_stats: the plan's record (:func:`eoforge.tracking.runs.log_plan_stats`).
         params: more parameters (a new run only).
+        tags: more tags of a new run (e.g. ``mlflow.parentRunId`` of a sweep's trial).
+        label: how the progress line names the run (``MLflow run started: <url>``).
+        artifact: where the config's YAML goes in the run.
+        not_params: top-level config keys left out of the parameters (still in the YAML).
     """
     import mlflow
     import yaml
 
-    run_id, resumed = start_or_resume_run(tracking_uri, experiment, run_name, tags={"eoforge.job": job})
+    run_id, resumed = start_or_resume_run(tracking_uri, experiment, run_name, tags={"eoforge.job": job, **(tags or {})})
     client = mlflow.MlflowClient(tracking_uri)
     if not resumed:
-        flat = flatten(config)
+        flat = flatten({k: v for k, v in config.items() if k not in not_params})
         flat.update(params or {})
         if plan_hash:
             flat["plan.hash"] = plan_hash
         client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in flat.items()])
-        client.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "config/resolved.yaml")
-        if plan_stats:
-            log_plan_stats(client, run_id, plan_stats)
+        client.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), artifact)
+        if plan_stats and log_plan_stats(client, run_id, plan_stats).get("stages"):
+            say(f"plan stages: {', '.join(f'{k}={v}' for k, v in plan_stats['stages'].items())}")
     if plan_hash:
         client.set_tag(run_id, "eoforge.plan_hash", plan_hash)
     run = JobRun(client, run_id, resumed, run_url(tracking_uri, run_id))
-    say(f"MLflow run {'resumed' if resumed else 'started'}: {run.url}")
+    say(f"{label} {'resumed' if resumed else 'started'}: {run.url}")
     try:
         yield run
     except BaseException:

@@ -14,13 +14,12 @@ import json
 import logging
 from dataclasses import dataclass
 
-import yaml
-
 from eoforge.config import DataConfig, PretrainConfig, check_inputs, load_config
 from eoforge.plan.io import plan_stats
 from eoforge.progress import say
 from eoforge.ray_node import init_ray
-from eoforge.tracking.runs import flatten, log_plan_stats, resolve_tracking_uri, run_url, start_or_resume_run
+from eoforge.tracking.job_run import JobRun, job_run
+from eoforge.tracking.runs import resolve_tracking_uri, run_url
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,29 @@ def _reuse(cfg: PretrainConfig, uri: str, plan_hash: str, found: tuple[str, str]
 
 def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run one pretraining job end to end (see module docstring)."""
-    import mlflow
+    check_inputs(cfg)
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    plan_hash, n_chips = ensure_plan(cfg)
+    key = pretrain_key(cfg, plan_hash)
+    found = find_pretrained(uri, cfg.mlflow.registered_model, key) if cfg.mlflow.reuse else None
+    if found is not None:
+        return _reuse(cfg, uri, plan_hash, found)
+    with job_run(
+        uri,
+        cfg.mlflow.experiment,
+        cfg.run.name,
+        "pretrain",
+        cfg.model_dump(mode="json"),
+        plan_hash,
+        plan_stats(cfg.data.plan),
+        params={"plan.chips": str(n_chips)},
+    ) as run:
+        say(f"plan {cfg.data.plan} ({plan_hash[:12]}), {n_chips} chips in split {cfg.data.split!r}")
+        return _train_and_register(cfg, uri, run, plan_hash, key)
+
+
+def _train_and_register(cfg: PretrainConfig, uri: str, run: JobRun, plan_hash: str, key: str) -> PretrainResult:
+    """Fit the TorchTrainer in the open run, register the backbone (see module docstring)."""
     import ray
     import ray.data
 
@@ -123,28 +144,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     from eoforge.train.loop import load_state, train_loop_per_worker
     from eoforge.train.trainer import torch_trainer
 
-    check_inputs(cfg)
-    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
-    plan_hash, n_chips = ensure_plan(cfg)
-    key = pretrain_key(cfg, plan_hash)
-    found = find_pretrained(uri, cfg.mlflow.registered_model, key) if cfg.mlflow.reuse else None
-    if found is not None:
-        return _reuse(cfg, uri, plan_hash, found)
-    run_id, resumed = start_or_resume_run(uri, cfg.mlflow.experiment, cfg.run.name)
-    client = mlflow.MlflowClient(uri)
-    if not resumed:
-        params = flatten(cfg.model_dump(mode="json"))
-        params.update({"plan.hash": plan_hash, "plan.chips": str(n_chips)})
-        client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()])
-        client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
-        client.set_tag(run_id, "eoforge.plan_hash", plan_hash)
-        client.set_tag(run_id, "eoforge.job", "pretrain")
-        stats = log_plan_stats(client, run_id, plan_stats(cfg.data.plan))
-        if stats:
-            print(f"[eoforge] plan stages: {', '.join(f'{k}={v}' for k, v in stats['stages'].items())}", flush=True)
-    print(f"[eoforge] MLflow run {'resumed' if resumed else 'started'}: {run_url(uri, run_id)}", flush=True)
-    print(f"[eoforge] plan {cfg.data.plan} ({plan_hash[:12]}), {n_chips} chips in split {cfg.data.split!r}", flush=True)
-
+    client, run_id = run.client, run.run_id
     if not ray.is_initialized():
         init_ray(log_to_driver=True)
     # our own per-step lines are the progress report; Ray Data's bars flood job logs
@@ -167,7 +167,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
         cache = ensure_materialized(cfg.data, plan_hash, f"{cfg.run.storage_path.rstrip('/')}/materialized")
         data_args = {"cache": cache, "split": cfg.data.split, "mix": cfg.data.mix_windows}
         client.set_tag(run_id, "eoforge.materialized", cache)
-        print(f"[eoforge] epochs read the materialised chips in {cache}", flush=True)
+        say(f"epochs read the materialised chips in {cache}")
     trainer = torch_trainer(
         train_loop_per_worker,
         {"cfg": cfg.model_dump(mode="json"), "mlflow": {"uri": uri, "run_id": run_id}, "data": data_args},
@@ -175,13 +175,8 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
         cfg.run,
         keep_checkpoints=2,
     )
-    try:
-        result = trainer.fit()
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
+    result = trainer.fit()
     if result.checkpoint is None:
-        client.set_terminated(run_id, status="FAILED")
         raise RuntimeError(f"run {cfg.run.name}: training finished without a checkpoint")
 
     with result.checkpoint.as_directory() as ckpt_dir:
@@ -189,9 +184,9 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     model = build_objective(cfg.objective, cfg.model)
     model.load_state_dict(state["model"])
     backbone = model.backbones.eval()
-    run = client.get_run(run_id)
-    skipped = int(run.data.metrics.get("data/skipped_chips", 0))
-    final_loss = float(run.data.metrics.get("train/loss", float("nan")))
+    mlflow_run = client.get_run(run_id)
+    skipped = int(mlflow_run.data.metrics.get("data/skipped_chips", 0))
+    final_loss = float(mlflow_run.data.metrics.get("train/loss", float("nan")))
     card = {
         "backbone": cfg.model.backbone,
         "objective": cfg.objective.kind,
@@ -209,8 +204,6 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     version, model_uri = register_backbone(backbone, cfg.mlflow.registered_model, cfg.mlflow.alias, run_id, uri, card)
     client.set_model_version_tag(cfg.mlflow.registered_model, version, KEY_TAG, key)
     client.log_metric(run_id, "train/steps", int(state["step"]))
-    client.set_terminated(run_id, status="FINISHED")
-    url = run_url(uri, run_id)
-    print(f"[eoforge] MLflow run: {url}", flush=True)
-    print(f"[eoforge] registered model: {model_uri} (version {version})", flush=True)
-    return PretrainResult(run_id, url, model_uri, version, plan_hash, final_loss, int(state["step"]), skipped)
+    say(f"MLflow run: {run.url}")
+    say(f"registered model: {model_uri} (version {version})")
+    return PretrainResult(run_id, run.url, model_uri, version, plan_hash, final_loss, int(state["step"]), skipped)

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from eoforge.config import FinetuneConfig, SweepConfig, apply_overrides, load_raw, parse_config
 from eoforge.errors import ConfigError
 from eoforge.progress import say
 from eoforge.ray_node import init_ray
+from eoforge.tracking.job_run import job_run
+from eoforge.tracking.runs import run_url
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +166,12 @@ def trials_frame(
 
 def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
     """Run (or resume) the sweep, write its report into the parent run, apply the champion rule."""
-    import mlflow
     import ray
-    from ray import tune
 
-    from eoforge.finetune.run import prepare_chips, register_finetuned
+    from eoforge.finetune.run import prepare_chips
     from eoforge.finetune.tasks import Task
     from eoforge.plan.io import plan_stats
-    from eoforge.tracking.runs import flatten, log_plan_stats, resolve_tracking_uri, run_url, start_or_resume_run
-    from eoforge.tune.report import markdown_table, plot_label_fractions, summarise
+    from eoforge.tracking.runs import resolve_tracking_uri
 
     base = base_finetune_raw(cfg, source)
     first_point = {"method": next(iter(cfg.search.methods)), "label_fraction": 1.0, "seed": 0, "lr": None}
@@ -194,27 +192,42 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
         init_ray(log_to_driver=True)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")  # experiment state saved after every event
     plan_hash, cache = prepare_chips(probe)  # decode chips once, before trials race for it
-    run_id, resumed = start_or_resume_run(
+    tags = {"eoforge.task": task.kind, "eoforge.val_metric": val_metric, "eoforge.test_metric": test_metric}
+    with job_run(
         uri,
         cfg.mlflow.experiment,
         cfg.run.name,
-        tags={
-            "eoforge.job": "sweep",
-            "eoforge.plan_hash": plan_hash,
-            "eoforge.task": task.kind,
-            "eoforge.val_metric": val_metric,
-            "eoforge.test_metric": test_metric,
-        },
-    )
-    client = mlflow.MlflowClient(uri)
-    if not resumed:
-        params = flatten(cfg.model_dump(mode="json", exclude={"base"}))
-        params["plan.hash"] = plan_hash
-        client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()])
-        client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/sweep.yaml")
-        log_plan_stats(client, run_id, plan_stats(probe.data.plan))
-    print(f"[eoforge] sweep {'resumed' if resumed else 'started'}: {run_url(uri, run_id)}", flush=True)
+        "sweep",
+        cfg.model_dump(mode="json"),
+        plan_hash,
+        plan_stats(probe.data.plan),
+        tags=tags,
+        label="sweep",
+        artifact="config/sweep.yaml",
+        not_params=frozenset({"base"}),
+    ) as run:
+        return _tune(cfg, base, probe, task, uri, run.run_id, plan_hash, cache)
 
+
+def _tune(
+    cfg: SweepConfig,
+    base: dict[str, Any],
+    probe: FinetuneConfig,
+    task: Any,
+    uri: str,
+    run_id: str,
+    plan_hash: str,
+    cache: str,
+) -> SweepResult:
+    """Run the Tune experiment in the open sweep run; table, plot and champion (see :func:`run_sweep`)."""
+    import mlflow
+    from ray import tune
+
+    from eoforge.finetune.run import register_finetuned
+    from eoforge.tune.report import markdown_table, plot_label_fractions, summarise
+
+    client = mlflow.MlflowClient(uri)
+    val_metric, test_metric = probe.metric, "test/" + probe.metric.split("/", 1)[1]
     trainable = tune.with_parameters(_trial, base=base, sweep=cfg.model_dump(mode="json"), parent_run_id=run_id)
     trainable = tune.with_resources(trainable, {"cpu": 0.25})
     exp_path = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/tune"
@@ -232,7 +245,7 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
             reduction_factor=cfg.asha.reduction_factor,
         )
     if tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs):
-        print(f"[eoforge] restoring the Tune experiment at {exp_path}: finished trials are kept", flush=True)
+        say(f"restoring the Tune experiment at {exp_path}: finished trials are kept")
         tuner = tune.Tuner.restore(
             exp_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=storage_fs
         )
@@ -326,10 +339,9 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
             run_id, "eoforge.best_trial", f"{best['trial_id']} ({best['method']}, fraction {best['label_fraction']})"
         )
         champion_uri = f"models:/{name}@{cfg.mlflow.champion_alias}"
-    client.set_terminated(run_id, status="FINISHED")
-    print(f"[eoforge] sweep run: {run_url(uri, run_id)}", flush=True)
+    say(f"sweep run: {run_url(uri, run_id)}")
     if champion_uri:
-        print(f"[eoforge] champion: {champion_uri}", flush=True)
+        say(f"champion: {champion_uri}")
     return SweepResult(run_id, trials, summary, table, champion_uri, decision)
 
 
