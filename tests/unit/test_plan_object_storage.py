@@ -105,15 +105,15 @@ def test_s3_plan_equals_local_plan(
 
 
 def test_jobs_find_build_and_read_a_plan_in_s3(s3: str, data_cfg: DataConfig) -> None:
-    from eoforge.train.pretrain import ensure_plan
+    from eoforge.plan.io import ensure_plan
 
     uri = f"s3://{BUCKET}/jobs/plan.parquet"
     overrides = [f"data.plan={uri}", f"data.config={REPO / 'configs/data/demo.yaml'}", "data.split=all"]
     cfg = load_config(REPO / "configs/pretrain/demo.yaml", PretrainConfig, overrides)
     check_inputs(cfg)  # plan missing but its data config exists: fine
-    digest, n = ensure_plan(cfg)  # builds the plan into the bucket, then reads it back
-    assert plan_exists(uri) and stored_hash(uri) == digest and n == len(read_plan(uri)[0])
-    assert ensure_plan(cfg) == (digest, n)  # found this time
+    digest, counts = ensure_plan(cfg.data.plan, cfg.data.config)  # builds the plan into the bucket, reads it back
+    assert plan_exists(uri) and stored_hash(uri) == digest and sum(counts.values()) == len(read_plan(uri)[0])
+    assert ensure_plan(cfg.data.plan, cfg.data.config) == (digest, counts)  # found this time
 
     cfg.data.plan = f"s3://{BUCKET}/jobs/missing.parquet"
     cfg.data.config = None

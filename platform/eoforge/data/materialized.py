@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from eoforge.data.dataset import Window, epoch_window_sets
 from eoforge.errors import ChipReadError
+from eoforge.progress import say
 from eoforge.storage import filesystem_of
 
 #: Columns of a batch; pixel columns are fixed-size binary columns (one blob per chip) in the files.
@@ -102,7 +103,7 @@ def ensure_materialized(data: Any, plan_hash: str, root: str, rows_per_file: int
         return folder
     fs.delete_dir_contents(path, missing_dir_ok=True)
     fs.create_dir(path, recursive=True)
-    print(f"[eoforge] materialising the plan's chips once into {folder}", flush=True)
+    say(f"materialising the plan's chips once into {folder}")
     ds = whole_plan_stream(data)
     ds = ds.map_batches(_encode, batch_format="numpy", num_cpus=0.25)
     ds.write_parquet(folder, filesystem=None if "://" in folder else fs, max_rows_per_file=rows_per_file)

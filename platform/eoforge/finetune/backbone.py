@@ -18,8 +18,7 @@ from torch import nn
 
 from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES
 from eoforge.errors import ConfigError
-
-STATE_FILE = "state.pt"
+from eoforge.train.loop import STATE_FILE  # the pretraining checkpoint's state file
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from eoforge.config.jobs import PlanInput
 from eoforge.errors import ChipReadError
+from eoforge.progress import say
 from eoforge.storage import filesystem_of
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def ensure_chip_cache(data: PlanInput, plan_hash: str, cache_dir: str, rows_per_
     fs, path = filesystem_of(cache, "chip cache")
     fs.delete_dir_contents(path, missing_dir_ok=True)
     fs.create_dir(path, recursive=True)
-    print(f"[eoforge] decoding the plan's chips once into {cache}", flush=True)
+    say(f"decoding the plan's chips once into {cache}")
     ds = whole_plan_stream(data)
     ds = ds.drop_columns(["valid_fraction", "tile_key"])
     ds.write_parquet(

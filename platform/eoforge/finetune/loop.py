@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-STATE_FILE = "finetune_state.pt"
+FINETUNE_STATE_FILE = "finetune_state.pt"
 
 
 def _world() -> int:
@@ -215,7 +215,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(d) / FINETUNE_STATE_FILE, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, best_value, best_epoch = state["epoch"], state["best_value"], state["best_epoch"]
@@ -242,7 +242,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
             "best_epoch": best_epoch,
             "best_state": best_state,
         }
-        torch.save(state, Path(d) / STATE_FILE)
+        torch.save(state, Path(d) / FINETUNE_STATE_FILE)
         if final is not None:
             (Path(d) / "final_metrics.json").write_text(json.dumps(final))
         return ray.train.Checkpoint.from_directory(d)

@@ -29,7 +29,7 @@ from eoforge.config.finetune import FinetuneConfig
 from eoforge.finetune.backbone import BackboneSpec, load_backbone, state_sha256
 from eoforge.finetune.chips import iter_cached_chips
 from eoforge.finetune.heads import FinetuneModel
-from eoforge.finetune.loop import STATE_FILE, _flat, _targets, model_inputs, per_class_csv
+from eoforge.finetune.loop import FINETUNE_STATE_FILE, _flat, _targets, model_inputs, per_class_csv
 from eoforge.finetune.probe import PROBE_MODES, probe_schedule, run_knn, score, train_linear_probe
 from eoforge.finetune.tasks import Task
 from eoforge.progress import say
@@ -67,7 +67,7 @@ def _save_checkpoint(model: FinetuneModel, final: dict[str, Any], best_step: int
         state = model.cpu().state_dict()
         torch.save(
             {"model": state, "best_state": state, "epoch": cfg.train.epochs, "best_epoch": best_step},
-            Path(d) / STATE_FILE,
+            Path(d) / FINETUNE_STATE_FILE,
         )
         (Path(d) / "final_metrics.json").write_text(json.dumps(final))
         target_fs = fs or pafs.LocalFileSystem()

@@ -28,7 +28,7 @@ from eoforge.finetune.fractions import label_subset
 from eoforge.finetune.overlap import Overlap, pretraining_overlap
 from eoforge.finetune.probe_job import run_probe, runs_in_process
 from eoforge.finetune.tasks import Task
-from eoforge.plan.io import plan_stats
+from eoforge.plan.io import ensure_plan, plan_stats
 from eoforge.progress import say
 from eoforge.ray_node import init_ray
 from eoforge.tracking.job_run import job_run
@@ -95,21 +95,6 @@ class FinetuneResult:
     champion: dict[str, Any] | None = None
 
 
-def ensure_plan_hash(cfg: FinetuneConfig) -> str:
-    """The plan's hash; the plan is built first from ``data.config`` when missing."""
-    from eoforge.config import DataConfig, load_config
-    from eoforge.plan.io import build_plan, plan_exists, stored_hash
-
-    if not plan_exists(cfg.data.plan):
-        assert cfg.data.config is not None  # check_inputs guarantees it
-        log.info("plan %s missing: building it from %s", cfg.data.plan, cfg.data.config)
-        build_plan(load_config(cfg.data.config, DataConfig), cfg.data.plan)
-    digest = stored_hash(cfg.data.plan)
-    if not digest:
-        raise CatalogError(f"chip plan {cfg.data.plan}: no eoforge:plan_hash metadata; not written by eoforge")
-    return digest
-
-
 def cache_dir_of(cfg: FinetuneConfig) -> str:
     """Where the decoded chips live (``cache_dir`` or ``<run.storage_path>/chip-cache``)."""
     return cfg.cache_dir or f"{cfg.run.storage_path.rstrip('/')}/chip-cache"
@@ -124,7 +109,7 @@ def prepare_chips(cfg: FinetuneConfig) -> tuple[str, str]:
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    plan_hash = ensure_plan_hash(cfg)
+    plan_hash = ensure_plan(cfg.data.plan, cfg.data.config)[0]
     return plan_hash, ensure_chip_cache(cfg.data, plan_hash, cache_dir_of(cfg))
 
 
@@ -174,11 +159,11 @@ def register_finetuned(
 
     from eoforge.finetune.backbone import load_backbone
     from eoforge.finetune.heads import FinetuneModel
-    from eoforge.finetune.loop import STATE_FILE
+    from eoforge.finetune.loop import FINETUNE_STATE_FILE
     from eoforge.finetune.probe import PROBE_MODES
     from eoforge.tracking.registry import decide_champion, register_backbone
 
-    state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+    state = torch.load(Path(checkpoint_dir) / FINETUNE_STATE_FILE, map_location="cpu", weights_only=False)
     probe = cfg.mode in PROBE_MODES
     model = FinetuneModel(load_backbone(spec, tracking_uri), task.kind, task.num_classes, chip_size, probe=probe)
     model.load_state_dict(state["best_state"] or state["model"])
@@ -189,7 +174,7 @@ def register_finetuned(
     client = MlflowClient(tracking_uri)
     client.set_tag(run_id, "eoforge.champion_decision", "promoted" if decision.promoted else "kept")
     client.set_tag(run_id, "eoforge.champion_reason", decision.reason)
-    print(f"[eoforge] champion rule: {decision.reason}", flush=True)
+    say(f"champion rule: {decision.reason}")
     uri = f"models:/{name}@{alias}" if decision.promoted else f"models:/{name}/{version}"
     return version, uri, dataclasses.asdict(decision)
 

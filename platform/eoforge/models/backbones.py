@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import timm
-import torch
 from torch import Tensor, nn
 
 from eoforge.errors import ConfigError
@@ -155,10 +154,3 @@ def spatial_features(model: nn.Module, x: Tensor) -> Tensor:
             grid = (side, side)
         return tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid)
     raise ValueError(f"spatial_features: unexpected feature shape {tuple(feats.shape)}")
-
-
-def conv_stem_weight(model: nn.Module) -> torch.Tensor:
-    """The weight of the first layer that sees the bands (conv1 or patch embedding)."""
-    first = model.pretrained_cfg.get("first_conv", "conv1") if hasattr(model, "pretrained_cfg") else "conv1"
-    module = model.get_submodule(first.rsplit(".weight", 1)[0])
-    return module.weight

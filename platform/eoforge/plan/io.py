@@ -592,6 +592,29 @@ def plan_split_counts(path: str | Path) -> dict[str, int]:
     return counts
 
 
+def ensure_plan(plan: str, config: str | None) -> tuple[str, dict[str, int]]:
+    """(content hash, chips per split) of a job's plan; built first from the data ``config`` when missing.
+
+    Only the plan's footer and its ``split`` column are read: a driver never holds the plan.
+
+    Raises:
+        ConfigError: the plan is missing and no data config is given.
+        CatalogError: the file is not an eoforge plan (no content hash in its metadata).
+    """
+    from eoforge.config import load_config
+    from eoforge.errors import ConfigError
+
+    if not plan_exists(plan):
+        if config is None:
+            raise ConfigError(f"data.plan: {plan} does not exist and data.config is not set")
+        log.info("plan %s missing: building it from %s", plan, config)
+        build_plan(load_config(config, DataConfig), plan)
+    digest = stored_hash(plan)
+    if not digest:
+        raise CatalogError(f"chip plan {plan}: no eoforge:plan_hash metadata; not written by eoforge")
+    return digest, plan_split_counts(plan)
+
+
 def read_stream_table(path: str | Path, split: str = "all") -> pa.Table:
     """The plan's :data:`STREAM_COLUMNS` for one split (``all``: every row), as Ray Data is fed.
 

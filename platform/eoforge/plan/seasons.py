@@ -294,14 +294,6 @@ def select_seasonal(items: list[pystac.Item], cfg: SeasonsConfig, stats: PlanSta
 # ----------------------------------------------------------------------------------------- chip rows
 
 
-def null_season_columns(rows: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Add the :data:`SEASON_COLUMNS` as None to every row (seasons off)."""
-    for row in rows:
-        for key in SEASON_COLUMNS:
-            row[key] = None
-    return rows
-
-
 def seasonal_rows(
     rows: list[dict[str, object]],
     item: pystac.Item,

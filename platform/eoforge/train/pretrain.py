@@ -14,8 +14,8 @@ import json
 import logging
 from dataclasses import dataclass
 
-from eoforge.config import DataConfig, PretrainConfig, check_inputs, load_config
-from eoforge.plan.io import plan_stats
+from eoforge.config import PretrainConfig, check_inputs
+from eoforge.plan.io import ensure_plan, plan_stats
 from eoforge.progress import say
 from eoforge.ray_node import init_ray
 from eoforge.tracking.job_run import JobRun, job_run
@@ -37,28 +37,6 @@ class PretrainResult:
     steps: int
     skipped_chips: int
     reused: bool = False
-
-
-def ensure_plan(cfg: PretrainConfig) -> tuple[str, int]:
-    """Return (plan hash, chips in the configured split); build the plan first if it is missing.
-
-    Only the plan's footer (hash) and its ``split`` column are read: the driver never holds the plan.
-
-    Raises:
-        CatalogError: the file is not an eoforge plan (no content hash in its metadata).
-    """
-    from eoforge.errors import CatalogError
-    from eoforge.plan.io import build_plan, plan_exists, plan_split_counts, stored_hash
-
-    if not plan_exists(cfg.data.plan):
-        assert cfg.data.config is not None  # check_inputs guarantees it
-        log.info("plan %s missing: building it from %s", cfg.data.plan, cfg.data.config)
-        build_plan(load_config(cfg.data.config, DataConfig), cfg.data.plan)
-    digest = stored_hash(cfg.data.plan)
-    if not digest:
-        raise CatalogError(f"chip plan {cfg.data.plan}: no eoforge:plan_hash metadata; not written by eoforge")
-    counts = plan_split_counts(cfg.data.plan)
-    return digest, sum(counts.values()) if cfg.data.split == "all" else counts.get(cfg.data.split, 0)
 
 
 #: Config sections that do not change what pretraining learns (identity, tracking, read speed).
@@ -114,7 +92,8 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run one pretraining job end to end (see module docstring)."""
     check_inputs(cfg)
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
-    plan_hash, n_chips = ensure_plan(cfg)
+    plan_hash, counts = ensure_plan(cfg.data.plan, cfg.data.config)
+    n_chips = sum(counts.values()) if cfg.data.split == "all" else counts.get(cfg.data.split, 0)
     key = pretrain_key(cfg, plan_hash)
     found = find_pretrained(uri, cfg.mlflow.registered_model, key) if cfg.mlflow.reuse else None
     if found is not None:

@@ -274,7 +274,7 @@ def _tune(
     )
     summary = summarise(trials, val_metric, test_metric)
     table = markdown_table(summary, test_metric)
-    print(f"[eoforge] results ({test_metric}; best lr per seed on {val_metric}):\n{table}", flush=True)
+    say(f"results ({test_metric}; best lr per seed on {val_metric}):\n{table}")
 
     with tempfile.TemporaryDirectory() as tmp:
         trials.to_csv(Path(tmp) / "trials.csv", index=False)
