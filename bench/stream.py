@@ -365,7 +365,7 @@ def _tiles(chip_ids: list[str], block: int) -> set[tuple[str, int, int]]:
     return out
 
 
-#: The pixel columns a reader writes in full that ``_empty_out`` leaves as calloc'd zeros (``label`` is
+#: The pixel columns a reader writes in full that ``empty_chip_block`` leaves as calloc'd zeros (``label`` is
 #: allocated filled with 255, so its pages are written already).
 PIXEL_COLUMNS = ("s2", "s1", "valid")
 
@@ -379,12 +379,12 @@ def hop_task(batch: dict[str, np.ndarray], size: int, chunk_rows: int) -> Any:
     page when Ray stores them, so the hop measured on them is too cheap (0.14-0.18 ms/chip instead
     of 0.21-0.31 ms/chip on this machine, ``docs/benchmarks.md``).
     """
-    from eoforge.data.dataset import _empty_out
+    from eoforge.data.dataset import empty_chip_block
 
     for take in batch["take"]:
         left = int(take)
         while left > 0:
-            out = _empty_out(min(chunk_rows, left), size)  # the reader allocates its chunk's block alike
+            out = empty_chip_block(min(chunk_rows, left), size)  # the reader allocates its chunk's block alike
             for name in PIXEL_COLUMNS:
                 out[name].view(np.uint8).reshape(-1)[:] = 1  # every page touched, as a reader writes them
             out["ok"][:] = True
@@ -402,18 +402,15 @@ def hop_dataset(plan: str, ds_kwargs: dict) -> Any:
     consumer costs on these cores: writing the blocks, tasks, block transfer through the object
     store, the driver's executor and batching, Ray's own processes.
     """
-    import inspect
-
     from eoforge.data import dataset as eods
 
-    kw = {**{k: v.default for k, v in inspect.signature(eods.build_chip_dataset).parameters.items()}, **ds_kwargs}
+    kw = eods.StreamOptions(**ds_kwargs)
     items, _ = eods.epoch_tasks(
-        plan, "all", kw["window_rows"], kw["shard"], kw["shuffle_seed"], kw["epoch"], 0, kw["mix_windows"],
-        kw["rows_per_task"],
-    )  # fmt: skip
+        plan, "all", kw.window_rows, kw.shard, kw.shuffle_seed, kw.epoch, 0, kw.mix_windows, kw.rows_per_task
+    )
     size = int(pq.ParquetFile(plan).read_row_group(0, columns=["size_px"]).column(0)[0].as_py())
-    hop = {"size": size, "chunk_rows": kw["rows_per_task"]}
-    pool = (kw["read_tasks"], kw["read_cpus"], kw["block_mb"], kw["object_store_mb"])
+    hop = {"size": size, "chunk_rows": kw.rows_per_task}
+    pool = (kw.read_tasks, kw.read_cpus, kw.block_mb, kw.object_store_mb)
     return eods.task_pool(items, hop_task, hop, *pool)
 
 

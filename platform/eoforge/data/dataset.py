@@ -238,7 +238,11 @@ class DiversityMeter:
         }
 
 
-def _empty_out(n: int, size: int) -> dict[str, Any]:
+def empty_chip_block(n: int, size: int) -> dict[str, Any]:
+    """A block of ``n`` chips of ``size`` px as the reader allocates it: empty pixels, ``ok`` False.
+
+    Columns and dtypes as in the module docstring.
+    """
     return {
         "chip_id": np.full(n, "", dtype=object),
         "split": np.full(n, "", dtype=object),
@@ -397,7 +401,7 @@ class TileChipReader:
 
     def _read_chunk(self, chunk: list[tuple[str, int]], rows: list[dict[str, Any]], read_rows: Any) -> dict[str, Any]:
         size = int(rows[chunk[0][1]]["size_px"])
-        out = _empty_out(len(chunk), size)
+        out = empty_chip_block(len(chunk), size)
         by_group: dict[str, list[int]] = {}
         for pos, (key, _) in enumerate(chunk):
             by_group.setdefault(key, []).append(pos)
@@ -495,35 +499,11 @@ def iter_chip_blocks(
         yield from reader.read_windows(w if isinstance(w, tuple) else (w,))
 
 
-def build_chip_dataset(
-    plan_path: str,
-    split: str = "train",
-    normalize: str = "ssl4eo",
-    min_valid_fraction: float = 0.5,
-    read_tasks: int = 2,
-    read_cpus: float = 0.5,
-    rows_per_task: int = 512,
-    *,
-    shuffle_seed: int = 0,
-    epoch: int = 0,
-    skip_rows: int = 0,
-    shard: tuple[int, int] = (0, 1),
-    window_rows: int = 1024,
-    mix_windows: int = 4,
-    tile_aware: bool = True,
-    max_open: int = 64,
-    keep_open: bool = True,
-    block_mb: float = 16.0,
-    object_store_mb: float | None = 512.0,
-) -> Any:
-    """A lazy Ray Dataset of chips for one split of a plan (``split='all'`` keeps every row).
+@dataclass(frozen=True)
+class StreamOptions:
+    """How a chip stream reads (:func:`build_chip_dataset`); every field has the stream's default.
 
-    Args:
-        plan_path: GeoParquet chip plan: local path, ``s3://``, ``gs://`` or any URI pyarrow or
-            fsspec opens (:func:`eoforge.storage.filesystem_of`); the reading tasks open it.
-        split: ``train`` / ``val`` / ``test`` / ``all``.
-        normalize: the normalisation the consumer applies with
-            :func:`eoforge.data.normalize.normalize_batch` (checked here; pixels stay in storage units).
+    Attributes:
         min_valid_fraction: chips below this valid-pixel share are skipped and counted.
         read_tasks: most reading tasks at once (CPU only: ``num_gpus=0``).
         read_cpus: logical CPUs reserved per reading task.
@@ -548,6 +528,35 @@ def build_chip_dataset(
         object_store_mb: object-store budget of this stream, MiB (Ray Data backpressure: blocks
             produced but not yet consumed, out-of-order blocks kept for ``preserve_order``
             included); None keeps Ray Data's default (half the node's object store, per stream).
+    """
+
+    min_valid_fraction: float = 0.5
+    read_tasks: int = 2
+    read_cpus: float = 0.5
+    rows_per_task: int = 512
+    shuffle_seed: int = 0
+    epoch: int = 0
+    skip_rows: int = 0
+    shard: tuple[int, int] = (0, 1)
+    window_rows: int = 1024
+    mix_windows: int = 4
+    tile_aware: bool = True
+    max_open: int = 64
+    keep_open: bool = True
+    block_mb: float = 16.0
+    object_store_mb: float | None = 512.0
+
+
+def build_chip_dataset(plan_path: str, split: str = "train", normalize: str = "ssl4eo", **options: Any) -> Any:
+    """A lazy Ray Dataset of chips for one split of a plan (``split='all'`` keeps every row).
+
+    Args:
+        plan_path: GeoParquet chip plan: local path, ``s3://``, ``gs://`` or any URI pyarrow or
+            fsspec opens (:func:`eoforge.storage.filesystem_of`); the reading tasks open it.
+        split: ``train`` / ``val`` / ``test`` / ``all``.
+        normalize: the normalisation the consumer applies with
+            :func:`eoforge.data.normalize.normalize_batch` (checked here; pixels stay in storage units).
+        options: fields of :class:`StreamOptions` (an unknown name is a TypeError).
 
     Memory does not grow with the plan's length: each read task covers :data:`READ_TASK_CHUNKS` chunks
     of a window set (not the whole set), so the ordered output holds at most the tasks running ahead
@@ -557,26 +566,36 @@ def build_chip_dataset(
         ChipReadError: no chips in the split (or none left after ``skip_rows``).
         ValueError: unknown ``normalize``, or a non-positive ``block_mb`` / ``object_store_mb``.
     """
+    opts = StreamOptions(**options)
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize: unknown mode {normalize!r}; choose one of {NORMALIZATIONS}")
-    if block_mb <= 0 or (object_store_mb is not None and object_store_mb <= 0):
-        raise ValueError(f"block_mb ({block_mb}) and object_store_mb ({object_store_mb}) must be > 0")
+    if opts.block_mb <= 0 or (opts.object_store_mb is not None and opts.object_store_mb <= 0):
+        raise ValueError(f"block_mb ({opts.block_mb}) and object_store_mb ({opts.object_store_mb}) must be > 0")
     items, window_rows = epoch_tasks(
-        str(plan_path), split, window_rows, shard, shuffle_seed, epoch, skip_rows, mix_windows, rows_per_task
+        str(plan_path),
+        split,
+        opts.window_rows,
+        opts.shard,
+        opts.shuffle_seed,
+        opts.epoch,
+        opts.skip_rows,
+        opts.mix_windows,
+        opts.rows_per_task,
     )
     reader = {
         "plan_path": str(plan_path),
         "split": split,
-        "min_valid_fraction": min_valid_fraction,
-        "seed": shuffle_seed,
-        "epoch": epoch,
+        "min_valid_fraction": opts.min_valid_fraction,
+        "seed": opts.shuffle_seed,
+        "epoch": opts.epoch,
         "window_rows": window_rows,
-        "chunk_rows": rows_per_task,
-        "tile_aware": tile_aware,
-        "max_open": max_open,
-        **({} if keep_open else {"stream": uuid.uuid4().hex}),
+        "chunk_rows": opts.rows_per_task,
+        "tile_aware": opts.tile_aware,
+        "max_open": opts.max_open,
+        **({} if opts.keep_open else {"stream": uuid.uuid4().hex}),
     }
-    return task_pool(items, read_chip_task, reader, read_tasks, read_cpus, block_mb, object_store_mb)
+    pool = (opts.read_tasks, opts.read_cpus, opts.block_mb, opts.object_store_mb)
+    return task_pool(items, read_chip_task, reader, *pool)
 
 
 def epoch_tasks(
