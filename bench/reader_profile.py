@@ -1,6 +1,6 @@
 """Where a reading task's time goes: the tile-aware reader in one process vs the decode limit.
 
-Runs the reader of the chip stream (:func:`eoforge.data.dataset.iter_chip_blocks`, the code a Ray
+Runs the reader of the chip stream (:func:`eoforge.data.reader_task.iter_chip_blocks`, the code a Ray
 Data read task runs, without Ray) over the data of ``bench/stream.py`` (one clear scene of
 ``--size`` px, COGs retiled to ``--block`` px, ``--chip`` px chips), pinned to one CPU, with the
 sample maps cleared before every pass as in a fresh worker; and the decode limit of
@@ -30,7 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from eoforge.data import dataset, resample, tiles
+from eoforge.data import epochs, reader_task, resample, tiles
 from stream import decode_limit_pass, make_data  # bench/stream.py (this folder is sys.path[0])
 
 
@@ -38,10 +38,10 @@ def reader_pass(plan: str, chunk_rows: int, mix: int) -> tuple[int, float]:
     """One pass of the reader over the whole plan in this process: (ok chips, seconds)."""
     resample.clear_sample_maps()
     t0 = time.perf_counter()
-    windows, window_rows = dataset.shardable_windows(plan, "all", 1024, 1)
-    sets = dataset.epoch_window_sets(windows, 0, 0, (0, 1), 0, mix)
+    windows, window_rows = epochs.shardable_windows(plan, "all", 1024, 1)
+    sets = epochs.epoch_window_sets(windows, 0, 0, (0, 1), 0, mix)
     n = 0
-    for block in dataset.iter_chip_blocks(plan, sets, split="all", window_rows=window_rows, chunk_rows=chunk_rows):
+    for block in reader_task.iter_chip_blocks(plan, sets, split="all", window_rows=window_rows, chunk_rows=chunk_rows):
         n += int(block["ok"].sum())
     return n, time.perf_counter() - t0
 

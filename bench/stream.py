@@ -379,7 +379,7 @@ def hop_task(batch: dict[str, np.ndarray], size: int, chunk_rows: int) -> Any:
     page when Ray stores them, so the hop measured on them is too cheap (0.14-0.18 ms/chip instead
     of 0.21-0.31 ms/chip on this machine, ``docs/benchmarks.md``).
     """
-    from eoforge.data.dataset import empty_chip_block
+    from eoforge.data.reader_task import empty_chip_block
 
     for take in batch["take"]:
         left = int(take)
@@ -402,16 +402,17 @@ def hop_dataset(plan: str, ds_kwargs: dict) -> Any:
     consumer costs on these cores: writing the blocks, tasks, block transfer through the object
     store, the driver's executor and batching, Ray's own processes.
     """
-    from eoforge.data import dataset as eods
+    from eoforge.data.dataset import StreamOptions, task_pool
+    from eoforge.data.epochs import epoch_tasks
 
-    kw = eods.StreamOptions(**ds_kwargs)
-    items, _ = eods.epoch_tasks(
+    kw = StreamOptions(**ds_kwargs)
+    items, _ = epoch_tasks(
         plan, "all", kw.window_rows, kw.shard, kw.shuffle_seed, kw.epoch, 0, kw.mix_windows, kw.rows_per_task
     )
     size = int(pq.ParquetFile(plan).read_row_group(0, columns=["size_px"]).column(0)[0].as_py())
     hop = {"size": size, "chunk_rows": kw.rows_per_task}
     pool = (kw.read_tasks, kw.read_cpus, kw.block_mb, kw.object_store_mb)
-    return eods.task_pool(items, hop_task, hop, *pool)
+    return task_pool(items, hop_task, hop, *pool)
 
 
 def eoforge_pass(plan: str, batch: int, block: int, ds_kwargs: dict, hop: bool = False) -> dict:

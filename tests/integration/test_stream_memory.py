@@ -79,7 +79,8 @@ def test_sets_read_by_several_tasks_stream_the_order_of_one_read_per_set(
 ) -> None:
     """Tasks of 2 chunks each (the ordered-output buffer is one task) give the rows of whole sets, in order."""
     import ray
-    from eoforge.data.dataset import _read_tasks, epoch_window_sets, iter_chip_blocks, shardable_windows
+    from eoforge.data.dataset import epoch_window_sets, iter_chip_blocks, shardable_windows
+    from eoforge.data.epochs import _read_tasks
     from ray.data.block import BlockAccessor
 
     kw = {"shuffle_seed": 3, "epoch": 1, "window_rows": 16, "mix_windows": 2}

@@ -234,7 +234,7 @@ def test_resume_skips_rows_without_opening_their_files(
 def test_the_read_tasks_of_later_epochs_reuse_their_process_open_datasets(demo_plan: Path) -> None:
     # the stream's UDF is a plain function run by Ray's pooled workers: what one epoch's task opened
     # stays open in that process for the next epoch's tasks (and the pixels are the same)
-    from eoforge.data.dataset import _read_tasks
+    from eoforge.data.epochs import _read_tasks
 
     def epoch(e: int) -> dict[str, np.ndarray]:
         sets = epoch_window_sets(plan_windows(str(demo_plan), "all", 16), 7, e, (0, 1), 0, 2)
@@ -259,7 +259,7 @@ def test_the_read_tasks_of_later_epochs_reuse_their_process_open_datasets(demo_p
 def test_a_stream_that_does_not_keep_files_open_reopens_them_once_for_itself(demo_plan: Path) -> None:
     # keep_open=False (a stream id per stream): the process's files of an earlier stream are closed,
     # so this stream reads its tiles from the files, each file opened once for all of its tasks
-    from eoforge.data.dataset import _read_tasks
+    from eoforge.data.epochs import _read_tasks
 
     def epoch(e: int, stream: str) -> dict[str, np.ndarray]:
         sets = epoch_window_sets(plan_windows(str(demo_plan), "all", 16), 7, e, (0, 1), 0, 2)
@@ -285,22 +285,22 @@ def test_the_read_tasks_of_a_window_set_share_its_order_by_plan_hash(
 ) -> None:
     # every read task of a set needs the set's whole order: a reading process makes it once, keyed by
     # the plan's hash, so a plan rewritten at the same path is read afresh, not from the old entry
-    from eoforge.data import dataset as eods
+    from eoforge.data import epochs, reader_task
     from eoforge.plan.io import write_plan
 
-    monkeypatch.setattr(eods, "_SET_ORDERS", cachetools.LRUCache(maxsize=eods.SET_ORDERS_KEPT))
+    monkeypatch.setattr(reader_task, "_SET_ORDERS", cachetools.LRUCache(maxsize=reader_task.SET_ORDERS_KEPT))
     frame, digest = read_plan(demo_plan)
     plan = tmp_path / "plan.parquet"
     write_plan(frame, plan)
     reads: list[object] = []
-    real = eods.TileChipReader.window_rows_of
-    monkeypatch.setattr(eods.TileChipReader, "window_rows_of", lambda self, w: reads.append(w) or real(self, w))
+    real = reader_task.TileChipReader.window_rows_of
+    monkeypatch.setattr(reader_task.TileChipReader, "window_rows_of", lambda self, w: reads.append(w) or real(self, w))
 
     def stream() -> tuple[int, int, list[tuple[str, str]]]:
         sets = epoch_window_sets(plan_windows(str(plan), "all", 16), 7, 0, (0, 1), 0, 99)  # one set
         kw = {"plan_path": str(plan), "split": "all", "min_valid_fraction": 0.0, "seed": 7, "epoch": 0}
         kw |= {"window_rows": 16, "chunk_rows": 8, "max_open": 96}
-        tasks, out = eods._read_tasks(sets, 16), []
+        tasks, out = epochs._read_tasks(sets, 16), []
         for task in tasks:
             batch = {"windows": np.array([task["windows"]], object), "take": np.array([task["take"]])}
             for b in read_chip_task(batch, **kw):

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eoforge.data.files import DatasetCache
 from eoforge.data.normalize import S1_DB_MEAN, S1_DB_STD, S2_L2A_MEAN, S2_L2A_STD, normalize
-from eoforge.data.tiles import VALID_S1, VALID_S2, DatasetCache, RawChip, read_rows
+from eoforge.data.tiles import VALID_S1, VALID_S2, RawChip, read_rows
 from eoforge.errors import ChipReadError
 
 

@@ -7,10 +7,10 @@ it once through the same reader (:func:`ensure_materialized`: Ray Data ``write_p
 blob per chip) and every epoch reads the files back. No reading tasks run per epoch and nothing
 is decoded from COGs or resampled again; a pixel column reads back as one buffer that numpy views.
 
-The order of an epoch follows the live stream's rules (:mod:`eoforge.data.dataset`), with the
+The order of an epoch follows the live stream's rules (:mod:`eoforge.data.epochs`), with the
 cache's files as its windows: a seeded permutation of the files (seed, epoch), every ``world``-th
 for worker ``rank``, taken in sets of ``mix`` files whose rows of the split are permuted together
-(:func:`eoforge.data.dataset.epoch_window_sets`); batches are consecutive slices of that order. The
+(:func:`eoforge.data.epochs.epoch_window_sets`); batches are consecutive slices of that order. The
 cache's rows are already in the live stream's epoch-0 order (tile groups of several places mixed
 in chunks), so a set mixes several chunks. A cache with too few files for its shards has its
 files cut into parts (:func:`cache_windows`), as the live stream cuts a small plan's windows. A
@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from eoforge.data.dataset import Window, epoch_window_sets
+from eoforge.data.epochs import Window, epoch_window_sets
 from eoforge.errors import ChipReadError
 from eoforge.progress import say
 from eoforge.storage import filesystem_of
@@ -141,11 +141,11 @@ def cache_files(cache: str, split: str) -> tuple[tuple[str, ...], tuple[Window, 
 def cache_windows(cache: str, split: str, world: int) -> tuple[tuple[str, ...], tuple[Window, ...], int]:
     """The cache's files and windows for ``world`` shards, and the rows per window part (0: whole files).
 
-    With fewer than :data:`eoforge.data.dataset.MIN_WINDOWS_PER_SHARD` files per shard (a small
+    With fewer than :data:`eoforge.data.epochs.MIN_WINDOWS_PER_SHARD` files per shard (a small
     cache) the files are cut into parts of ``part`` rows of the split (window ``index`` = part),
     so that every worker gets rows, as the live stream cuts a small plan's windows.
     """
-    from eoforge.data.dataset import MIN_WINDOWS_PER_SHARD
+    from eoforge.data.epochs import MIN_WINDOWS_PER_SHARD
 
     paths, windows = cache_files(cache, split)
     if len(windows) >= MIN_WINDOWS_PER_SHARD * world:

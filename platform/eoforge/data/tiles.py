@@ -3,10 +3,11 @@
 A random 64 px chip read on its own opens 15 COGs and decodes ~14 internal tiles of which it
 uses < 2%. Here rows are grouped by the internal tile of their Sentinel-2 10 m COG that holds the
 chip's origin (:func:`tile_key`; the block size and origin come from the COG's header). For a
-group, every asset is opened once (:class:`DatasetCache`, a bounded LRU per reading process),
-the source window covering all of the group's chips is read once (decoding each internal tile
-once), and the chips are cut from it with index/weight maps computed once per
-(source grid, chip grid) (:mod:`eoforge.data.resample`), never a GDAL warp per chip.
+group, every asset is opened once (:class:`eoforge.data.files.DatasetCache`, a bounded LRU per
+reading process), the source window covering all of the group's chips is read once (decoding
+each internal tile once), and the chips are cut from it with index/weight maps computed once per
+(source grid, chip grid) (:mod:`eoforge.data.resample`), never a GDAL warp per chip. A row's
+cells are parsed once per scene pair (:mod:`eoforge.data.plan_rows`).
 
 :func:`read_rows` is the one code path: :func:`eoforge.data.chip.read_chip` calls it with a
 single row, the Ray Data reader with a tile group, so both give the same pixels exactly.
@@ -20,8 +21,7 @@ Output (:class:`RawChip`), the units the training worker normalises (half the by
   SCL is not cloud/shadow/saturated; S1 has data. A cloud hides S2 only: SAR sees through it;
 - ``label``: uint8 [H, W] or None.
 
-Hrefs are signed just before their file is opened (a cached dataset keeps its signed URL for at
-most ``max_age_s``, then it is reopened and signed again).
+:class:`~eoforge.data.files.DatasetCache` is re-exported here, where callers import it.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,12 +39,29 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_INVALID
-from eoforge.catalog.assets import GDAL_ENV, gdal_path, resolve_signer, sign_href
+from eoforge.catalog.assets import GDAL_ENV, resolve_signer
 from eoforge.data import kernels
 from eoforge.data.calibration import grd_calibration_on_grid, s1_to_db
+from eoforge.data.files import DatasetCache
 from eoforge.data.grid import ChipGrid
-from eoforge.data.resample import ChipGridKey, SampleMap, SourceGrid, apply_map, mosaics, sample_map, union_bbox
+from eoforge.data.plan_rows import _json_cell, _parse, _Parsed
+from eoforge.data.resample import ChipGridKey, SampleMap, apply_map, mosaics, sample_map, union_bbox
 from eoforge.errors import ChipReadError
+
+__all__ = [
+    "ASSEMBLE_CHIPS",
+    "KEY_BAND",
+    "S1_FILL",
+    "VALID_S1",
+    "VALID_S2",
+    "Cut",
+    "DatasetCache",
+    "RawChip",
+    "group_rows",
+    "read_band_cuts",
+    "read_rows",
+    "tile_key",
+]
 
 #: The S2 band whose COG's internal tiles define the groups (a 10 m band).
 KEY_BAND = "B04"
@@ -82,90 +97,6 @@ class RawChip:
         return min(self.valid_fractions)
 
 
-@dataclass(frozen=True)
-class OpenSource:
-    """An open dataset with what the resampler needs to know about it."""
-
-    ds: Any
-    grid: SourceGrid
-    nodata: float | None
-    block: tuple[int, int]
-
-
-class DatasetCache:
-    """Bounded LRU of open rasterio datasets, keyed by unsigned href (one per reading process).
-
-    Args:
-        max_open: datasets kept open; the least recently used one is closed beyond that.
-        max_age_s: a dataset opened longer ago than this is reopened (and its href signed again).
-    """
-
-    def __init__(self, max_open: int = 64, max_age_s: float = 600.0) -> None:
-        self.max_open = max_open
-        self.max_age_s = max_age_s
-        self._open: OrderedDict[str, tuple[OpenSource, float]] = OrderedDict()
-        #: Files opened so far (reopens included): the resume tests count them.
-        self.opens = 0
-
-    def get(self, href: str, sign: Callable[[str], str] | None) -> OpenSource:
-        """The open dataset of ``href``, opening (and signing) it if needed.
-
-        Raises:
-            ChipReadError: the file is missing, corrupt or unreadable.
-        """
-        hit = self._open.get(href)
-        if hit is not None and time.monotonic() - hit[1] < self.max_age_s:
-            self._open.move_to_end(href)
-            return hit[0]
-        if hit is not None:
-            self._evict(href)
-        path = gdal_path(sign_href(href, sign))
-        try:
-            ds = rasterio.open(path)
-        except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
-            raise ChipReadError(f"{href}: {type(exc).__name__}: {exc}") from None
-        self.opens += 1
-        gcps, gcp_crs = ds.gcps if ds.crs is None else ([], None)
-        if ds.crs is not None:
-            grid = SourceGrid(ds.crs.to_string(), tuple(ds.transform)[:6], ds.width, ds.height)
-        else:
-            pts = tuple((g.row, g.col, g.x, g.y) for g in gcps) if gcps else None
-            grid = SourceGrid(gcp_crs.to_string() if gcp_crs else None, (), ds.width, ds.height, pts)
-        src = OpenSource(ds, grid, ds.nodata, tuple(ds.block_shapes[0]))
-        self._open[href] = (src, time.monotonic())
-        while len(self._open) > self.max_open:
-            self._evict(next(iter(self._open)))
-        return src
-
-    def _evict(self, href: str) -> None:
-        src, _ = self._open.pop(href)
-        src.ds.close()
-
-    def close(self) -> None:
-        """Close every open dataset."""
-        for href in list(self._open):
-            self._evict(href)
-
-    def __len__(self) -> int:
-        return len(self._open)
-
-
-def chip_grid(row: dict[str, Any]) -> ChipGridKey:
-    """The chip grid of a plan row."""
-    return ChipGridKey(str(row["crs"]), tuple(float(v) for v in list(row["transform"])[:6]), int(row["size_px"]))
-
-
-def _json_cell(row: dict[str, Any], key: str, default: object) -> Any:
-    value = row.get(key)
-    if isinstance(value, str) and value:
-        return json.loads(value)
-    return default
-
-
-def _href(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 def tile_key(row: dict[str, Any], cache: DatasetCache) -> str:
     """``<S2 key-band href>#<tile row>:<tile col>``: the internal tile holding the chip's origin.
 
@@ -176,70 +107,6 @@ def tile_key(row: dict[str, Any], cache: DatasetCache) -> str:
     if key.startswith("!"):
         raise ChipReadError(f"chip {row.get('chip_id')}: no readable asset for band {KEY_BAND}")
     return key
-
-
-@dataclass(frozen=True)
-class _Files:
-    """What the rows of one scene pair share: their assets, radiometry, calibration, access (parsed once)."""
-
-    s2_assets: dict[str, str]
-    s1_assets: dict[str, str]
-    radiometry: dict[str, list[float]]
-    calibration: dict[str, str]
-    access: dict[str, Any]
-    units: str
-    scl: str | None
-    label: str | None
-    #: what makes chips assemble alike (with their size): files, units, radiometry, calibration, S1 access
-    set_key: tuple[object, ...]
-
-
-@functools.lru_cache(maxsize=1024)
-def _files(
-    s2_assets: str, s1_assets: str, radiometry: object, calibration: object, access: object, units: object,
-    scl: object, label: object,
-) -> _Files:  # fmt: skip
-    """The parsed cells of a row (cached: every row of a scene pair has the same cells).
-
-    Raises:
-        ChipReadError: a band has no asset (the caller names the chip).
-    """
-    s2, s1 = json.loads(s2_assets), json.loads(s1_assets)
-    missing = [b for b in S2_BAND_NAMES if not s2.get(b)] + [b for b in S1_BAND_NAMES if not s1.get(b)]
-    if missing:
-        raise ChipReadError(f"no asset for bands {missing}")
-    cells = {"s2_radiometry": radiometry, "s1_calibration": calibration, "access": access}
-    rad, cal, acc = (_json_cell(cells, k, {}) for k in cells)
-    s1_units, scl_href, label_href = str(units or "dB"), _href(scl), _href(label)
-    set_key = (
-        tuple(s2[b] for b in S2_BAND_NAMES),
-        tuple(s1[b] for b in S1_BAND_NAMES),
-        scl_href,
-        label_href,
-        s1_units,
-        json.dumps(rad, sort_keys=True),
-        json.dumps(cal, sort_keys=True),
-        json.dumps(acc.get("s1", {}), sort_keys=True),
-    )
-    return _Files(s2, s1, rad, cal, acc, s1_units, scl_href, label_href, set_key)
-
-
-@dataclass
-class _Parsed:
-    grid: ChipGridKey
-    files: _Files
-
-
-#: The optional cells of a row that :func:`_files` parses, after its two asset cells.
-_FILE_CELLS = ("s2_radiometry", "s1_calibration", "access", "s1_units", "scl_href", "label_href")
-
-
-def _parse(row: dict[str, Any]) -> _Parsed:
-    try:
-        files = _files(str(row["s2_assets"]), str(row["s1_assets"]), *(row.get(c) for c in _FILE_CELLS))
-    except ChipReadError as exc:
-        raise ChipReadError(f"chip {row.get('chip_id')}: {exc}") from None
-    return _Parsed(grid=chip_grid(row), files=files)
 
 
 #: Where a chip's pixels of one band are: (float32 [Hm, Wm] mosaic, row offset, col offset); with

@@ -101,7 +101,7 @@ def read_block(
 
 def read_window_task(batch: dict[str, np.ndarray], min_valid_fraction: float) -> Iterator[dict[str, np.ndarray]]:
     """Ray Data UDF: read tasks (``tile``, ``rows``, ``home``) -> window blocks (:func:`read_block`)."""
-    from eoforge.data.dataset import process_cache
+    from eoforge.data.reader_task import process_cache
 
     cache = process_cache(64)
     for tile, rows, home in zip(batch["tile"], batch["rows"], batch["home"], strict=True):

@@ -129,7 +129,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from eoforge.config import PretrainConfig
-    from eoforge.data.dataset import DiversityMeter, split_ok
+    from eoforge.data.dataset import split_ok
+    from eoforge.data.diversity import DiversityMeter
     from eoforge.data.normalize import normalize_batch
     from eoforge.ssl.registry import build_objective
     from eoforge.tracking.runs import MetricLogger
