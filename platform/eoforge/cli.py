@@ -166,7 +166,7 @@ def plan(
 ) -> None:
     """Search the catalog, pair S1/S2, lay the chip grid and write the plan (GeoParquet)."""
     from eoforge.config import DataConfig, load_config
-    from eoforge.plan.io import build_plan
+    from eoforge.plan.build import build_plan
 
     cfg = load_config(config, DataConfig, set_ or [])
     digest, n = build_plan(cfg, out)

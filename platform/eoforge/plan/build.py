@@ -16,7 +16,8 @@ Stages, each counted (``PlanStats``, stored in the plan's metadata and logged):
 The chips of a pair are computed as arrays (origins ``[N, 2]`` int64, shapely 2 vectorised
 tests, pyproj on arrays) and come out as one Arrow table per S2 item (:func:`iter_plan_tables`),
 rows sorted by (``chip_id``, ``s1_item``), S2 items in the order of their chip ids, so the whole
-plan streams to disk in chip-id order with memory bounded by one S2 item's chips. Columns that
+plan streams to disk in chip-id order (:func:`build_plan`, through :mod:`eoforge.plan.writer`) with
+memory bounded by one S2 item's chips. Columns that
 are the same for every chip of a pair (assets, radiometry, access, ...) are built once per pair
 (dictionary-encoded Arrow arrays). Planning never opens a pixel file when the S2 items carry
 ``proj:`` metadata (``proj:code``/``proj:epsg``, ``proj:transform``, ``proj:shape``).
@@ -61,6 +62,7 @@ from eoforge.plan.sources import (
 )
 from eoforge.plan.splits import _place_u, chip_split, item_split, split_of
 from eoforge.plan.stats import PlanStats
+from eoforge.plan.writer import _meta, _write_tables
 
 # What this module offered before it was split (stats, sources, splits, labels, schema, chips,
 # prepare): importers of ``eoforge.plan.build`` keep working.
@@ -76,6 +78,7 @@ __all__ = [
     "S2Source",
     "_place_u",
     "area_of_interest",
+    "build_plan",
     "chip_rows_for_pair",
     "chip_split",
     "chip_table_for_pair",
@@ -209,6 +212,32 @@ def _why_no_chips(cfg: DataConfig, stats: PlanStats, n_pairs: int, filters: Sequ
     )
 
 
+def build_plan(
+    cfg: DataConfig,
+    out: str | Path,
+    timings: dict[str, float] | None = None,
+    filters: Sequence[OriginFilter] = (),
+    pairs_out: list[Pair] | None = None,
+) -> tuple[str, int]:
+    """Search, pair, place chips and stream the plan to ``out`` (local path or URI); returns (hash, chips).
+
+    Memory is bounded by one S2 item's chips and one row group, whatever the size of the plan.
+    ``timings``, when given, receives ``search_s``, ``chips_s`` (see
+    :func:`iter_plan_tables`) and ``write_s`` (hash, encode, write, upload).
+    ``filters`` and ``pairs_out``: see :func:`iter_plan_tables`.
+
+    Raises:
+        CatalogError: no chip is left (nothing is written).
+        ConfigError, ServiceError: see :func:`eoforge.plan.writer.write_plan`.
+    """
+    stats = PlanStats()
+    timings = timings if timings is not None else {}
+    tables = iter_plan_tables(cfg, stats, filters, timings=timings, pairs_out=pairs_out)
+    digest, n = _write_tables(tables, out, lambda: _meta(cfg, stats), timings)
+    log.info("plan %s: %d chips, hash %s; stages %s", out, n, digest[:12], stats.summary())
+    return digest, n
+
+
 def plan_table_with_stats(cfg: DataConfig, filters: Sequence[OriginFilter] = ()) -> tuple[pa.Table, PlanStats]:
     """The whole plan in memory as one Arrow table (sorted by chip id) and the stats (small plans, tests)."""
     stats = PlanStats()
@@ -220,7 +249,7 @@ def plan_rows_with_stats(cfg: DataConfig) -> tuple[list[dict[str, object]], Plan
     """Search, resolve, pair and place chips: every chip row of a data config (sorted by chip id) and the stats.
 
     Rows are plain dicts (geometry a shapely polygon); for a large plan stream the tables
-    instead (:func:`iter_plan_tables`, :func:`eoforge.plan.io.build_plan`).
+    instead (:func:`iter_plan_tables`, :func:`build_plan`).
 
     Raises:
         CatalogError: no chip is left; the message names the stage and the filter.

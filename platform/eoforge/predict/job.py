@@ -240,7 +240,8 @@ def _plan(cfg: PredictConfig, window_px: int) -> tuple[str, str, Any, list[Any]]
     """Plan the windows (``<output>/plan.parquet``); returns (uri, hash, Arrow rows, pairs)."""
     import pyarrow as pa
 
-    from eoforge.plan.io import build_plan, iter_plan_batches
+    from eoforge.plan.build import build_plan
+    from eoforge.plan.io import iter_plan_batches
     from eoforge.predict.stream import READ_COLUMNS
 
     dcfg = data_config(cfg, window_px)
