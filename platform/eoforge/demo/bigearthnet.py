@@ -6,7 +6,8 @@ Layout read (as distributed by BigEarthNet v1.0 / BigEarthNet-S1):
 ``<patch>_labels_metadata.json`` (CORINE labels, acquisition time; S1 names its S2 partner).
 
 One item per patch, one asset per band file, with ``proj:code``/``proj:shape``/``proj:transform``
-read from the file. Collections: ``bigearthnet-s2`` and ``bigearthnet-s1``. There is no
+read from the file (:class:`~eoforge.demo.geotiff.RasterInfo`); the STAC is written through
+:mod:`eoforge.demo.stac_writer`. Collections: ``bigearthnet-s2`` and ``bigearthnet-s1``. There is no
 cloud metadata: the patches were selected cloud-free, so ``eo:cloud_cover`` is set to 0
 (an assumption, noted in the collection description).
 """
@@ -18,40 +19,39 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pystac
-import rasterio
-from pyproj import Transformer
-from shapely.geometry import box, mapping
-from shapely.ops import transform as shp_transform
 
 from eoforge.bands import S1_BAND_NAMES, S2_BANDS
+from eoforge.demo.geotiff import RasterInfo
+from eoforge.demo.stac_writer import collection_of, eo_band, file_item, file_proj, new_asset, save_catalog
 from eoforge.errors import CatalogError
 
 S2_COLLECTION = "bigearthnet-s2"
 S1_COLLECTION = "bigearthnet-s1"
 
 
-def _asset(path: Path, roles: list[str], extra: dict[str, object]) -> tuple[pystac.Asset, dict[str, object]]:
-    with rasterio.open(path) as src:
-        proj = {
-            "proj:code": src.crs.to_string(),
-            "proj:shape": [src.height, src.width],
-            "proj:transform": list(src.transform)[:6],
-        }
-        bounds, crs = src.bounds, src.crs.to_string()
-    asset = pystac.Asset(
-        path.absolute().as_uri(), media_type=pystac.MediaType.GEOTIFF, roles=roles, extra_fields={**proj, **extra}
-    )
-    return asset, {"bounds": bounds, "crs": crs}
+def _band_assets(
+    folder: Path, bands: dict[str, tuple[str, dict[str, object]]]
+) -> tuple[dict[str, pystac.Asset], dict[str, RasterInfo]]:
+    """Data assets of a patch's band files and their headers, both by asset key.
 
+    Args:
+        folder: the patch folder; band file ``<folder>/<patch>_<suffix>.tif``.
+        bands: asset key -> (file suffix, extension fields of the asset besides ``proj:``).
 
-def _item(
-    item_id: str, collection: str, when: datetime, bounds: object, crs: str, props: dict[str, object]
-) -> pystac.Item:
-    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    foot = shp_transform(to_ll.transform, box(*bounds))  # type: ignore[misc]
-    return pystac.Item(
-        item_id, mapping(foot), list(foot.bounds), when, {"proj:code": crs, **props}, collection=collection
-    )
+    Raises:
+        CatalogError: a band file is missing or unreadable.
+    """
+    assets: dict[str, pystac.Asset] = {}
+    infos: dict[str, RasterInfo] = {}
+    for key, (suffix, extra) in bands.items():
+        path = folder / f"{folder.name}_{suffix}.tif"
+        if not path.is_file():
+            raise CatalogError(f"BigEarthNet patch {folder.name}: missing band file {path.name}")
+        infos[key] = RasterInfo.read(path)
+        # href: Path.as_uri() (%-escaped), as this writer always wrote; the other writers use file_href
+        href = path.absolute().as_uri()
+        assets[key] = new_asset(href, pystac.MediaType.GEOTIFF, ["data"], {**file_proj(infos[key]), **extra})
+    return assets, infos
 
 
 def _when(meta: dict[str, str]) -> datetime:
@@ -67,61 +67,33 @@ def _meta(folder: Path) -> dict[str, object]:
 
 
 def s2_item(folder: Path) -> pystac.Item:
-    """Item of one S2 patch folder."""
+    """Item of one S2 patch folder (footprint and ``proj:code`` of its B02 file)."""
     meta = _meta(folder)
-    assets = {}
-    info: dict[str, object] = {}
-    for band in S2_BANDS:
-        path = folder / f"{folder.name}_{band.name}.tif"
-        if not path.is_file():
-            raise CatalogError(f"BigEarthNet patch {folder.name}: missing band file {path.name}")
-        extra = {
-            "eo:bands": [
-                {"name": band.name, "common_name": band.common_name, "center_wavelength": band.center_wavelength_um}
-            ],
-            "gsd": band.resolution_m,
-        }
-        assets[band.name], grid = _asset(path, ["data"], extra)
-        if band.name == "B02":
-            info = grid
-    item = _item(
-        folder.name,
-        S2_COLLECTION,
-        _when(meta),
-        info["bounds"],
-        str(info["crs"]),
-        {"platform": "sentinel-2", "eo:cloud_cover": 0.0, "bigearthnet:labels": meta.get("labels", [])},
+    assets, infos = _band_assets(
+        folder, {b.name: (b.name, {"eo:bands": [eo_band(b)], "gsd": b.resolution_m}) for b in S2_BANDS}
     )
+    props = {"platform": "sentinel-2", "eo:cloud_cover": 0.0, "bigearthnet:labels": meta.get("labels", [])}
+    item = file_item(folder.name, infos["B02"], _when(meta), props, [])
     for key, asset in assets.items():
         item.add_asset(key, asset)
     return item
 
 
 def s1_item(folder: Path) -> pystac.Item:
-    """Item of one S1 patch folder (assets ``vv`` and ``vh``)."""
+    """Item of one S1 patch folder (assets ``vv`` and ``vh``; footprint and ``proj:code`` of the last)."""
     meta = _meta(folder)
-    assets = {}
-    info: dict[str, object] = {}
-    for band in S1_BAND_NAMES:
-        path = folder / f"{folder.name}_{band.upper()}.tif"
-        if not path.is_file():
-            raise CatalogError(f"BigEarthNet patch {folder.name}: missing band file {path.name}")
-        assets[band], info = _asset(path, ["data"], {"raster:bands": [{"unit": "dB", "data_type": "float32"}]})
-    item = _item(
-        folder.name,
-        S1_COLLECTION,
-        _when(meta),
-        info["bounds"],
-        str(info["crs"]),
-        {
-            "platform": "sentinel-1",
-            "sar:polarizations": ["VV", "VH"],
-            "sar:instrument_mode": "IW",
-            "sar:product_type": "GRD",
-            "bigearthnet:s2_patch": meta.get("corresponding_s2_patch"),
-            "bigearthnet:labels": meta.get("labels", []),
-        },
+    assets, infos = _band_assets(
+        folder, {b: (b.upper(), {"raster:bands": [{"unit": "dB", "data_type": "float32"}]}) for b in S1_BAND_NAMES}
     )
+    props = {
+        "platform": "sentinel-1",
+        "sar:polarizations": ["VV", "VH"],
+        "sar:instrument_mode": "IW",
+        "sar:product_type": "GRD",
+        "bigearthnet:s2_patch": meta.get("corresponding_s2_patch"),
+        "bigearthnet:labels": meta.get("labels", []),
+    }
+    item = file_item(folder.name, infos[S1_BAND_NAMES[-1]], _when(meta), props, [])
     for key, asset in assets.items():
         item.add_asset(key, asset)
     return item
@@ -133,32 +105,16 @@ def write_bigearthnet_catalog(src: Path, out: Path) -> Path:
     s1_dirs = sorted(p for p in (src / "S1").glob("*") if p.is_dir())
     if not s2_dirs or not s1_dirs:
         raise CatalogError(f"BigEarthNet folder {src}: expected S1/<patch>/ and S2/<patch>/ folders")
-    catalog = pystac.Catalog("bigearthnet-mm", "BigEarthNet-MM patches (real Sentinel-1/2 data)")
-    for cid, dirs, build in ((S2_COLLECTION, s2_dirs, s2_item), (S1_COLLECTION, s1_dirs, s1_item)):
-        items = [build(d) for d in dirs]
-        extent = pystac.Extent(
-            pystac.SpatialExtent(
-                [
-                    [
-                        min(i.bbox[0] for i in items),
-                        min(i.bbox[1] for i in items),
-                        max(i.bbox[2] for i in items),
-                        max(i.bbox[3] for i in items),
-                    ]
-                ]
-            ),
-            pystac.TemporalExtent([[min(i.datetime for i in items), max(i.datetime for i in items)]]),
-        )
-        coll = pystac.Collection(
+    collections = [
+        collection_of(
             cid,
             f"BigEarthNet-MM {cid[-2:].upper()} patches; eo:cloud_cover=0 assumed "
             "(patches were selected cloud-free). CDLA-Permissive-1.0.",
-            extent,
-            license="CDLA-Permissive-1.0",
+            [build(d) for d in dirs],
+            "CDLA-Permissive-1.0",
         )
-        coll.add_items(items)
-        catalog.add_child(coll)
-    out.mkdir(parents=True, exist_ok=True)
-    catalog.normalize_hrefs(str(out.absolute()))
-    catalog.save(pystac.CatalogType.ABSOLUTE_PUBLISHED)
-    return out.absolute() / "catalog.json"
+        for cid, dirs, build in ((S2_COLLECTION, s2_dirs, s2_item), (S1_COLLECTION, s1_dirs, s1_item))
+    ]
+    root = out.absolute()
+    save_catalog(root, "bigearthnet-mm", "BigEarthNet-MM patches (real Sentinel-1/2 data)", collections, ndjson=False)
+    return root / "catalog.json"

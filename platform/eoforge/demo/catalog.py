@@ -30,7 +30,6 @@ Conventions worth knowing:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +40,21 @@ import pystac
 
 from eoforge.bands import DFC_CLASSES, DFC_IGNORE, S1_BANDS, S2_BANDS, S2_SCL_ASSET
 from eoforge.demo.cog import Grid, write_cog
+from eoforge.demo.stac_writer import (
+    EO,
+    LABEL,
+    PROJ,
+    RASTER,
+    SAR,
+    SAT,
+    collection_of,
+    eo_band,
+    file_href,
+    new_asset,
+    new_item,
+    proj_fields,
+    save_catalog,
+)
 from eoforge.demo.synth import Scene, make_scene, render_s1, render_s2, stream
 from eoforge.demo.world import World
 from eoforge.errors import ConfigError
@@ -48,9 +62,6 @@ from eoforge.progress import say
 
 S2_COLLECTION, S1_COLLECTION, LABEL_COLLECTION = "sentinel-2-l2a", "sentinel-1-grd", "dfc-labels"
 CATALOG_ID = "eoforge-demo"
-_EXT = "https://stac-extensions.github.io/{}/schema.json"
-EO, PROJ, RASTER = _EXT.format("eo/v1.1.0"), _EXT.format("projection/v2.0.0"), _EXT.format("raster/v1.1.0")
-SAR, SAT, LABEL = _EXT.format("sar/v1.0.0"), _EXT.format("sat/v1.0.0"), _EXT.format("label/v1.0.1")
 #: First acquisition day; scene k starts k*2 days later, then every 10, 15 or 20 days.
 START = datetime(2024, 5, 1, 10, 20, 0, tzinfo=UTC)
 #: S1 minus S2 acquisition time, whole days, cycled over all S2 acquisitions in order.
@@ -91,27 +102,12 @@ def _iso(when: datetime) -> str:
 
 
 def _proj(grid: Grid) -> dict:
-    return {"proj:shape": [grid.height, grid.width], "proj:transform": grid.proj_transform()}
-
-
-def _item(item_id: str, grid: Grid, when: datetime, properties: dict, extensions: list[str]) -> pystac.Item:
-    geometry = grid.footprint()
-    ring = geometry["coordinates"][0]
-    lons, lats = [p[0] for p in ring], [p[1] for p in ring]
-    return pystac.Item(
-        id=item_id,
-        geometry=geometry,
-        bbox=[min(lons), min(lats), max(lons), max(lats)],
-        datetime=when,
-        properties=properties,
-        stac_extensions=extensions,
-    )
+    return proj_fields(grid.shape, grid.proj_transform())
 
 
 def _asset(path: Path, title: str, roles: list[str], fields: dict) -> pystac.Asset:
-    # "file://" + the plain path, not Path.as_uri(): GDAL/rasterio do not undo %-escapes (a space
-    # in the folder name would become %20 and the file would not be found).
-    return pystac.Asset(href=f"file://{path}", media_type=_COG, title=title, roles=roles, extra_fields=fields)
+    """A COG asset at ``path`` (href: :func:`~eoforge.demo.stac_writer.file_href`)."""
+    return new_asset(file_href(path), _COG, roles, fields, title)
 
 
 def _s2_band_fields(name: str) -> tuple[dict, dict]:
@@ -123,7 +119,7 @@ def _s2_band_fields(name: str) -> tuple[dict, dict]:
             "spatial_resolution": 20,
         }
     band = next(b for b in S2_BANDS if b.name == name)
-    eo = {"name": name, "common_name": band.common_name, "center_wavelength": band.center_wavelength_um}
+    eo = eo_band(band)
     raster = {
         "data_type": "uint16",
         "nodata": 0,
@@ -150,7 +146,7 @@ def _s2_item(
         "s2:processing_baseline": "05.10",
         "eoforge:scene": scene.index,
     }
-    item = _item(item_id, scene.grids[10], when, props, [EO, PROJ, RASTER])
+    item = new_item(item_id, scene.grids[10].footprint(), when, props, [EO, PROJ, RASTER])
     folder = data / S2_COLLECTION / item_id
     for band in S2_BANDS:
         grid = scene.grids[int(band.resolution_m)]
@@ -192,7 +188,7 @@ def _s1_item(scene: Scene, seed: int, d: int, when: datetime, ascending: bool, d
         "eoforge:scene": scene.index,
         "eoforge:reflectors": [[lon, lat] for lon, lat in scene.reflectors],
     }
-    item = _item(item_id, scene.s1_grid, when, props, [SAR, SAT, PROJ, RASTER])
+    item = new_item(item_id, scene.s1_grid.footprint(), when, props, [SAR, SAT, PROJ, RASTER])
     folder = data / S1_COLLECTION / item_id
     for band, arr in zip(S1_BANDS, (vv, vh), strict=True):
         write_cog(folder / f"{band.name}.tif", arr, scene.s1_grid, nodata=-9999.0)
@@ -219,7 +215,7 @@ def _label_item(scene: Scene, when: datetime, sources: list[pystac.Item], data: 
         "eoforge:scene": scene.index,
     }
     grid = scene.grids[10]
-    item = _item(item_id, grid, when, props, [LABEL, PROJ, RASTER])
+    item = new_item(item_id, grid.footprint(), when, props, [LABEL, PROJ, RASTER])
     path = data / LABEL_COLLECTION / item_id / "labels.tif"
     write_cog(path, np.ascontiguousarray(scene.label_map), grid, nodata=DFC_IGNORE, resampling="nearest")
     raster = {"data_type": "uint8", "nodata": DFC_IGNORE, "spatial_resolution": 10}
@@ -233,36 +229,23 @@ def _label_item(scene: Scene, when: datetime, sources: list[pystac.Item], data: 
 
 
 def _collection(cid: str, what: str, items: list[pystac.Item], summaries: dict, ext: list[str]) -> pystac.Collection:
-    """A collection holding ``items``: extent from their bboxes and times, item_assets from the first."""
-    bboxes = np.array([it.bbox for it in items])
-    times = sorted(it.datetime for it in items if it.datetime is not None)
-    collection = pystac.Collection(
-        id=cid,
+    """A synthetic collection holding ``items``: extent from their bboxes and times, item_assets from the first."""
+    return collection_of(
+        cid,
+        f"Synthetic demo data generated by eoforge (not real {what}); for tests and tutorials.",
+        items,
+        "CC-BY-4.0",
         title=f"{what} (synthetic)",
-        description=f"Synthetic demo data generated by eoforge (not real {what}); for tests and tutorials.",
-        license="CC-BY-4.0",
-        extent=pystac.Extent(
-            pystac.SpatialExtent([[*map(float, bboxes[:, :2].min(0)), *map(float, bboxes[:, 2:].max(0))]]),
-            pystac.TemporalExtent([[times[0], times[-1]]]),
-        ),
-        summaries=pystac.Summaries(summaries),
-        stac_extensions=ext,
+        summaries=summaries,
+        extensions=ext,
+        item_assets=True,
     )
-    collection.item_assets = {
-        key: pystac.ItemAssetDefinition.create(
-            asset.title,
-            None,
-            asset.media_type,
-            asset.roles,
-            {k: v for k, v in asset.extra_fields.items() if not k.startswith("proj:")},
-        )
-        for key, asset in items[0].assets.items()
-    }
-    collection.add_items(items)
-    return collection
 
 
-def _collections(s2: list[pystac.Item], s1: list[pystac.Item], labels: list[pystac.Item]) -> list[pystac.Collection]:
+def demo_collections(
+    s2: list[pystac.Item], s1: list[pystac.Item], labels: list[pystac.Item]
+) -> list[pystac.Collection]:
+    """The S2, S1 and (when there are label items) label collections of the synthetic scenes."""
     s2_summaries = {
         "platform": ["sentinel-2a"],
         "constellation": ["sentinel-2"],
@@ -307,14 +290,6 @@ def cloud_kind(seed: int, k: int, d: int, n_dates: int) -> str:
     if k == 0 and d == min(1, n_dates - 1):
         return "heavy"
     return "clear" if stream(seed, _TAG_DATES, k, d + 1).random() < 0.35 else "light"
-
-
-def _dump_ndjson(path: Path, objects: list[pystac.STACObject]) -> None:
-    """One saved JSON document per line, read back from disk (so it equals the files)."""
-    with path.open("w", encoding="utf-8") as f:
-        for obj in objects:
-            doc = json.loads(Path(obj.get_self_href() or "").read_text(encoding="utf-8"))
-            f.write(json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n")
 
 
 def roi_split(k: int, scenes: int) -> str:
@@ -362,21 +337,6 @@ def write_scenes(
     return s2_items, s1_items, label_items
 
 
-def save_catalog(
-    root: Path, catalog_id: str, description: str, title: str, collections: list[pystac.Collection]
-) -> list[pystac.Item]:
-    """Save a catalog of ``collections`` under ``root`` (absolute links) and its pgstac ndjson; its items."""
-    catalog = pystac.Catalog(catalog_id, description, title=title)
-    for collection in collections:
-        catalog.add_child(collection)
-    catalog.normalize_hrefs(str(root))
-    catalog.save(catalog_type=pystac.CatalogType.ABSOLUTE_PUBLISHED)
-    all_items = [it for c in collections for it in c.get_items()]
-    _dump_ndjson(root / "collections.ndjson", list(collections))
-    _dump_ndjson(root / "items.ndjson", list(all_items))
-    return all_items
-
-
 def write_demo_catalog(
     out: Path, scenes: int = 4, seed: int = 0, dates_per_scene: int = 3, size_px: int = 256
 ) -> DemoCatalog:
@@ -414,8 +374,8 @@ def write_demo_catalog(
         CATALOG_ID,
         "Synthetic co-located Sentinel-1/Sentinel-2 scenes with DFC2020 "
         "labels, generated by eoforge for tests and tutorials.",
-        "eoforge demo",
-        _collections(s2_items, s1_items, label_items),
+        demo_collections(s2_items, s1_items, label_items),
+        title="eoforge demo",
     )
     bboxes = np.array([it.bbox for it in all_items])
     west, south = bboxes[:, :2].min(axis=0)

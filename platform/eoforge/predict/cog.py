@@ -81,6 +81,7 @@ def write_cog(
         "crs": crs,
         "transform": Affine(*transform[:6]),
         "nodata": nodata,
+        **({"photometric": "palette"} if colormap else {}),
     }
     block = _blocksize(h, w)
     dst = cog_profiles.get("deflate")
@@ -89,9 +90,9 @@ def write_cog(
     levels = max(0, math.ceil(math.log2(min(h, w) / block))) if min(h, w) > block else 0
     with MemoryFile() as mem:
         with mem.open(**profile) as src:
-            src.write(array)
-            if colormap:
+            if colormap:  # before the pixels: GDAL fixes the photometric tag once writing starts
                 src.write_colormap(1, colormap)
+            src.write(array)
             for i, name in enumerate(descriptions or []):
                 src.set_band_description(i + 1, name)
             if scales_offsets is not None:
