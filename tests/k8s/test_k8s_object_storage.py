@@ -6,7 +6,6 @@ speaking the S3 protocol, reached by pyarrow's S3 client exactly as MinIO or AWS
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,26 +14,7 @@ import pytest
 from eoforge.errors import ConfigError
 from eoforge.storage import resolve_storage, s3_filesystem
 
-AWS_VARS = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_ROLE_ARN",
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.s3 import AWS_VARS, free_port
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +27,7 @@ def s3_server() -> Iterator[str]:
             f"moto is not installed ({exc}); it is a test dependency: pip install 'moto[server]==5.2.5' "
             "(pyproject [project.optional-dependencies] test)"
         )
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -472,21 +472,19 @@ def test_a_chip_that_cannot_be_assembled_gets_its_error_and_the_others_are_read(
 
 def test_sample_maps_are_kept_by_bytes_and_the_oldest_go_first(monkeypatch: pytest.MonkeyPatch) -> None:
     # a scene's tile groups need ~20 maps: a bound by count (16) evicted each before its next use
-    import eoforge.data.resample as resample
+    # the cache lives in eoforge.data.sample_maps (resample re-exports sample_map): patch it there
+    import eoforge.data.sample_maps as sample_maps
 
-    src = resample.SourceGrid("EPSG:32632", (20.0, 0.0, 500000.0, 0.0, -20.0, 5000000.0), 512, 512)
-    grids = [
-        resample.ChipGridKey("EPSG:32632", (10.0, 0.0, 500000.0 + 640 * k, 0.0, -10.0, 5000000.0), 64)
-        for k in range(30)
-    ]
-    resample.clear_sample_maps()
-    first = [resample.sample_map(src, g, "bilinear") for g in grids]
-    assert all(resample.sample_map(src, g, "bilinear") is m for g, m in zip(grids, first, strict=True))
-    one = resample._map_bytes(first[0])
-    small = cachetools.LRUCache(maxsize=10 * one, getsizeof=resample._map_bytes)
-    monkeypatch.setattr(resample, "_MAPS", small)
-    maps = [resample.sample_map(src, g, "bilinear") for g in grids]
+    src = SourceGrid("EPSG:32632", (20.0, 0.0, 500000.0, 0.0, -20.0, 5000000.0), 512, 512)
+    grids = [ChipGridKey("EPSG:32632", (10.0, 0.0, 500000.0 + 640 * k, 0.0, -10.0, 5000000.0), 64) for k in range(30)]
+    sample_maps.clear_sample_maps()
+    first = [sample_maps.sample_map(src, g, "bilinear") for g in grids]
+    assert all(sample_map(src, g, "bilinear") is m for g, m in zip(grids, first, strict=True))
+    one = sample_maps._map_bytes(first[0])
+    small = cachetools.LRUCache(maxsize=10 * one, getsizeof=sample_maps._map_bytes)
+    monkeypatch.setattr(sample_maps, "_MAPS", small)
+    maps = [sample_map(src, g, "bilinear") for g in grids]  # the re-exported name reaches the patched cache
     assert len(small) == 10 and small.currsize == 10 * one
-    assert resample.sample_map(src, grids[-1], "bilinear") is maps[-1]  # the newest kept
-    assert resample.sample_map(src, grids[0], "bilinear") is not maps[0]  # the oldest made again
-    resample.clear_sample_maps()
+    assert sample_map(src, grids[-1], "bilinear") is maps[-1]  # the newest kept
+    assert sample_map(src, grids[0], "bilinear") is not maps[0]  # the oldest made again
+    sample_maps.clear_sample_maps()

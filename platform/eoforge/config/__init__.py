@@ -8,6 +8,7 @@
 | ``sweep`` | :class:`SweepConfig` | :mod:`eoforge.config.sweep` |
 | ``predict`` | :class:`PredictConfig` | :mod:`eoforge.config.predict` |
 
+The chip grid and sampling strategies of ``data`` (``chips``) are in :mod:`eoforge.config.sampling`.
 Sections shared by job kinds (plan input, scaling, run) are in :mod:`eoforge.config.jobs`;
 the base model, types and YAML helpers in :mod:`eoforge.config.base`. A config is validated
 before any work starts. Errors name the field path and the reason

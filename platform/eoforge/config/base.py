@@ -44,6 +44,13 @@ def _expand_path(value: Any) -> Any:
     return value
 
 
+def check_bbox(v: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:
+    """A lon/lat bbox must be (west, south, east, north) with west < east and south < north (None passes)."""
+    if v is not None and not (v[0] < v[2] and v[1] < v[3]):
+        raise ValueError("bbox must be (west, south, east, north) with west < east and south < north")
+    return v
+
+
 class Strict(BaseModel):
     """Base: unknown keys are errors, assignments are validated."""
 

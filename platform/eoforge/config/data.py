@@ -1,4 +1,8 @@
-"""``kind: data``: from a STAC catalog to a chip plan (catalog, pairing, chip grid, splits)."""
+"""``kind: data``: from a STAC catalog to a chip plan (catalog, pairing, chip grid, splits, seasons).
+
+The chip grid and its sampling strategies (``chips``) are in :mod:`eoforge.config.sampling` and
+re-exported here (:data:`__all__`), so ``from eoforge.config.data import ChipGridConfig`` keeps working.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,36 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eoforge.config.base import Fraction, NonNegInt, PathStr, PosFloat, PosInt, Strict, _expand_path
+from eoforge.config.base import Fraction, NonNegInt, PathStr, PosInt, Strict, _expand_path, check_bbox
+from eoforge.config.sampling import (
+    ChipGridConfig,
+    GaussianPoint,
+    GaussianSampling,
+    GridSampling,
+    RandomSampling,
+    Sampling,
+)
+
+# the chip grid and its sampling models moved to eoforge.config.sampling: importers of
+# ``eoforge.config.data`` keep working.
+__all__ = [
+    "PROVIDERS",
+    "SEASON_SCHEMES",
+    "CatalogConfig",
+    "ChipGridConfig",
+    "DataConfig",
+    "GaussianPoint",
+    "GaussianSampling",
+    "GridSampling",
+    "PairingConfig",
+    "ProfileConfig",
+    "RandomSampling",
+    "Sampling",
+    "SeasonsConfig",
+    "SplitByProperty",
+    "SplitConfig",
+    "SplitName",
+]
 
 
 class ProfileConfig(Strict):
@@ -113,12 +146,7 @@ class CatalogConfig(Strict):
 
     _expand = field_validator("url", mode="before")(_expand_path)
 
-    @field_validator("bbox")
-    @classmethod
-    def _check_bbox(cls, v: tuple[float, float, float, float] | None) -> Any:
-        if v is not None and not (v[0] < v[2] and v[1] < v[3]):
-            raise ValueError("bbox must be (west, south, east, north) with west < east and south < north")
-        return v
+    _check_bbox = field_validator("bbox")(check_bbox)
 
     @field_validator("signing")
     @classmethod
@@ -148,114 +176,6 @@ class PairingConfig(Strict):
     max_days: Annotated[float, Field(ge=0)] = Field(3.0, description="Largest |t_S1 - t_S2| of a pair, days.")
     min_overlap: Fraction = Field(0.5, description="Smallest intersection area / S2 footprint area of a pair.")
     one_s1_per_s2: bool = Field(True, description="Keep only the closest-in-time S1 item per S2 item.")
-
-
-def _check_geojson_polygon(v: dict[str, Any], where: str) -> None:
-    from shapely.geometry import shape
-
-    try:
-        geom = shape(v)
-    except Exception as exc:
-        raise ValueError(f"{where} is not a GeoJSON geometry: {exc}") from None
-    if geom.is_empty or geom.area <= 0 or not geom.is_valid:
-        raise ValueError(f"{where} must be a valid polygon with a positive area")
-    w, s, e, n = geom.bounds
-    if w < -180 or e > 180 or s < -90 or n > 90:
-        raise ValueError(f"{where} must be lon/lat degrees (bounds {[w, s, e, n]})")
-
-
-class GridSampling(Strict):
-    """A regular grid of chips from each S2 item's top-left corner, every ``chips.stride_px``."""
-
-    strategy: Literal["grid"] = "grid"
-
-
-class GaussianPoint(Strict):
-    """A centre of the ``gaussian`` strategy (e.g. a city), lon/lat degrees."""
-
-    lon: Annotated[float, Field(ge=-180, le=180)] = Field(description="Longitude, degrees.")
-    lat: Annotated[float, Field(ge=-90, le=90)] = Field(description="Latitude, degrees.")
-    id: str | None = Field(
-        None, min_length=1, description="Name seeding this point's draws (default: its coordinates)."
-    )
-    sigma_km: PosFloat | None = Field(
-        None, description="Standard deviation of this point's draws, km (default: sigma_km)."
-    )
-    n: PosInt | None = Field(None, description="Chip centres drawn around this point (default: chips_per_point).")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_pair(cls, v: Any) -> Any:
-        # [lon, lat] is the short form of {lon: .., lat: ..}
-        if isinstance(v, list | tuple):
-            if len(v) != 2:
-                raise ValueError("a point is [lon, lat] or {lon, lat, id, sigma_km, n}")
-            return {"lon": v[0], "lat": v[1]}
-        return v
-
-
-class GaussianSampling(Strict):
-    """SSL4EO-S12-style: chip centres drawn from a normal distribution around given points."""
-
-    strategy: Literal["gaussian"]
-    points: list[GaussianPoint] = Field(
-        min_length=1, description="Centres, e.g. cities: [lon, lat] or {lon, lat, id, sigma_km, n}."
-    )
-    sigma_km: PosFloat = Field(50.0, description="Standard deviation per axis (east, north), km (SSL4EO-S12: 50).")
-    chips_per_point: PosInt = Field(100, description="Chip centres drawn per point (each makes a chip per date).")
-
-
-class RandomSampling(Strict):
-    """Chip centres uniform by area over AOIs."""
-
-    strategy: Literal["random"]
-    aois: list[dict[str, Any]] | None = Field(
-        None,
-        description="GeoJSON polygons (lon/lat) to sample, each on its own; default: catalog.aoi / catalog.bbox.",
-    )
-    chips_per_aoi: PosInt | None = Field(None, description="Chip centres drawn per AOI.")
-    chips_per_km2: PosFloat | None = Field(None, description="Chip centres drawn per km² of each AOI.")
-
-    @field_validator("aois")
-    @classmethod
-    def _check_aois(cls, v: list[dict[str, Any]] | None) -> Any:
-        if v is not None:
-            if not v:
-                raise ValueError("aois is empty: list at least one polygon, or leave it out for catalog.aoi")
-            for i, aoi in enumerate(v):
-                _check_geojson_polygon(aoi, f"aois[{i}]")
-        return v
-
-    @model_validator(mode="after")
-    def _one_count(self) -> RandomSampling:
-        if (self.chips_per_aoi is None) == (self.chips_per_km2 is None):
-            raise ValueError("give exactly one of chips_per_aoi and chips_per_km2")
-        return self
-
-
-Sampling = Annotated[GridSampling | GaussianSampling | RandomSampling, Field(discriminator="strategy")]
-
-
-class ChipGridConfig(Strict):
-    """Where chips go on each S2 item: squares on the item's UTM grid, placed by ``sampling``."""
-
-    size_px: PosInt = Field(64, description="Chip side in pixels at resolution_m.")
-    stride_px: PosInt | None = Field(
-        None, description="Step between chips in pixels (default: size_px); grid sampling only."
-    )
-    resolution_m: PosFloat = Field(10.0, description="Output pixel size, metres.")
-    sampling: Sampling = Field(
-        default_factory=GridSampling,
-        description="Where chips go: {strategy: grid} (default), {strategy: gaussian, points: [[lon, lat], ...], "
-        "sigma_km, chips_per_point} or {strategy: random, aois: [GeoJSON, ...], chips_per_aoi | chips_per_km2}. "
-        "Every chip is snapped to the S2 item's grid and kept only inside the AOI and the S1 footprint.",
-    )
-
-    @model_validator(mode="after")
-    def _stride_for_grid(self) -> ChipGridConfig:
-        if self.stride_px is not None and self.sampling.strategy != "grid":
-            raise ValueError(f"stride_px applies to grid sampling only, not to {self.sampling.strategy!r}")
-        return self
 
 
 SplitName = Literal["train", "val", "test"]

@@ -7,11 +7,11 @@ them through the model and writes output tiles aligned to that grid.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eoforge.config.base import NonNegInt, PathStr, PosInt, Strict, _expand_path
+from eoforge.config.base import NonNegInt, PathStr, PosInt, Strict, _expand_path, check_bbox
 from eoforge.config.data import CatalogConfig, PairingConfig
 
 PRODUCTS = ("classes", "probabilities", "embeddings")
@@ -33,12 +33,7 @@ class AoiConfig(Strict):
 
     _expand = field_validator("geojson", mode="before")(_expand_path)
 
-    @field_validator("bbox")
-    @classmethod
-    def _check_bbox(cls, v: tuple[float, float, float, float] | None) -> Any:
-        if v is not None and not (v[0] < v[2] and v[1] < v[3]):
-            raise ValueError("bbox must be (west, south, east, north) with west < east and south < north")
-        return v
+    _check_bbox = field_validator("bbox")(check_bbox)
 
     @model_validator(mode="after")
     def _something(self) -> AoiConfig:

@@ -18,7 +18,7 @@ from typing import Any
 import rasterio
 
 from eoforge.catalog.assets import gdal_path, sign_href
-from eoforge.data.resample import SourceGrid
+from eoforge.data.grid_keys import SourceGrid
 from eoforge.errors import ChipReadError
 
 

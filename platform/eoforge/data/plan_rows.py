@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES
-from eoforge.data.resample import ChipGridKey
+from eoforge.data.grid_keys import ChipGridKey
 from eoforge.errors import ChipReadError
 
 

@@ -301,7 +301,7 @@ def read_chip_task(batch: dict[str, np.ndarray], **reader_kwargs: Any) -> Iterat
     A plain function, so Ray runs it in its pooled worker processes, which stay alive between
     streams: an epoch starts without starting reading actors (about 1.5-2 s of process start and
     imports per epoch on one core), and the process's open datasets (:func:`process_cache`) and
-    sample maps (:func:`eoforge.data.resample.sample_map`) stay warm from one epoch to the next.
+    sample maps (:func:`eoforge.data.sample_maps.sample_map`) stay warm from one epoch to the next.
 
     Args:
         batch: one read task (``windows``, ``take``; see :meth:`TileChipReader.__call__`).

@@ -44,8 +44,10 @@ from eoforge.data import kernels
 from eoforge.data.calibration import grd_calibration_on_grid, s1_to_db
 from eoforge.data.files import DatasetCache
 from eoforge.data.grid import ChipGrid
+from eoforge.data.grid_keys import ChipGridKey, mosaics
 from eoforge.data.plan_rows import _json_cell, _parse, _Parsed
-from eoforge.data.resample import ChipGridKey, SampleMap, apply_map, mosaics, sample_map, union_bbox
+from eoforge.data.resample import apply_map
+from eoforge.data.sample_maps import SampleMap, sample_map, union_bbox
 from eoforge.errors import ChipReadError
 
 __all__ = [
@@ -127,7 +129,7 @@ def read_band_cuts(
 ) -> list[Cut]:
     """Band 1 of ``href`` on each grid, one window read for all of them: one :data:`Cut` per grid.
 
-    Chips on one lattice are sampled as mosaics (:func:`eoforge.data.resample.mosaics`), one map
+    Chips on one lattice are sampled as mosaics (:func:`eoforge.data.grid_keys.mosaics`), one map
     and one resampling pass per mosaic, and each grid's cut is its place in its mosaic (no copies);
     a source georeferenced by GCPs is sampled chip by chip (its local GCP fit depends on the chip's
     centre). ``mosaic[dr:dr + H, dc:dc + W]`` is the grid's float32 [H, W] pixels.

@@ -43,7 +43,7 @@ from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 if TYPE_CHECKING:
-    from eoforge.config.data import ChipGridConfig, GaussianSampling, RandomSampling
+    from eoforge.config.sampling import ChipGridConfig, GaussianSampling, RandomSampling
 
 _GEOD = Geod(ellps="WGS84")
 
