@@ -112,10 +112,9 @@ def register_model(mlflow_url: str) -> str:
 
 
 def load_model(mlflow_url: str, uri: str) -> Any:
-    import mlflow.pytorch
+    from eoforge.tracking.registry import load_registered_model
 
-    mlflow.set_tracking_uri(mlflow_url)
-    return mlflow.pytorch.load_model(uri, map_location="cpu").eval()
+    return load_registered_model(uri, "cpu", mlflow_url).eval()
 
 
 def run_eoforge(cat: Any, items: list[str], out: Path, *, uri: str, mlflow_url: str, ray_pid: int) -> dict:

@@ -25,6 +25,7 @@ from eoforge.plan.io import iter_plan_batches
 from eoforge.predict.cog import sha256_multihash, validate_cog
 from eoforge.predict.job import PredictResult, run_predict
 from eoforge.predict.stac_validate import validate_stac
+from eoforge.tracking.registry import load_registered_model
 
 from tests.support.predict_models import ConstantSegmenter, PixelSegmenter, card, register
 
@@ -95,7 +96,7 @@ def test_class_map_equals_chipwise_predictions_at_window_centres(classified, dem
     cfg, result = classified
     out = Path(cfg.output)
     mlflow.set_tracking_uri(stack.mlflow_url)
-    model = mlflow.pytorch.load_model("models:/pt-classifier/1", map_location="cpu").eval()
+    model = load_registered_model("models:/pt-classifier/1").eval()
     item = demo_catalog.s2_item_ids[0]
     classes, grid = mosaic(result.collection, "classes", item)
     probs, _ = mosaic(result.collection, "probabilities", item)
@@ -118,10 +119,9 @@ def test_class_map_equals_chipwise_predictions_at_window_centres(classified, dem
 
 def test_embeddings_equal_the_backbone_features_within_quantisation(classified, demo_catalog, stack) -> None:
     import geopandas as gpd
-    import mlflow
 
     cfg, result = classified
-    model = mlflow.pytorch.load_model("models:/pt-classifier/1", map_location="cpu").eval()
+    model = load_registered_model("models:/pt-classifier/1").eval()
     items = list(pystac.Collection.from_file(result.collection).get_items())
     item = next(i for i in items if i.id.startswith(demo_catalog.s2_item_ids[0]))
     frame = gpd.read_parquet(item.assets["embedding_vectors"].get_absolute_href())
@@ -214,13 +214,12 @@ def test_a_rerun_writes_only_the_missing_and_broken_tiles(classified) -> None:
 
 def test_per_pixel_outputs_blend_without_seams(stack, demo_catalog, models, tmp_path) -> None:
     """Every window agrees on a pixel's value, so any step at a window or tile border would show."""
-    import mlflow
 
     item = demo_catalog.s2_item_ids[0]
     cfg = predict_cfg(demo_catalog, tmp_path / "pixel", models["pixel"], [item], tile_px=40)
     result = run_predict(cfg)
     probs, grid = mosaic(result.collection, "probabilities", item)
-    model = mlflow.pytorch.load_model("models:/pt-pixel/1", map_location="cpu").eval()
+    model = load_registered_model("models:/pt-pixel/1").eval()
     expected = np.full_like(probs, 255)
     for row in plan_rows(tmp_path / "pixel"):
         chip = read_chip(row)

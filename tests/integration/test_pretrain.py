@@ -11,6 +11,7 @@ import pytest
 import yaml
 from eoforge.plan.build import plan_rows
 from eoforge.plan.io import read_plan, write_plan
+from eoforge.tracking.registry import load_registered_model
 
 from tests.integration.test_catalog_and_chips import data_cfg
 from tests.support.jobs import run_job
@@ -88,7 +89,7 @@ def test_registered_model_loads_by_alias_and_runs_forward(stack, trained) -> Non
     import torch
 
     mlflow.set_tracking_uri(stack.mlflow_url)
-    model = mlflow.pytorch.load_model("models:/it-dual-simclr@candidate")
+    model = load_registered_model("models:/it-dual-simclr@candidate")
     out = model(torch.zeros(3, 2, 64, 64), torch.zeros(3, 12, 64, 64))
     assert out.shape == (3, 1024)  # resnet18 pooled features of both sensors
     from eoforge.tracking.registry import show_model

@@ -18,7 +18,7 @@ from typing import Any
 import pystac
 from shapely.geometry import shape
 
-from eoforge.catalog.times import MIN_DT, parse_instant
+from eoforge.times import MIN_DT, parse_instant
 
 log = logging.getLogger(__name__)
 

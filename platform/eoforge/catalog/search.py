@@ -51,9 +51,9 @@ from eoforge.catalog.http import (
     safe_url,
     safe_url_in_text,
 )
-from eoforge.catalog.times import MIN_DT, parse_interval
 from eoforge.config import CatalogConfig
 from eoforge.errors import CatalogError, ServiceError
+from eoforge.times import MIN_DT, parse_interval
 
 log = logging.getLogger(__name__)
 

@@ -51,6 +51,21 @@ def check_bbox(v: tuple[float, float, float, float] | None) -> tuple[float, floa
     return v
 
 
+def check_datetime(v: str | None) -> str | None:
+    """A STAC ``datetime``: an RFC 3339 instant or ``start/end`` interval (either end may be ``..``)."""
+    if v is not None:
+        from eoforge.errors import CatalogError
+        from eoforge.times import parse_interval
+
+        try:
+            start, end = parse_interval(v)
+        except CatalogError as exc:
+            raise ValueError(str(exc)) from None
+        if start and end and start > end:
+            raise ValueError(f"datetime {v!r}: the interval ends before it starts")
+    return v
+
+
 class Strict(BaseModel):
     """Base: unknown keys are errors, assignments are validated."""
 
@@ -90,7 +105,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except (yaml.YAMLError, ValueError):  # e.g. 2024-13-45, which YAML takes for a date: the field decides
+            node[parts[-1]] = value
     return raw
 
 

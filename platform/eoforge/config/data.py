@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eoforge.config.base import Fraction, NonNegInt, PathStr, PosInt, Strict, _expand_path, check_bbox
+from eoforge.config.base import Fraction, NonNegInt, PathStr, PosInt, Strict, _expand_path, check_bbox, check_datetime
 from eoforge.config.sampling import (
     ChipGridConfig,
     GaussianPoint,
@@ -147,6 +147,7 @@ class CatalogConfig(Strict):
     _expand = field_validator("url", mode="before")(_expand_path)
 
     _check_bbox = field_validator("bbox")(check_bbox)
+    _check_datetime = field_validator("datetime")(check_datetime)
 
     @field_validator("signing")
     @classmethod

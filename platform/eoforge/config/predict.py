@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eoforge.config.base import NonNegInt, PathStr, PosInt, Strict, _expand_path, check_bbox
+from eoforge.config.base import NonNegInt, PathStr, PosInt, Strict, _expand_path, check_bbox, check_datetime
 from eoforge.config.data import CatalogConfig, PairingConfig
 
 PRODUCTS = ("classes", "probabilities", "embeddings")
@@ -34,6 +34,7 @@ class AoiConfig(Strict):
     _expand = field_validator("geojson", mode="before")(_expand_path)
 
     _check_bbox = field_validator("bbox")(check_bbox)
+    _check_datetime = field_validator("datetime")(check_datetime)
 
     @model_validator(mode="after")
     def _something(self) -> AoiConfig:

@@ -125,12 +125,9 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], tracking_uri: str | None 
 
         return BandStats()
     if spec.kind == "registry":
-        import mlflow
-        import mlflow.pytorch
+        from eoforge.tracking.registry import load_registered_model
 
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-        model = mlflow.pytorch.load_model(spec.uri, map_location="cpu")
+        model = load_registered_model(spec.uri, "cpu", tracking_uri)
         return model.train()
     backbone = DualBackbone(
         create_backbone(spec.name, len(S1_BAND_NAMES)), create_backbone(spec.name, len(S2_BAND_NAMES)), spec.name

@@ -18,6 +18,7 @@ file and uploaded once. The bytes, and so the hash, are the same wherever the pl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -120,6 +121,11 @@ class _StreamWriter:
             self.writer.write_table(table, row_group_size=max(table.num_rows, 1))
             self.buffer, self.buffered = [], 0
 
+    def abort(self) -> None:
+        """Close the Parquet writer of a failed write (its sink is dropped), so nothing is left to close later."""
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
     def close(self, meta: dict[bytes, bytes]) -> str:
         t0 = time.perf_counter()
         self.flush()
@@ -161,15 +167,19 @@ def _write_tables(
             raise storage_error(uri, exc, WHAT, "write") from None
         with sink:
             writer = _StreamWriter(sink)
-            for table in tables:
+            try:
+                for table in tables:
+                    try:
+                        writer.write(table)
+                    except OSError as exc:
+                        raise storage_error(uri, exc, WHAT, "write") from None
                 try:
-                    writer.write(table)
+                    digest = writer.close(meta())
                 except OSError as exc:
                     raise storage_error(uri, exc, WHAT, "write") from None
-            try:
-                digest = writer.close(meta())
-            except OSError as exc:
-                raise storage_error(uri, exc, WHAT, "write") from None
+            except BaseException:
+                writer.abort()  # else pyarrow closes it at exit, after its sink, with a traceback
+                raise
         t_upload = time.perf_counter()
         try:
             if remote:  # one upload of the finished file: the object appears complete or not at all

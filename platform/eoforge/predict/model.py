@@ -148,17 +148,16 @@ class WindowPredictor:
     """
 
     def __init__(self, models: dict[str, Any], tracking_uri: str) -> None:
-        import mlflow
-        import mlflow.pytorch
         import torch
+
+        from eoforge.tracking.registry import load_registered_model
 
         self.spec = PredictModels.from_dict(models)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        mlflow.set_tracking_uri(tracking_uri)
         loaded: dict[str, Any] = {}
         for ref in (self.spec.task, self.spec.embedding):
             if ref is not None and ref.uri not in loaded:
-                loaded[ref.uri] = mlflow.pytorch.load_model(ref.uri, map_location=self.device).eval()
+                loaded[ref.uri] = load_registered_model(ref.uri, self.device, tracking_uri).eval()
         self.task = loaded[self.spec.task.uri] if self.spec.task else None
         self.embedding = loaded[self.spec.embedding.uri] if self.spec.embedding else None
 

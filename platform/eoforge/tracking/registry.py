@@ -140,16 +140,38 @@ def resolve_model_version(tracking_uri: str, uri: str) -> Any:
 
 def model_card(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
     """The card (``metadata``) a model version was logged with; {} when it has none."""
+    import tempfile
+
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.models import Model
 
     mv = MlflowClient(tracking_uri).get_model_version(name, version)
     mlflow.set_tracking_uri(tracking_uri)
-    try:
-        info = mlflow.models.get_model_info(f"models:/{name}/{version}")
-    except Exception:  # an artifact not logged by eoforge: no card
-        return {"source": mv.source}
+    with tempfile.TemporaryDirectory(prefix="eoforge-card-") as tmp:  # MLflow's own download dirs are never removed
+        try:
+            path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}/MLmodel", dst_path=tmp)
+            info = Model.load(path)
+        except Exception:  # an artifact not logged by eoforge: no card
+            return {"source": mv.source}
     return dict(info.metadata or {})
+
+
+def load_registered_model(uri: str, map_location: Any = "cpu", tracking_uri: str | None = None) -> Any:
+    """The torch module of a registered model version, downloaded into a temporary folder that is removed.
+
+    (``mlflow.pytorch.load_model`` without ``dst_path`` leaves every download under the system's
+    temporary folder: tens of MB per load, for every job and every actor.)
+    """
+    import tempfile
+
+    import mlflow
+    import mlflow.pytorch
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="eoforge-model-") as tmp:
+        return mlflow.pytorch.load_model(uri, dst_path=tmp, map_location=map_location)
 
 
 def promote(tracking_uri: str, name: str, version: str, alias: str) -> str:
