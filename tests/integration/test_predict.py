@@ -33,6 +33,17 @@ pytestmark = pytest.mark.integration
 CLASSES = list(DFC_CLASSES)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def ray_left_as_found():
+    """run_predict connects this process to the stack's Ray; leave it disconnected for the modules after."""
+    import ray
+
+    was = ray.is_initialized()
+    yield
+    if not was:
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def models(stack) -> dict[str, str]:
     torch.manual_seed(0)
