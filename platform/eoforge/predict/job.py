@@ -191,8 +191,6 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
     from eoforge.predict.model import resolve_models
 
     models = resolve_models(uri, cfg.model, cfg.embedding_model, list(cfg.products), cfg.window_px)
-    if cfg.overlap_px * 2 > models.window_px:
-        raise ConfigError(f"overlap_px {cfg.overlap_px} must be at most half of the window ({models.window_px} px)")
     say(
         f"predict: {', '.join(cfg.products)} with "
         + ", ".join(f"{r.asked} -> {r.uri}" for r in models.refs)
@@ -214,7 +212,7 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
         windows, failed = _predict_tiles(cfg, models, uri, pending, writer, task)
         coll = finish_collection(cfg, writer, models)
         wall = time.perf_counter() - t0
-        km2 = sum(t.grid.res**2 * np.prod(t.grid.tile_window(*t.tile, cfg.tile_px)[2:]) for t in tiles) / 1e6
+        km2 = float(sum(t.grid.res**2 * np.prod(t.grid.tile_window(*t.tile, cfg.tile_px)[2:]) for t in tiles) / 1e6)
         run.metrics(
             {
                 "predict/tiles": len(tiles),

@@ -58,7 +58,6 @@ def mlm_fields(model: dict[str, Any], window_px: int, classes: list[str] | None)
     tasks = {"classification": ["classification"], "multilabel": ["classification"]}.get(
         task or "", ["semantic-segmentation"] if task == "segmentation" else ["embedding"]
     )
-    shape = [-1, len(S2_BAND_NAMES), window_px, window_px]
     inputs = [
         {
             "name": f"{sensor} {'reflectance' if sensor == 'S2' else 'backscatter (dB)'}",
@@ -90,7 +89,6 @@ def mlm_fields(model: dict[str, Any], window_px: int, classes: list[str] | None)
         output["classification:classes"] = [
             {"value": i, "name": _slug(n), "description": n} for i, n in enumerate(classes)
         ]
-    del shape
     return {
         "mlm:name": str(model["uri"]).removeprefix("models:/").replace("/", " v"),
         "mlm:architecture": str(model.get("backbone") or "DualBackbone"),
