@@ -20,7 +20,8 @@ from affine import Affine
 
 from eoforge.bands import S2_BANDS
 from eoforge.demo.cog import Grid, transform_xy
-from eoforge.demo.world import SCL_OF_CLASS, FractalNoise, RegionConditions, World, s1_backscatter_db, s2_signature
+from eoforge.demo.materials import SCL_OF_MATERIAL, s1_backscatter_db, s2_signature
+from eoforge.demo.world import FractalNoise, RegionConditions, World
 
 UTM = "EPSG:32632"
 LONLAT = "EPSG:4326"
@@ -73,8 +74,11 @@ class Scene:
         s1_grid: Sentinel-1 grid, EPSG:4326, 0.0001° pixels.
         classes: DFC class ids on the 10 m grid extended to ``6 * ceil(size_px / 6)`` pixels,
             uint8 of shape (E, E); ``classes[:size_px, :size_px]`` is the label map.
+        materials: material ids (:data:`~eoforge.demo.materials.MATERIALS`) on the same extended
+            grid, uint8 (E, E).
         texture: unitless texture on the same extended grid, float64 (E, E).
         s1_classes: DFC class ids at the S1 pixel centres, uint8 of shape ``s1_grid.shape``.
+        s1_materials: material ids at the S1 pixel centres, uint8 of shape ``s1_grid.shape``.
         s1_texture: texture at the S1 pixel centres, float64 of shape ``s1_grid.shape``.
         reflectors: (lon, lat) degrees of the corner reflectors, each an S1 pixel centre.
         reflector_pixels: (row, col) of each reflector in ``s1_grid``.
@@ -86,8 +90,10 @@ class Scene:
     grids: dict[int, Grid]
     s1_grid: Grid
     classes: np.ndarray
+    materials: np.ndarray
     texture: np.ndarray
     s1_classes: np.ndarray
+    s1_materials: np.ndarray
     s1_texture: np.ndarray
     reflectors: tuple[tuple[float, float], ...]
     reflector_pixels: tuple[tuple[int, int], ...]
@@ -156,14 +162,17 @@ def make_scene(world: World, seed: int, k: int, size_px: int, origin: tuple[floa
     s1 = _s1_grid(grids[10])
     sx, sy = s1.centres_in(UTM)
     points, pixels = _reflectors(stream(seed, _TAG_SCENE, k), x0, y0, size_px, s1)
+    classes, s1_classes = world.classes_at(xs, ys), world.classes_at(sx, sy)
     return Scene(
         index=k,
         size_px=size_px,
         grids=grids,
         s1_grid=s1,
-        classes=world.classes_at(xs, ys),
+        classes=classes,
+        materials=world.materials_at(xs, ys, classes),
         texture=world.texture_at(xs, ys),
-        s1_classes=world.classes_at(sx, sy),
+        s1_classes=s1_classes,
+        s1_materials=world.materials_at(sx, sy, s1_classes),
         s1_texture=world.texture_at(sx, sy),
         reflectors=points,
         reflector_pixels=pixels,
@@ -215,7 +224,7 @@ def _clouds(scene: Scene, rng: np.random.Generator, kind: str) -> tuple[np.ndarr
     (n_lo, n_hi), r_range, (cover_lo, cover_hi), growth = _CLOUD_KINDS[kind]
     n = int(rng.integers(n_lo, n_hi))
     blobs = np.column_stack([rng.uniform(-0.1, 1.1, (n, 2)) * side, rng.uniform(*r_range, n) * side])
-    classes20 = SCL_OF_CLASS[scene.classes[::2, ::2]]
+    classes20 = SCL_OF_MATERIAL[scene.materials[::2, ::2]]
     unclassified = rng.random(classes20.shape) < 0.003
     h20 = scene.grids[20].height
     scale = 1.0
@@ -247,9 +256,9 @@ def render_s2(scene: Scene, seed: int, d: int, when: datetime, kind: str) -> S2R
     alpha, shadow, scl = _clouds(scene, stream(seed, _TAG_CLOUD, scene.index, d), kind)
     rng = stream(seed, _TAG_S2NOISE, scene.index, d)
     cond = scene.conditions
-    sig = s2_signature(when.timetuple().tm_yday, cond.phenology_shift_days) * cond.illumination  # (8, 12)
+    sig = s2_signature(when.timetuple().tm_yday, cond.phenology_shift_days) * cond.illumination  # (M, 12)
     ext = scene.classes.shape[0]
-    surface = np.moveaxis(sig[scene.classes], -1, 0)  # (12, E, E)
+    surface = np.moveaxis(sig[scene.materials], -1, 0)  # (12, E, E)
     surface *= 1.0 + 0.06 * scene.texture
     surface *= 1.0 + rng.normal(0.0, 0.02, (len(S2_BANDS), ext, ext))
     surface *= 1.0 - 0.65 * shadow
@@ -267,7 +276,7 @@ def render_s2(scene: Scene, seed: int, d: int, when: datetime, kind: str) -> S2R
 def render_s1(scene: Scene, seed: int, d: int, when: datetime) -> tuple[np.ndarray, np.ndarray]:
     """Backscatter of acquisition ``d`` of a scene on its S1 grid.
 
-    Per-class mean (seasonal for croplands) plus ±0.8 dB texture, then multiplicative
+    Per-material mean (seasonal for crops) plus ±0.8 dB texture, then multiplicative
     gamma speckle (5 looks) in linear power, back to dB and clipped to [-40, 25]; each
     reflector is a 3×3 block at +15 dB VV / +5 dB VH.
 
@@ -276,7 +285,7 @@ def render_s1(scene: Scene, seed: int, d: int, when: datetime) -> tuple[np.ndarr
     """
     rng = stream(seed, _TAG_S1, scene.index, d)
     cond = scene.conditions
-    mean_db = s1_backscatter_db(when.timetuple().tm_yday, cond.phenology_shift_days)[scene.s1_classes]  # (H, W, 2)
+    mean_db = s1_backscatter_db(when.timetuple().tm_yday, cond.phenology_shift_days)[scene.s1_materials]  # (H, W, 2)
     mean_db = mean_db + cond.s1_offset_db
     mean_db = mean_db + 0.8 * scene.s1_texture[..., None]
     looks = 5.0

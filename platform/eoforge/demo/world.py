@@ -23,12 +23,12 @@ place to place:
 - the Sentinel-1 radiometry (an offset of about ±:data:`S1_OFFSET_DB` dB: incidence angle across
   the swath, since backscatter falls with incidence).
 
-The module also holds what each class looks like:
-
-- :func:`s2_signature`: 12-band surface reflectance ×10000 (order of
-  :data:`~eoforge.bands.S2_BAND_NAMES`), vegetation greening up towards July;
-- :data:`S1_BACKSCATTER_DB`: mean VV and VH backscatter in dB;
-- :data:`SCL_OF_CLASS`: the Sentinel-2 scene-classification code a clear pixel gets.
+Within a class, land is a mosaic of materials (:mod:`eoforge.demo.materials`: conifer and
+broadleaf stands, summer crops, winter cereals and ploughed fields, roofs and parks, ...) laid out
+in parcels (:meth:`World.materials_at`); the share of each material in its class also changes
+from region to region (:data:`MIX_SCALE_M` cells, up to about ±:data:`MIX_SHIFT` in the logits of
+the shares): one region's croplands are mostly maize, another's mostly winter wheat and bare
+fields in spring.
 """
 
 from __future__ import annotations
@@ -38,52 +38,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eoforge.bands import DFC_CLASSES, S2_BAND_NAMES
+from eoforge.bands import DFC_CLASSES
+from eoforge.demo.materials import MATERIALS_OF_CLASS, PARCEL_M, base_share_logits
 
 N_CLASSES = len(DFC_CLASSES)
 
 #: Per-class bias of the argmax (larger = more frequent): forests and croplands dominate,
 #: wetlands and barren land are rare, as in the Po valley foothills.
 _CLASS_BIAS = np.array([0.30, 0.0, 0.10, -0.30, 0.35, -0.05, -0.35, -0.10])
-
-#: Peak-season reflectance ×10000 per class (rows: DFC classes; columns: B01 B02 B03 B04
-#: B05 B06 B07 B08 B8A B09 B11 B12).
-_PEAK = np.array(
-    [
-        [250, 300, 500, 300, 800, 2200, 2800, 3000, 3100, 3000, 1500, 700],  # Forest
-        [350, 400, 650, 500, 1000, 2000, 2400, 2600, 2700, 2600, 2100, 1200],  # Shrubland
-        [300, 400, 750, 450, 1100, 2600, 3100, 3400, 3500, 3400, 2200, 1200],  # Grassland
-        [300, 350, 600, 400, 800, 1700, 2000, 2200, 2250, 2200, 1200, 600],  # Wetlands
-        [300, 350, 750, 350, 1100, 3000, 3700, 4000, 4100, 4000, 2300, 1100],  # Croplands
-        [1200, 1300, 1400, 1500, 1650, 1800, 1900, 2000, 2050, 2000, 2300, 2100],  # Urban
-        [1300, 1500, 1900, 2300, 2500, 2650, 2750, 2850, 2950, 2900, 3500, 3000],  # Barren
-        [700, 600, 500, 300, 250, 200, 180, 150, 140, 120, 80, 60],  # Water
-    ],
-    dtype=np.float64,
-)
-#: Off-season (senescent vegetation / bare soil) reflectance ×10000, same band order.
-_DORMANT = np.array([800, 900, 1100, 1300, 1500, 1700, 1800, 1900, 2000, 2000, 2600, 2000], dtype=np.float64)
-#: How far each class moves from its peak towards ``_DORMANT`` at the seasonal minimum.
-_SEASONAL_AMPLITUDE = np.array([0.15, 0.25, 0.35, 0.30, 0.80, 0.0, 0.0, 0.0])
-#: Day of year of peak greenness (late July).
-_PEAK_DOY = 200
-
-#: Mean backscatter per class in dB, columns (VV, VH).
-S1_BACKSCATTER_DB = np.array(
-    [
-        [-8.0, -14.0],  # Forest: volume scattering
-        [-10.0, -17.0],  # Shrubland
-        [-12.0, -19.0],  # Grassland
-        [-14.0, -21.0],  # Wetlands
-        [-11.0, -18.0],  # Croplands
-        [0.0, -8.0],  # Urban: double bounce
-        [-15.0, -24.0],  # Barren
-        [-22.0, -28.0],  # Water: specular
-    ]
-)
-
-#: SCL code of a clear pixel of each class: 4 vegetation, 5 not vegetated, 6 water.
-SCL_OF_CLASS = np.array([4, 4, 4, 4, 4, 5, 5, 6], dtype=np.uint8)
 
 #: Cell size (m) of the coarsest octave of the regional fields: scenes tens of km apart differ.
 REGION_SCALE_M = 40_000.0
@@ -92,44 +54,11 @@ PRIOR_SHIFT = 0.25
 PHENOLOGY_SHIFT_DAYS = 20.0
 ILLUMINATION_SHIFT = 0.05
 S1_OFFSET_DB = 0.7
-
-if _PEAK.shape != (N_CLASSES, len(S2_BAND_NAMES)):  # pragma: no cover - guards edits of the tables
-    raise RuntimeError("world.py: signature table does not match bands.S2_BAND_NAMES")
-
-
-def greenness(doy: float) -> float:
-    """Seasonal greenness in [0, 1]: 1 at day-of-year 200, 0 half a year away."""
-    return 0.5 + 0.5 * math.cos(2.0 * math.pi * (doy - _PEAK_DOY) / 365.25)
-
-
-def s2_signature(doy: float, phenology_shift_days: float = 0.0) -> np.ndarray:
-    """Mean surface reflectance ×10000 of every class on a given day of year.
-
-    Args:
-        doy: day of year, 1..366.
-        phenology_shift_days: the region's delay of the season (days; see :meth:`World.conditions_at`).
-
-    Returns:
-        float64 array of shape (8, 12): rows DFC classes, columns S2 bands in the order of
-        :data:`~eoforge.bands.S2_BAND_NAMES`, unit reflectance ×10000.
-    """
-    dormancy = _SEASONAL_AMPLITUDE * (1.0 - greenness(doy - phenology_shift_days))  # (8,)
-    return _PEAK * (1.0 - dormancy[:, None]) + _DORMANT[None, :] * dormancy[:, None]
-
-
-def s1_backscatter_db(doy: float, phenology_shift_days: float = 0.0) -> np.ndarray:
-    """Mean backscatter of every class on a given day of year.
-
-    Croplands get up to +2 dB VV / +3 dB VH at peak biomass (delayed by the region's
-    ``phenology_shift_days``); the rest is constant.
-
-    Returns:
-        float64 array of shape (8, 2): rows DFC classes, columns (VV, VH), unit dB.
-    """
-    out = S1_BACKSCATTER_DB.copy()
-    out[4] += greenness(doy - phenology_shift_days) * np.array([2.0, 3.0])
-    return out
-
+#: Cell size (m) of the coarsest octave of the fields that shift the material mix of each class.
+MIX_SCALE_M = 20_000.0
+#: Shift of the logits of a class's material shares per unit of its mix field (first material up,
+#: last one down): shares of 0.6 / 0.4 become about 0.3-0.85 / 0.7-0.15 one unit away.
+MIX_SHIFT = 1.2
 
 _MASK64 = (1 << 64) - 1
 #: Origin subtracted from EPSG:32632 coordinates before scaling (keeps the numbers small).
@@ -261,6 +190,9 @@ class World:
     _regions: FractalNoise
     _texture: FractalNoise
     _regional: FractalNoise
+    _mix: FractalNoise
+    _parcel_salts: np.ndarray
+    _parcel_angles: np.ndarray
 
     @staticmethod
     def from_seed(seed: int) -> World:
@@ -272,6 +204,10 @@ class World:
             _texture=FractalNoise.random(rng, 1, 400.0, 5, gain=0.7),
             # one field per class prior, then phenology, illumination and S1 offset
             _regional=FractalNoise.random(rng, N_CLASSES + 3, REGION_SCALE_M, 2, gain=0.5),
+            # drawn after the fields above, so the land cover of a seed does not depend on the materials
+            _mix=FractalNoise.random(rng, N_CLASSES, MIX_SCALE_M, 2, gain=0.5),
+            _parcel_salts=rng.integers(0, 2**63, N_CLASSES, dtype=np.int64),
+            _parcel_angles=rng.uniform(0.0, 0.5 * math.pi, N_CLASSES),
         )
 
     def classes_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -290,24 +226,8 @@ class World:
         return np.argmax(score, axis=0).astype(np.uint8)
 
     def _regional_priors(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """The regional prior fields (N_CLASSES, *S), evaluated on a coarse lattice and interpolated.
-
-        The fields vary over tens of km, so a 500 m lattice loses nothing and costs 2500x less.
-        """
-        xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        step = 500.0
-        gx = np.arange(np.floor(xs.min() / step) - 1, np.ceil(xs.max() / step) + 2) * step
-        gy = np.arange(np.floor(ys.min() / step) - 1, np.ceil(ys.max() / step) + 2) * step
-        mx, my = np.meshgrid(gx, gy)
-        fields = self._regional(mx, my)[:N_CLASSES]  # (8, ny, nx)
-        fx = (xs - gx[0]) / step
-        fy = (ys - gy[0]) / step
-        ix, iy = np.floor(fx).astype(np.intp), np.floor(fy).astype(np.intp)
-        tx, ty = fx - ix, fy - iy
-        f = fields
-        top = f[:, iy, ix] * (1 - tx) + f[:, iy, ix + 1] * tx
-        bottom = f[:, iy + 1, ix] * (1 - tx) + f[:, iy + 1, ix + 1] * tx
-        return top * (1 - ty) + bottom * ty
+        """The regional prior fields (N_CLASSES, *S)."""
+        return _coarse(self._regional, N_CLASSES, x, y)
 
     def conditions_at(self, x: float, y: float) -> RegionConditions:
         """The region's phenology, illumination and S1 offset at one point (EPSG:32632, metres)."""
@@ -325,3 +245,63 @@ class World:
             float64 array of shape S, mean 0 and standard deviation about 1 (unitless).
         """
         return self._texture(x, y)[0]
+
+    def materials_at(self, x: np.ndarray, y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Material of points of known class (see :mod:`eoforge.demo.materials`).
+
+        Each class's land is cut into parcels (squares of :data:`~eoforge.demo.materials.PARCEL_M`
+        on a lattice rotated per class); each parcel draws one material of its class, with the
+        class's shares shifted by the region (:data:`MIX_SHIFT`, :data:`MIX_SCALE_M`).
+
+        Args:
+            x: easting in metres (EPSG:32632), any shape S.
+            y: northing in metres, same shape S.
+            classes: class ids of the points (:meth:`classes_at`), uint8 of shape S.
+
+        Returns:
+            uint8 array of shape S: indices into :data:`~eoforge.demo.materials.MATERIALS`.
+        """
+        xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        out = np.zeros(np.shape(classes), np.uint8)
+        mix = _coarse(self._mix, N_CLASSES, xs, ys)  # (N_CLASSES, *S)
+        base = base_share_logits()
+        for c, ids in enumerate(MATERIALS_OF_CLASS):
+            sel = classes == c
+            if not sel.any():
+                continue
+            if len(ids) == 1:
+                out[sel] = ids[0]
+                continue
+            cos, sin = math.cos(self._parcel_angles[c]), math.sin(self._parcel_angles[c])
+            u = (cos * (xs[sel] - _X0) - sin * (ys[sel] - _Y0)) / PARCEL_M[c]
+            v = (sin * (xs[sel] - _X0) + cos * (ys[sel] - _Y0)) / PARCEL_M[c]
+            parcel_u, parcel_v = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
+            draw = 0.5 + 0.5 * _hash_unit(parcel_u, parcel_v, int(self._parcel_salts[c]))  # [0, 1) per parcel
+            direction = np.linspace(1.0, -1.0, len(ids))  # first material up, last down
+            logits = base[list(ids)][:, None] + MIX_SHIFT * direction[:, None] * mix[c][sel][None, :]
+            shares = np.exp(logits - logits.max(axis=0))
+            cumulative = np.cumsum(shares / shares.sum(axis=0), axis=0)  # (k, n)
+            pick = (draw[None, :] >= cumulative[:-1]).sum(axis=0)
+            out[sel] = np.asarray(ids, np.uint8)[pick]
+        return out
+
+
+def _coarse(field: FractalNoise, n: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The first ``n`` fields of a slow ``field`` at points (x, y), shape (n, *S).
+
+    Evaluated on a 500 m lattice and interpolated bilinearly: the fields vary over tens of km,
+    so the lattice loses nothing and costs 2500x less than evaluating every 10 m pixel.
+    """
+    xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    step = 500.0
+    gx = np.arange(np.floor(xs.min() / step) - 1, np.ceil(xs.max() / step) + 2) * step
+    gy = np.arange(np.floor(ys.min() / step) - 1, np.ceil(ys.max() / step) + 2) * step
+    mx, my = np.meshgrid(gx, gy)
+    f = field(mx, my)[:n]  # (n, ny, nx)
+    fx = (xs - gx[0]) / step
+    fy = (ys - gy[0]) / step
+    ix, iy = np.floor(fx).astype(np.intp), np.floor(fy).astype(np.intp)
+    tx, ty = fx - ix, fy - iy
+    top = f[:, iy, ix] * (1 - tx) + f[:, iy, ix + 1] * tx
+    bottom = f[:, iy + 1, ix] * (1 - tx) + f[:, iy + 1, ix + 1] * tx
+    return top * (1 - ty) + bottom * ty
