@@ -34,14 +34,16 @@ from eoforge.data import epochs, reader_task, resample, tiles
 from stream import decode_limit_pass, make_data  # bench/stream.py (this folder is sys.path[0])
 
 
-def reader_pass(plan: str, chunk_rows: int, mix: int) -> tuple[int, float]:
+def reader_pass(plan: str, shuffle_rows: int, mix: int) -> tuple[int, float]:
     """One pass of the reader over the whole plan in this process: (ok chips, seconds)."""
     resample.clear_sample_maps()
     t0 = time.perf_counter()
     windows, window_rows = epochs.shardable_windows(plan, "all", 1024, 1)
     sets = epochs.epoch_window_sets(windows, 0, 0, (0, 1), 0, mix)
     n = 0
-    for block in reader_task.iter_chip_blocks(plan, sets, split="all", window_rows=window_rows, chunk_rows=chunk_rows):
+    for block in reader_task.iter_chip_blocks(
+        plan, sets, split="all", window_rows=window_rows, shuffle_rows=shuffle_rows
+    ):
         n += int(block["ok"].sum())
     return n, time.perf_counter() - t0
 
@@ -51,7 +53,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024, help="scene side, px at 10 m")
     ap.add_argument("--chip", type=int, default=64, help="chip side, px at 10 m")
     ap.add_argument("--block", type=int, default=512, help="COG internal tile size (0: the demo's 256)")
-    ap.add_argument("--chunk-rows", type=int, default=512, help="shuffle chunk rows (build_chip_dataset rows_per_task)")
+    ap.add_argument("--shuffle-rows", type=int, default=512, help="shuffle chunk rows (data.shuffle_rows)")
     ap.add_argument("--mix", type=int, default=4, help="windows read together (data.mix_windows)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
@@ -59,8 +61,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         plan, rows = make_data(Path(tmp), 1, args.size, args.chip, args.block, 0)
         print(f"data ready: {len(rows)} chips", file=sys.stderr)
-        reader_pass(plan, args.chunk_rows, args.mix)  # warm-up: files in the page cache
-        passes = [reader_pass(plan, args.chunk_rows, args.mix) for _ in range(args.repeats)]
+        reader_pass(plan, args.shuffle_rows, args.mix)  # warm-up: files in the page cache
+        passes = [reader_pass(plan, args.shuffle_rows, args.mix) for _ in range(args.repeats)]
         n = passes[0][0]
         decode = []
         for _ in range(args.repeats):
@@ -86,7 +88,7 @@ def main() -> None:
 
         tiles.apply_map = timed
         try:
-            reader_pass(plan, args.chunk_rows, args.mix)
+            reader_pass(plan, args.shuffle_rows, args.mix)
         finally:
             tiles.apply_map = real
     reader_ms = 1000 * statistics.median(s for _, s in passes) / n

@@ -370,7 +370,7 @@ def _tiles(chip_ids: list[str], block: int) -> set[tuple[str, int, int]]:
 PIXEL_COLUMNS = ("s2", "s1", "valid")
 
 
-def hop_task(batch: dict[str, np.ndarray], size: int, chunk_rows: int) -> Any:
+def hop_task(batch: dict[str, np.ndarray], size: int, shuffle_rows: int) -> Any:
     """The ``ray_hop`` UDF: a read task's rows as chip blocks (every row ok), in its chunks; nothing read.
 
     Each block is allocated as the reader allocates its chunk's block, and every byte of its pixel
@@ -384,7 +384,7 @@ def hop_task(batch: dict[str, np.ndarray], size: int, chunk_rows: int) -> Any:
     for take in batch["take"]:
         left = int(take)
         while left > 0:
-            out = empty_chip_block(min(chunk_rows, left), size)  # the reader allocates its chunk's block alike
+            out = empty_chip_block(min(shuffle_rows, left), size)  # the reader allocates its chunk's block alike
             for name in PIXEL_COLUMNS:
                 out[name].view(np.uint8).reshape(-1)[:] = 1  # every page touched, as a reader writes them
             out["ok"][:] = True
@@ -407,10 +407,10 @@ def hop_dataset(plan: str, ds_kwargs: dict) -> Any:
 
     kw = StreamOptions(**ds_kwargs)
     items, _ = epoch_tasks(
-        plan, "all", kw.window_rows, kw.shard, kw.shuffle_seed, kw.epoch, 0, kw.mix_windows, kw.rows_per_task
+        plan, "all", kw.window_rows, kw.shard, kw.shuffle_seed, kw.epoch, 0, kw.mix_windows, kw.shuffle_rows
     )
     size = int(pq.ParquetFile(plan).read_row_group(0, columns=["size_px"]).column(0)[0].as_py())
-    hop = {"size": size, "chunk_rows": kw.rows_per_task}
+    hop = {"size": size, "shuffle_rows": kw.shuffle_rows}
     pool = (kw.read_tasks, kw.read_cpus, kw.block_mb, kw.object_store_mb)
     return task_pool(items, hop_task, hop, *pool)
 
@@ -473,7 +473,7 @@ def main() -> None:
     ap.add_argument("--torchgeo-workers", type=int, default=None, help="default: 0 with 1 core, else --cores")
     ap.add_argument("--read-tasks", type=int, default=None, help="build_chip_dataset read_tasks (default --cores)")
     ap.add_argument("--read-cpus", type=float, default=1.0, help="build_chip_dataset read_cpus")
-    ap.add_argument("--rows-per-task", type=int, default=None, help="build_chip_dataset rows_per_task")
+    ap.add_argument("--shuffle-rows", type=int, default=None, help="build_chip_dataset shuffle_rows")
     ap.add_argument("--max-open", type=int, default=None, help="build_chip_dataset max_open (per reading process)")
     ap.add_argument("--mix-windows", type=int, default=None, help="build_chip_dataset mix_windows")
     ap.add_argument("--skip-torchgeo", action="store_true")
@@ -529,8 +529,8 @@ def main() -> None:
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
             kw: dict[str, Any] = {"read_tasks": args.read_tasks or args.cores, "read_cpus": args.read_cpus}
-            if args.rows_per_task:
-                kw["rows_per_task"] = args.rows_per_task
+            if args.shuffle_rows:
+                kw["shuffle_rows"] = args.shuffle_rows
             if args.max_open:
                 kw["max_open"] = args.max_open
             if args.mix_windows:

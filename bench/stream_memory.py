@@ -166,8 +166,8 @@ def child(args: argparse.Namespace) -> None:
         driver_start = dict(sampler.driver)
         sampler.start()
         kw: dict[str, Any] = {"read_tasks": args.read_tasks or args.cores, "read_cpus": args.read_cpus}
-        if args.rows_per_task:
-            kw["rows_per_task"] = args.rows_per_task
+        if args.shuffle_rows:
+            kw["shuffle_rows"] = args.shuffle_rows
         if args.block_mb:
             kw["block_mb"] = args.block_mb
         if args.object_store_mb is not None:
@@ -250,7 +250,7 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=0.1, help="RSS sampling period, s")
     ap.add_argument("--read-tasks", type=int, default=None, help="build_chip_dataset read_tasks (default --cores)")
     ap.add_argument("--read-cpus", type=float, default=1.0, help="build_chip_dataset read_cpus")
-    ap.add_argument("--rows-per-task", type=int, default=None, help="build_chip_dataset rows_per_task")
+    ap.add_argument("--shuffle-rows", type=int, default=None, help="build_chip_dataset shuffle_rows")
     ap.add_argument(
         "--block-mb", type=float, default=None, help="build_chip_dataset block_mb (128: Ray Data's default)"
     )
@@ -287,7 +287,7 @@ def main() -> None:
                 "interval",
                 "read_tasks",
                 "read_cpus",
-                "rows_per_task",
+                "shuffle_rows",
                 "block_mb",
                 "object_store_mb",
                 "store_mb",

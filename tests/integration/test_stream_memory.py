@@ -93,7 +93,7 @@ def test_sets_read_by_several_tasks_stream_the_order_of_one_read_per_set(
         normalize="none",
         read_tasks=2,
         read_cpus=0.5,
-        rows_per_task=3,
+        shuffle_rows=3,
         skip_rows=skip_rows,
         **kw,
     )
@@ -103,7 +103,7 @@ def test_sets_read_by_several_tasks_stream_the_order_of_one_read_per_set(
             streamed.extend(BlockAccessor.for_block(ray.get(entry.ref)).to_pandas()["chip_id"])
     one_read = [
         c
-        for b in iter_chip_blocks(str(plan), sets, split="all", window_rows=rows, chunk_rows=3, seed=3, epoch=1)
+        for b in iter_chip_blocks(str(plan), sets, split="all", window_rows=rows, shuffle_rows=3, seed=3, epoch=1)
         for c in b["chip_id"]
     ]
     frame, _ = read_plan(plan)

@@ -1,4 +1,4 @@
-"""A reading task's chunk (its pixel memory) stays within chunk_rows, whatever the size of a tile group."""
+"""A reading task's chunk (its pixel memory) stays within shuffle_rows, whatever the size of a tile group."""
 
 from __future__ import annotations
 
@@ -25,16 +25,16 @@ def plans(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
 
 
 @pytest.mark.parametrize("times", [1, 4])
-def test_chunks_stay_within_chunk_rows_and_large_tile_groups_are_cut(plans: dict[int, Path], times: int) -> None:
+def test_chunks_stay_within_shuffle_rows_and_large_tile_groups_are_cut(plans: dict[int, Path], times: int) -> None:
     plan = plans[times]
     windows = epoch_window_sets(plan_windows(str(plan), "all", 1024), 0, 0, (0, 1), 0, 4)
     blocks = list(
-        iter_chip_blocks(str(plan), windows, split="all", window_rows=1024, chunk_rows=3, min_valid_fraction=0.0)
+        iter_chip_blocks(str(plan), windows, split="all", window_rows=1024, shuffle_rows=3, min_valid_fraction=0.0)
     )
     ids = [c for b in blocks for c in b["chip_id"]]
     frame, _ = read_plan(plan)
     assert sorted(ids) == sorted(frame["chip_id"])  # every chip once
-    # one block per chunk: never more than chunk_rows, although a tile group holds 4 x times chips ...
+    # one block per chunk: never more than shuffle_rows, although a tile group holds 4 x times chips ...
     assert max(len(b["chip_id"]) for b in blocks) <= 3
     tiles = Counter(k for b in blocks for k in b["tile_key"])
     assert set(tiles.values()) == {4 * times}

@@ -76,7 +76,7 @@ def test_chips_below_the_valid_fraction_leave_empty_rows_in_their_block(demo_pla
 
 def test_tile_aware_streaming_yields_the_same_pixels_as_read_chip(demo_plan: Path) -> None:
     rows = _rows(demo_plan)
-    blocks = _stream(demo_plan, chunk_rows=32)
+    blocks = _stream(demo_plan, shuffle_rows=32)
     ids = [c for b in blocks for c in b["chip_id"]]
     assert sorted(ids) == sorted(rows)  # every row of the plan, once
     for b in blocks:
@@ -99,7 +99,7 @@ def test_tile_aware_streaming_yields_the_same_pixels_as_read_chip(demo_plan: Pat
 
 
 def test_normalize_batch_on_device_matches_numpy(demo_plan: Path) -> None:
-    b = _stream(demo_plan, chunk_rows=8)[0]
+    b = _stream(demo_plan, shuffle_rows=8)[0]
     s2, s1 = normalize_batch(
         torch.from_numpy(b["s2"]), torch.from_numpy(b["s1"]), torch.from_numpy(b["valid"]), "ssl4eo"
     )
@@ -114,7 +114,7 @@ def test_normalize_batch_on_device_matches_numpy(demo_plan: Path) -> None:
 
 def test_s1_under_an_s2_cloud_stays_valid_in_the_reader_and_after_normalisation(demo_plan: Path) -> None:
     """A cloud hides S2 only: SAR sees through it, so S1 keeps its pixels where S2 is masked."""
-    blocks = _stream(demo_plan, chunk_rows=32)
+    blocks = _stream(demo_plan, shuffle_rows=32)
     s2_valid = np.concatenate([b["valid"][:, 0] for b in blocks])
     s1_valid = np.concatenate([b["valid"][:, 1] for b in blocks])
     clouded = ~s2_valid  # S2 pixels masked by SCL (cloud, shadow) or nodata
@@ -186,7 +186,7 @@ def test_demo_s2_and_s1_agree_with_gdal(demo_plan: Path) -> None:
 
 
 def test_batches_mix_tiles_and_report_diversity(demo_plan: Path) -> None:
-    keys = np.concatenate([b["tile_key"] for b in _stream(demo_plan, chunk_rows=32)])
+    keys = np.concatenate([b["tile_key"] for b in _stream(demo_plan, shuffle_rows=32)])
     assert batch_diversity(["a"] * 8) == {"distinct_tiles": 1.0, "same_tile_pair_share": 1.0}
     d = [batch_diversity(keys[i : i + 8]) for i in range(0, len(keys) - 7, 8)]
     assert np.mean([x["distinct_tiles"] for x in d]) >= 3  # not one tile per batch
@@ -197,7 +197,7 @@ def test_window_sets_mix_places_and_scenes_into_each_batch(demo_plan: Path) -> N
     rows = _rows(demo_plan)
 
     def items_per_batch(mix: int) -> float:
-        ids = [c for b in _stream(demo_plan, mix=mix, chunk_rows=32) for c in b["chip_id"]]
+        ids = [c for b in _stream(demo_plan, mix=mix, shuffle_rows=32) for c in b["chip_id"]]
         assert sorted(ids) == sorted(rows)  # every row once, whatever the mixing
         return float(np.mean([len({rows[c]["s2_item"] for c in ids[i : i + 8]}) for i in range(0, len(ids) - 7, 8)]))
 
@@ -209,8 +209,8 @@ def test_window_sets_mix_places_and_scenes_into_each_batch(demo_plan: Path) -> N
 def test_resume_skips_rows_without_opening_their_files(
     demo_plan: Path, monkeypatch: pytest.MonkeyPatch, mix: int
 ) -> None:
-    full = [c for b in _stream(demo_plan, mix=mix, chunk_rows=8) for c in b["chip_id"]]
-    assert full == [c for b in _stream(demo_plan, mix=mix, chunk_rows=8) for c in b["chip_id"]]  # deterministic
+    full = [c for b in _stream(demo_plan, mix=mix, shuffle_rows=8) for c in b["chip_id"]]
+    assert full == [c for b in _stream(demo_plan, mix=mix, shuffle_rows=8) for c in b["chip_id"]]  # deterministic
     skip = 37  # two whole windows of 16 rows (one set of 2 when mix=2), then 5 rows into the next
     opened: list[str] = []
     real_get = DatasetCache.get
@@ -221,7 +221,7 @@ def test_resume_skips_rows_without_opening_their_files(
         return real_get(self, href, sign)  # type: ignore[arg-type]
 
     monkeypatch.setattr(DatasetCache, "get", counting_get)
-    resumed = [c for b in _stream(demo_plan, skip_rows=skip, mix=mix, chunk_rows=8) for c in b["chip_id"]]
+    resumed = [c for b in _stream(demo_plan, skip_rows=skip, mix=mix, shuffle_rows=8) for c in b["chip_id"]]
     assert resumed == full[skip:]
     rows = _rows(demo_plan)
     skipped_items = {rows[c]["s2_item"] for c in full[:32]} - {rows[c]["s2_item"] for c in full[skip:]}
@@ -239,7 +239,7 @@ def test_the_read_tasks_of_later_epochs_reuse_their_process_open_datasets(demo_p
     def epoch(e: int) -> dict[str, np.ndarray]:
         sets = epoch_window_sets(plan_windows(str(demo_plan), "all", 16), 7, e, (0, 1), 0, 2)
         kw = {"plan_path": str(demo_plan), "split": "all", "min_valid_fraction": 0.0, "seed": 7, "epoch": e}
-        kw |= {"window_rows": 16, "chunk_rows": 8, "max_open": 97}  # a cache size of this test's own
+        kw |= {"window_rows": 16, "shuffle_rows": 8, "max_open": 97}  # a cache size of this test's own
         blocks = []
         for task in _read_tasks(sets, 16):
             batch = {"windows": np.array([task["windows"]], object), "take": np.array([task["take"]])}
@@ -264,7 +264,7 @@ def test_a_stream_that_does_not_keep_files_open_reopens_them_once_for_itself(dem
     def epoch(e: int, stream: str) -> dict[str, np.ndarray]:
         sets = epoch_window_sets(plan_windows(str(demo_plan), "all", 16), 7, e, (0, 1), 0, 2)
         kw = {"plan_path": str(demo_plan), "split": "all", "min_valid_fraction": 0.0, "seed": 7, "epoch": e}
-        kw |= {"window_rows": 16, "chunk_rows": 8, "max_open": 98, "stream": stream}
+        kw |= {"window_rows": 16, "shuffle_rows": 8, "max_open": 98, "stream": stream}
         blocks = []
         for task in _read_tasks(sets, 16):
             batch = {"windows": np.array([task["windows"]], object), "take": np.array([task["take"]])}
@@ -299,7 +299,7 @@ def test_the_read_tasks_of_a_window_set_share_its_order_by_plan_hash(
     def stream() -> tuple[int, int, list[tuple[str, str]]]:
         sets = epoch_window_sets(plan_windows(str(plan), "all", 16), 7, 0, (0, 1), 0, 99)  # one set
         kw = {"plan_path": str(plan), "split": "all", "min_valid_fraction": 0.0, "seed": 7, "epoch": 0}
-        kw |= {"window_rows": 16, "chunk_rows": 8, "max_open": 96}
+        kw |= {"window_rows": 16, "shuffle_rows": 8, "max_open": 96}
         tasks, out = epochs._read_tasks(sets, 16), []
         for task in tasks:
             batch = {"windows": np.array([task["windows"]], object), "take": np.array([task["take"]])}

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from eoforge.config.jobs import PlanSource
 
 from eoforge.data.diversity import DiversityMeter, batch_diversity
 from eoforge.data.epochs import (
@@ -82,8 +85,8 @@ class StreamOptions:
         min_valid_fraction: chips below this valid-pixel share are skipped and counted.
         read_tasks: most reading tasks at once (CPU only: ``num_gpus=0``).
         read_cpus: logical CPUs reserved per reading task.
-        rows_per_task: most rows per shuffle chunk (whole tile groups, a larger one cut): the shuffle
-            buffer; a 32-chip batch mixes about ``rows_per_task / chips per tile`` tiles.
+        shuffle_rows: most rows per shuffle chunk (whole tile groups, a larger one cut): the shuffle
+            buffer; a 32-chip batch mixes about ``shuffle_rows / chips per tile`` tiles.
         shuffle_seed: seed of the epochs' row orders (:mod:`eoforge.data.epochs`).
         epoch: which epoch's order to stream.
         skip_rows: rows of this epoch (and shard) already trained: left out before reading.
@@ -108,7 +111,7 @@ class StreamOptions:
     min_valid_fraction: float = 0.5
     read_tasks: int = 2
     read_cpus: float = 0.5
-    rows_per_task: int = 512
+    shuffle_rows: int = 512
     shuffle_seed: int = 0
     epoch: int = 0
     skip_rows: int = 0
@@ -136,7 +139,7 @@ def build_chip_dataset(plan_path: str, split: str = "train", normalize: str = "s
     Memory does not grow with the plan's length: each read task covers
     :data:`~eoforge.data.epochs.READ_TASK_CHUNKS` chunks of a window set (not the whole set), so the
     ordered output holds at most the tasks running ahead of the consumed one; blocks are at most
-    ``block_mb``; a read task holds one chunk (``rows_per_task``).
+    ``block_mb``; a read task holds one chunk (``shuffle_rows``).
 
     Raises:
         ChipReadError: no chips in the split (or none left after ``skip_rows``).
@@ -156,7 +159,7 @@ def build_chip_dataset(plan_path: str, split: str = "train", normalize: str = "s
         opts.epoch,
         opts.skip_rows,
         opts.mix_windows,
-        opts.rows_per_task,
+        opts.shuffle_rows,
     )
     reader = {
         "plan_path": str(plan_path),
@@ -165,7 +168,7 @@ def build_chip_dataset(plan_path: str, split: str = "train", normalize: str = "s
         "seed": opts.shuffle_seed,
         "epoch": opts.epoch,
         "window_rows": window_rows,
-        "chunk_rows": opts.rows_per_task,
+        "shuffle_rows": opts.shuffle_rows,
         "tile_aware": opts.tile_aware,
         "max_open": opts.max_open,
         **({} if opts.keep_open else {"stream": uuid.uuid4().hex}),
@@ -239,3 +242,24 @@ def split_ok(batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[
     errors = {str(c): str(e) for c, e in zip(ids, np.asarray(batch["error"])[~ok], strict=True)}
     good = {k: np.asarray(v)[ok] for k, v in batch.items()}
     return good, errors
+
+
+def build_plan_stream(source: PlanSource, **options: Any) -> Any:
+    """:func:`build_chip_dataset` for a job's ``data:`` section: what a pretraining worker streams.
+
+    The section (:class:`~eoforge.config.jobs.PlanSource`) gives the plan, split, normalisation and
+    read settings (``min_valid_fraction``, ``read_tasks``, ``read_cpus``, ``shuffle_rows``,
+    ``mix_windows``); ``options`` are the per-epoch fields of :class:`StreamOptions` (``shuffle_seed``,
+    ``epoch``, ``skip_rows``, ``shard``).
+    """
+    return build_chip_dataset(
+        source.plan,
+        source.split,
+        source.normalize,
+        min_valid_fraction=source.min_valid_fraction,
+        read_tasks=source.read_tasks,
+        read_cpus=source.read_cpus,
+        shuffle_rows=source.shuffle_rows,
+        mix_windows=source.mix_windows,
+        **options,
+    )

@@ -165,7 +165,7 @@ def epoch_tasks(
     epoch: int,
     skip_rows: int,
     mix_windows: int,
-    rows_per_task: int,
+    shuffle_rows: int,
 ) -> tuple[list[dict[str, Any]], int]:
     """The read tasks of one epoch's stream (:func:`eoforge.data.dataset.build_chip_dataset`), and the window size used.
 
@@ -178,7 +178,7 @@ def epoch_tasks(
     mine = epoch_window_sets(windows, seed, epoch, shard, skip_rows, mix_windows)
     if not mine:
         raise ChipReadError(f"chip plan {plan_path}: no chips of split {split!r} left after skipping {skip_rows}")
-    return _read_tasks(mine, READ_TASK_CHUNKS * rows_per_task), window_rows
+    return _read_tasks(mine, READ_TASK_CHUNKS * shuffle_rows), window_rows
 
 
 def _read_tasks(sets: list[tuple[Window, ...]], rows: int) -> list[dict[str, Any]]:

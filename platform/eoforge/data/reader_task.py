@@ -8,7 +8,7 @@ open datasets (:func:`process_cache`) and sample maps stay warm across tasks and
 1. reads the set's plan rows (columns and split filter pushed into the Parquet read);
 2. groups them by source tile (:func:`eoforge.data.tiles.tile_key`), shuffles the groups of all
    the set's windows together (seed, epoch, set), packs consecutive groups into chunks of exactly
-   ``chunk_rows`` rows (a group cut at a chunk's end) and permutes each chunk's rows: the chunk is
+   ``shuffle_rows`` rows (a group cut at a chunk's end) and permutes each chunk's rows: the chunk is
    the shuffle buffer, so a batch mixes many tiles of several places and scenes (a batch from one
    tile gives contrastive training near-duplicate negatives;
    :func:`eoforge.data.diversity.batch_diversity` measures it);
@@ -61,7 +61,7 @@ OPTIONAL_COLUMNS = ["clear_fraction", "season", "place_id"]
 
 #: Window sets whose rows and order a reading process keeps (:meth:`TileChipReader.set_order`).
 SET_ORDERS_KEPT = 2
-#: Those sets: (plan hash, split, seed, epoch, window_rows, chunk_rows, tile_aware, windows) -> (rows, chunks).
+#: Those sets: (plan hash, split, seed, epoch, window_rows, shuffle_rows, tile_aware, windows) -> (rows, chunks).
 _SET_ORDERS: cachetools.LRUCache = cachetools.LRUCache(maxsize=SET_ORDERS_KEPT)
 
 
@@ -98,7 +98,7 @@ class TileChipReader:
         min_valid_fraction: chips below this valid-pixel share come out with ``ok = False``.
         seed, epoch: the epoch's order (groups and chunk permutations).
         window_rows: rows per plan window (as given to :func:`eoforge.data.epochs.plan_windows`).
-        chunk_rows: rows per shuffle chunk (the last one fewer; tile groups, cut at a chunk's end): bounds the
+        shuffle_rows: rows per shuffle chunk (the last one fewer; tile groups, cut at a chunk's end): bounds the
             reader's memory, and read tasks of whole chunks (``take``) start at a known row of the order.
         tile_aware: False reads every chip on its own (the old per-chip path, for benchmarks).
         max_open: open datasets kept by the reader's LRU (when it makes its own ``cache``).
@@ -114,7 +114,7 @@ class TileChipReader:
         seed: int = 0,
         epoch: int = 0,
         window_rows: int = 1024,
-        chunk_rows: int = 256,
+        shuffle_rows: int = 256,
         tile_aware: bool = True,
         max_open: int = 64,
         cache: DatasetCache | None = None,
@@ -124,7 +124,7 @@ class TileChipReader:
         self.plan_path, self.split = plan_path, split
         self.min_valid_fraction = min_valid_fraction
         self.seed, self.epoch = seed, epoch
-        self.window_rows, self.chunk_rows = window_rows, chunk_rows
+        self.window_rows, self.shuffle_rows = window_rows, shuffle_rows
         self.tile_aware = tile_aware
         self.cache = cache if cache is not None else DatasetCache(max_open=max_open)
         self._file: pq.ParquetFile | None = None
@@ -161,10 +161,10 @@ class TileChipReader:
         chunks: list[list[tuple[str, int]]] = [[]]
         for g in rng.permutation(len(groups)):
             key, idx = groups[int(g)]
-            while idx:  # chunks of exactly chunk_rows rows (the last fewer): a group is cut at a chunk's end
-                if len(chunks[-1]) >= self.chunk_rows:
+            while idx:  # chunks of exactly shuffle_rows rows (the last fewer): a group is cut at a chunk's end
+                if len(chunks[-1]) >= self.shuffle_rows:
                     chunks.append([])
-                room = self.chunk_rows - len(chunks[-1])
+                room = self.shuffle_rows - len(chunks[-1])
                 chunks[-1].extend((key, i) for i in idx[:room])
                 idx = idx[room:]
         return [[chunk[int(i)] for i in rng.permutation(len(chunk))] for chunk in chunks if chunk]
@@ -204,7 +204,7 @@ class TileChipReader:
             self._file = _open_plan(self.plan_path)
         digest = metadata_hash(self._file.metadata.metadata)
         spec = tuple((w.row_group, w.index, w.rows) for w in ws)
-        key = (digest, self.split, self.seed, self.epoch, self.window_rows, self.chunk_rows, self.tile_aware, spec)
+        key = (digest, self.split, self.seed, self.epoch, self.window_rows, self.shuffle_rows, self.tile_aware, spec)
         hit = _SET_ORDERS.get(key) if digest else None
         if hit is None:
             rows = [row for w in ws for row in self.window_rows_of(w)]

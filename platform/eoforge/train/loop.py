@@ -8,7 +8,7 @@ optimiser state and the loop position (step, epoch, batches done in that epoch),
 restarted run continues where the last checkpoint left it.
 
 Data: with ``config["data"]`` (what :func:`eoforge.train.pretrain.run_pretrain` passes) every
-worker streams its own shard of the plan per epoch (:func:`eoforge.data.dataset.build_chip_dataset`
+worker streams its own shard of the plan per epoch (:func:`eoforge.data.dataset.build_plan_stream`
 with the run's seed, the epoch and ``shard=(rank, world)``), so an epoch's row order is known
 before reading and a resumed run skips the batches it already trained *without reading them*
 (``skip_rows``). Batches arrive in storage units (uint16 S2, float16 S1, a valid mask) and are
@@ -173,8 +173,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = MetricLogger(config["mlflow"]["uri"], config["mlflow"]["run_id"]) if rank == 0 else None
     if logger is not None:
         logger.log({"resumed_from_step": position["step"]}, step=position["step"])
-    data_args = config.get("data")  # set: each worker streams its own seeded shard per epoch (fast resume)
-    shard = None if data_args else ray.train.get_dataset_shard("train")
+    # each worker streams its own seeded shard of cfg.data per epoch (fast resume), from the plan's COGs or,
+    # when the driver materialised the plan, from the decoded chips
+    materialized: str | None = config.get("materialized")
     skipped: dict[str, str] = {}
     step, max_steps = position["step"], cfg.train.max_steps
     accum = cfg.train.grad_accum_steps
@@ -212,34 +213,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def epoch_batches(epoch: int, skip_batches: int) -> Any:
         """This worker's batches of ``epoch``, the first ``skip_batches`` left out before reading."""
-        if shard is not None:  # a Train-split dataset: resumed batches are read and dropped
-            for i, batch in enumerate(shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy")):
-                if i >= skip_batches:
-                    yield batch
-            return
         import ray.data
 
-        from eoforge.data.dataset import build_chip_dataset
+        from eoforge.data.dataset import build_plan_stream
         from eoforge.errors import ChipReadError
 
-        if "cache" in data_args:  # a materialised plan: this worker's files of the cache, same order rules
+        if materialized:  # this worker's files of the cache, same order rules
             from eoforge.data.materialized import iter_materialized_batches
 
             yield from iter_materialized_batches(
-                data_args["cache"],
-                data_args["split"],
+                materialized,
+                cfg.data.split,
                 cfg.train.batch_size,
                 seed=cfg.train.seed,
                 epoch=epoch,
                 shard=(rank, world),
                 skip_rows=skip_batches * cfg.train.batch_size,
-                mix=data_args["mix"],
+                mix=cfg.data.mix_windows,
             )
             return
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
-            ds = build_chip_dataset(
-                **data_args,
+            ds = build_plan_stream(
+                cfg.data,
                 shuffle_seed=cfg.train.seed,
                 epoch=epoch,
                 skip_rows=skip_batches * cfg.train.batch_size,

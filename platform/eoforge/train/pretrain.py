@@ -117,7 +117,7 @@ def _train_and_register(cfg: PretrainConfig, uri: str, run: JobRun, plan_hash: s
     import ray
     import ray.data
 
-    from eoforge.data.dataset import build_chip_dataset
+    from eoforge.data.dataset import build_plan_stream
     from eoforge.ssl.registry import build_objective
     from eoforge.tracking.registry import register_backbone
     from eoforge.train.loop import load_state, train_loop_per_worker
@@ -128,28 +128,18 @@ def _train_and_register(cfg: PretrainConfig, uri: str, run: JobRun, plan_hash: s
         init_ray(log_to_driver=True)
     # our own per-step lines are the progress report; Ray Data's bars flood job logs
     ray.data.DataContext.get_current().enable_progress_bars = False
-    # each worker streams its own seeded shard per epoch (fast resume); checked here once
-    data_args = {
-        "plan_path": cfg.data.plan,
-        "split": cfg.data.split,
-        "normalize": cfg.data.normalize,
-        "min_valid_fraction": cfg.data.min_valid_fraction,
-        "read_tasks": cfg.data.read_tasks,
-        "read_cpus": cfg.data.read_cpus,
-        "rows_per_task": cfg.data.shuffle_rows,
-        "mix_windows": cfg.data.mix_windows,
-    }
-    build_chip_dataset(**data_args)
+    # each worker streams its own seeded shard of cfg.data per epoch (fast resume); checked here once
+    build_plan_stream(cfg.data)
+    materialized = None
     if cfg.data.materialize:  # decoded once, then every epoch reads the files (data/materialized.py)
         from eoforge.data.materialized import ensure_materialized
 
-        cache = ensure_materialized(cfg.data, plan_hash, f"{cfg.run.storage_path.rstrip('/')}/materialized")
-        data_args = {"cache": cache, "split": cfg.data.split, "mix": cfg.data.mix_windows}
-        client.set_tag(run_id, "eoforge.materialized", cache)
-        say(f"epochs read the materialised chips in {cache}")
+        materialized = ensure_materialized(cfg.data, plan_hash, f"{cfg.run.storage_path.rstrip('/')}/materialized")
+        client.set_tag(run_id, "eoforge.materialized", materialized)
+        say(f"epochs read the materialised chips in {materialized}")
     trainer = torch_trainer(
         train_loop_per_worker,
-        {"cfg": cfg.model_dump(mode="json"), "mlflow": {"uri": uri, "run_id": run_id}, "data": data_args},
+        {"cfg": cfg.model_dump(mode="json"), "mlflow": {"uri": uri, "run_id": run_id}, "materialized": materialized},
         cfg.scaling,
         cfg.run,
         keep_checkpoints=2,
