@@ -35,15 +35,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 USER 1000:100
 WORKDIR /home/ray/eoforge
 
-# 1) Dependencies (rebuilt only when pyproject.toml changes). psycopg2 and boto3 are for the
-#    MLflow server (PostgreSQL backend, S3 artifact store).
+# 1) Dependencies (rebuilt only when pyproject.toml changes). psycopg2, boto3 and
+#    google-cloud-storage are for the MLflow server (PostgreSQL backend, S3 / GCS artifact store).
 COPY --chown=1000:100 pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
  && if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install --index-url "$TORCH_INDEX_URL" $(grep -E '^(torch|torchvision)==' /tmp/requirements.txt); \
     fi \
- && pip install -r /tmp/requirements.txt psycopg2-binary==2.9.13 boto3==1.44.5 \
+ && pip install -r /tmp/requirements.txt psycopg2-binary==2.9.13 boto3==1.44.5 google-cloud-storage==3.17.1 \
  && rm /tmp/requirements.txt
 
 # 2) The package itself (no dependency resolution: they are all above).

@@ -64,3 +64,17 @@ def cluster_specs(objects: list[Obj]) -> list[tuple[str, Obj]]:
     specs = [(f"RayCluster/{o['metadata']['name']}", o["spec"]) for o in find(objects, "RayCluster")]
     specs += [(f"RayJob/{o['metadata']['name']}", o["spec"]["rayClusterSpec"]) for o in find(objects, "RayJob")]
     return specs
+
+
+def pod_specs(obj: Any, where: str = "") -> list[tuple[str, Obj]]:
+    """Every PodSpec inside a manifest (Deployments, Jobs, Ray head/worker/submitter templates)."""
+    found = []
+    if isinstance(obj, dict):
+        if isinstance(obj.get("containers"), list):
+            found.append((where, obj))
+        for key, value in obj.items():
+            found += pod_specs(value, f"{where}/{key}")
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            found += pod_specs(item, f"{where}/{i}")
+    return found

@@ -61,7 +61,7 @@ def test_no_secrets_and_pinned_extras() -> None:
             assert not re.search(r"\.env\b|kubeconfig|credentials|\.aws|\.kube", args), args
     pip = " ".join(a for w, a in ins if w == "RUN" and "pip install -r" in a)
     extras = re.findall(r"([A-Za-z0-9_.-]+==[^\s]+)", pip)
-    assert {e.split("==")[0] for e in extras} == {"psycopg2-binary", "boto3"}
+    assert {e.split("==")[0] for e in extras} == {"psycopg2-binary", "boto3", "google-cloud-storage"}
 
 
 def test_dockerfile_says_how_to_build_and_push() -> None:

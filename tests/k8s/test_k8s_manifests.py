@@ -21,6 +21,7 @@ from tests.k8s.helpers import (
     Obj,
     cluster_specs,
     find,
+    pod_specs,
 )
 
 K8S_VERSIONS = ("1.33.0", "1.37.0")  # oldest in GKE/EKS standard support at KubeRay 1.7 .. newest known
@@ -166,20 +167,6 @@ def test_local_overlay_is_cpu_only_and_small(rendered: dict[str, list[Obj]]) -> 
 
 
 # --------------------------------------------------------------------------- non-root
-def _pod_specs(obj: Any, where: str = "") -> list[tuple[str, Obj]]:
-    """Every PodSpec inside a manifest (Deployments, Jobs, Ray head/worker/submitter templates)."""
-    found = []
-    if isinstance(obj, dict):
-        if isinstance(obj.get("containers"), list):
-            found.append((where, obj))
-        for key, value in obj.items():
-            found += _pod_specs(value, f"{where}/{key}")
-    elif isinstance(obj, list):
-        for i, item in enumerate(obj):
-            found += _pod_specs(item, f"{where}/{i}")
-    return found
-
-
 def _check_container(ctx: Obj, pod_ctx: Obj, where: str) -> list[str]:
     bad = []
     if ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is not True:
@@ -188,6 +175,8 @@ def _check_container(ctx: Obj, pod_ctx: Obj, where: str) -> list[str]:
         bad.append(f"{where}: runAsUser 0")
     if ctx.get("allowPrivilegeEscalation") is not False:
         bad.append(f"{where}: allowPrivilegeEscalation is not false")
+    if ctx.get("readOnlyRootFilesystem") is not True:
+        bad.append(f"{where}: readOnlyRootFilesystem is not true")
     if ctx.get("privileged"):
         bad.append(f"{where}: privileged")
     caps = ctx.get("capabilities", {})
@@ -204,7 +193,7 @@ def test_no_container_can_run_as_root(rendered: dict[str, list[Obj]], overlay: s
     problems, checked = [], 0
     for obj in rendered[overlay]:
         name = f"{obj['kind']}/{obj['metadata']['name']}"
-        for where, pod in _pod_specs(obj.get("spec", {})):
+        for where, pod in pod_specs(obj.get("spec", {})):
             pod_ctx = pod.get("securityContext", {})
             for flag in ("hostNetwork", "hostPID", "hostIPC"):
                 if pod.get(flag):
@@ -245,7 +234,7 @@ def test_rayjobs_run_on_the_raycluster_spec_and_clean_up(rendered: dict[str, lis
         words = spec["entrypoint"].split()
         assert words[:3] == ["python", f"jobs/{kind}.py", "--config"] and words[3].startswith(f"configs/{kind}/")
         assert (ROOT / words[3]).is_file(), words[3]
-        images = {c["image"] for _, pod in _pod_specs(spec) for c in pod["containers"]}
+        images = {c["image"] for _, pod in pod_specs(spec) for c in pod["containers"]}
         assert len(images) == 1 and "eoforge" in images.pop()  # head, workers and submitter: one image
     assert jobs["sweep"]["spec"].get("suspend") is None  # jobs/sweep.py runs the sweep
 
@@ -257,7 +246,7 @@ def test_ray_pods_mount_the_generated_config_maps(rendered: dict[str, list[Obj]]
     for job in find(objs, "RayJob"):
         config = job["spec"]["entrypoint"].split()[3]  # configs/<folder>/<file>
         folder, filename = Path(config).parts[1:]
-        for _, pod in _pod_specs(job["spec"]["rayClusterSpec"]):
+        for _, pod in pod_specs(job["spec"]["rayClusterSpec"]):
             container = pod["containers"][0]
             mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             volume = mounts[f"{container['workingDir']}/configs/{folder}"]
@@ -292,15 +281,18 @@ def test_mlflow_serves_its_in_cluster_names(rendered: dict[str, list[Obj]], over
     allowed = args["allowed-hosts"].split(",")
     env = {e["name"]: e for e in container["env"]}
     assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-db", "key": "uri"}
-    assert {"secretRef": {"name": "eoforge-s3", "optional": True}} in container["envFrom"]
+    # Static keys only where there is no cloud identity (MinIO's, local); IRSA / Workload Identity elsewhere.
+    secret_refs = [e for e in container["envFrom"] if "secretRef" in e]
+    assert secret_refs == ([{"secretRef": {"name": "eoforge-s3"}}] if overlay == "local" else []), secret_refs
     (storage,) = [
         find(objs, "ConfigMap", e["configMapRef"]["name"])[0] for e in container["envFrom"] if "configMapRef" in e
     ]
-    assert storage["data"]["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+    scheme = "gs://" if overlay == "gke" else "s3://"
+    assert storage["data"]["MLFLOW_ARTIFACTS_DESTINATION"].startswith(scheme)
     # Every tracking URI a Ray pod uses must pass MLflow's own Host check.
     port = svc["spec"]["ports"][0]["port"]
     for _, spec in cluster_specs(objs):
-        for _, pod in _pod_specs(spec):
+        for _, pod in pod_specs(spec):
             uri = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}["MLFLOW_TRACKING_URI"]
             url = urlparse(uri)
             assert url.hostname.split(".")[0] == svc["metadata"]["name"] and url.port == port
@@ -328,15 +320,17 @@ def test_network_policies_admit_only_cluster_pods(rendered: dict[str, list[Obj]]
     peers = ray["ingress"][1]["from"]
     assert all(peers[0]["podSelector"]["matchLabels"].items() <= labels.items() for labels in submitter_labels)
     assert peers[1]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}
-    # Each policy selects pods that exist (no typo leaves a server open).
+    # Each ingress policy selects pods that exist (no typo leaves a server open); egress and the
+    # default deny are checked in test_k8s_security.py.
     templates = [
         t["spec"]["template"]["metadata"]["labels"] for t in objs if t["kind"] in ("Deployment", "StatefulSet")
     ]
-    for name, spec in policies.items():
+    ingress = {name: spec for name, spec in policies.items() if spec["policyTypes"] == ["Ingress"]}
+    assert {"ray-cluster", "mlflow", "mlflow-postgres"} <= set(ingress)
+    for name, spec in ingress.items():
         if name != "ray-cluster":
             sel = spec["podSelector"]["matchLabels"].items()
             assert any(sel <= labels.items() for labels in templates), name
-        assert spec["policyTypes"] == ["Ingress"]
 
 
 def _bytes(quantity: str) -> int:
