@@ -5,7 +5,6 @@ work, nothing running as root, MLflow reachable by its in-cluster name, configs 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import kubernetes_validate
