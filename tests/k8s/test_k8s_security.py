@@ -4,6 +4,7 @@ image runs (docs/kubernetes.md, "Security")."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -235,6 +236,79 @@ def test_egress_allowances_render_per_workload(rendered: dict[str, list[Obj]], o
     assert not cidrs & BASE_PLACEHOLDERS, cidrs
     if overlay in GPU_OVERLAYS:
         assert cidrs and "0.0.0.0/0" not in cidrs and "::/0" not in cidrs, cidrs
+
+
+def _peer_admits(peer: Obj, dst: dict[str, str] | str) -> bool:
+    """Whether one egress peer matches a destination: pod labels (this namespace) or an IP."""
+    if "ipBlock" in peer:
+        if not isinstance(dst, str):
+            return False
+        ip = ipaddress.ip_address(dst)
+        block = peer["ipBlock"]
+        return ip in ipaddress.ip_network(block["cidr"]) and not any(
+            ip in ipaddress.ip_network(e) for e in block.get("except", [])
+        )
+    if isinstance(dst, str) or "namespaceSelector" in peer:  # other namespaces: DNS only, checked above
+        return False
+    return _selects(peer["podSelector"], dst)
+
+
+def _may_connect(policies: dict[str, Obj], src: dict[str, str], dst: dict[str, str] | str, port: int) -> bool:
+    """Egress verdict of the rendered policies (TCP), as Kubernetes defines it: a pod no Egress policy
+    selects may connect anywhere; a selected one only where a rule of a policy selecting it allows."""
+    if not any("Egress" in p["policyTypes"] and _selects(p["podSelector"], src) for p in policies.values()):
+        return True
+    for rules in _egress_of(policies, src).values():
+        for rule in rules:
+            ports = [p["port"] for p in rule.get("ports", []) if p["protocol"] == "TCP"]
+            if (not rule.get("ports") or port in ports) and any(_peer_admits(peer, dst) for peer in rule["to"]):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_egress_verdicts(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objs = rendered[overlay]
+    policies = _policies(objs)
+    head, worker = {**RAY_POD, "ray.io/node-type": "head"}, {**RAY_POD, "ray.io/node-type": "worker"}
+    mlflow = find(objs, "Deployment", "mlflow")[0]["spec"]["template"]["metadata"]["labels"]
+    postgres = find(objs, "StatefulSet", "mlflow-postgres")[0]["spec"]["template"]["metadata"]["labels"]
+    submitter = find(objs, "RayJob")[0]["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    first_ip = {  # an address inside each outside allowance of this overlay
+        name: str(ipaddress.ip_network(peer["ipBlock"]["cidr"])[-1])
+        for name in ("ray-egress-external", "ray-head-egress-apiserver")
+        for peer in [policies[name]["egress"][-1]["to"][0]]
+        if "ipBlock" in peer
+    }
+    stac = first_ip["ray-egress-external"]
+    if overlay == "local":
+        stac = "93.184.215.14"  # any public address (0.0.0.0/0 less private ranges)
+    apiserver = first_ip["ray-head-egress-apiserver"]
+    api_port = policies["ray-head-egress-apiserver"]["egress"][0]["ports"][0]["port"]
+    allowed = [
+        (worker, head, 6379),
+        (worker, mlflow, 5000),
+        (submitter, head, 8265),
+        (mlflow, postgres, 5432),
+        (worker, stac, 443),
+        (head, apiserver, api_port),
+    ]
+    denied = [
+        (worker, postgres, 5432),  # the database: MLflow only
+        (worker, mlflow, 5432),
+        (submitter, mlflow, 5000),
+        (submitter, stac, 443),
+        (mlflow, stac, 443),  # MLflow reaches object storage, not the STAC endpoints
+        (postgres, stac, 443),
+        (worker, apiserver, api_port),  # only the head's autoscaler talks to the API server
+        (worker, "10.1.2.3", 443),  # something else inside the VPC
+    ]
+    if overlay != "local":
+        denied.append((worker, "8.8.8.8", 443))  # the internet at large
+    for src, dst, port in allowed:
+        assert _may_connect(policies, src, dst, port), (src, dst, port)
+    for src, dst, port in denied:
+        assert not _may_connect(policies, src, dst, port), (src, dst, port)
 
 
 def test_the_base_alone_lets_nothing_out_of_the_cluster(rendered: dict[str, list[Obj]]) -> None:
