@@ -185,9 +185,10 @@ def test_everything_is_denied_unless_allowed(rendered: dict[str, list[Obj]], ove
     assert dns["podSelector"] == {} and dns["policyTypes"] == ["Egress"]
     (rule,) = dns["egress"]
     assert rule["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
-    (peer,) = rule["to"]
+    peer, *node_local = rule["to"]  # + node-local resolvers (GKE's Cloud DNS: the metadata server)
     assert peer["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
     assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}
+    assert node_local == ([{"ipBlock": {"cidr": "169.254.169.254/32"}}] if overlay == "gke" else [])
     for name, spec in policies.items():
         for rule in spec.get("egress", []):
             # A rule without `to` (or with an empty peer) allows every destination.
