@@ -70,6 +70,28 @@ def test_plans_from_both_backends_have_the_same_hash(demo_catalog, stac_api, tmp
     assert (places == 1).all()
 
 
+def test_s2_item_ids_narrow_the_search_on_both_backends(demo_catalog, stac_api, tmp_path: Path) -> None:
+    """``catalog.s2_item_ids`` asks the catalog for those ids (STAC ``ids``); S1 is searched over their footprints."""
+    from eoforge.catalog.search import search_sensor_items
+    from eoforge.errors import CatalogError
+
+    wanted = [demo_catalog.s2_item_ids[1], demo_catalog.s2_item_ids[0]]
+    for url, backend in ((str(demo_catalog.catalog_json), "static"), (stac_api.url, "stac_api")):
+        cfg = data_cfg(url, backend)
+        report: dict[str, int] = {}
+        narrowed = cfg.catalog.model_copy(update={"s2_item_ids": [*wanted, "NOT_AN_ITEM"], "max_cloud_cover": 100.0})
+        s2, s1 = search_sensor_items(narrowed, report=report)
+        assert sorted(i.id for i in s2) == sorted(wanted) and report["s2_ids_missing"] == 1
+        assert s1 and all(i.collection_id == "sentinel-1-grd" for i in s1)
+        with pytest.raises(CatalogError, match="none of the 1 S2 item ids"):
+            search_sensor_items(cfg.catalog.model_copy(update={"s2_item_ids": ["NOT_AN_ITEM"]}))
+    static = data_cfg(str(demo_catalog.catalog_json))
+    only = static.model_copy(update={"catalog": static.catalog.model_copy(update={"s2_item_ids": wanted})})
+    _, n = build_plan(only, tmp_path / "ids.parquet")
+    frame, _ = read_plan(tmp_path / "ids.parquet")
+    assert n > 0 and set(frame["s2_item"]) <= set(wanted)
+
+
 def test_chip_pixels_equal_direct_reads_and_s1_is_coregistered(demo_catalog, tmp_path: Path) -> None:
     build_plan(data_cfg(str(demo_catalog.catalog_json)), tmp_path / "p.parquet")
     frame, _ = read_plan(tmp_path / "p.parquet")

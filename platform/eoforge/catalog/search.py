@@ -7,7 +7,8 @@ downstream (pairing, chip plan) is identical whichever backend found the items:
 - ``bbox`` in lon/lat degrees (items whose geometry intersects it),
 - ``datetime`` as an RFC 3339 instant or ``start/end`` interval (either end may be ``..``),
 - ``max_cloud_cover`` in percent on ``eo:cloud_cover`` (items without it are kept),
-- ``max_items``: the first ``max_items`` items in (datetime, id) order.
+- ``max_items``: the first ``max_items`` items in (datetime, id) order,
+- ``ids``: only these item ids (STAC ``ids``).
 
 An item id is returned once (:func:`unique_ids`). :func:`search_sensor_items` then drops the
 same acquisition published twice under different ids (:func:`dedup_acquisitions`).
@@ -67,6 +68,7 @@ class SearchQuery:
     datetime: str | None = None
     max_cloud_cover: float | None = None
     max_items: int | None = None
+    ids: tuple[str, ...] | None = None
 
 
 class SearchBackend(Protocol):
@@ -111,8 +113,11 @@ class StaticCatalogBackend:
             raise CatalogError(f"static catalog: collection {query.collection!r} not found; has {sorted(index)}")
         start, end = parse_interval(query.datetime) if query.datetime else (None, None)
         area = box(*query.bbox) if query.bbox else None
+        wanted = frozenset(query.ids) if query.ids else None
         found = []
         for item in index[query.collection]:
+            if wanted is not None and item.id not in wanted:
+                continue
             if area is not None and (item.geometry is None or not shape(item.geometry).intersects(area)):
                 continue
             when = item.datetime
@@ -230,6 +235,8 @@ class StacApiBackend:
         kwargs: dict[str, Any] = {"collections": [query.collection], "datetime": when}
         if query.bbox:
             kwargs["bbox"] = list(query.bbox)
+        if query.ids:
+            kwargs["ids"] = list(query.ids)
         if query.max_cloud_cover is not None and query.max_cloud_cover < 100:
             kwargs["query"] = {"eo:cloud_cover": {"lt": query.max_cloud_cover}}
         search = ItemSearch(
@@ -334,6 +341,14 @@ def search_bbox(cfg: CatalogConfig) -> tuple[float, float, float, float] | None:
     return None
 
 
+def _union_bbox(items: list[pystac.Item]) -> tuple[float, float, float, float] | None:
+    """The lon/lat bbox around the items' footprints (None when an item has no geometry)."""
+    bounds = [shape(it.geometry).bounds for it in items if it.geometry is not None]
+    if not bounds or len(bounds) < len(items):
+        return None
+    return (min(b[0] for b in bounds), min(b[1] for b in bounds), max(b[2] for b in bounds), max(b[3] for b in bounds))
+
+
 def _counts(backend: object) -> Counter[str]:
     counters = getattr(backend, "counters", None)
     return counters.snapshot() if isinstance(counters, SearchCounters) else Counter()
@@ -353,7 +368,21 @@ def search_sensor_items(
     backend = backend or open_backend(cfg)
     before = _counts(backend)
     bbox = search_bbox(cfg)
-    s2 = backend.search(SearchQuery(cfg.s2_collection, bbox, cfg.datetime, cfg.max_cloud_cover, cfg.max_items))
+    ids = tuple(cfg.s2_item_ids) if cfg.s2_item_ids else None
+    s2 = backend.search(SearchQuery(cfg.s2_collection, bbox, cfg.datetime, cfg.max_cloud_cover, cfg.max_items, ids))
+    if ids:
+        missing = sorted(set(ids) - {it.id for it in s2})
+        if len(missing) == len(ids):
+            raise CatalogError(
+                f"catalog {safe_url(cfg.url)}: none of the {len(ids)} S2 item ids found in {cfg.s2_collection!r} "
+                f"(with the bbox/datetime/cloud filters), e.g. {missing[:3]}"
+            )
+        if missing:
+            log.warning("catalog %s: %d S2 item ids not found: %s", safe_url(cfg.url), len(missing), missing[:5])
+        if report is not None:
+            report["s2_ids_missing"] = len(missing)
+        if bbox is None:  # S1 partners: over the listed items' footprints only
+            bbox = _union_bbox(s2)
     s1 = backend.search(SearchQuery(cfg.s1_collection, bbox, cfg.datetime, None, cfg.max_items))
     s2, s2_dropped = dedup_acquisitions(s2, s2_acquisition_key, "S2 item")
     s1, s1_dropped = dedup_acquisitions(s1, s1_acquisition_key, "S1 item")

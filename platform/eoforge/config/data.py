@@ -127,6 +127,12 @@ class CatalogConfig(Strict):
     max_items: PosInt | None = Field(
         None, description="Keep the first this many items per collection, in (datetime, id) order."
     )
+    s2_item_ids: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Only these S2 items: the search asks the catalog for these ids (STAC `ids`), and S1 is "
+        "searched over their footprints (with bbox/aoi/datetime if given as well).",
+    )
     retries: Annotated[int, Field(ge=0, le=20)] = Field(
         5,
         description="STAC API: retries of each HTTP request on 5xx / 408 / 429, connection errors and time-outs "

@@ -47,19 +47,6 @@ class PredictResult:
     wall_s: float
 
 
-class ItemIdFilter:
-    """Plan only the S2 items named in ``aoi.item_ids`` (an origin filter of the planner)."""
-
-    stage = "chips_in_items"
-
-    def __init__(self, ids: list[str]) -> None:
-        self.ids = frozenset(ids)
-
-    def __call__(self, pair: Any, source: Any, origins: np.ndarray) -> np.ndarray:
-        """Keep every window of a listed item, none of the others."""
-        return np.full(len(origins), pair.s2.id in self.ids, dtype=bool)
-
-
 def aoi_geometry(path: str) -> dict[str, Any]:
     """The union of a GeoJSON file's geometries (a geometry, Feature or FeatureCollection), lon/lat.
 
@@ -95,6 +82,8 @@ def data_config(cfg: PredictConfig, window_px: int) -> DataConfig:
         catalog["aoi"] = aoi_geometry(cfg.aoi.geojson)
     if cfg.aoi.datetime is not None:
         catalog["datetime"] = cfg.aoi.datetime
+    if cfg.aoi.item_ids:
+        catalog["s2_item_ids"] = list(cfg.aoi.item_ids)
     chips = ChipGridConfig(size_px=window_px, stride_px=window_px - cfg.overlap_px, resolution_m=10.0)
     return DataConfig.model_validate(
         {"kind": "data", "catalog": catalog, "pairing": cfg.pairing.model_dump(), "chips": chips.model_dump()}
@@ -243,10 +232,9 @@ def _plan(cfg: PredictConfig, window_px: int) -> tuple[str, str, Any, list[Any]]
     from eoforge.predict.stream import READ_COLUMNS
 
     dcfg = data_config(cfg, window_px)
-    filters = [ItemIdFilter(cfg.aoi.item_ids)] if cfg.aoi.item_ids else []
     pairs: list[Any] = []
     plan_uri = f"{cfg.output.rstrip('/')}/plan.parquet"
-    plan_hash, n = build_plan(dcfg, plan_uri, filters=filters, pairs_out=pairs)
+    plan_hash, n = build_plan(dcfg, plan_uri, pairs_out=pairs)
     cols = [*READ_COLUMNS, "s2_item", "s1_item", "s2_datetime", "dt_days"]
     table = pa.Table.from_batches(list(iter_plan_batches(plan_uri, cols)))
     say(f"plan {plan_uri}: {n} windows over {len(pairs)} S1/S2 pairs, hash {plan_hash[:12]}")
