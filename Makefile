@@ -7,7 +7,7 @@ export EOFORGE_HOME
 RAY_AUTH_MODE ?= disabled
 export RAY_AUTH_MODE
 STAMP       := $(VENV)/.eoforge-installed
-DEMO_SCENES ?= 4
+DEMO_SCENES ?= 8
 DEMO_POOL_SCENES ?= 24
 
 .PHONY: venv demo test lint bench up down status clean
@@ -33,7 +33,7 @@ demo: venv
 	$(SUBMIT) -- python jobs/sweep.py --config configs/sweep/demo.yaml
 	$(SUBMIT) -- python jobs/predict.py --config configs/predict/demo.yaml
 	$(EOFORGE) predict quicklook --collection $(EOFORGE_HOME)/demo/predictions/collection.json \
-	  --reference $(EOFORGE_HOME)/demo-catalog/data/dfc-labels/DFC_DEMO_000/labels.tif \
+	  --reference $(EOFORGE_HOME)/demo-catalog/data/dfc-labels/DFC_DEMO_003/labels.tif \
 	  --out $(EOFORGE_HOME)/demo/predictions/quicklook.png
 
 ## make test: lint, then unit and integration tests on real Ray / MLflow / STAC API processes.
