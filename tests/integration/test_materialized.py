@@ -108,3 +108,33 @@ def test_a_small_cache_is_cut_so_that_every_shard_gets_rows(cache: tuple[str, Pa
         assert mine, f"shard {rank} of {world} got no rows"
         seen += mine
     assert sorted(seen) == sorted(_ids(iter_materialized_batches(path, "all", 4)))  # each row once
+
+
+def test_two_concurrent_builders_of_one_plan_both_succeed_and_a_corrupt_file_is_rebuilt(
+    cache: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Two threads build the same materialised plan at once on the real Ray; then a file is altered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eoforge.data.published import open_published
+    from eoforge.errors import CacheIntegrityError
+
+    _, plan = cache
+    _, plan_hash = read_plan(plan)
+    data = PlanSource.model_validate({"plan": str(plan), "split": "all", "min_valid_fraction": 0.0, "read_tasks": 1})
+    root = str(tmp_path / "materialized")
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda _: ensure_materialized(data, plan_hash, root, rows_per_file=16), range(2)))
+    assert got[0] == got[1]
+    published = open_published(got[0], checksums=True)
+    assert published is not None and published.files
+    rows = sum(w.rows for w in cache_files(got[0], "all")[1])
+    assert rows == len(read_plan(plan)[0])
+    victim = Path(published.paths()[0])
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")  # same size, other bytes
+    with pytest.raises(CacheIntegrityError, match=f"{victim.name} does not match its sha256"):
+        open_published(got[0], checksums=True)
+    ensure_materialized(data, plan_hash, root, rows_per_file=16)  # not trusted: built again
+    rebuilt = open_published(got[0], checksums=True)
+    assert rebuilt is not None and rebuilt.build != published.build
+    assert sum(w.rows for w in cache_files(got[0], "all")[1]) == rows
