@@ -138,3 +138,30 @@ def test_two_concurrent_builders_of_one_plan_both_succeed_and_a_corrupt_file_is_
     rebuilt = open_published(got[0], checksums=True)
     assert rebuilt is not None and rebuilt.build != published.build
     assert sum(w.rows for w in cache_files(got[0], "all")[1]) == rows
+
+
+def test_the_chip_cache_is_published_and_read_through_its_manifest(cache: tuple[str, Path], tmp_path: Path) -> None:
+    """Fine-tuning's chip cache: built once, read back (index, in-memory subset, Ray Data) from the listed files."""
+    from eoforge.data.published import MANIFEST
+    from eoforge.errors import CacheIntegrityError
+    from eoforge.finetune.chips import ensure_chip_cache, is_complete, labelled_dataset, load_cached_chips, read_index
+
+    _, plan = cache
+    frame, plan_hash = read_plan(plan)
+    data = PlanSource.model_validate({"plan": str(plan), "split": "all", "min_valid_fraction": 0.0, "read_tasks": 1})
+    chips = ensure_chip_cache(data, plan_hash, str(tmp_path / "chip-cache"), rows_per_file=16)
+    assert (Path(chips) / MANIFEST).is_file() and is_complete(chips)
+    (Path(chips) / "stray.parquet").write_bytes(b"not parquet: never listed, never read")
+    index = read_index(chips)
+    assert len(index.chip_id) == len(frame)
+    some = [str(c) for c in index.chip_id[index.ok][:5]]
+    assert list(load_cached_chips(chips, some)["chip_id"]) == some
+    split = str(index.split[index.ok][0])
+    assert labelled_dataset(chips, split).count() == int(((index.split == split) & index.ok).sum())
+    victim = sorted(Path(chips).glob("build-*/*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    with pytest.raises(CacheIntegrityError, match=f"{victim.name} has 100 bytes"):
+        read_index(chips)
+    assert not is_complete(chips)
+    assert ensure_chip_cache(data, plan_hash, str(tmp_path / "chip-cache"), rows_per_file=16) == chips  # rebuilt
+    assert len(read_index(chips).chip_id) == len(frame)
