@@ -93,8 +93,11 @@ def test_an_altered_file_of_the_same_size_fails_its_checksum(where: str) -> None
     calls: list[str] = []
     first = ensure_published(where, "test cache", _writer({"a.parquet": b"x" * 1000}, calls), {})
     _overwrite(f"{where}/{first.files[0].path}", b"z" * 1000)
+    assert open_published(where, "test cache") is not None  # verified in this process: sizes only now
     with pytest.raises(CacheIntegrityError, match=rf"{first.files[0].path} does not match its sha256"):
         open_published(where, "test cache", checksums=True)
+    with pytest.raises(CacheIntegrityError, match="does not match its sha256"):  # known bad: checked again
+        open_published(where, "test cache")
     # a fresh process checks the checksums on its first open (this one verified the manifest already)
     probe = f"from eoforge.data.published import open_published; open_published({where!r}, 'test cache')"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), timeout=120)

@@ -133,13 +133,26 @@ def open_published(uri: str, what: str = "cache", checksums: bool | None = None)
         CacheIntegrityError: the manifest is unreadable, or a listed file is missing, has another
             size, or another sha256; the message names the file.
     """
-    import pyarrow.fs as pafs
-
     fs, root = filesystem_of(uri, what)
     found = _read_manifest(fs, root, uri, what)
     if found is None:
         return None
     doc, manifest_sha = found
+    key = (uri, manifest_sha)
+    try:
+        files = _check(fs, root, uri, what, doc, checksums or (checksums is None and key not in _VERIFIED))
+    except CacheIntegrityError:
+        _VERIFIED.discard(key)  # known bad in this process: never trusted on sizes alone again
+        raise
+    if checksums is not False:
+        _VERIFIED.add(key)
+    return Published(uri, fs, root, str(doc["build"]), files, dict(doc.get("meta") or {}))
+
+
+def _check(fs: Any, root: str, uri: str, what: str, doc: dict[str, Any], checksums: bool) -> tuple[PublishedFile, ...]:
+    """The manifest's files, after checking that each exists with its size (and its sha256 if ``checksums``)."""
+    import pyarrow.fs as pafs
+
     files = tuple(PublishedFile(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in doc["files"])
     infos = fs.get_file_info([f"{root}/{f.path}" for f in files])
     for f, info in zip(files, infos, strict=True):
@@ -149,13 +162,11 @@ def open_published(uri: str, what: str = "cache", checksums: bool | None = None)
             raise CacheIntegrityError(
                 f"{what} {uri}: {f.path} has {info.size} bytes, {MANIFEST} says {f.size} (truncated or rewritten)"
             )
-    key = (uri, manifest_sha)
-    if checksums or (checksums is None and key not in _VERIFIED):
+    if checksums:
         for f in files:
             if _sha256(fs, f"{root}/{f.path}") != f.sha256:
                 raise CacheIntegrityError(f"{what} {uri}: {f.path} does not match its sha256 in {MANIFEST} (altered)")
-        _VERIFIED.add(key)
-    return Published(uri, fs, root, str(doc["build"]), files, dict(doc.get("meta") or {}))
+    return files
 
 
 def _list_files(fs: Any, root: str, build: str) -> list[PublishedFile]:
