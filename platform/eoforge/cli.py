@@ -72,10 +72,15 @@ def up(
 
 @app.command()
 def down(home: HomeOpt = _home_default()) -> None:
-    """Stop the local stack started by ``eoforge up`` (by PID)."""
+    """Stop the local stack started by ``eoforge up`` (by PID, where start time and command line still match)."""
     from eoforge.stack import down as stack_down
 
-    typer.echo("stopped" if stack_down(home) else f"nothing recorded in {home.absolute()}")
+    report = stack_down(home)
+    if report is None:
+        typer.echo(f"nothing recorded in {home.absolute()}")
+        return
+    for service, what in report.items():
+        typer.echo(f"{service}: {what}")
 
 
 @app.command()

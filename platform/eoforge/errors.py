@@ -26,3 +26,7 @@ class ChipReadError(EoforgeError):
 
 class ServiceError(EoforgeError):
     """A service (Ray, MLflow, STAC API, Kubernetes) is unreachable or refused."""
+
+
+class CacheIntegrityError(ChipReadError):
+    """A decoded-chip cache's files do not match its manifest (missing, truncated or altered); names the file."""

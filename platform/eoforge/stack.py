@@ -1,8 +1,11 @@
 """The local stack: a Ray head and an MLflow tracking server on 127.0.0.1.
 
 ``eoforge up`` starts both as process groups of their own and records them in
-``$EOFORGE_HOME/stack.json``; ``eoforge down`` stops them by those PIDs (SIGTERM to the
-group, SIGKILL after a grace period); ``eoforge status`` reports both. Ray jobs started on
+``$EOFORGE_HOME/stack.json`` (written atomically: a temporary file in the same folder, fsync,
+``os.replace``), each with its start time and command line (:mod:`eoforge.processes`);
+``eoforge down`` stops a recorded group (SIGTERM, SIGKILL after a grace period) only while its
+leader's start time and command line still match, and reports a PID that now belongs to another
+process instead of touching it; ``eoforge status`` reports both. Ray jobs started on
 this head inherit ``EOFORGE_HOME``, ``MLFLOW_TRACKING_URI`` and the virtualenv's ``PATH``.
 
 MLflow: SQLite backend (``mlflow.db``) and a local artifact store (``mlartifacts/``),
@@ -25,6 +28,7 @@ from pathlib import Path
 import requests
 
 from eoforge.errors import ServiceError
+from eoforge.processes import ProcessIdentity, identity_of, recorded_status
 from eoforge.ray_node import with_node_env
 
 STATE_FILE = "stack.json"
@@ -63,6 +67,20 @@ class StackState:
     ray_dashboard_url: str
     mlflow_url: str
     num_cpus: int
+    #: start time (clock ticks after boot) and command line of each leader (None: an older record)
+    ray_start_ticks: int | None = None
+    ray_cmdline: list[str] | None = None
+    mlflow_start_ticks: int | None = None
+    mlflow_cmdline: list[str] | None = None
+
+    def recorded(self, service: str) -> ProcessIdentity | None:
+        """The recorded identity of ``service`` (``ray`` / ``mlflow``); None if this record has none."""
+        pid, ticks, cmdline = (getattr(self, f"{service}_{k}") for k in ("pid", "start_ticks", "cmdline"))
+        return None if ticks is None or cmdline is None else ProcessIdentity(pid, ticks, tuple(cmdline))
+
+    def running(self, service: str) -> bool:
+        """Whether the recorded leader of ``service`` still runs (same PID, start time and command line)."""
+        return recorded_status(self.recorded(service), getattr(self, f"{service}_pid"))[0] == "ours"
 
 
 def free_port() -> int:
@@ -70,16 +88,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _wait_http(
@@ -120,6 +128,30 @@ def read_state(home: Path) -> StackState | None:
     if not path.is_file():
         return None
     return StackState(**json.loads(path.read_text()))
+
+
+def write_state(home: Path, state: StackState) -> None:
+    """Write ``stack.json`` atomically: a temporary file in ``home``, fsync, ``os.replace``, fsync of ``home``.
+
+    A reader sees the old record or the new one, never half of one, even if the machine stops.
+    """
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=home)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(asdict(state), indent=2))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, home / STATE_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(home, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _bin(name: str) -> str:
@@ -166,7 +198,7 @@ def up(
     """
     home = home.absolute()
     current = read_state(home)
-    if current and _alive(current.ray_pid) and _alive(current.mlflow_pid):
+    if current and current.running("ray") and current.running("mlflow"):
         return current
     if current:
         down(home)
@@ -264,10 +296,21 @@ def up(
         _kill_group(ray_proc.pid)
         _kill_group(mlflow_proc.pid)
         raise
+    ray_id, mlflow_id = identity_of(ray_proc.pid), identity_of(mlflow_proc.pid)
     state = StackState(
-        str(home), ray_proc.pid, mlflow_proc.pid, f"127.0.0.1:{ports.ray_gcs}", dashboard, mlflow_url, cpus
+        str(home),
+        ray_proc.pid,
+        mlflow_proc.pid,
+        f"127.0.0.1:{ports.ray_gcs}",
+        dashboard,
+        mlflow_url,
+        cpus,
+        ray_id.start_ticks if ray_id else None,
+        list(ray_id.cmdline) if ray_id else None,
+        mlflow_id.start_ticks if mlflow_id else None,
+        list(mlflow_id.cmdline) if mlflow_id else None,
     )
-    (home / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+    write_state(home, state)
     return state
 
 
@@ -293,16 +336,31 @@ def _kill_group(pid: int, grace_s: float = 20) -> None:
         pass
 
 
-def down(home: Path) -> bool:
-    """Stop what ``up`` recorded, by process group; returns False when nothing was recorded."""
+def down(home: Path) -> dict[str, str] | None:
+    """Stop what ``up`` recorded, by process group, where it is still what was recorded.
+
+    A recorded leader is stopped (with its group) only if its start time and command line match
+    the record; a PID that now belongs to another process is left alone and reported. The record
+    is removed either way (the recorded processes are gone or stopped).
+
+    Returns:
+        {service: what was done}, for ``ray`` and ``mlflow``; None when nothing was recorded.
+    """
     home = home.absolute()
     state = read_state(home)
     if state is None:
-        return False
-    _kill_group(state.ray_pid)
-    _kill_group(state.mlflow_pid)
+        return None
+    report = {}
+    for service in ("ray", "mlflow"):
+        pid = getattr(state, f"{service}_pid")
+        verdict, why = recorded_status(state.recorded(service), pid)
+        if verdict in ("ours", "group"):
+            _kill_group(pid)
+            report[service] = f"stopped {why}"
+        else:
+            report[service] = why
     (home / STATE_FILE).unlink(missing_ok=True)
-    return True
+    return report
 
 
 def status(home: Path) -> dict[str, object]:
@@ -317,6 +375,6 @@ def status(home: Path) -> dict[str, object]:
         except requests.RequestException:
             return False
 
-    ray_ok = _alive(state.ray_pid) and answers(f"{state.ray_dashboard_url}/api/version")
-    mlflow_ok = _alive(state.mlflow_pid) and answers(f"{state.mlflow_url}/health")
+    ray_ok = state.running("ray") and answers(f"{state.ray_dashboard_url}/api/version")
+    mlflow_ok = state.running("mlflow") and answers(f"{state.mlflow_url}/health")
     return {"running": ray_ok and mlflow_ok, "ray": ray_ok, "mlflow": mlflow_ok, **asdict(state)}

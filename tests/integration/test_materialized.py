@@ -108,3 +108,60 @@ def test_a_small_cache_is_cut_so_that_every_shard_gets_rows(cache: tuple[str, Pa
         assert mine, f"shard {rank} of {world} got no rows"
         seen += mine
     assert sorted(seen) == sorted(_ids(iter_materialized_batches(path, "all", 4)))  # each row once
+
+
+def test_two_concurrent_builders_of_one_plan_both_succeed_and_a_corrupt_file_is_rebuilt(
+    cache: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Two threads build the same materialised plan at once on the real Ray; then a file is altered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eoforge.data.published import open_published
+    from eoforge.errors import CacheIntegrityError
+
+    _, plan = cache
+    _, plan_hash = read_plan(plan)
+    data = PlanSource.model_validate({"plan": str(plan), "split": "all", "min_valid_fraction": 0.0, "read_tasks": 1})
+    root = str(tmp_path / "materialized")
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda _: ensure_materialized(data, plan_hash, root, rows_per_file=16), range(2)))
+    assert got[0] == got[1]
+    published = open_published(got[0], checksums=True)
+    assert published is not None and published.files
+    rows = sum(w.rows for w in cache_files(got[0], "all")[1])
+    assert rows == len(read_plan(plan)[0])
+    victim = Path(published.paths()[0])
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")  # same size, other bytes
+    with pytest.raises(CacheIntegrityError, match=f"{victim.name} does not match its sha256"):
+        open_published(got[0], checksums=True)
+    ensure_materialized(data, plan_hash, root, rows_per_file=16)  # not trusted: built again
+    rebuilt = open_published(got[0], checksums=True)
+    assert rebuilt is not None and rebuilt.build != published.build
+    assert sum(w.rows for w in cache_files(got[0], "all")[1]) == rows
+
+
+def test_the_chip_cache_is_published_and_read_through_its_manifest(cache: tuple[str, Path], tmp_path: Path) -> None:
+    """Fine-tuning's chip cache: built once, read back (index, in-memory subset, Ray Data) from the listed files."""
+    from eoforge.data.published import MANIFEST
+    from eoforge.errors import CacheIntegrityError
+    from eoforge.finetune.chips import ensure_chip_cache, is_complete, labelled_dataset, load_cached_chips, read_index
+
+    _, plan = cache
+    frame, plan_hash = read_plan(plan)
+    data = PlanSource.model_validate({"plan": str(plan), "split": "all", "min_valid_fraction": 0.0, "read_tasks": 1})
+    chips = ensure_chip_cache(data, plan_hash, str(tmp_path / "chip-cache"), rows_per_file=16)
+    assert (Path(chips) / MANIFEST).is_file() and is_complete(chips)
+    (Path(chips) / "stray.parquet").write_bytes(b"not parquet: never listed, never read")
+    index = read_index(chips)
+    assert len(index.chip_id) == len(frame)
+    some = [str(c) for c in index.chip_id[index.ok][:5]]
+    assert list(load_cached_chips(chips, some)["chip_id"]) == some
+    split = str(index.split[index.ok][0])
+    assert labelled_dataset(chips, split).count() == int(((index.split == split) & index.ok).sum())
+    victim = sorted(Path(chips).glob("build-*/*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    with pytest.raises(CacheIntegrityError, match=f"{victim.name} has 100 bytes"):
+        read_index(chips)
+    assert not is_complete(chips)
+    assert ensure_chip_cache(data, plan_hash, str(tmp_path / "chip-cache"), rows_per_file=16) == chips  # rebuilt
+    assert len(read_index(chips).chip_id) == len(frame)

@@ -123,7 +123,7 @@ def test_materialized_epochs_train_from_the_materialized_plan(stack, trained) ->
     client, run = _run(stack, "it-pretrain-mat")
     assert run.info.status == "FINISHED"
     cache = Path(run.data.tags["eoforge.materialized"])
-    assert (cache / "_SUCCESS").is_file() and list(cache.glob("*.parquet"))
+    assert (cache / "_MANIFEST.json").is_file() and list(cache.glob("build-*/*.parquet"))
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert losses and np.isfinite(losses).all()
     assert int(run.data.metrics["train/steps"]) >= 6  # 2 workers x 3 epochs of batches from the cache

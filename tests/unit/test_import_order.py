@@ -29,7 +29,7 @@ FLOORS: list[tuple[str, set[str]]] = [
     ("finetune", {"finetune"}),
     ("tune", {"tune"}),
     ("predict", {"predict"}),
-    ("tools", {"demo", "k8s", "discovery", "cli", "stack", "jobmain"}),
+    ("tools", {"demo", "k8s", "discovery", "cli", "stack", "processes", "jobmain"}),
 ]
 FLOOR_OF = {name: i for i, (_, names) in enumerate(FLOORS) for name in names}
 

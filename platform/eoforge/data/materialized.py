@@ -4,8 +4,10 @@ Streaming a plan decodes its COG tiles and resamples every chip again in every e
 that fits on disk (about 125 KB per 64 px chip) and many epochs, ``data.materialize: true`` decodes
 it once through the same reader (:func:`ensure_materialized`: Ray Data ``write_parquet`` under
 ``<run.storage_path>/materialized/``, files of at most 256 rows, each pixel column one fixed-size
-blob per chip) and every epoch reads the files back. No reading tasks run per epoch and nothing
-is decoded from COGs or resampled again; a pixel column reads back as one buffer that numpy views.
+blob per chip, published whole with a manifest of files, sizes and sha256 written last:
+:mod:`eoforge.data.published`) and every epoch reads the files the manifest lists back. No
+reading tasks run per epoch and nothing is decoded from COGs or resampled again; a pixel column
+reads back as one buffer that numpy views.
 
 The order of an epoch follows the live stream's rules (:mod:`eoforge.data.epochs`), with the
 cache's files as its windows: a seeded permutation of the files (seed, epoch), every ``world``-th
@@ -38,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from eoforge.data.epochs import Window, epoch_window_sets
+from eoforge.data.published import MANIFEST, ensure_published, open_published
 from eoforge.errors import ChipReadError
 from eoforge.progress import say
 from eoforge.storage import filesystem_of
@@ -48,7 +51,7 @@ PIXELS = {"s2": np.uint16, "s1": np.float16, "valid": bool, "label": np.uint8}
 #: Schema metadata key of the pixel columns' dtypes and shapes.
 PIXELS_META = b"eoforge.pixels"
 #: Bumped when the files' layout changes.
-VERSION = "m2"  # m2: per-sensor valid masks
+VERSION = "m3"  # m2: per-sensor valid masks; m3: builds under build-<uuid>/ committed by a manifest
 #: Rows per file at most (~32 MB at 64 px): the files are the shards and shuffle units of an epoch.
 FILE_ROWS = 256
 
@@ -85,9 +88,12 @@ def ensure_materialized(data: Any, plan_hash: str, root: str, rows_per_file: int
     """Decode every chip of the plan once into Parquet files under ``root``; returns the folder (URI).
 
     Runs the plan's chip stream (:func:`eoforge.data.dataset.build_chip_dataset`, epoch 0, every
-    split) through Ray Data ``write_parquet`` (files of at most ``rows_per_file`` rows). A ``_SUCCESS``
-    marker written last marks a complete folder; a half-written one is rebuilt. Chips that could
-    not be read are kept as ``ok = False`` rows with their reason (the training loop counts them).
+    split) through Ray Data ``write_parquet`` (files of at most ``rows_per_file`` rows) into a
+    build folder of its own, then publishes it with its manifest
+    (:func:`eoforge.data.published.ensure_published`): a published folder whose files verify is
+    reused, one that does not is rebuilt, and a concurrent builder's files are never deleted.
+    Chips that could not be read are kept as ``ok = False`` rows with their reason (the training
+    loop counts them).
 
     Args:
         data: the job's data section (plan, normalize, min_valid_fraction, read_tasks, read_cpus).
@@ -95,47 +101,50 @@ def ensure_materialized(data: Any, plan_hash: str, root: str, rows_per_file: int
         root: where materialised plans live (``<run.storage_path>/materialized``).
         rows_per_file: rows per file at most.
     """
-    from eoforge.data.dataset import whole_plan_stream
-
     folder = f"{root.rstrip('/')}/{materialized_key(plan_hash, data)}"
-    fs, path = filesystem_of(folder, "materialised plan")
-    if fs.get_file_info(f"{path}/_SUCCESS").type.name == "File":
-        return folder
-    fs.delete_dir_contents(path, missing_dir_ok=True)
-    fs.create_dir(path, recursive=True)
-    say(f"materialising the plan's chips once into {folder}")
-    ds = whole_plan_stream(data)
-    ds = ds.map_batches(_encode, batch_format="numpy", num_cpus=0.25)
-    ds.write_parquet(folder, filesystem=None if "://" in folder else fs, max_rows_per_file=rows_per_file)
-    with fs.open_output_stream(f"{path}/_SUCCESS") as out:
-        out.write(json.dumps({"plan_hash": plan_hash, "normalize": data.normalize}).encode())
+
+    def build(into: str) -> None:
+        from eoforge.data.dataset import whole_plan_stream
+
+        say(f"materialising the plan's chips once into {folder}")
+        fs, _ = filesystem_of(into, "materialised plan")
+        ds = whole_plan_stream(data).map_batches(_encode, batch_format="numpy", num_cpus=0.25)
+        ds.write_parquet(into, filesystem=None if "://" in into else fs, max_rows_per_file=rows_per_file)
+
+    ensure_published(folder, "materialised plan", build, {"plan_hash": plan_hash, "normalize": data.normalize})
     return folder
 
 
-@functools.lru_cache(maxsize=8)
 def cache_files(cache: str, split: str) -> tuple[tuple[str, ...], tuple[Window, ...]]:
-    """The cache's Parquet files (sorted) and one window per file holding rows of ``split``.
+    """The cache's Parquet files (sorted, as its manifest lists them) and one window per file holding rows of ``split``.
 
     A window's ``row_group`` is the file's index; ``rows`` its rows of the split (``all``: every
-    row), read from the ``split`` column only.
+    row), read from the ``split`` column only (once per process and build). The files are
+    checked against the manifest on every call (sizes; sha256 on the first call in a process).
 
     Raises:
-        ChipReadError: the cache has no Parquet file.
+        ChipReadError: the cache is not published or has no Parquet file.
+        CacheIntegrityError: a file the manifest lists is missing, truncated or altered.
     """
-    import pyarrow.fs as pafs
-
-    fs, root = filesystem_of(cache, "materialised plan")
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=False))
-    paths = tuple(sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")))
+    published = open_published(cache, "materialised plan")
+    if published is None:
+        raise ChipReadError(f"materialised chips {cache}: not published (no {MANIFEST}); ensure_materialized builds it")
+    paths = tuple(sorted(p for p in published.paths() if p.endswith(".parquet")))
     if not paths:
         raise ChipReadError(f"materialised chips {cache}: no Parquet files")
+    return paths, _split_windows(cache, paths, split)
+
+
+@functools.lru_cache(maxsize=8)
+def _split_windows(cache: str, paths: tuple[str, ...], split: str) -> tuple[Window, ...]:
+    fs, _ = filesystem_of(cache, "materialised plan")
     windows = []
     for k, path in enumerate(paths):
         col = pq.read_table(path, columns=["split"], filesystem=fs).column("split")
         n = len(col) if split == "all" else int(pc.sum(pc.equal(col, split)).as_py() or 0)
         if n:
             windows.append(Window(k, 0, n))
-    return paths, tuple(windows)
+    return tuple(windows)
 
 
 def cache_windows(cache: str, split: str, world: int) -> tuple[tuple[str, ...], tuple[Window, ...], int]:

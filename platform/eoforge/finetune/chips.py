@@ -5,9 +5,13 @@ small labelled set, for many epochs each. Reading COG windows for every epoch of
 would spend the sweep on GDAL. So the plan's chips go through the same Ray Data reader as
 pretraining (:func:`eoforge.data.dataset.build_chip_dataset`) once, and are written as
 Parquet (Ray Data ``write_parquet``; tensor columns) under
-``<cache_dir>/<plan hash>-<normalize>-mv<min_valid_fraction>/``. A ``_SUCCESS`` file written
-last marks a complete cache; a half-written one is rebuilt. Trials then stream rows from it
-with ``ray.data.read_parquet`` filtered to their split and label subset.
+``<cache_dir>/<plan hash>-<normalize>-mv<min_valid_fraction>-<version>/``, published whole
+(:mod:`eoforge.data.published`): each builder writes into a ``build-<uuid>/`` of its own and a
+``_MANIFEST.json`` of files, sizes and sha256, written last, commits it. Readers read only the
+files the manifest lists, after checking them; a cache that fails the check is rebuilt by
+:func:`ensure_chip_cache` and refused by the readers (:class:`~eoforge.errors.CacheIntegrityError`
+naming the file). Trials then stream rows from it with ``ray.data.read_parquet`` filtered to their
+split and label subset.
 
 Columns: ``chip_id`` str, ``split`` str, ``ok`` bool, ``error`` str, ``s1`` float16 [2, H, W] dB,
 ``s2`` uint16 [12, H, W] reflectance x 10000, ``valid`` bool [2, H, W] (per sensor: S2, S1), ``label`` uint8 [H, W] (255
@@ -17,7 +21,6 @@ the fine-tuning loop normalises them on its device (:func:`eoforge.data.normaliz
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,17 +31,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from eoforge.config.jobs import PlanInput
-from eoforge.errors import ChipReadError
+from eoforge.data.published import MANIFEST, Published, ensure_published, open_published
+from eoforge.errors import CacheIntegrityError, ChipReadError
 from eoforge.progress import say
-from eoforge.storage import filesystem_of
 
 log = logging.getLogger(__name__)
 
-SUCCESS = "_SUCCESS"
 INDEX_COLUMNS = ["chip_id", "split", "ok", "error", "label", "item_labels"]
 TRAIN_COLUMNS = ["chip_id", "s1", "s2", "valid", "label", "item_labels"]
-#: Bumped when the cached columns change (v2: storage units + valid mask; v3: valid per sensor).
-CACHE_VERSION = "v3"
+#: Bumped when the cached columns or layout change (v2: storage units + valid mask; v3: valid per
+#: sensor; v4: builds under build-<uuid>/ committed by a manifest).
+CACHE_VERSION = "v4"
 
 
 def cache_key(plan_hash: str, data: PlanInput) -> str:
@@ -47,9 +50,26 @@ def cache_key(plan_hash: str, data: PlanInput) -> str:
 
 
 def is_complete(cache: str) -> bool:
-    """Whether ``cache`` holds a finished cache (its ``_SUCCESS`` marker exists)."""
-    fs, path = filesystem_of(cache, "chip cache")
-    return fs.get_file_info(f"{path}/{SUCCESS}").type == pafs.FileType.File
+    """Whether ``cache`` holds a published cache whose files match its manifest (see :func:`open_cache`)."""
+    try:
+        return open_published(cache, "chip cache") is not None
+    except CacheIntegrityError:
+        return False
+
+
+def open_cache(cache: str) -> Published:
+    """The published chip cache ``cache``, its files checked against its manifest.
+
+    Sizes are checked on every call, sha256 on the first call per process (:func:`open_published`).
+
+    Raises:
+        CacheIntegrityError: a listed file is missing, truncated or altered (the message names it).
+        ChipReadError: ``cache`` was never published (no manifest).
+    """
+    published = open_published(cache, "chip cache")
+    if published is None:
+        raise ChipReadError(f"chip cache {cache}: not published (no {MANIFEST}); ensure_chip_cache builds it")
+    return published
 
 
 #: Rows per cache file at most (~32 MB at 64 px).
@@ -59,27 +79,24 @@ CACHE_FILE_ROWS = 256
 def ensure_chip_cache(data: PlanInput, plan_hash: str, cache_dir: str, rows_per_file: int = CACHE_FILE_ROWS) -> str:
     """Decode every chip of the plan once into a Parquet cache; returns its URI (local path or s3://...).
 
-    Runs a Ray Data job (needs ``ray.init`` done). Chips that cannot be read are kept as
-    ``ok = False`` rows with their reason, so the count of skipped chips is known later. Files
-    hold at most ``rows_per_file`` rows.
+    Runs a Ray Data job (needs ``ray.init`` done) into a build folder of its own, then publishes it
+    with its manifest (:func:`eoforge.data.published.ensure_published`): a published cache whose
+    files verify is reused, one that does not is rebuilt, and a concurrent builder's files are
+    never deleted. Chips that cannot be read are kept as ``ok = False`` rows with their reason, so
+    the count of skipped chips is known later. Files hold at most ``rows_per_file`` rows.
     """
-    from eoforge.data.dataset import whole_plan_stream
-
     cache = f"{cache_dir.rstrip('/')}/{cache_key(plan_hash, data)}"
-    if is_complete(cache):
-        log.info("chip cache %s is complete: reusing it", cache)
-        return cache
-    fs, path = filesystem_of(cache, "chip cache")
-    fs.delete_dir_contents(path, missing_dir_ok=True)
-    fs.create_dir(path, recursive=True)
-    say(f"decoding the plan's chips once into {cache}")
-    ds = whole_plan_stream(data)
-    ds = ds.drop_columns(["valid_fraction", "tile_key"])
-    ds.write_parquet(
-        cache, filesystem=None if "://" in cache else pafs.LocalFileSystem(), max_rows_per_file=rows_per_file
-    )
-    with fs.open_output_stream(f"{path}/{SUCCESS}") as out:
-        out.write(json.dumps({"plan_hash": plan_hash, "normalize": data.normalize}).encode())
+
+    def build(into: str) -> None:
+        from eoforge.data.dataset import whole_plan_stream
+
+        say(f"decoding the plan's chips once into {cache}")
+        ds = whole_plan_stream(data).drop_columns(["valid_fraction", "tile_key"])
+        ds.write_parquet(
+            into, filesystem=None if "://" in into else pafs.LocalFileSystem(), max_rows_per_file=rows_per_file
+        )
+
+    ensure_published(cache, "chip cache", build, {"plan_hash": plan_hash, "normalize": data.normalize})
     return cache
 
 
@@ -106,9 +123,10 @@ class ChipIndex:
 
 def read_index(cache: str) -> ChipIndex:
     """Read the cache's small columns (labels included, pixels not)."""
-    fs, path = filesystem_of(cache, "chip cache")
-    dataset = pq.ParquetDataset(path, filesystem=fs)
-    table = dataset.read(columns=INDEX_COLUMNS)
+    published = open_cache(cache)
+    if not published.files:
+        raise ChipReadError(f"chip cache {cache}: no rows")
+    table = pq.ParquetDataset(published.paths(), filesystem=published.fs).read(columns=INDEX_COLUMNS)
     if table.num_rows == 0:
         raise ChipReadError(f"chip cache {cache}: no rows")
     label_col = table.column("label").combine_chunks()
@@ -141,8 +159,9 @@ def labelled_dataset(cache: str, split: str, chip_ids: list[str] | None = None) 
     expr = (col("split") == split) & (col("ok") == True)  # noqa: E712 (an expression, not a comparison)
     if chip_ids is not None:
         expr = expr & col("chip_id").is_in(list(chip_ids))
+    files = open_cache(cache).uris()  # only the files the manifest lists
     fs = None if "://" in cache else pafs.LocalFileSystem()
-    return ray.data.read_parquet(cache, filesystem=fs, columns=[*TRAIN_COLUMNS, "split", "ok"]).filter(expr=expr)
+    return ray.data.read_parquet(files, filesystem=fs, columns=[*TRAIN_COLUMNS, "split", "ok"]).filter(expr=expr)
 
 
 def iter_cached_chips(cache: str, chip_ids: list[str], batch_rows: int = 256) -> Iterator[dict[str, np.ndarray]]:
@@ -157,8 +176,10 @@ def iter_cached_chips(cache: str, chip_ids: list[str], batch_rows: int = 256) ->
     import pyarrow.dataset as pads
     import ray.data  # noqa: F401  (registers Ray's tensor extension type for the pixel columns)
 
-    fs, path = filesystem_of(cache, "chip cache")
-    dataset = pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True)
+    published = open_cache(cache)
+    if not published.files:
+        return
+    dataset = pads.dataset(published.paths(), filesystem=published.fs, format="parquet")
     wanted = pc.field("chip_id").isin(list(chip_ids)) & (pc.field("ok") == True)  # noqa: E712
     dtypes = {"s1": np.float16, "s2": np.uint16, "valid": bool, "label": np.uint8}
     for batch in dataset.to_batches(columns=TRAIN_COLUMNS, filter=wanted, batch_size=batch_rows):
