@@ -21,6 +21,7 @@ import numpy as np
 
 from eoforge.config.finetune import FinetuneConfig
 from eoforge.config.jobs import check_inputs
+from eoforge.data.plan_check import check_plan_items
 from eoforge.errors import CatalogError
 from eoforge.finetune.backbone import BackboneSpec, resolve_backbone
 from eoforge.finetune.chips import ChipIndex, ensure_chip_cache, labelled_dataset, read_index
@@ -110,6 +111,7 @@ def prepare_chips(cfg: FinetuneConfig) -> tuple[str, str]:
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     plan_hash = ensure_plan(cfg.data.plan, cfg.data.config)[0]
+    check_plan_items(cfg.data.plan)  # implausible values in every item: stop with the cause, not "no chips"
     return plan_hash, ensure_chip_cache(cfg.data, plan_hash, cache_dir_of(cfg))
 
 
