@@ -15,12 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from eoforge.config import DataConfig, PretrainConfig, parse_config
+from eoforge.config.finetune import FinetuneConfig
 from eoforge.data import plausibility
 from eoforge.data.chip import read_chip_raw
 from eoforge.data.dataset import epoch_window_sets, iter_chip_blocks, plan_windows
 from eoforge.data.plan_check import check_plan_items
 from eoforge.data.plausibility import ImplausibleDataError, ItemNames, s1_reason, s2_reason
 from eoforge.errors import ChipReadError
+from eoforge.finetune.run import prepare_chips
 from eoforge.plan.io import build_plan, read_plan
 from eoforge.train.pretrain import run_pretrain
 
@@ -169,6 +171,28 @@ def test_pretraining_on_a_plan_whose_items_all_fail_stops_with_the_cause(tmp_pat
     with pytest.raises(ImplausibleDataError, match=r"profile 'eoforge'.*GRD amplitude DN"):
         run_pretrain(cfg)
     assert not (tmp_path / "ray").exists()  # stopped before any training
+
+
+def test_finetuning_on_a_plan_whose_items_all_fail_stops_with_the_cause_before_ray_starts(tmp_path: Path) -> None:
+    import ray
+
+    plan = _grd_plan(tmp_path, "eoforge", "default")
+    cfg = parse_config(
+        {
+            "kind": "finetune",
+            "data": {"plan": str(plan)},
+            "task": {"kind": "classification", "classes": "dfc8"},
+            "backbone": {"source": "scratch", "name": "resnet18"},
+            "train": {"steps": 1},
+            "run": {"name": "t", "storage_path": str(tmp_path / "ray")},
+            "mlflow": {"tracking_uri": (tmp_path / "mlruns").as_uri(), "experiment": "t"},
+        },
+        "test",
+        FinetuneConfig,
+    )
+    with pytest.raises(ImplausibleDataError, match=r"profile 'eoforge'.*GRD amplitude DN"):
+        prepare_chips(cfg)
+    assert not ray.is_initialized() and not (tmp_path / "ray").exists()
 
 
 # ------------------------------------------------------------------------------ the rules on their own
