@@ -26,3 +26,11 @@ class ChipReadError(EoforgeError):
 
 class ServiceError(EoforgeError):
     """A service (Ray, MLflow, STAC API, Kubernetes) is unreachable or refused."""
+
+
+class ImplausibleItemError(ChipReadError):
+    """An item's values are ones no sensor measures in the units its plan row declares (chip skipped, counted)."""
+
+
+class ImplausibleDataError(CatalogError):
+    """Every checked item of a plan has values no sensor measures in its declared units: nothing to train on."""

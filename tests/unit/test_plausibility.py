@@ -20,8 +20,8 @@ from eoforge.data import plausibility
 from eoforge.data.chip import read_chip_raw
 from eoforge.data.dataset import epoch_window_sets, iter_chip_blocks, plan_windows
 from eoforge.data.plan_check import check_plan_items
-from eoforge.data.plausibility import ImplausibleDataError, ItemNames, s1_reason, s2_reason
-from eoforge.errors import ChipReadError
+from eoforge.data.plausibility import ItemNames, s1_reason, s2_reason
+from eoforge.errors import ChipReadError, ImplausibleDataError, ImplausibleItemError
 from eoforge.finetune.run import prepare_chips
 from eoforge.plan.io import build_plan, read_plan
 from eoforge.train.pretrain import run_pretrain
@@ -107,8 +107,9 @@ def test_rtc_read_as_grd_amplitude_through_earth_search_is_skipped_with_the_prof
     plan = _plan(tmp_path, items, "earth_search", "sentinel-1-rtc", "es")
     rows = read_plan(plan)[0].drop(columns="geometry").to_dict("records")
     assert {r["s1_units"] for r in rows} == {"amplitude"}
-    with pytest.raises(ChipReadError) as info:
+    with pytest.raises(ImplausibleItemError) as info:  # a ChipReadError: skipped and counted
         read_chip_raw(rows[0])
+    assert isinstance(info.value, ChipReadError)
     message = str(info.value)
     # linear gamma0 0.0631 taken as GRD DN: 20 log10(0.0631) - 49.7 = -73.7 "dB" (the issue saw -84..-63)
     assert "provider profile 'earth_search'" in message and "VV median -73.7 'dB'" in message, message

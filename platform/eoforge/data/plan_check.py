@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from eoforge.data.plausibility import ImplausibleDataError, is_implausible
-from eoforge.errors import ChipReadError
+from eoforge.errors import ChipReadError, ImplausibleDataError, ImplausibleItemError
 from eoforge.progress import say
 
 #: Scene pairs (S1 item, S2 item) of a plan that are read, at most, spread evenly over its pairs.
@@ -66,7 +65,7 @@ def check_plan_items(plan: str | Path, split: str = "all") -> None:
             if any(not isinstance(r, ChipReadError) for r in results):
                 plausible += 1
                 break  # one plausible pair is enough: the reader skips the others' chips and counts them
-            reasons = [str(r) for r in results if isinstance(r, ChipReadError) and is_implausible(r)]
+            reasons = [str(r) for r in results if isinstance(r, ImplausibleItemError)]
             if reasons:
                 implausible.append(reasons[0])
     finally:

@@ -9,7 +9,8 @@ the valid pixels pooled over the batch (at least :data:`MIN_PIXELS`; a sample of
 :data:`SAMPLE` per band). The verdict is kept per reading process (:data:`_VERDICTS`), keyed by the
 item's files and their declared units / radiometry, so afterwards a plausible item costs one dict
 look-up per batch and an implausible one is refused before its pixels are read
-(:func:`known_reason`). Its chips come out as :class:`~eoforge.errors.ChipReadError` with a reason
+(:func:`known_reason`). Its chips come out as :class:`ImplausibleItemError` (a
+:class:`~eoforge.errors.ChipReadError`) with a reason
 that names the item, the provider profile, what was seen and the likely cause: skipped and counted
 like any unreadable chip.
 
@@ -28,7 +29,7 @@ Rules (documented in docs/providers.md, "Values that no sensor measures"):
   reflectance 0..1 stored as if it were x 10000, or a scale applied twice).
 
 :func:`check_plan_items` reads a few chips of each of a plan's items on the driver and stops a job
-whose checked items all fail with that reason (:class:`ImplausibleDataError`).
+whose checked items all fail with that reason (:class:`~eoforge.errors.ImplausibleDataError`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ from typing import TYPE_CHECKING, Any
 import cachetools
 import numpy as np
 
-from eoforge.errors import CatalogError, ChipReadError
+from eoforge.errors import ImplausibleItemError
+
+__all__ = ["ImplausibleItemError", "ItemNames", "check_batch", "known_reason", "s1_reason", "s2_reason"]
 
 if TYPE_CHECKING:
     from eoforge.data.plan_rows import _Files
@@ -72,10 +75,6 @@ _VERDICTS: cachetools.LRUCache = cachetools.LRUCache(maxsize=VERDICTS_KEPT)
 _FOR_GRD = "profile 'planetary_computer' (sentinel-1-grd) or 'earth_search', or set catalog.s1_units: amplitude"
 _FOR_RTC = "profile 'planetary_computer' (sentinel-1-rtc) or 'aws_rtc', or set catalog.s1_units: linear"
 _FOR_DB = "set catalog.s1_units: dB (or a profile that declares dB, e.g. 'eoforge')"
-
-
-class ImplausibleDataError(CatalogError):
-    """Every checked item of a plan has values no sensor measures in its declared units."""
 
 
 @dataclass(frozen=True)
@@ -235,8 +234,3 @@ def check_batch(
         reasons.append(reason or "")
     found = [r for r in reasons if r]
     return "; ".join(found) if found else None
-
-
-def is_implausible(error: ChipReadError | str) -> bool:
-    """Whether a chip's error is a plausibility verdict (not an unreadable file)."""
-    return "provider profile" in str(error) and ("S1 item" in str(error) or "S2 item" in str(error))

@@ -190,7 +190,7 @@ def read_rows(
             continue
         reason = plausibility.known_reason(parsed[i].files)
         if reason:  # an item this process found implausible: refused before any of its pixels are read
-            out[i] = ChipReadError(reason)
+            out[i] = plausibility.ImplausibleItemError(reason)
             del parsed[i]
     # (sensor, href, kind, fill) -> row indices; pixels per (row index, name). The fill is one
     # object (S1_FILL): a fresh float("nan") per row is a new key (nan != nan), which read S1 chip by chip
@@ -342,7 +342,7 @@ def _assemble(
         )  # fmt: skip
     reason = check and plausibility.check_batch(p.files, names, s1, s2_u16[at], valid[at, VALID_S2], raw_negative)
     if reason:
-        return [ChipReadError(reason)] * n
+        return [plausibility.ImplausibleItemError(reason)] * n
     s1_f16 = s1_f16.view(np.float16)
     return [
         failed[j]
