@@ -5,8 +5,8 @@ A Sentinel-1 item read through the wrong provider profile comes out as numbers n
 and a Sentinel-2 item with the wrong ``s2_radiometry`` as reflectances no surface has. The reader
 (:func:`eoforge.data.tiles.read_rows`) hands each assembled batch of one file set (a tile group's
 chips of one S1/S2 item pair) to :func:`check_batch` until each of its items has a verdict, made on
-the valid pixels pooled over the batch (at least :data:`MIN_PIXELS`; a sample of at most
-:data:`SAMPLE` per band). The verdict is kept per reading process (:data:`_VERDICTS`), keyed by the
+the valid pixels pooled over the batch's first :data:`CHECK_CHIPS` chips (at least
+:data:`MIN_PIXELS`; a sample of at most :data:`SAMPLE` per band). The verdict is kept per reading process (:data:`_VERDICTS`), keyed by the
 item's files and their declared units / radiometry, so afterwards a plausible item costs one dict
 look-up per batch and an implausible one is refused before its pixels are read
 (:func:`known_reason`). Its chips come out as :class:`ImplausibleItemError` (a
@@ -64,6 +64,8 @@ S2_MIN_INSIDE = 0.99
 S2_MIN_MEDIAN = 10
 #: Valid pixels (per sensor, pooled over a batch) needed before an item gets a verdict.
 MIN_PIXELS = 256
+#: Chips of a batch looked at, at most (their valid pixels pooled).
+CHECK_CHIPS = 8
 #: Values per band looked at, at most (a strided sample of a batch's valid pixels).
 SAMPLE = 1 << 16
 #: Items with a verdict a reading process keeps.
@@ -213,13 +215,25 @@ def check_batch(
     names: ItemNames,
     s1_db: np.ndarray,
     s2: np.ndarray,
-    s2_valid: np.ndarray,
+    valid: np.ndarray,
+    at: np.ndarray,
     raw_negative: float = float("nan"),
 ) -> str | None:
     """Give the items of ``files`` a verdict from one assembled batch (where they have none); the reason if implausible.
 
-    Args: as :func:`s1_reason` and :func:`s2_reason` (the batch's chips, all of one file set).
+    Looks at the batch's first :data:`CHECK_CHIPS` chips (a 64 px chip has 4096 pixels a band).
+
+    Args:
+        files: the batch's file set (all its chips share it).
+        names: who to name in a reason.
+        s1_db: float32 [N, 2, H, W] dB (as :func:`s1_reason`).
+        s2: the assembled S2 output, uint16 [M, 12, H, W].
+        valid: the assembled valid masks, bool [M, 2, H, W] (channel 0: S2).
+        at: int [N] the output row of each chip of the batch.
+        raw_negative: as :func:`s1_reason`.
     """
+    rows = at[:CHECK_CHIPS]
+    s1_db, s2, s2_valid = s1_db[:CHECK_CHIPS], s2[rows], valid[rows, 0]
     reasons = []
     for key, reason_of in (
         (_s1_key(files), lambda: s1_reason(s1_db, files.units, names, raw_negative)),

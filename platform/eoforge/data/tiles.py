@@ -313,7 +313,7 @@ def _assemble(
                         failed[j] = exc
         band = gather(p.files.s1_assets[b], "bilinear", s1[:, k])
         if check and k == 0 and p.files.units != "dB":
-            raw_negative = plausibility.raw_negative_share(band)
+            raw_negative = plausibility.raw_negative_share(band[: plausibility.CHECK_CHIPS])
         db = s1_to_db(band, p.files.units, lut)
         if db is not band:
             s1[:, k] = db
@@ -340,7 +340,7 @@ def _assemble(
             u16s, f32s, stored, rows_, cols_, np.array(js, np.intp), at, gains, offsets, scaled, scl,
             _SCL_INVALID_LUT, s1, s1.view(np.uint32), s2_u16, s1_f16, valid,
         )  # fmt: skip
-    reason = check and plausibility.check_batch(p.files, names, s1, s2_u16[at], valid[at, VALID_S2], raw_negative)
+    reason = check and plausibility.check_batch(p.files, names, s1, s2_u16, valid, at, raw_negative)
     if reason:
         return [plausibility.ImplausibleItemError(reason)] * n
     s1_f16 = s1_f16.view(np.float16)
