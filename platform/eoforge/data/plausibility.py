@@ -6,13 +6,13 @@ and a Sentinel-2 item with the wrong ``s2_radiometry`` as reflectances no surfac
 (:func:`eoforge.data.tiles.read_rows`) hands each assembled batch of one file set (a tile group's
 chips of one S1/S2 item pair) to :func:`check_batch` until each of its items has a verdict, made on
 the valid pixels pooled over the batch's first :data:`CHECK_CHIPS` chips (at least
-:data:`MIN_PIXELS`; a sample of at most :data:`SAMPLE` per band). The verdict is kept per reading process (:data:`_VERDICTS`), keyed by the
-item's files and their declared units / radiometry, so afterwards a plausible item costs one dict
-look-up per batch and an implausible one is refused before its pixels are read
-(:func:`known_reason`). Its chips come out as :class:`ImplausibleItemError` (a
-:class:`~eoforge.errors.ChipReadError`) with a reason
-that names the item, the provider profile, what was seen and the likely cause: skipped and counted
-like any unreadable chip.
+:data:`MIN_PIXELS`; a sample of at most :data:`SAMPLE` per band). The verdict is kept per reading
+process (:data:`_VERDICTS`), keyed by the item's files and their declared units / radiometry, so
+afterwards a plausible item costs one dict look-up per batch and an implausible one is refused
+before its pixels are read (:func:`known_reason`). Its chips come out as
+:class:`~eoforge.errors.ImplausibleItemError` (a :class:`~eoforge.errors.ChipReadError`) with a
+reason that names the item, the provider profile, what was seen and the likely cause: skipped and
+counted like any unreadable chip.
 
 Rules (documented in docs/providers.md, "Values that no sensor measures"):
 
