@@ -3,9 +3,9 @@
 Runs the reader of the chip stream (:func:`eoforge.data.reader_task.iter_chip_blocks`, the code a Ray
 Data read task runs, without Ray) over the data of ``bench/stream.py`` (one clear scene of
 ``--size`` px, COGs retiled to ``--block`` px, ``--chip`` px chips), pinned to one CPU, with the
-sample maps cleared before every pass as in a fresh worker; and the decode limit of
-``bench/stream.py`` on the same rows. Resampling is timed per kind of map (``aligned``, separable
-or full ``bilinear``, ``nearest``; whether neighbours outside the image or nodata had to be
+sample maps and the items' plausibility verdicts cleared before every pass as in a fresh worker;
+and the decode limit of ``bench/stream.py`` on the same rows. Resampling is timed per kind of map
+(``aligned``, separable or full ``bilinear``, ``nearest``; whether neighbours outside the image or nodata had to be
 checked) by wrapping :func:`eoforge.data.resample.apply_map` in an extra timed pass.
 
 Prints one JSON line: ``reader_ms_per_chip`` (median of ``--repeats`` passes after one warm-up),
@@ -30,13 +30,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from eoforge.data import epochs, reader_task, resample, tiles
+from eoforge.data import epochs, plausibility, reader_task, resample, tiles
 from stream import decode_limit_pass, make_data  # bench/stream.py (this folder is sys.path[0])
 
 
 def reader_pass(plan: str, shuffle_rows: int, mix: int) -> tuple[int, float]:
     """One pass of the reader over the whole plan in this process: (ok chips, seconds)."""
     resample.clear_sample_maps()
+    plausibility.clear_verdicts()  # every item checked again, as in a fresh reading process
     t0 = time.perf_counter()
     windows, window_rows = epochs.shardable_windows(plan, "all", 1024, 1)
     sets = epochs.epoch_window_sets(windows, 0, 0, (0, 1), 0, mix)

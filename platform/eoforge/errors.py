@@ -30,3 +30,11 @@ class ServiceError(EoforgeError):
 
 class CacheIntegrityError(ChipReadError):
     """A decoded-chip cache's files do not match its manifest (missing, truncated or altered); names the file."""
+
+
+class ImplausibleItemError(ChipReadError):
+    """An item's values are ones no sensor measures in the units its plan row declares (chip skipped, counted)."""
+
+
+class ImplausibleDataError(CatalogError):
+    """Every checked item of a plan has values no sensor measures in its declared units: nothing to train on."""

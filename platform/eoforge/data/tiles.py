@@ -40,7 +40,7 @@ from rasterio.windows import Window
 
 from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES, S2_SCL_INVALID
 from eoforge.catalog.assets import GDAL_ENV, resolve_signer
-from eoforge.data import kernels
+from eoforge.data import kernels, plausibility
 from eoforge.data.calibration import grd_calibration_on_grid, s1_to_db
 from eoforge.data.files import DatasetCache
 from eoforge.data.grid import ChipGrid
@@ -187,6 +187,11 @@ def read_rows(
             parsed[i] = _parse(row)
         except ChipReadError as exc:
             out[i] = exc
+            continue
+        reason = plausibility.known_reason(parsed[i].files)
+        if reason:  # an item this process found implausible: refused before any of its pixels are read
+            out[i] = plausibility.ImplausibleItemError(reason)
+            del parsed[i]
     # (sensor, href, kind, fill) -> row indices; pixels per (row index, name). The fill is one
     # object (S1_FILL): a fresh float("nan") per row is a new key (nan != nan), which read S1 chip by chip
     jobs: dict[tuple[str, str, str, float], list[int]] = {}
@@ -234,7 +239,8 @@ def read_rows(
             idx = members[k : k + ASSEMBLE_CHIPS]
             try:
                 block = None if into is None else (into[0], [into[1][i] for i in idx])
-                chips = _assemble(idx, [parsed[i] for i in idx], pixels, block)
+                names = plausibility.ItemNames.of(rows[idx[0]])
+                chips = _assemble(idx, [parsed[i] for i in idx], pixels, block, names)
             except ChipReadError as exc:  # e.g. unknown S1 units: every chip of the set, with the reason
                 chips = [exc] * len(idx)
             for i, chip in zip(idx, chips, strict=True):
@@ -252,10 +258,13 @@ def _assemble(
     ps: list[_Parsed],
     pixels: dict[tuple[int, str, str], Cut],
     into: tuple[dict[str, np.ndarray], list[int]] | None = None,
+    names: plausibility.ItemNames = plausibility.UNKNOWN,
 ) -> list[RawChip | ChipReadError]:
     """The chips ``idx`` of one file set (``ps``: their parsed rows), assembled as one [N, ...] batch.
 
     ``into``: (chip block, block row of each chip): outputs written there (see :func:`read_rows`).
+    ``names``: the set's items and profile, named when its values are implausible for their units
+    (:mod:`eoforge.data.plausibility`; then every chip of the set gets the reason).
 
     Gains and offsets, masks (S2 nodata, SCL classes, S1 nodata), dB and the storage dtypes are
     applied to the whole batch; only GRD calibration LUTs are computed chip by chip (they depend
@@ -285,6 +294,8 @@ def _assemble(
     s1_access = p.files.access.get("s1", {})
     failed: dict[int, ChipReadError] = {}
     n = len(idx)
+    check = plausibility.needs_check(p.files)
+    raw_negative = math.nan
     s1 = np.empty((n, len(S1_BAND_NAMES), h, w), np.float32)  # [N, 2, H, W] dB
     for k, b in enumerate(S1_BAND_NAMES):
         lut = None
@@ -301,6 +312,8 @@ def _assemble(
                     except ChipReadError as exc:
                         failed[j] = exc
         band = gather(p.files.s1_assets[b], "bilinear", s1[:, k])
+        if check and k == 0 and p.files.units != "dB":
+            raw_negative = plausibility.raw_negative_share(band[: plausibility.CHECK_CHIPS])
         db = s1_to_db(band, p.files.units, lut)
         if db is not band:
             s1[:, k] = db
@@ -327,6 +340,9 @@ def _assemble(
             u16s, f32s, stored, rows_, cols_, np.array(js, np.intp), at, gains, offsets, scaled, scl,
             _SCL_INVALID_LUT, s1, s1.view(np.uint32), s2_u16, s1_f16, valid,
         )  # fmt: skip
+    reason = check and plausibility.check_batch(p.files, names, s1, s2_u16, valid, at, raw_negative)
+    if reason:
+        return [plausibility.ImplausibleItemError(reason)] * n
     s1_f16 = s1_f16.view(np.float16)
     return [
         failed[j]

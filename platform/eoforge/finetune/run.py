@@ -21,6 +21,7 @@ import numpy as np
 
 from eoforge.config.finetune import FinetuneConfig
 from eoforge.config.jobs import check_inputs
+from eoforge.data.plan_check import check_plan_items
 from eoforge.errors import CatalogError
 from eoforge.finetune.backbone import BackboneSpec, resolve_backbone
 from eoforge.finetune.chips import ChipIndex, ensure_chip_cache, labelled_dataset, read_index
@@ -101,15 +102,21 @@ def cache_dir_of(cfg: FinetuneConfig) -> str:
 
 
 def prepare_chips(cfg: FinetuneConfig) -> tuple[str, str]:
-    """(plan hash, chip cache URI): plan built if missing, chips decoded once (needs Ray)."""
+    """(plan hash, chip cache URI): plan built if missing, chips decoded once (needs Ray).
+
+    Raises:
+        ImplausibleDataError: every checked item of the plan has values no sensor measures in its
+            declared units (:func:`eoforge.data.plan_check.check_plan_items`; before Ray starts).
+    """
     import ray
 
+    plan_hash = ensure_plan(cfg.data.plan, cfg.data.config)[0]
+    check_plan_items(cfg.data.plan)  # implausible values in every item: stop with the cause, not "no chips"
     if not ray.is_initialized():
         init_ray(log_to_driver=True)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    plan_hash = ensure_plan(cfg.data.plan, cfg.data.config)[0]
     return plan_hash, ensure_chip_cache(cfg.data, plan_hash, cache_dir_of(cfg))
 
 

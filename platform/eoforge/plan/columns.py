@@ -27,6 +27,7 @@ STREAM_COLUMNS = [
     "s1_units",
     "s1_calibration",
     "access",
+    "provider",
 ]
 
 WHAT = "chip plan"

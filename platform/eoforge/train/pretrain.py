@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 
 from eoforge.config import PretrainConfig, check_inputs
+from eoforge.data.plan_check import check_plan_items
 from eoforge.plan.io import ensure_plan, plan_stats
 from eoforge.progress import say
 from eoforge.ray_node import init_ray
@@ -98,6 +99,8 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     found = find_pretrained(uri, cfg.mlflow.registered_model, key) if cfg.mlflow.reuse else None
     if found is not None:
         return _reuse(cfg, uri, plan_hash, found)
+    # a plan read through the wrong provider profile stops here, with the cause, not after training on nothing
+    check_plan_items(cfg.data.plan, cfg.data.split)
     with job_run(
         uri,
         cfg.mlflow.experiment,
