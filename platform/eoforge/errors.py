@@ -26,3 +26,7 @@ class ChipReadError(EoforgeError):
 
 class ServiceError(EoforgeError):
     """A service (Ray, MLflow, STAC API, Kubernetes) is unreachable or refused."""
+
+
+class UnsafeArtifactError(EoforgeError):
+    """A model or checkpoint carries code (a pickle) or is not eoforge's weights + card; it is not loaded."""
