@@ -120,7 +120,7 @@ def _same_outputs(old: nn.Module, new: nn.Module, arch: dict[str, Any]) -> float
 def migrate_legacy(tracking_uri: str, uri: str, *, trust_pickle: bool) -> Migration:
     """Re-register a pickled version of an earlier eoforge as weights + card; move its aliases.
 
-    The new version is logged into the legacy version's run (artifact folder ``weights-v<VERSION>``),
+    The new version is logged into the legacy version's run (artifact folder ``weights-v<VERSION>/<hash>``),
     tagged ``eoforge.migrated_from``, and carries the legacy version's tags.
 
     Raises:

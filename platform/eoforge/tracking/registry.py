@@ -30,15 +30,18 @@ def register_backbone(
 ) -> tuple[str, str]:
     """Log ``model``'s weights and card into ``run_id``, register them under ``name`` and set ``alias``.
 
-    Stored under the run's artifact folder ``artifact_name``: ``weights.safetensors`` (the state
-    dict, tensors only) and ``card.json`` (the card, plus the module's ``architecture()`` recipe
-    under ``architecture`` when it has one). No pickle and no MLmodel file: the version is created
-    on that folder directly (``MlflowClient.create_model_version``), so aliases work as for any
-    MLflow model. Loading rebuilds the module from the card (:mod:`eoforge.finetune.registered`).
+    Stored under the run's artifact folder ``ARTIFACT_NAME/<first 16 hex of the weights' SHA-256>``
+    (so a second registration from the same run never rewrites an earlier version's files):
+    ``weights.safetensors`` (the state dict, tensors only) and ``card.json`` (the card, plus the
+    module's ``architecture()`` recipe under ``architecture`` when it has one). No pickle and no
+    MLmodel file: the version is created on that folder directly
+    (``MlflowClient.create_model_version``), so aliases work as for any MLflow model. Loading
+    rebuilds the module from the card (:mod:`eoforge.finetune.registered`).
 
     Returns:
         (version, model URI ``models:/NAME@ALIAS``, or ``models:/NAME/VERSION`` without an alias).
     """
+    import hashlib
     import json
     import tempfile
 
@@ -54,9 +57,10 @@ def register_backbone(
     with tempfile.TemporaryDirectory(prefix="eoforge-register-") as tmp:
         save_file(tensors, str(Path(tmp) / WEIGHTS_FILE), metadata={"format": "pt"})
         (Path(tmp) / CARD_FILE).write_text(json.dumps(card, indent=1, sort_keys=True))
-        client.log_artifacts(run_id, tmp, artifact_name)
+        folder = f"{artifact_name}/{hashlib.sha256((Path(tmp) / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]}"
+        client.log_artifacts(run_id, tmp, folder)
     _ensure_registered_model(client, name)
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_name}"
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{folder}"
     mv = client.create_model_version(name, source, run_id=run_id, tags={"eoforge.format": WEIGHTS_FORMAT})
     version = str(mv.version)
     if alias:
