@@ -112,7 +112,7 @@ def register_model(mlflow_url: str) -> str:
 
 
 def load_model(mlflow_url: str, uri: str) -> Any:
-    from eoforge.tracking.registry import load_registered_model
+    from eoforge.finetune.registered import load_registered_model
 
     return load_registered_model(uri, "cpu", mlflow_url).eval()
 

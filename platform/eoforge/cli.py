@@ -222,6 +222,25 @@ def models_promote(
     typer.echo(promote(_tracking(tracking_uri), name, version, alias))
 
 
+@models_app.command("migrate")
+def models_migrate(
+    uri: Annotated[str, typer.Argument(help="A version an earlier eoforge stored as a pickle: models:/NAME/VERSION.")],
+    trust_pickle: bool = typer.Option(
+        False, "--trust-pickle", help="Unpickle it (runs code from the artifact store): only if you trust its writers."
+    ),
+    tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI"),
+) -> None:
+    """Re-register a pickled (pre-weights) model version as weights + card; its aliases move to the new version."""
+    from eoforge.finetune.registered import migrate_legacy
+
+    done = migrate_legacy(_tracking(tracking_uri), uri, trust_pickle=trust_pickle)
+    moved = ", ".join(f"@{a}" for a in done.aliases) or "none"
+    typer.echo(
+        f"{done.source} -> {done.uri} (weights + card; outputs differ by {done.max_abs_diff:.2g}); "
+        f"aliases moved: {moved}"
+    )
+
+
 # --------------------------------------------------------------------------- predict
 @predict_app.command("quicklook")
 def predict_quicklook(

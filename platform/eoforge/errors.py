@@ -38,3 +38,7 @@ class ImplausibleItemError(ChipReadError):
 
 class ImplausibleDataError(CatalogError):
     """Every checked item of a plan has values no sensor measures in its declared units: nothing to train on."""
+
+
+class UnsafeArtifactError(EoforgeError):
+    """A model or checkpoint carries code (a pickle) or is not eoforge's weights + card; it is not loaded."""

@@ -20,14 +20,14 @@ from eoforge.config.predict import PredictConfig
 from eoforge.data.chip import read_chip
 from eoforge.errors import ConfigError
 from eoforge.finetune.heads import FinetuneModel
+from eoforge.finetune.registered import load_registered_model
 from eoforge.models.dual import DualBackbone, create_backbone
 from eoforge.plan.io import iter_plan_batches
 from eoforge.predict.cog import sha256_multihash, validate_cog
 from eoforge.predict.job import PredictResult, run_predict
 from eoforge.predict.stac_validate import validate_stac
-from eoforge.tracking.registry import load_registered_model
 
-from tests.support.predict_models import ConstantSegmenter, PixelSegmenter, card, register
+from tests.support.predict_models import card, constant_segmenter, pixel_segmenter, register
 
 pytestmark = pytest.mark.integration
 CLASSES = list(DFC_CLASSES)
@@ -53,8 +53,10 @@ def models(stack) -> dict[str, str]:
     wrong = card("classification", CLASSES, 32, s2_bands=["B04", "B03", "B02"])
     return {
         "classifier": register(classifier, "pt-classifier", card("classification", CLASSES, 32), uri),
-        "pixel": register(PixelSegmenter(len(CLASSES)), "pt-pixel", card("segmentation", CLASSES, 32), uri),
-        "constant": register(ConstantSegmenter(len(CLASSES), 3), "pt-constant", card("segmentation", CLASSES, 32), uri),
+        "pixel": register(pixel_segmenter(len(CLASSES)), "pt-pixel", card("segmentation", CLASSES, 32), uri),
+        "constant": register(
+            constant_segmenter(len(CLASSES), 3), "pt-constant", card("segmentation", CLASSES, 32), uri
+        ),
         "wrong_bands": register(classifier, "pt-wrong-bands", wrong, uri),
     }
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from eoforge.finetune.registered import load_registered_model
 from eoforge.plan.build import plan_rows
 from eoforge.plan.io import read_plan, write_plan
-from eoforge.tracking.registry import load_registered_model
 
 from tests.integration.test_catalog_and_chips import data_cfg
 from tests.support.jobs import run_job
@@ -85,7 +85,7 @@ def test_corrupt_cog_is_skipped_and_counted(stack, trained) -> None:
 
 
 def test_registered_model_loads_by_alias_and_runs_forward(stack, trained) -> None:
-    import mlflow.pytorch
+    import mlflow
     import torch
 
     mlflow.set_tracking_uri(stack.mlflow_url)

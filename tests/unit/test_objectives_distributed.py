@@ -79,7 +79,7 @@ def _free_port() -> int:
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = str(tmp_path_factory.mktemp("ddp") / "rank0.pt")
     mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
-    return {0: torch.load(out, weights_only=False), 1: torch.load(out + ".1", weights_only=False)}
+    return {0: torch.load(out, weights_only=True), 1: torch.load(out + ".1", weights_only=True)}
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

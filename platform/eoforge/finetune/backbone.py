@@ -18,6 +18,7 @@ from torch import nn
 
 from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES
 from eoforge.errors import ConfigError
+from eoforge.models.weights import load_checkpoint
 from eoforge.train.loop import STATE_FILE  # the pretraining checkpoint's state file
 
 
@@ -125,7 +126,7 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], tracking_uri: str | None 
 
         return BandStats()
     if spec.kind == "registry":
-        from eoforge.tracking.registry import load_registered_model
+        from eoforge.finetune.registered import load_registered_model
 
         model = load_registered_model(spec.uri, "cpu", tracking_uri)
         return model.train()
@@ -134,7 +135,7 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], tracking_uri: str | None 
     )
     if spec.kind == "checkpoint":
         assert spec.path is not None
-        state = torch.load(spec.path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(spec.path)
         weights = state.get("model", state)
         prefix = "backbones."
         sub = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -70,6 +72,7 @@ class FinetuneModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.task_kind = task_kind
+        self.chip_size = chip_size  # the size the segmentation decoder's channels were probed at
         if task_kind == "segmentation":
             c1 = intermediate_channels(backbone.s1, len(backbone.s1_bands), chip_size)
             c2 = intermediate_channels(backbone.s2, len(backbone.s2_bands), chip_size)
@@ -80,6 +83,22 @@ class FinetuneModel(nn.Module):
             width = backbone.s1.num_features + backbone.s2.num_features
             linear = nn.Linear(width, num_classes)
             self.head = nn.Sequential(nn.BatchNorm1d(width, affine=False), linear) if probe else linear
+
+    def architecture(self) -> dict[str, Any]:
+        """What :func:`eoforge.finetune.registered.build_model` needs to build this module again (JSON-able)."""
+        if isinstance(self.head, SegmentationDecoder):
+            classes, probe = self.head.classifier.out_channels, False
+        else:
+            probe = isinstance(self.head, nn.Sequential)  # BatchNorm1d (no affine) + Linear
+            classes = (self.head[-1] if probe else self.head).out_features
+        return {
+            "kind": "finetune",
+            "task": self.task_kind,
+            "num_classes": int(classes),
+            "chip_size": getattr(self, "chip_size", None),  # None: unpickled from before it was kept
+            "probe": probe,
+            "backbone": self.backbone.architecture(),
+        }
 
     def forward(self, s1: Tensor, s2: Tensor) -> Tensor:
         """Task logits (see class docstring)."""

@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from eoforge.models.weights import load_checkpoint
+
 FINETUNE_STATE_FILE = "finetune_state.pt"
 
 
@@ -215,7 +217,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / FINETUNE_STATE_FILE, map_location="cpu", weights_only=False)
+            state = load_checkpoint(Path(d) / FINETUNE_STATE_FILE)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, best_value, best_epoch = state["epoch"], state["best_value"], state["best_epoch"]

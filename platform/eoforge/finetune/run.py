@@ -161,16 +161,16 @@ def register_finetuned(
     """
     import dataclasses
 
-    import torch
     from mlflow import MlflowClient
 
     from eoforge.finetune.backbone import load_backbone
     from eoforge.finetune.heads import FinetuneModel
     from eoforge.finetune.loop import FINETUNE_STATE_FILE
     from eoforge.finetune.probe import PROBE_MODES
+    from eoforge.models.weights import load_checkpoint
     from eoforge.tracking.registry import decide_champion, register_backbone
 
-    state = torch.load(Path(checkpoint_dir) / FINETUNE_STATE_FILE, map_location="cpu", weights_only=False)
+    state = load_checkpoint(Path(checkpoint_dir) / FINETUNE_STATE_FILE)
     probe = cfg.mode in PROBE_MODES
     model = FinetuneModel(load_backbone(spec, tracking_uri), task.kind, task.num_classes, chip_size, probe=probe)
     model.load_state_dict(state["best_state"] or state["model"])

@@ -43,6 +43,10 @@ class BandStats(nn.Module):
         self.s1_bands, self.s2_bands = list(S1_BAND_NAMES), list(S2_BAND_NAMES)
         self.name = "band_stats"
 
+    def architecture(self) -> dict[str, str]:
+        """The card's recipe: no parameters, nothing else to record."""
+        return {"kind": "band_stats"}
+
     def forward(self, s1: Tensor, s2: Tensor) -> Tensor:
         """Features (B, 28) of s1 (B, 2, H, W) and s2 (B, 12, H, W)."""
         return torch.cat([self.s1(s1), self.s2(s2)], dim=1)

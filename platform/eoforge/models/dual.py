@@ -8,7 +8,7 @@ Weights start random: nothing is downloaded at run time unless ``model.pretraine
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,14 @@ from eoforge.models.spectral import SpectralAdapter
 if TYPE_CHECKING:
     from eoforge.config.pretrain import ModelConfig
 
-__all__ = ["DualBackbone", "DualEncoder", "build_dual_backbone", "create_backbone", "projection_head"]
+__all__ = [
+    "DualBackbone",
+    "DualEncoder",
+    "build_dual_backbone",
+    "create_backbone",
+    "dual_backbone_from_architecture",
+    "projection_head",
+]
 
 
 class DualBackbone(nn.Module):
@@ -43,8 +50,11 @@ class DualBackbone(nn.Module):
         s2_bands: Sequence[str] | None = None,
         s1_adapter: nn.Module | None = None,
         s2_adapter: nn.Module | None = None,
+        img_size: int | None = None,
+        patch_size: int | None = None,
     ) -> None:
         super().__init__()
+        self.img_size, self.patch_size = img_size, patch_size  # as create_backbone was given them
         self.s1 = s1
         self.s2 = s2
         self.backbone_name = backbone
@@ -52,6 +62,25 @@ class DualBackbone(nn.Module):
         self.s2_bands = list(s2_bands or S2_BAND_NAMES)
         self.s1_adapter = s1_adapter or nn.Identity()
         self.s2_adapter = s2_adapter or nn.Identity()
+
+    def architecture(self) -> dict[str, Any]:
+        """What :func:`dual_backbone_from_architecture` needs to build this module again (JSON-able).
+
+        The registry stores it in the model card beside the weights: no code is stored.
+        """
+        adapters = {m: getattr(self, f"{m}_adapter", None) for m in ("s1", "s2")}
+        adapted = isinstance(adapters["s1"], SpectralAdapter)
+        return {
+            "kind": "dual_backbone",
+            "backbone": self.backbone_name,
+            "s1_bands": list(self.s1_bands),
+            "s2_bands": list(self.s2_bands),
+            "img_size": getattr(self, "img_size", None),  # None: unpickled from before it was kept
+            "patch_size": getattr(self, "patch_size", None),
+            "spectral_adapter": adapters["s1"].out_chans if adapted else None,
+            # hidden widths per sensor (each defaults from its own band count)
+            "adapter_hidden": {m: int(a.net[0].out_channels) for m, a in adapters.items()} if adapted else None,
+        }
 
     def adapt(self, modality: str, x: Tensor) -> Tensor:
         """Apply the modality's spectral adapter (Identity when none)."""
@@ -84,7 +113,49 @@ def build_dual_backbone(
         )
         parts[modality] = (net, adapter)
     return DualBackbone(
-        parts["s1"][0], parts["s2"][0], cfg.backbone, s1_bands, s2_bands, parts["s1"][1], parts["s2"][1]
+        parts["s1"][0],
+        parts["s2"][0],
+        cfg.backbone,
+        s1_bands,
+        s2_bands,
+        parts["s1"][1],
+        parts["s2"][1],
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+    )
+
+
+def dual_backbone_from_architecture(arch: dict[str, Any]) -> DualBackbone:
+    """A :class:`DualBackbone` with random weights, built from :meth:`DualBackbone.architecture`.
+
+    Nothing is downloaded (``pretrained`` is off): the weights come from the registry afterwards.
+    """
+    parts: dict[str, tuple[nn.Module, nn.Module | None]] = {}
+    adapter_chans = arch.get("spectral_adapter")
+    for modality in ("s1", "s2"):
+        bands = list(arch[f"{modality}_bands"])
+        adapter = (
+            SpectralAdapter(len(bands), adapter_chans, (arch.get("adapter_hidden") or {}).get(modality))
+            if adapter_chans
+            else None
+        )
+        net = create_backbone(
+            arch["backbone"],
+            adapter_chans or len(bands),
+            img_size=arch.get("img_size"),
+            patch_size=arch.get("patch_size"),
+        )
+        parts[modality] = (net, adapter)
+    return DualBackbone(
+        parts["s1"][0],
+        parts["s2"][0],
+        arch["backbone"],
+        arch["s1_bands"],
+        arch["s2_bands"],
+        parts["s1"][1],
+        parts["s2"][1],
+        img_size=arch.get("img_size"),
+        patch_size=arch.get("patch_size"),
     )
 
 

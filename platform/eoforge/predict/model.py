@@ -150,7 +150,7 @@ class WindowPredictor:
     def __init__(self, models: dict[str, Any], tracking_uri: str) -> None:
         import torch
 
-        from eoforge.tracking.registry import load_registered_model
+        from eoforge.finetune.registered import load_registered_model
 
         self.spec = PredictModels.from_dict(models)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -100,13 +100,16 @@ def mlm_fields(model: dict[str, Any], window_px: int, classes: list[str] | None)
 
 
 def model_asset(href: str, uri: str) -> dict[str, Any]:
-    """The ``mlm:model`` asset: the registered weights, with the input bands it reads (``raster:bands``)."""
+    """The ``mlm:model`` asset: the registered weights, with the input bands it reads (``raster:bands``).
+
+    The weights are a safetensors file; the version's ``card.json`` beside it says how to build the module.
+    """
     return {
         "href": href,
-        "type": "application/octet-stream; application=pytorch",
-        "title": f"the model: {uri}",
+        "type": "application/octet-stream; application=safetensors",
+        "title": f"the model's weights: {uri} (its card.json says how to build it)",
         "roles": ["mlm:model"],
-        "mlm:artifact_type": "torch.save",
+        "mlm:artifact_type": "safetensors.torch.save_file",
         "raster:bands": [{"name": b} for b in (*S2_BAND_NAMES, *S1_BAND_NAMES)],
     }
 

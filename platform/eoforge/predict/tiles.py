@@ -28,6 +28,7 @@ import numpy as np
 from eoforge.predict.assemble import CLASS_NODATA, EMB_NODATA, PROB_NODATA, PROB_SCALE, TileProducts
 from eoforge.predict.cog import colormap_of, file_info, publish, read_bytes, sha256_multihash, write_cog
 from eoforge.predict.stac_items import MEDIA, classes_field, collection, mlm_fields, model_asset, tile_item
+from eoforge.tracking.registry import WEIGHTS_FILE
 
 
 class TileWriter:
@@ -76,7 +77,7 @@ class TileWriter:
         }
         self.mlm = mlm_fields(model_desc, models.window_px, self.classes or None)
         source = MlflowClient(tracking_uri).get_model_version(lead.name, lead.version).source
-        self.model_asset = model_asset(source or lead.uri, lead.uri)
+        self.model_asset = model_asset(f"{source.rstrip('/')}/{WEIGHTS_FILE}" if source else lead.uri, lead.uri)
         self.written: dict[str, dict[str, Any]] = {}
         base = None if is_remote(self.root) else Path(self.root)
         if base is not None:

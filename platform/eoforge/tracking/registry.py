@@ -1,11 +1,22 @@
-"""Model registry: register a backbone version with an alias; list and show models."""
+"""Model registry: register a model version (weights + card) with an alias; list, show and read models.
+
+A version is two files, ``weights.safetensors`` and ``card.json``: data only. Reading one never
+unpickles anything; a version an earlier eoforge stored as a pickle is refused (see
+:func:`refuse_unless_weights`), and converted only by ``eoforge models migrate --trust-pickle``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from eoforge.errors import ServiceError
+from eoforge.errors import ServiceError, UnsafeArtifactError
+
+#: The two files of a registered model version: its weights, and the card that says how to rebuild it.
+WEIGHTS_FILE, CARD_FILE = "weights.safetensors", "card.json"
+#: ``eoforge.format`` tag of versions stored as weights + card.
+WEIGHTS_FORMAT = "safetensors+card"
 
 
 def register_backbone(
@@ -17,38 +28,57 @@ def register_backbone(
     card: dict[str, Any],
     artifact_name: str = "backbone",
 ) -> tuple[str, str]:
-    """Log ``model`` (a torch module) into ``run_id``, register it under ``name`` and set ``alias``.
+    """Log ``model``'s weights and card into ``run_id``, register them under ``name`` and set ``alias``.
 
-    The card is stored as the model's ``metadata`` (read back by :func:`model_card`).
+    Stored under the run's artifact folder ``ARTIFACT_NAME/<first 16 hex of the weights' SHA-256>``
+    (so a second registration from the same run never rewrites an earlier version's files):
+    ``weights.safetensors`` (the state dict, tensors only) and ``card.json`` (the card, plus the
+    module's ``architecture()`` recipe under ``architecture`` when it has one). No pickle and no
+    MLmodel file: the version is created on that folder directly
+    (``MlflowClient.create_model_version``), so aliases work as for any MLflow model. Loading
+    rebuilds the module from the card (:mod:`eoforge.finetune.registered`).
 
     Returns:
         (version, model URI ``models:/NAME@ALIAS``, or ``models:/NAME/VERSION`` without an alias).
     """
-    import mlflow
-    import mlflow.pytorch
-    from mlflow import MlflowClient
+    import hashlib
+    import json
+    import tempfile
 
-    mlflow.set_tracking_uri(tracking_uri)
+    from mlflow import MlflowClient
+    from safetensors.torch import save_file
+
     client = MlflowClient(tracking_uri)
-    before = client.get_run(run_id).info  # a finished run keeps its status and end time
-    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-        info = mlflow.pytorch.log_model(
-            model,
-            name=artifact_name,
-            registered_model_name=name,
-            metadata=card,
-            pip_requirements=[],
-            serialization_format="pickle",
-        )
-    if before.end_time:
-        client.set_terminated(run_id, status=before.status, end_time=before.end_time)
-    version = str(info.registered_model_version)
+    recipe = getattr(model, "architecture", None)
+    if callable(recipe) and "architecture" not in card:
+        card = {**card, "architecture": recipe()}
+    # copies: safetensors refuses tensors that share memory (views of one buffer)
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory(prefix="eoforge-register-") as tmp:
+        save_file(tensors, str(Path(tmp) / WEIGHTS_FILE), metadata={"format": "pt"})
+        (Path(tmp) / CARD_FILE).write_text(json.dumps(card, indent=1, sort_keys=True))
+        folder = f"{artifact_name}/{hashlib.sha256((Path(tmp) / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]}"
+        client.log_artifacts(run_id, tmp, folder)
+    _ensure_registered_model(client, name)
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{folder}"
+    mv = client.create_model_version(name, source, run_id=run_id, tags={"eoforge.format": WEIGHTS_FORMAT})
+    version = str(mv.version)
     if alias:
         client.set_registered_model_alias(name, alias, version)
     for key in ("plan_hash", "objective", "backbone", "task", "label_fraction", "mode"):
         if key in card:
             client.set_model_version_tag(name, version, f"eoforge.{key}", str(card[key]))
     return version, f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:  # registered before (or by a concurrent job)
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
 
 
 def list_models(tracking_uri: str) -> list[dict[str, Any]]:
@@ -138,40 +168,102 @@ def resolve_model_version(tracking_uri: str, uri: str) -> Any:
         raise ServiceError(f"{uri}: model {name!r} has no {what}; aliases: {aliases}, versions: {versions}") from None
 
 
+def _version_files(uri: str) -> set[str]:
+    """Top-level artifact names of a model version (``models:/NAME/VERSION``); needs the tracking URI set."""
+    import mlflow
+
+    return {Path(f.path).name for f in mlflow.artifacts.list_artifacts(artifact_uri=uri)}
+
+
+def refuse_unless_weights(uri: str, files: set[str]) -> None:
+    """Refuse a model version that is not stored as eoforge weights + card (see :func:`register_backbone`).
+
+    Raises:
+        UnsafeArtifactError: a pickled model of an earlier eoforge (MLflow's pytorch flavour), with
+            the migration command; or anything else, naming what the version holds.
+    """
+    if {WEIGHTS_FILE, CARD_FILE} <= files:
+        return
+    if "MLmodel" in files:
+        raise UnsafeArtifactError(
+            f"{uri}: refused: it is stored as a pickle (MLflow's pytorch flavour, as eoforge registered models "
+            "before weights + card), and loading a pickle runs whatever code whoever wrote it put in it. "
+            f"If you trust everyone who can write that artifact store, convert it once with "
+            f"`eoforge models migrate {uri} --trust-pickle` (a new version stored as weights + card; "
+            "the aliases move to it); otherwise register the model again from its training run"
+        )
+    raise UnsafeArtifactError(
+        f"{uri}: not an eoforge model: it holds {sorted(files) or 'no files'}, not {WEIGHTS_FILE} and {CARD_FILE}"
+    )
+
+
 def model_card(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
-    """The card (``metadata``) a model version was logged with; {} when it has none."""
+    """The card (``card.json``) of a model version.
+
+    Raises:
+        UnsafeArtifactError: the version is not stored as weights + card (a legacy pickle, or foreign).
+    """
+    import json
     import tempfile
 
     import mlflow
-    from mlflow import MlflowClient
-    from mlflow.models import Model
 
-    mv = MlflowClient(tracking_uri).get_model_version(name, version)
     mlflow.set_tracking_uri(tracking_uri)
+    uri = f"models:/{name}/{version}"
+    refuse_unless_weights(uri, _version_files(uri))
     with tempfile.TemporaryDirectory(prefix="eoforge-card-") as tmp:  # MLflow's own download dirs are never removed
-        try:
-            path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}/MLmodel", dst_path=tmp)
-            info = Model.load(path)
-        except Exception:  # an artifact not logged by eoforge: no card
-            return {"source": mv.source}
-    return dict(info.metadata or {})
+        path = mlflow.artifacts.download_artifacts(f"{uri}/{CARD_FILE}", dst_path=tmp)
+        return json.loads(Path(path).read_text())
 
 
-def load_registered_model(uri: str, map_location: Any = "cpu", tracking_uri: str | None = None) -> Any:
-    """The torch module of a registered model version, downloaded into a temporary folder that is removed.
+def download_weights(uri: str, tracking_uri: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state dict of tensors on the CPU, card) of a model version, via a temporary folder that is removed.
 
-    (``mlflow.pytorch.load_model`` without ``dst_path`` leaves every download under the system's
-    temporary folder: tens of MB per load, for every job and every actor.)
+    Reads ``weights.safetensors`` (tensors only: nothing is unpickled) and ``card.json``.
+
+    Raises:
+        UnsafeArtifactError: the version is not stored as weights + card (a legacy pickle, or foreign).
+    """
+    import json
+    import tempfile
+
+    import mlflow
+    from safetensors.torch import load_file
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    refuse_unless_weights(uri, _version_files(uri))
+    with tempfile.TemporaryDirectory(prefix="eoforge-model-") as tmp:
+        card = json.loads(Path(mlflow.artifacts.download_artifacts(f"{uri}/{CARD_FILE}", dst_path=tmp)).read_text())
+        return load_file(mlflow.artifacts.download_artifacts(f"{uri}/{WEIGHTS_FILE}", dst_path=tmp)), card
+
+
+def load_legacy_pickled_model(uri: str, tracking_uri: str, *, trust_pickle: bool) -> tuple[Any, dict[str, Any]]:
+    """(module, card) of a version an earlier eoforge registered with MLflow's pytorch flavour (a pickle).
+
+    Unpickling runs code from the artifact store, so this refuses unless ``trust_pickle`` is True
+    (``eoforge models migrate --trust-pickle``); nothing else in eoforge calls it.
     """
     import tempfile
 
     import mlflow
+    from mlflow.models import Model
+
+    if not trust_pickle:
+        raise UnsafeArtifactError(
+            f"{uri}: loading a pickled model runs code from the artifact store; pass --trust-pickle only if you "
+            "trust everyone who can write it"
+        )
+    mlflow.set_tracking_uri(tracking_uri)
+    files = _version_files(uri)
+    if "MLmodel" not in files:
+        raise UnsafeArtifactError(f"{uri}: not a legacy pickled model (it holds {sorted(files)})")
     import mlflow.pytorch
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="eoforge-model-") as tmp:
-        return mlflow.pytorch.load_model(uri, dst_path=tmp, map_location=map_location)
+    with tempfile.TemporaryDirectory(prefix="eoforge-legacy-") as tmp:
+        card = dict(Model.load(mlflow.artifacts.download_artifacts(f"{uri}/MLmodel", dst_path=tmp)).metadata or {})
+    with tempfile.TemporaryDirectory(prefix="eoforge-legacy-") as tmp:
+        return mlflow.pytorch.load_model(uri, dst_path=tmp, map_location="cpu"), card
 
 
 def promote(tracking_uri: str, name: str, version: str, alias: str) -> str:

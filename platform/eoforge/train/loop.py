@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from eoforge.models.weights import load_checkpoint
 from eoforge.progress import say
 
 STATE_FILE = "state.pt"
@@ -90,7 +91,7 @@ def _save_state(model: torch.nn.Module, opt: torch.optim.Optimizer, position: di
 
 def load_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     """Load a checkpoint's state dict (weights under ``model``, loop position keys)."""
-    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+    return load_checkpoint(Path(checkpoint_dir) / STATE_FILE)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int | None, schedule: str, min_ratio: float) -> float:

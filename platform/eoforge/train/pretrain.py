@@ -52,8 +52,13 @@ def pretrain_key(cfg: PretrainConfig, plan_hash: str) -> str:
 
 
 def find_pretrained(uri: str, name: str, key: str) -> tuple[str, str] | None:
-    """(version, run id) of a registered version of ``name`` tagged with ``key`` whose run finished; else None."""
+    """(version, run id) of a registered version of ``name`` tagged with ``key`` whose run finished; else None.
+
+    Only versions stored as weights + card count: a pickled one of an earlier eoforge would be refused on load.
+    """
     import mlflow
+
+    from eoforge.tracking.registry import WEIGHTS_FORMAT
 
     client = mlflow.MlflowClient(uri)
     try:
@@ -61,7 +66,13 @@ def find_pretrained(uri: str, name: str, key: str) -> tuple[str, str] | None:
     except mlflow.exceptions.MlflowException:
         return None
     for mv in sorted(versions, key=lambda v: -int(v.version)):
-        if mv.tags.get(KEY_TAG) == key and mv.run_id and client.get_run(mv.run_id).info.status == "FINISHED":
+        stored_as_weights = mv.tags.get("eoforge.format") == WEIGHTS_FORMAT
+        if (
+            mv.tags.get(KEY_TAG) == key
+            and stored_as_weights
+            and mv.run_id
+            and client.get_run(mv.run_id).info.status == "FINISHED"
+        ):
             return str(mv.version), str(mv.run_id)
     return None
 
