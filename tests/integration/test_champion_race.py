@@ -13,8 +13,9 @@ import threading
 import mlflow
 import pytest
 import torch
-from eoforge.tracking import registry
-from eoforge.tracking.registry import ChampionDecision, decide_champion, register_backbone
+from eoforge.tracking import champion as registry_champion
+from eoforge.tracking.champion import ChampionDecision, decide_champion
+from eoforge.tracking.registry import register_backbone
 
 METRIC = "val/aa"
 _names = itertools.count()
@@ -100,4 +101,4 @@ def test_a_decision_that_runs_whole_between_anothers_read_and_write(
         assert not decisions[worse].promoted and "handed back" in decisions[worse].reason
     # the decisions' entrants tag stays on both versions, so later decisions see this race
     tags = mlflow.MlflowClient(stack.mlflow_url).get_model_version(name, worse).tags
-    assert registry.DECIDED_TAG in tags
+    assert registry_champion.DECIDED_TAG in tags

@@ -10,7 +10,8 @@ import pystac
 import pytest
 from eoforge.catalog.dedup import dedup_acquisitions, mgrs_tile, s1_acquisition_key, s2_acquisition_key, unique_ids
 from eoforge.catalog.http import safe_url, safe_url_in_text
-from eoforge.catalog.search import SearchQuery, StaticCatalogBackend, datetime_partitions, search_sensor_items
+from eoforge.catalog.partitions import datetime_partitions
+from eoforge.catalog.search import SearchQuery, StaticCatalogBackend, search_sensor_items
 from eoforge.config import DataConfig, parse_config
 from eoforge.errors import ConfigError
 

@@ -26,7 +26,7 @@ import threading
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -52,6 +52,7 @@ from eoforge.catalog.http import (
     safe_url,
     safe_url_in_text,
 )
+from eoforge.catalog.partitions import datetime_partitions, utc
 from eoforge.config import CatalogConfig
 from eoforge.errors import CatalogError, ServiceError
 from eoforge.times import MIN_DT, parse_interval
@@ -139,40 +140,6 @@ class StaticCatalogBackend:
 SORTBY = [{"field": "properties.datetime", "direction": "asc"}, {"field": "id", "direction": "asc"}]
 
 
-def _utc(dt: datetime | None) -> datetime | None:
-    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
-
-
-def _fmt(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def datetime_partitions(
-    interval: str | None, extent: tuple[datetime | None, datetime | None], n: int
-) -> list[str | None]:
-    """Split a datetime filter into ``n`` contiguous sub-intervals, inclusive at both ends.
-
-    The known span is ``interval`` clipped to the collection's temporal ``extent``; the first and
-    the last sub-interval keep the query's own open or closed ends, so their union is exactly the
-    query whatever the extent says. One partition (``[interval]``) when ``n`` is 1, the query is a
-    single instant, or the span is unknown or empty. An item on a boundary is found twice (and
-    kept once by :func:`unique_ids`).
-    """
-    if n <= 1 or (interval is not None and "/" not in interval):
-        return [interval]
-    try:
-        q_start, q_end = parse_interval(interval) if interval else (None, None)
-    except CatalogError:
-        return [interval]
-    lo = max((t for t in (q_start, extent[0]) if t is not None), default=None)
-    hi = min((t for t in (q_end, extent[1]) if t is not None), default=None)
-    if lo is None or hi is None or hi <= lo:
-        return [interval]
-    start_text, end_text = interval.split("/", 1) if interval else ("..", "..")
-    cuts = [_fmt(lo + (hi - lo) * i / n) for i in range(1, n)]
-    return [f"{a}/{b}" for a, b in zip([start_text, *cuts], [*cuts, end_text], strict=True)]
-
-
 class StacApiBackend:
     """Search a STAC API: datetime partitions searched in parallel threads, each paged sequentially.
 
@@ -227,7 +194,7 @@ class StacApiBackend:
         except (APIError, ValueError, KeyError, IndexError, AttributeError) as exc:
             log.info("STAC API %s: no temporal extent for %r (%s): one partition", safe_url(self.url), collection, exc)
             return None, None
-        return _utc(start), _utc(end)
+        return utc(start), utc(end)
 
     def _partition(self, query: SearchQuery, when: str | None, cancel: threading.Event) -> list[dict[str, Any]]:
         """Every feature of one partition, page after page; stops early once ``max_items`` are certain."""

@@ -168,7 +168,8 @@ def register_finetuned(
     from eoforge.finetune.loop import FINETUNE_STATE_FILE
     from eoforge.finetune.probe import PROBE_MODES
     from eoforge.models.weights import load_checkpoint
-    from eoforge.tracking.registry import decide_champion, register_backbone
+    from eoforge.tracking.champion import decide_champion
+    from eoforge.tracking.registry import register_backbone
 
     state = load_checkpoint(Path(checkpoint_dir) / FINETUNE_STATE_FILE)
     probe = cfg.mode in PROBE_MODES
