@@ -67,7 +67,7 @@ def refuse_overlap(mlflow_url: str, model_uri: str, plan: Path) -> None:
     Raises:
         SystemExit: the pretraining plan and the labelled plan's test split share ground.
     """
-    from eoforge.finetune.backbone import resolve_backbone
+    from eoforge.finetune.backbone_source import resolve_backbone
     from eoforge.finetune.overlap import pretraining_overlap
 
     card = resolve_backbone(model_uri, "resnet18", mlflow_url, "ssl4eo").card

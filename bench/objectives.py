@@ -22,7 +22,7 @@ import time
 def one(kind: str, steps: int, warmup: int, batch: int, size: int) -> dict[str, float | str]:
     import torch
     from eoforge.config.pretrain import ModelConfig, ObjectiveConfig
-    from eoforge.ssl.registry import build_objective
+    from eoforge.ssl.objectives import build_objective
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -73,7 +73,7 @@ def main() -> None:
         print(json.dumps(one(args.only, args.steps, args.warmup, args.batch, args.size)))
         return
     import torch
-    from eoforge.ssl.registry import list_objectives
+    from eoforge.ssl.objectives import list_objectives
 
     results = {}
     for kind, _ in list_objectives():

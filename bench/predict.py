@@ -99,7 +99,7 @@ class RssPeaks:
 def register_model(mlflow_url: str) -> str:
     import torch
     from eoforge.bands import DFC_CLASSES
-    from eoforge.finetune.heads import FinetuneModel
+    from eoforge.finetune.task_heads import FinetuneModel
     from eoforge.models.dual import DualBackbone, create_backbone
 
     sys.path.insert(0, str(REPO))

@@ -94,7 +94,7 @@ def build(backbone: str, seed: int) -> tuple[Any, Any, list[Any]]:
     """The pretraining objective (Dual-SimCLR over ``backbone``), its AdamW and params, as the loop builds them."""
     import torch
     from eoforge.config.pretrain import DualSimCLRConfig, ModelConfig, OptimConfig
-    from eoforge.ssl.registry import build_objective
+    from eoforge.ssl.objectives import build_objective
 
     torch.manual_seed(seed)
     objective = build_objective(DualSimCLRConfig(), ModelConfig(backbone=backbone))

@@ -14,7 +14,7 @@ app = typer.Typer(help="List the registered objectives and backbones.", no_args_
 @app.command("objectives")
 def objectives() -> None:
     """SSL objectives (config ``objective.kind``)."""
-    from eoforge.ssl.registry import list_objectives
+    from eoforge.ssl.objectives import list_objectives
 
     for name, description in list_objectives():
         typer.echo(f"{name}\t{description}")

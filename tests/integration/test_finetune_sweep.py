@@ -11,7 +11,7 @@ import torch
 import yaml
 from eoforge.config import SplitConfig
 from eoforge.errors import ServiceError
-from eoforge.finetune.backbone import load_backbone, resolve_backbone, state_sha256
+from eoforge.finetune.backbone_source import load_backbone, resolve_backbone, state_sha256
 from eoforge.models.dual import DualBackbone, create_backbone
 from eoforge.plan.io import build_plan
 from eoforge.tracking.registry import decide_champion, register_backbone, resolve_model_version

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from eoforge.config import SplitConfig
-from eoforge.finetune.backbone import state_sha256
+from eoforge.finetune.backbone_source import state_sha256
 from eoforge.models.dual import DualBackbone, create_backbone
 from eoforge.plan.io import build_plan
 from eoforge.tracking.registry import register_backbone

@@ -144,7 +144,13 @@ def test_the_chip_cache_is_published_and_read_through_its_manifest(cache: tuple[
     """Fine-tuning's chip cache: built once, read back (index, in-memory subset, Ray Data) from the listed files."""
     from eoforge.data.published import MANIFEST
     from eoforge.errors import CacheIntegrityError
-    from eoforge.finetune.chips import ensure_chip_cache, is_complete, labelled_dataset, load_cached_chips, read_index
+    from eoforge.finetune.chip_cache import (
+        ensure_chip_cache,
+        is_complete,
+        labelled_dataset,
+        load_cached_chips,
+        read_index,
+    )
 
     _, plan = cache
     frame, plan_hash = read_plan(plan)

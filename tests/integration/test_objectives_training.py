@@ -35,7 +35,7 @@ def _loop(config: dict[str, Any]) -> None:
     from eoforge.config.pretrain import ModelConfig, ObjectiveConfig
     from eoforge.data.dataset import split_ok
     from eoforge.data.normalize import normalize_batch
-    from eoforge.ssl.registry import build_objective
+    from eoforge.ssl.objectives import build_objective
 
     chips: dict[str, list[np.ndarray]] = {"s1": [], "s2": [], "valid": []}
     for batch in ray.train.get_dataset_shard("train").iter_batches(batch_size=4, batch_format="numpy"):

@@ -19,8 +19,8 @@ from eoforge.config import parse_config
 from eoforge.config.predict import PredictConfig
 from eoforge.data.chip import read_chip
 from eoforge.errors import ConfigError
-from eoforge.finetune.heads import FinetuneModel
 from eoforge.finetune.registered import load_registered_model
+from eoforge.finetune.task_heads import FinetuneModel
 from eoforge.models.dual import DualBackbone, create_backbone
 from eoforge.plan.io import iter_plan_batches
 from eoforge.predict.cog import sha256_multihash, validate_cog

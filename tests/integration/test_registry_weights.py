@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from eoforge.errors import UnsafeArtifactError
-from eoforge.finetune.backbone import resolve_backbone
-from eoforge.finetune.heads import FinetuneModel
+from eoforge.finetune.backbone_source import resolve_backbone
 from eoforge.finetune.registered import load_registered_model
+from eoforge.finetune.task_heads import FinetuneModel
 from eoforge.models.dual import DualBackbone, create_backbone
 from eoforge.predict.model import resolve_models
 from eoforge.tracking.registry import model_card, register_backbone

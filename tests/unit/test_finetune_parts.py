@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from eoforge.config import TaskConfig
-from eoforge.finetune.backbone import state_sha256
+from eoforge.finetune.backbone_source import state_sha256
 from eoforge.finetune.fractions import label_subset, label_subsets
-from eoforge.finetune.heads import FinetuneModel
 from eoforge.finetune.loop import _loss
 from eoforge.finetune.metrics import confusion, single_label_metrics
+from eoforge.finetune.task_heads import FinetuneModel
 from eoforge.finetune.tasks import Task
 from eoforge.models.dual import DualBackbone, create_backbone
 

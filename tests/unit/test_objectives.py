@@ -22,7 +22,7 @@ from eoforge.ssl.mae import mae_loss, patchify, random_masking
 from eoforge.ssl.mma import mma_nce, mma_similarity
 from eoforge.ssl.moco_v2 import moco_infonce
 from eoforge.ssl.moco_v3 import moco_v3_ctr
-from eoforge.ssl.registry import build_objective, list_objectives
+from eoforge.ssl.objectives import build_objective, list_objectives
 from eoforge.ssl.simclr import nt_xent
 from eoforge.ssl.vicreg import vicreg_loss
 

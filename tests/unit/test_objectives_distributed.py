@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from eoforge.config.pretrain import ModelConfig, ObjectiveConfig
 from eoforge.ssl.gather import gather_cat
-from eoforge.ssl.registry import build_objective
+from eoforge.ssl.objectives import build_objective
 
 KINDS = {
     "dual_simclr": {"temperature": 0.1},

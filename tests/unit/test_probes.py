@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from eoforge.config import FinetuneConfig, parse_config
-from eoforge.finetune.heads import FinetuneModel
 from eoforge.finetune.probe import knn_scores, probe_schedule, run_knn, score, train_linear_probe
 from eoforge.finetune.run import with_step_budget
+from eoforge.finetune.task_heads import FinetuneModel
 from eoforge.finetune.tasks import Task
 from eoforge.models.band_stats import BandStats
 

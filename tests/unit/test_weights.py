@@ -9,9 +9,9 @@ import pytest
 import torch
 from eoforge.config.pretrain import ModelConfig
 from eoforge.errors import UnsafeArtifactError
-from eoforge.finetune.backbone import BackboneSpec, load_backbone
-from eoforge.finetune.heads import FinetuneModel
+from eoforge.finetune.backbone_source import BackboneSpec, load_backbone
 from eoforge.finetune.registered import build_model, module_from_card
+from eoforge.finetune.task_heads import FinetuneModel
 from eoforge.models.band_stats import BandStats
 from eoforge.models.dual import DualBackbone, build_dual_backbone, create_backbone
 from eoforge.models.pixel_linear import PixelLinear

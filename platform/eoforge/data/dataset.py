@@ -210,7 +210,7 @@ def task_pool(
 def whole_plan_stream(data: Any) -> Any:
     """Every chip of a job's plan (epoch 0's order, every split, readable or not).
 
-    What the decoded-once caches write (:func:`eoforge.finetune.chips.ensure_chip_cache`,
+    What the decoded-once caches write (:func:`eoforge.finetune.chip_cache.ensure_chip_cache`,
     :func:`eoforge.data.materialized.ensure_materialized`).
 
     Args:

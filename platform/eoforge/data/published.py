@@ -1,6 +1,6 @@
 """Folders of files published whole: built under a unique prefix, committed by a manifest written last.
 
-The decoded-once caches (:func:`eoforge.finetune.chips.ensure_chip_cache`,
+The decoded-once caches (:func:`eoforge.finetune.chip_cache.ensure_chip_cache`,
 :func:`eoforge.data.materialized.ensure_materialized`) are folders of Parquet files that many
 processes read, on local disk or object storage, and that two jobs may build at the same time.
 Nothing half-written may be read, and no builder may delete another's files. So a folder

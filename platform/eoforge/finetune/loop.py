@@ -174,7 +174,7 @@ def split_source(config: dict[str, Any], name: str, rank: int, world: int) -> An
     chips = config.get("chips")
     if chips is None:
         return ray.train.get_dataset_shard(name)
-    from eoforge.finetune.chips import load_cached_chips
+    from eoforge.finetune.chip_cache import load_cached_chips
 
     ids = chips[name] if name == "train" else chips[name][rank::world]
     return InMemorySplit(load_cached_chips(chips["cache"], ids), rank, world, train=name == "train")
@@ -190,9 +190,9 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from eoforge.config.finetune import FinetuneConfig
-    from eoforge.finetune.backbone import load_backbone, state_sha256
-    from eoforge.finetune.heads import FinetuneModel
+    from eoforge.finetune.backbone_source import load_backbone, state_sha256
     from eoforge.finetune.probe import PROBE_MODES
+    from eoforge.finetune.task_heads import FinetuneModel
     from eoforge.finetune.tasks import Task
     from eoforge.progress import say
     from eoforge.tracking.runs import MetricLogger

@@ -6,7 +6,7 @@ thousands of head steps cost what one backbone pass costs. This is exactly what 
 head through the frozen backbone would compute, minus the repeated forward passes.
 
 - ``linear_probe``: the model's head (``BatchNorm1d`` without affine + ``Linear``, see
-  :mod:`eoforge.finetune.heads`) trains with AdamW on minibatches of train features for the
+  :mod:`eoforge.finetune.task_heads`) trains with AdamW on minibatches of train features for the
   job's step budget (``train.steps``, else ``epochs`` x batches per epoch); it is evaluated on
   val ``train.evals`` times (or every ``eval_every_epochs``), the best state on val is kept, and
   test is evaluated once, at that state.

@@ -32,7 +32,7 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     Raises:
         UnsafeArtifactError: the recipe names no kind eoforge builds.
     """
-    from eoforge.finetune.heads import FinetuneModel
+    from eoforge.finetune.task_heads import FinetuneModel
     from eoforge.models.band_stats import BandStats
     from eoforge.models.dual import dual_backbone_from_architecture
     from eoforge.models.pixel_linear import PixelLinear

@@ -23,8 +23,8 @@ from eoforge.config.finetune import FinetuneConfig
 from eoforge.config.jobs import check_inputs
 from eoforge.data.plan_check import check_plan_items
 from eoforge.errors import CatalogError
-from eoforge.finetune.backbone import BackboneSpec, resolve_backbone
-from eoforge.finetune.chips import ChipIndex, ensure_chip_cache, labelled_dataset, read_index
+from eoforge.finetune.backbone_source import BackboneSpec, resolve_backbone
+from eoforge.finetune.chip_cache import ChipIndex, ensure_chip_cache, labelled_dataset, read_index
 from eoforge.finetune.fractions import label_subset
 from eoforge.finetune.overlap import Overlap, pretraining_overlap
 from eoforge.finetune.probe_job import run_probe, runs_in_process
@@ -163,10 +163,10 @@ def register_finetuned(
 
     from mlflow import MlflowClient
 
-    from eoforge.finetune.backbone import load_backbone
-    from eoforge.finetune.heads import FinetuneModel
+    from eoforge.finetune.backbone_source import load_backbone
     from eoforge.finetune.loop import FINETUNE_STATE_FILE
     from eoforge.finetune.probe import PROBE_MODES
+    from eoforge.finetune.task_heads import FinetuneModel
     from eoforge.models.weights import load_checkpoint
     from eoforge.tracking.champion import decide_champion
     from eoforge.tracking.registry import register_backbone

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES
 from eoforge.models.backbones import create_backbone
-from eoforge.models.heads import projection_head
+from eoforge.models.projection_heads import projection_head
 from eoforge.models.spectral import SpectralAdapter
 
 if TYPE_CHECKING:

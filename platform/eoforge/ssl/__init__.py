@@ -1,1 +1,1 @@
-"""SSL objectives, one per file, found by name through :mod:`eoforge.ssl.registry`."""
+"""SSL objectives, one per file, found by name through :mod:`eoforge.ssl.objectives`."""

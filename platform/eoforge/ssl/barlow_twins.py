@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from eoforge.config.pretrain import BarlowTwinsConfig, ModelConfig
-from eoforge.models.heads import bn_mlp
+from eoforge.models.projection_heads import bn_mlp
 from eoforge.ssl.base import Objective, mean_over_pairs, register_objective
 from eoforge.ssl.gather import gather_cat
 

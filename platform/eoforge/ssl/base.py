@@ -8,7 +8,7 @@ workers themselves (:mod:`eoforge.ssl.gather`).
 
 A new method is one file under ``eoforge/ssl/``: a pure loss function with its references, a
 subclass decorated with ``@register_objective``, and its config class in
-:mod:`eoforge.config.pretrain`; then import it in :mod:`eoforge.ssl.registry`.
+:mod:`eoforge.config.pretrain`; then import it in :mod:`eoforge.ssl.objectives`.
 """
 
 from __future__ import annotations

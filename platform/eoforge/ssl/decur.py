@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from eoforge.config.pretrain import DeCURConfig, ModelConfig
-from eoforge.models.heads import bn_mlp
+from eoforge.models.projection_heads import bn_mlp
 from eoforge.ssl.augment import augment_view
 from eoforge.ssl.barlow_twins import barlow_twins_loss, cross_correlation, off_diagonal
 from eoforge.ssl.base import Objective, register_objective

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eoforge.config.pretrain import DualSimCLRConfig, ModelConfig
-from eoforge.models.heads import projection_head
+from eoforge.models.projection_heads import projection_head
 from eoforge.ssl.base import Objective, register_objective
 from eoforge.ssl.gather import gather_cat
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eoforge.config.pretrain import MoCoV3Config, ModelConfig
-from eoforge.models.heads import bn_mlp
+from eoforge.models.projection_heads import bn_mlp
 from eoforge.ssl.base import Objective, cosine_momentum, ema_update, momentum_copy, register_objective
 from eoforge.ssl.gather import gather_cat
 

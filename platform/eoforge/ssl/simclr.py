@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from eoforge.config.pretrain import ModelConfig, SimCLRConfig
-from eoforge.models.heads import bn_mlp
+from eoforge.models.projection_heads import bn_mlp
 from eoforge.ssl.base import Objective, mean_over_pairs, register_objective
 from eoforge.ssl.dual_simclr import dual_nt_xent
 from eoforge.ssl.gather import gather_cat

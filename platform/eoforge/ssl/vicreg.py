@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eoforge.config.pretrain import ModelConfig, VICRegConfig
-from eoforge.models.heads import bn_mlp
+from eoforge.models.projection_heads import bn_mlp
 from eoforge.ssl.barlow_twins import off_diagonal
 from eoforge.ssl.base import Objective, mean_over_pairs, register_objective
 from eoforge.ssl.gather import gather_cat

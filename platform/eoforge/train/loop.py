@@ -133,7 +133,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from eoforge.data.dataset import split_ok
     from eoforge.data.diversity import DiversityMeter
     from eoforge.data.normalize import normalize_batch
-    from eoforge.ssl.registry import build_objective
+    from eoforge.ssl.objectives import build_objective
     from eoforge.tracking.runs import MetricLogger
 
     cfg = PretrainConfig.model_validate(config["cfg"])

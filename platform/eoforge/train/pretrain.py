@@ -132,7 +132,7 @@ def _train_and_register(cfg: PretrainConfig, uri: str, run: JobRun, plan_hash: s
     import ray.data
 
     from eoforge.data.dataset import build_plan_stream
-    from eoforge.ssl.registry import build_objective
+    from eoforge.ssl.objectives import build_objective
     from eoforge.tracking.registry import register_backbone
     from eoforge.train.loop import load_state, train_loop_per_worker
     from eoforge.train.trainer import torch_trainer

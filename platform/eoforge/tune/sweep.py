@@ -180,7 +180,7 @@ def run_sweep(cfg: SweepConfig, source: str = "sweep config") -> SweepResult:
     val_metric, test_metric = probe.metric, "test/" + probe.metric.split("/", 1)[1]
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
     # check every method's backbone before any trial starts (a wrong alias fails here, once)
-    from eoforge.finetune.backbone import resolve_backbone
+    from eoforge.finetune.backbone_source import resolve_backbone
 
     for name, method in cfg.search.methods.items():
         try:
@@ -307,7 +307,7 @@ def _tune(
         point = {k: best[k] for k in ("method", "label_fraction", "seed", "lr")}
         best_cfg = trial_config(base, cfg.model_dump(mode="json"), point, f"{cfg.run.name}-{best['trial_id']}")
         best_cfg.mlflow.registered_model = name
-        from eoforge.finetune.backbone import resolve_backbone
+        from eoforge.finetune.backbone_source import resolve_backbone
 
         spec = resolve_backbone(best_cfg.backbone.source, best_cfg.backbone.name, uri, best_cfg.data.normalize)
         best_metrics = {val_metric: float(best[val_metric]), test_metric: float(best[test_metric])}
@@ -361,7 +361,7 @@ def _keep_results(local: str, cfg: SweepConfig) -> str:
 
 def read_chip_size(cache: str) -> int:
     """Chip side in pixels of a chip cache (from its first label)."""
-    from eoforge.finetune.chips import read_index
+    from eoforge.finetune.chip_cache import read_index
 
     return int(read_index(cache).label.shape[-1])
 
