@@ -21,39 +21,17 @@ import csv
 import io
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from eoforge.models.weights import load_checkpoint
+from eoforge.train.worker_kit import gather_lists, load_state, save_state, sum_across_workers, unwrap
 
 FINETUNE_STATE_FILE = "finetune_state.pt"
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _sum_array(x: np.ndarray) -> np.ndarray:
-    if _world() > 1:
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
-        dist.all_reduce(t)
-        return t.numpy()
-    return x.astype(np.float64)
-
-
-def _gather_list(items: list[Any]) -> list[Any]:
-    if _world() > 1:
-        parts: list[list[Any] | None] = [None] * _world()
-        dist.all_gather_object(parts, items)
-        return [x for part in parts for x in (part or [])]
-    return items
 
 
 def _targets(task: Any, batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -104,16 +82,16 @@ def evaluate(
                 targets.append(target)
             else:
                 cm += confusion(target, logits.argmax(dim=1).cpu().numpy(), k, task.ignore_index)
-    n = int(_sum_array(np.array([n]))[0])
+    n = int(sum_across_workers(np.array([n]))[0])
     if task.kind == "multilabel":
-        all_scores = _gather_list([s for s in scores])
-        all_targets = _gather_list([t for t in targets])
+        all_scores = gather_lists([s for s in scores])
+        all_targets = gather_lists([t for t in targets])
         s = np.concatenate(all_scores) if all_scores else np.zeros((0, k))
         t = np.concatenate(all_targets) if all_targets else np.zeros((0, k))
         metrics: dict[str, Any] = multilabel_metrics(s, t)
         per_class = multilabel_per_class(s, t) if len(t) else {}
     else:
-        cm = _sum_array(cm)
+        cm = sum_across_workers(cm)
         metrics = single_label_metrics(cm, segmentation=task.kind == "segmentation")
         per_class = per_class_from_confusion(cm)
     metrics["n"] = n
@@ -217,13 +195,13 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = load_checkpoint(Path(d) / FINETUNE_STATE_FILE)
+            state = load_state(d, FINETUNE_STATE_FILE)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, best_value, best_epoch = state["epoch"], state["best_value"], state["best_epoch"]
         best_state = state["best_state"]
     model = ray.train.torch.prepare_model(model)
-    core = model.module if hasattr(model, "module") else model
+    core = unwrap(model)
     device = ray.train.torch.get_device()
     logger = MetricLogger(config["mlflow"]["uri"], config["mlflow"]["run_id"]) if rank == 0 else None
     if logger is not None and checkpoint is None:
@@ -235,7 +213,6 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     def save(epoch: int, final: dict[str, Any] | None = None) -> ray.train.Checkpoint | None:
         if rank != 0:
             return None
-        d = tempfile.mkdtemp(prefix="eoforge-ft-")
         state = {
             "model": core.state_dict(),
             "optimizer": opt.state_dict(),
@@ -244,7 +221,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
             "best_epoch": best_epoch,
             "best_state": best_state,
         }
-        torch.save(state, Path(d) / FINETUNE_STATE_FILE)
+        d = save_state(state, FINETUNE_STATE_FILE)
         if final is not None:
             (Path(d) / "final_metrics.json").write_text(json.dumps(final))
         return ray.train.Checkpoint.from_directory(d)
@@ -266,7 +243,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
             opt.step()
             losses.append(float(loss.detach()))
             seen += len(target)
-        loss_sum, n_batches = _sum_array(np.array([sum(losses), len(losses)]))
+        loss_sum, n_batches = sum_across_workers(np.array([sum(losses), len(losses)]))
         train_loss = float(loss_sum / max(n_batches, 1.0))
         if (epoch + 1) % cfg.train.eval_every_epochs and epoch + 1 != cfg.train.epochs:
             continue

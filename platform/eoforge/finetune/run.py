@@ -14,7 +14,6 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -167,11 +166,11 @@ def register_finetuned(
     from eoforge.finetune.loop import FINETUNE_STATE_FILE
     from eoforge.finetune.probe import PROBE_MODES
     from eoforge.finetune.task_heads import FinetuneModel
-    from eoforge.models.weights import load_checkpoint
     from eoforge.tracking.champion import decide_champion
     from eoforge.tracking.registry import register_backbone
+    from eoforge.train.worker_kit import load_state
 
-    state = load_checkpoint(Path(checkpoint_dir) / FINETUNE_STATE_FILE)
+    state = load_state(checkpoint_dir, FINETUNE_STATE_FILE)
     probe = cfg.mode in PROBE_MODES
     model = FinetuneModel(load_backbone(spec, tracking_uri), task.kind, task.num_classes, chip_size, probe=probe)
     model.load_state_dict(state["best_state"] or state["model"])

@@ -82,13 +82,3 @@ def gather_cat(x: Tensor) -> tuple[Tensor, int]:
 def gather_nograd(x: Tensor) -> Tensor:
     """Concatenate every worker's rows of ``x`` without a graph (keys of momentum encoders)."""
     return gather_cat(x.detach())[0]
-
-
-def all_reduce_min(value: int, device: torch.device | None = None) -> int:
-    """The minimum of an integer over workers (the value itself in one process)."""
-    _, w = world()
-    if w == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.long, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return int(t.item())

@@ -31,67 +31,35 @@ clipping (``optim.*``) apply everywhere.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from eoforge.models.weights import load_checkpoint
 from eoforge.progress import say
+from eoforge.train.worker_kit import (
+    gather_dicts,
+    mean_across_workers,
+    min_across_workers,
+    save_state,
+    unwrap,
+)
+from eoforge.train.worker_kit import load_state as load_kit_state
 
 STATE_FILE = "state.pt"
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return model.module if hasattr(model, "module") else model
-
-
-def _mean_across_workers(value: float) -> float:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item() / dist.get_world_size())
-    return value
-
-
-def _min_across_workers(value: int) -> int:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([value], dtype=torch.long)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return int(t.item())
-    return value
-
-
-def _gather_errors(errors: dict[str, str]) -> dict[str, str]:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        gathered: list[dict[str, str] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, errors)
-        merged: dict[str, str] = {}
-        for part in gathered:
-            merged.update(part or {})
-        return merged
-    return errors
-
-
 def _save_state(model: torch.nn.Module, opt: torch.optim.Optimizer, position: dict[str, int]) -> str:
-    tmp = tempfile.mkdtemp(prefix="eoforge-ckpt-")
-    torch.save(
-        {"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(), **position}, Path(tmp) / STATE_FILE
-    )
-    (Path(tmp) / "position.json").write_text(json.dumps(position))
-    return tmp
+    state = {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), **position}
+    return save_state(state, STATE_FILE, position)
 
 
 def load_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     """Load a checkpoint's state dict (weights under ``model``, loop position keys)."""
-    return load_checkpoint(Path(checkpoint_dir) / STATE_FILE)
+    return load_kit_state(checkpoint_dir, STATE_FILE)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int | None, schedule: str, min_ratio: float) -> float:
@@ -163,7 +131,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(objective)
     if active["compile"]:
         model = torch.compile(model)
-    core = _unwrap(model)
+    core = unwrap(model)
     if rank == 0:
         for note in notes:
             say(note)
@@ -264,7 +232,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             skipped.update(errors)
             # every worker stops when the first runs out (shards may differ by a few rows)
             local_ok = len(good["chip_id"])
-            n_ok = _min_across_workers(local_ok if batch is not None else -1)
+            n_ok = min_across_workers(local_ok if batch is not None else -1)
             if n_ok < 0:
                 break
             position["epoch_batches"] = batch_idx + 1
@@ -300,9 +268,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             opt.zero_grad(set_to_none=True)
             step += 1
             core.after_step(step / max_steps if max_steps else 0.0)  # momentum schedules need a known length
-            loss_value = _mean_across_workers(sum(micro_losses) / len(micro_losses))
+            loss_value = mean_across_workers(sum(micro_losses) / len(micro_losses))
             now = time.perf_counter()
-            chips_per_s = _mean_across_workers(micro_chips / max(now - t_last, 1e-9)) * world
+            chips_per_s = mean_across_workers(micro_chips / max(now - t_last, 1e-9)) * world
             t_last = now
             micro, micro_losses, micro_chips = 0, [], 0
             if logger is not None and step % cfg.train.log_every_steps == 0:
@@ -327,7 +295,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if logger is not None and diversity.n:
             logger.log(diversity.means(), step)
 
-    all_skipped = _gather_errors(skipped)
+    all_skipped = gather_dicts(skipped)
     if logger is not None:
         logger.log({"data/skipped_chips": len(all_skipped), "train/skipped_steps": skipped_steps}, step)
         logger.client.log_dict(logger.run_id, dict(sorted(all_skipped.items())), "data/skipped_chips.json")

@@ -1,0 +1,98 @@
+"""What every Ray Train worker loop shares: collectives over the worker group and checkpoint state.
+
+Pretraining (:mod:`eoforge.train.loop`) and fine-tuning (:mod:`eoforge.finetune.loop`) run in
+lock-step worker groups. Each helper here is a no-op on a single worker (or without
+``torch.distributed``), so the loops read the same with one worker or many. The checkpoint
+helpers write a state dict of tensors and plain values (weights, optimiser state, loop
+position) and read it back with ``weights_only=True`` (:func:`eoforge.models.weights.load_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from eoforge.models.weights import load_checkpoint
+
+
+def world_size() -> int:
+    """Workers in the group (1 without an initialised process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def mean_across_workers(value: float) -> float:
+    """The mean of one float over the workers (every worker must call it)."""
+    if world_size() > 1:
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item() / world_size())
+    return value
+
+
+def min_across_workers(value: int) -> int:
+    """The smallest of one int over the workers (every worker must call it)."""
+    if world_size() > 1:
+        t = torch.tensor([value], dtype=torch.long)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+    return value
+
+
+def sum_across_workers(x: np.ndarray) -> np.ndarray:
+    """Element-wise sum of an array over the workers, float64 of ``x``'s shape."""
+    if world_size() > 1:
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+        dist.all_reduce(t)
+        return t.numpy()
+    return x.astype(np.float64)
+
+
+def gather_lists(items: list[Any]) -> list[Any]:
+    """Every worker's list, concatenated in rank order (picklable items)."""
+    if world_size() > 1:
+        parts: list[list[Any] | None] = [None] * world_size()
+        dist.all_gather_object(parts, items)
+        return [x for part in parts for x in (part or [])]
+    return items
+
+
+def gather_dicts(mapping: dict[str, str]) -> dict[str, str]:
+    """Every worker's dict, merged (a later rank's value wins on a shared key)."""
+    if world_size() > 1:
+        parts: list[dict[str, str] | None] = [None] * world_size()
+        dist.all_gather_object(parts, mapping)
+        merged: dict[str, str] = {}
+        for part in parts:
+            merged.update(part or {})
+        return merged
+    return mapping
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under ``torch.compile`` and DDP wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if hasattr(model, "module") else model
+
+
+def save_state(state: dict[str, Any], state_file: str, position: dict[str, int] | None = None) -> str:
+    """Write ``state`` (tensors and plain values) to ``<new temp dir>/<state_file>``; returns the dir.
+
+    ``position`` (the loop position: step, epoch, ...) is also written as ``position.json`` beside it,
+    readable without torch. The caller reports the dir as a Ray checkpoint and removes it.
+    """
+    tmp = tempfile.mkdtemp(prefix="eoforge-ckpt-")
+    torch.save(state, Path(tmp) / state_file)
+    if position is not None:
+        (Path(tmp) / "position.json").write_text(json.dumps(position))
+    return tmp
+
+
+def load_state(checkpoint_dir: str | Path, state_file: str) -> dict[str, Any]:
+    """Read a checkpoint's state dict with ``weights_only=True`` (a pickled object is refused)."""
+    return load_checkpoint(Path(checkpoint_dir) / state_file)
