@@ -25,27 +25,12 @@ from eoforge.predict.model import resolve_models
 from eoforge.tracking.registry import model_card, register_backbone
 from torch import nn
 
+from tests.support.pickle_payload import Payload
 from tests.support.predict_models import card
 
 pytestmark = pytest.mark.integration
 EOFORGE = Path(sys.executable).with_name("eoforge")
 CLASSES = ["a", "b", "c"]
-
-
-def plant(marker: str) -> str:
-    """What the planted pickle calls when it is unpickled: leaves a file behind."""
-    Path(marker).write_text("code ran")
-    return marker
-
-
-class Payload:
-    """An object whose unpickling runs :func:`plant` (as ``os.system`` would run a command)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple:
-        return plant, (self.marker,)
 
 
 class Trojan(nn.Module):

@@ -18,21 +18,7 @@ from eoforge.models.pixel_linear import PixelLinear
 from eoforge.models.weights import load_checkpoint
 from torch import nn
 
-
-def plant(marker: str) -> str:
-    """What the planted pickle calls when it is unpickled: leaves a file behind."""
-    Path(marker).write_text("code ran")
-    return marker
-
-
-class Payload:
-    """An object whose unpickling runs :func:`plant` (as ``os.system`` would run a command)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple:
-        return plant, (self.marker,)
+from tests.support.pickle_payload import Payload
 
 
 def test_a_checkpoint_with_a_pickled_object_is_refused_and_its_payload_never_runs(tmp_path: Path) -> None:
