@@ -44,7 +44,15 @@ CREDENTIAL_KEYS = (
     "passwd",
     "secret",
     "client_secret",
+    # pyarrow's and fsspec's spellings in object-store URIs (eoforge.storage refuses them too)
+    "access_key",
+    "secret_key",
+    "session_token",
+    "key",
 )
+
+#: Schemes whose user name is an identity, not a secret (``hdfs://user@namenode``).
+_USER_IS_NOT_SECRET = ("hdfs", "viewfs")
 
 #: A URL in free text: scheme, authority and path up to a space, quote or bracket; query and
 #: fragment up to a space or quote (a ``)`` inside a signature must not end the match early), less
@@ -96,7 +104,9 @@ def embedded_credentials(uri: str) -> str | None:
     """
     m = _PARTS.match(uri)
     if m and "@" in m.group(2):
-        return "a user name or password in the URI (user:password@)"
+        user = m.group(2).rsplit("@", 1)[0]
+        if ":" in user or m.group(1)[:-3].lower() not in _USER_IS_NOT_SECRET:
+            return "a user name or password in the URI (user:password@)"
     query = uri.partition("?")[2]
     keys = {part.partition("=")[0].lower() for part in re.split(r"[&;]", query) if part}
     found = sorted(keys & set(CREDENTIAL_KEYS))

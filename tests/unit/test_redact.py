@@ -82,6 +82,9 @@ def test_embedded_credentials_are_found() -> None:
     assert embedded_credentials("http://u:p@h:5000") is not None
     assert embedded_credentials("https://token@h") is not None
     assert "x-amz-signature" in str(embedded_credentials("s3://b/p?X-Amz-Signature=1"))
+    assert "access_key" in str(embedded_credentials("s3://b/p.parquet?access_key=AKID&secret_key=S"))
+    assert embedded_credentials("hdfs://alice:pw@namenode/x") is not None
+    assert embedded_credentials("hdfs://alice@namenode/x") is None  # a user name is no secret there
     assert embedded_credentials("s3://b/p") is None
     assert embedded_credentials("http://127.0.0.1:5000") is None
     assert embedded_credentials("/home/me/runs") is None
