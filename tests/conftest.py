@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.signing_hooks import install_test_hooks
+
 REPO = Path(__file__).resolve().parents[1]
 # the test stack runs without Ray token auth (loopback only), clients must agree
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 SHARED = REPO.parent / "shared"
+
+# the test signing hooks, registered as an installed entry point before any stack starts: the Ray
+# head, its workers and CLI subprocesses inherit $PYTHONPATH (tests/support/signing_hooks.py)
+HOOKS_DIR = install_test_hooks(Path(tempfile.mkdtemp(prefix="eoforge-test-hooks-")))
+atexit.register(shutil.rmtree, HOOKS_DIR, True)
 
 
 @pytest.fixture(scope="session")

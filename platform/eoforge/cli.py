@@ -17,6 +17,7 @@ import typer
 
 from eoforge.discovery import app as list_app
 from eoforge.errors import EoforgeError
+from eoforge.redact import redact
 
 app = typer.Typer(
     help="eoforge: self-supervised S1/S2 pretraining on Ray + MLflow + KubeRay.",
@@ -274,5 +275,5 @@ def main() -> None:
     try:
         app()
     except EoforgeError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {redact(str(exc))}", err=True)
         sys.exit(2)

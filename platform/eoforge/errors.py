@@ -3,13 +3,22 @@
 Every message says *what* is wrong and *where* (config field, STAC item id, asset href).
 The CLI and the ``jobs/`` entrypoints turn :class:`EoforgeError` into a one-line message
 and exit code 2, with no traceback.
+
+A message is redacted when the error is made (:func:`eoforge.redact.redact`): an href it quotes
+keeps no query string (a signature) and no user name or password, wherever the error then goes
+(chip error columns, ``skipped_chips.json``, plan stats, logs).
 """
 
 from __future__ import annotations
 
+from eoforge.redact import redact
+
 
 class EoforgeError(Exception):
-    """Base class of errors caused by input (config, catalog, data, services)."""
+    """Base class of errors caused by input (config, catalog, data, services); messages are redacted."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(EoforgeError):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from eoforge.errors import EoforgeError
+from eoforge.redact import redact
 
 
 def job_main(
@@ -36,6 +37,6 @@ def job_main(
         cfg = load(args.config, args.set)
         run(cfg, args.config)
     except EoforgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     return 0

@@ -15,6 +15,8 @@ from eoforge.plan.io import read_plan, write_plan
 
 from tests.integration.test_catalog_and_chips import data_cfg
 from tests.support.jobs import run_job
+from tests.support.leaks import files_containing, ray_logs_containing, serve_folder
+from tests.support.provider_items import PLANTED_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,17 +39,35 @@ def trained(stack, demo_catalog, tmp_path_factory):
     bad.write_bytes(good.read_bytes()[:700])
     assets["B03"] = f"file://{bad}"
     victim["s2_assets"] = json.dumps(assets, sort_keys=True)
-    write_plan(rows, tmp / "plan.parquet", cfg_data)
-    config = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())
-    config["data"].update({"plan": str(tmp / "plan.parquet"), "split": "all", "config": None, "materialize": False})
-    config["model"]["proj_dim"] = 32
-    config["optim"]["lr"] = 0.001
-    config["train"].update({"epochs": 4, "batch_size": 4, "checkpoint_every_steps": 3})
-    config["run"].update({"name": "it-pretrain", "storage_path": str(tmp / "ray_results")})
-    config["mlflow"].update({"experiment": "it", "registered_model": "it-dual-simclr"})
-    (tmp / "pretrain.yaml").write_text(yaml.safe_dump(config))
-    logs = submit(stack, tmp / "pretrain.yaml")
-    return {"tmp": tmp, "logs": logs, "config": tmp / "pretrain.yaml", "victim": victim["chip_id"]}
+    # every href is signed with a planted secret (a registered test hook) just before it is read; a
+    # second chip's B04 is served over HTTP and is no TIFF, so GDAL's error quotes the signed URL
+    served = tmp_path_factory.mktemp("served")
+    (served / "not_a_tiff_B04.tif").write_bytes(b"not a TIFF " * 100)
+    with serve_folder(served) as url:
+        victim2 = rows[1]
+        assets = json.loads(victim2["s2_assets"])
+        assets["B04"] = f"{url}/not_a_tiff_B04.tif"
+        victim2["s2_assets"] = json.dumps(assets, sort_keys=True)
+        for row in rows:
+            access = {k: {**v, "signing": "test_planted"} for k, v in json.loads(row["access"]).items()}
+            row["access"] = json.dumps(access, sort_keys=True)
+        write_plan(rows, tmp / "plan.parquet", cfg_data)
+        config = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())
+        config["data"].update({"plan": str(tmp / "plan.parquet"), "split": "all", "config": None, "materialize": False})
+        config["model"]["proj_dim"] = 32
+        config["optim"]["lr"] = 0.001
+        config["train"].update({"epochs": 4, "batch_size": 4, "checkpoint_every_steps": 3})
+        config["run"].update({"name": "it-pretrain", "storage_path": str(tmp / "ray_results")})
+        config["mlflow"].update({"experiment": "it", "registered_model": "it-dual-simclr"})
+        (tmp / "pretrain.yaml").write_text(yaml.safe_dump(config))
+        logs = submit(stack, tmp / "pretrain.yaml")
+        yield {
+            "tmp": tmp,
+            "logs": logs,
+            "config": tmp / "pretrain.yaml",
+            "victim": victim["chip_id"],
+            "victim2": victim2["chip_id"],
+        }
 
 
 def _run(stack, name: str):
@@ -82,6 +102,21 @@ def test_corrupt_cog_is_skipped_and_counted(stack, trained) -> None:
     assert trained["victim"] in skipped
     assert "corrupt_B03.tif" in skipped[trained["victim"]]
     assert mlflow  # imported for the artifact client
+
+
+def test_a_planted_secret_is_written_nowhere(stack, trained) -> None:
+    """Signed hrefs live only inside the reading processes: no error, log line or artifact keeps one."""
+    client, run = _run(stack, "it-pretrain")
+    path = client.download_artifacts(run.info.run_id, "data/skipped_chips.json", str(trained["tmp"]))
+    error = json.loads(Path(path).read_text())[trained["victim2"]]
+    assert "not_a_tiff_B04.tif?…' not recognized" in error, error  # GDAL quoted the signed URL: redacted
+    assert PLANTED_SECRET not in trained["logs"]
+    # everything the stack and the run wrote: MLflow's database and artifacts, stack logs, the plan,
+    # checkpoints; and every Ray log (job drivers, raylet, each worker's .out / .err)
+    found, n_files = files_containing([Path(stack.home), trained["tmp"]], PLANTED_SECRET)
+    assert n_files > 20 and not found, found
+    found, n_logs = ray_logs_containing(stack.ray_address, PLANTED_SECRET)
+    assert n_logs > 5 and not found, found
 
 
 def test_registered_model_loads_by_alias_and_runs_forward(stack, trained) -> None:

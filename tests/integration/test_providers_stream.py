@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def test_pc_and_earth_search_items_stream_with_signing_and_correct_units(stack, 
                 "backend": "static",
                 "url": str(write_catalog(tmp_path, items)),
                 "provider": "planetary_computer",
-                "signing": "tests.support.provider_items:recording_signer",
+                "signing": "test_recording",
                 "profile": {
                     "s2_assets": {
                         "B02": ["B02", "blue"],
@@ -78,7 +79,11 @@ def test_pc_and_earth_search_items_stream_with_signing_and_correct_units(stack, 
 
     log = tmp_path / "sign.log"
     log.touch()
-    env = {"PYTHONPATH": f"{REPO / 'platform'}:{REPO}", SIGN_LOG_ENV: str(log)}  # this checkout's eoforge
+    # this checkout's eoforge, and the test hooks' distribution (registered as an entry point, conftest.py)
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(REPO / "platform"), str(REPO), os.environ["PYTHONPATH"]]),
+        SIGN_LOG_ENV: str(log),
+    }
     ray.init(address=stack.ray_address, ignore_reinit_error=True, runtime_env={"env_vars": env})
     try:
         rows = build_chip_dataset(str(tmp_path / "plan.parquet"), split="all", normalize="none").take_all()

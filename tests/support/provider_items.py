@@ -486,13 +486,18 @@ def write_catalog(root: Path, items: list[pystac.Item]) -> Path:
     return root / "stac" / "catalog.json"
 
 
-# ------------------------------------------------------------------------------ signing hook for tests
+# ------------------------------------------------------------------------------ signing hooks for tests
+# Registered by name (``test_recording``, ``test_planted``) through the test distribution that
+# tests/support/signing_hooks.py writes: plans and configs name hooks, never modules.
 
 SIGN_LOG_ENV = "EOFORGE_TEST_SIGN_LOG"
 
+#: The secret ``planted_signer`` puts in every signed href: it must never be written anywhere.
+PLANTED_SECRET = "PLANTED-SECRET-xyz"
+
 
 def recording_signer(href: str) -> str:
-    """A ``module:function`` signing hook that logs each call to ``$EOFORGE_TEST_SIGN_LOG``.
+    """A signing hook that logs each call to ``$EOFORGE_TEST_SIGN_LOG``.
 
     It appends a fake SAS token the way ``planetary_computer.sign`` does (``?st=..&se=..&sig=..``);
     for ``file://`` hrefs the reader opens the path and ignores the query.
@@ -504,3 +509,8 @@ def recording_signer(href: str) -> str:
         with open(log, "a", encoding="utf-8") as f:
             f.write(href + "\n")
     return href + ("&" if "?" in href else "?") + "st=2024-01-01&se=2099-01-01&sig=SECRET-SAS-TOKEN"
+
+
+def planted_signer(href: str) -> str:
+    """A signing hook that signs every href with :data:`PLANTED_SECRET` (SAS-shaped query)."""
+    return href + ("&" if "?" in href else "?") + f"st=2024-01-01&se=2099-01-01&sig={PLANTED_SECRET}"

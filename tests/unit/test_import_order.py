@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "eoforge"
 
 #: Floors from the bottom up. A folder (stage) or top-level module name -> its floor's index.
 FLOORS: list[tuple[str, set[str]]] = [
-    ("ground", {"__init__", "errors", "progress", "storage", "bands", "ray_node", "times"}),
+    ("ground", {"__init__", "errors", "progress", "redact", "signing", "storage", "bands", "ray_node", "times"}),
     ("config", {"config"}),
     ("tracking", {"tracking"}),
     ("catalog", {"catalog"}),

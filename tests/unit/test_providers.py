@@ -251,7 +251,7 @@ def test_signing_hook_runs_on_each_read_and_signed_urls_never_reach_the_plan(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     items = [pc_s2_item(tmp_path / "d", NORTH, T2023, "05.09"), pc_grd_item(tmp_path / "d", NORTH, T2023)]
-    signing = "tests.support.provider_items:recording_signer"
+    signing = "test_recording"
     build_plan(cfg(write_catalog(tmp_path, items), "planetary_computer", signing=signing), tmp_path / "p.parquet")
     log = tmp_path / "sign.log"
     monkeypatch.setenv(SIGN_LOG_ENV, str(log))

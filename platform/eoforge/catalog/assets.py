@@ -5,18 +5,20 @@ reader (:mod:`eoforge.data.tiles`) need before a byte is read:
 
 - :data:`GDAL_ENV`, the GDAL settings for COGs;
 - :func:`gdal_path`, an href as rasterio opens it;
-- :func:`resolve_signer` and :func:`sign_href`, the signing hook a plan row's ``access`` cell names,
-  applied just before a file is opened (a signed URL lives only inside the reading process).
+- :func:`resolve_signer` and :func:`sign_href`, the signing hook a plan row's ``access`` cell names
+  (by name, from the closed registry of :mod:`eoforge.signing`), applied just before a file is
+  opened (a signed URL lives only inside the reading process, and never in its errors:
+  :func:`eoforge.redact.redact`).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
 from urllib.parse import unquote, urlparse
 
 from eoforge.errors import ChipReadError
+from eoforge.signing import UnknownSigner, load_signer
 
 #: GDAL settings for reading COGs (platform-notes §6): no directory listing on open, retries and
 #: merged ranges for HTTP, a per-handle VSI cache, the whole COG header in the first request, and
@@ -42,27 +44,19 @@ def gdal_path(href: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def resolve_signer(name: str | None) -> Callable[[str], str]:
-    """The href signing hook a plan names: ``none``, ``planetary_computer`` or ``module:function``.
+    """The href signing hook a plan names, from the closed registry (:mod:`eoforge.signing`).
+
+    An unregistered name (``os:system``) is refused before anything is imported.
 
     Raises:
-        ChipReadError: the hook cannot be imported.
+        ChipReadError: the name is not registered, or its hook cannot be imported.
     """
-    if not name or name == "none":
-        return lambda href: href
-    if name == "planetary_computer":
-        try:
-            import planetary_computer
-        except ImportError as exc:
-            raise ChipReadError(f"signing 'planetary_computer': package not installed ({exc})") from None
-        return planetary_computer.sign
-    module, _, attr = name.partition(":")
     try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ChipReadError(f"signing hook {name!r}: cannot import ({exc})") from None
-    if not callable(fn):
-        raise ChipReadError(f"signing hook {name!r}: not callable")
-    return fn
+        return load_signer(name)
+    except UnknownSigner as exc:
+        raise ChipReadError(str(exc)) from None
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise ChipReadError(f"signing hook {name!r}: cannot load ({type(exc).__name__}: {exc})") from None
 
 
 def sign_href(href: str, sign: Callable[[str], str] | None) -> str:

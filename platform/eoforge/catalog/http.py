@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 from collections import Counter
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 
 from eoforge.errors import ServiceError
+from eoforge.redact import redact, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +39,7 @@ class SearchCounters:
 
 def safe_url(url: str) -> str:
     """``url`` without credentials, query string or fragment, fit for an error message or a log line."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", ""))
+    return redact_url(url)
 
 
 #: HTTP statuses that are retried: rate limited, and server errors that may pass.
@@ -73,12 +65,9 @@ class RequestFailed(ServiceError):
     """An HTTP request of a search failed on every attempt (5xx, connection errors or time-outs)."""
 
 
-_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>)]+")
-
-
 def safe_url_in_text(text: str) -> str:
-    """``text`` with every URL in it passed through :func:`safe_url` (exception messages quote URLs)."""
-    return _URL_IN_TEXT.sub(lambda m: safe_url(m.group(0)), text)[:300]
+    """``text`` with every URL in it redacted (:func:`eoforge.redact.redact`), cut to 300 characters."""
+    return redact(text)[:300]
 
 
 class RetryingStacApiIO(StacApiIO):

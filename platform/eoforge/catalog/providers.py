@@ -3,7 +3,7 @@
 A profile maps eoforge's canonical band names (``B01``..``B12``, ``B8A``, ``SCL`` for
 Sentinel-2; ``vv``, ``vh`` for Sentinel-1) onto a provider's asset keys, and says what
 Sentinel-1 product and units each collection carries and how hrefs are accessed
-(signing hook, GDAL options such as requester-pays). The chip plan always stores hrefs
+(signing hook by name, GDAL options such as requester-pays). The chip plan always stores hrefs
 under eoforge names, unsigned; the reader signs them just before it opens them.
 
 Built-in profiles (``catalog.provider``):
@@ -58,7 +58,8 @@ class ProviderProfile:
         s1_units: S1 collection id -> units (one of :data:`S1_UNITS`); ``*`` is the fallback.
         s1_product: S1 collection id -> product name recorded in the plan (``GRD``, ``RTC``); ``*`` fallback.
         s1_calibration_keys: ``vv`` / ``vh`` -> asset keys of the calibration annotation (XML).
-        signing: default href signing hook (``none``, ``planetary_computer`` or ``module:function``).
+        signing: default href signing hook, by name (``none``, ``planetary_computer`` or a registered
+            hook: :mod:`eoforge.signing`).
         gdal_env: collection id -> extra GDAL options for reading its assets (no secrets); ``*`` fallback.
     """
 

@@ -5,7 +5,10 @@ and error formatting.
 
 Path-valued fields may use ``${VAR}`` (expanded from the environment, e.g. ``${EOFORGE_HOME}``);
 an unset variable is an error. Relative paths are resolved against the current directory
-of the process that loads the config. This module imports only pydantic and yaml.
+of the process that loads the config. A path, URL or tracking URI that embeds credentials
+(``user:password@``, a signature or token in its query), written out or expanded from a variable,
+is refused (:func:`refuse_credentials`): credentials stay in the environment. This module imports
+only pydantic and yaml.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eoforge.errors import ConfigError
+from eoforge.redact import embedded_credentials
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -35,9 +39,46 @@ def expand_vars(value: str) -> str:
     return _VAR.sub(sub, value)
 
 
+#: Where each kind of URI takes its credentials from instead (the message of a refused config value).
+CREDENTIAL_ENV = {
+    "mlflow": "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)",
+    "s3": "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or an instance / IRSA role",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS, or Workload Identity",
+    "az": "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN, or a managed identity",
+}
+_SCHEME_ENV = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az", "abfss": "az", "adl": "az"}
+
+
+def refuse_credentials(value: str, kind: str | None = None) -> str:
+    """``value`` if it embeds no credentials; else a ValueError naming the environment variables to use.
+
+    Args:
+        value: a path, URL or URI, after ``${VAR}`` expansion.
+        kind: a key of :data:`CREDENTIAL_ENV` (default: from the URI's scheme).
+
+    Raises:
+        ValueError: ``user:password@`` or a credential in the query string (the message never quotes them).
+    """
+    what = embedded_credentials(value)
+    if what is None:
+        return value
+    scheme = value.partition("://")[0].lower() if "://" in value else ""
+    kinds = [kind] if kind else ([_SCHEME_ENV[scheme]] if scheme in _SCHEME_ENV else list(CREDENTIAL_ENV))
+    where = "; ".join(CREDENTIAL_ENV[k] for k in kinds)
+    raise ValueError(
+        f"embeds credentials ({what}): they would be logged with the run (MLflow parameters, "
+        f"config/resolved.yaml). Set them in the environment instead: {where}"
+    )
+
+
+def check_tracking_uri(value: str | None) -> str | None:
+    """A tracking URI must embed no credentials (None passes)."""
+    return None if value is None else refuse_credentials(value, "mlflow")
+
+
 def _expand_path(value: Any) -> Any:
     if isinstance(value, str | Path):
-        text = expand_vars(str(value))
+        text = refuse_credentials(expand_vars(str(value)))
         if "://" in text:  # URLs and object-store paths are kept as they are
             return text
         return str(Path(text).expanduser())

@@ -19,6 +19,7 @@ from eoforge.config.sampling import (
     RandomSampling,
     Sampling,
 )
+from eoforge.signing import check_signer_name
 
 # the chip grid and its sampling models moved to eoforge.config.sampling: importers of
 # ``eoforge.config.data`` keep working.
@@ -104,8 +105,9 @@ class CatalogConfig(Strict):
     profile: ProfileConfig | None = Field(None, description="Declare or extend a provider profile in config.")
     signing: str | None = Field(
         None,
-        description="Href signing hook run just before each read: none | planetary_computer | module:function "
-        "(default: the provider's). Signed URLs are never stored in a plan or a run.",
+        description="Href signing hook run just before each read, by name: none | planetary_computer | a hook "
+        "registered in entry point group 'eoforge.signing' (default: the provider's). Signed URLs are never "
+        "stored in a plan or a run.",
     )
     s1_units: Literal["dB", "linear", "amplitude"] | None = Field(
         None, description="Override the S1 units the profile / item metadata imply."
@@ -158,9 +160,8 @@ class CatalogConfig(Strict):
     @field_validator("signing")
     @classmethod
     def _check_signing(cls, v: str | None) -> Any:
-        if v is not None and v not in ("none", "planetary_computer") and ":" not in v:
-            raise ValueError("signing must be 'none', 'planetary_computer' or 'module:function'")
-        return v
+        # a closed registry: an unregistered name (os:system) is refused here, nothing imported
+        return v if v is None else check_signer_name(v)
 
     @field_validator("aoi")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eoforge.config.base import Fraction, NonNegInt, PosFloat, PosInt, Strict
+from eoforge.config.base import Fraction, NonNegInt, PosFloat, PosInt, Strict, check_tracking_uri
 from eoforge.config.jobs import PlanInput, RunConfig, ScalingConfig
 
 #: Class sets by name (see eoforge.finetune.tasks for the lists and their sources).
@@ -121,6 +121,8 @@ class FinetuneMlflowConfig(Strict):
         None, description="Register the fine-tuned model under this name (None: log the run only)."
     )
     champion_alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+    _check_tracking_uri = field_validator("tracking_uri")(check_tracking_uri)
 
 
 class FinetuneConfig(Strict):

@@ -11,7 +11,16 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eoforge.config.base import NonNegInt, PathStr, PosInt, Strict, _expand_path, check_bbox, check_datetime
+from eoforge.config.base import (
+    NonNegInt,
+    PathStr,
+    PosInt,
+    Strict,
+    _expand_path,
+    check_bbox,
+    check_datetime,
+    check_tracking_uri,
+)
 from eoforge.config.data import CatalogConfig, PairingConfig
 
 PRODUCTS = ("classes", "probabilities", "embeddings")
@@ -65,6 +74,8 @@ class PredictMlflow(Strict):
 
     experiment: str = "eoforge-predict"
     tracking_uri: str | None = None
+
+    _check_tracking_uri = field_validator("tracking_uri")(check_tracking_uri)
 
 
 class PredictConfig(Strict):

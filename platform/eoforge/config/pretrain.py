@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, SerializeAsAny, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
-from eoforge.config.base import Fraction, NonNegInt, PosFloat, PosInt, Strict
+from eoforge.config.base import Fraction, NonNegInt, PosFloat, PosInt, Strict, check_tracking_uri
 from eoforge.config.jobs import PlanSource, RunConfig, ScalingConfig
 
 ObjectiveKind = Literal[
@@ -236,6 +236,8 @@ class MlflowConfig(Strict):
         description="A version of registered_model pretrained with the same config on the same plan (hash) is "
         "reused (alias moved to it) instead of training again; false: always train.",
     )
+
+    _check_tracking_uri = field_validator("tracking_uri")(check_tracking_uri)
 
 
 class PretrainConfig(Strict):

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eoforge.config.base import NonNegInt, PathStr, PosFloat, PosInt, Strict, _expand_path
+from eoforge.config.base import NonNegInt, PathStr, PosFloat, PosInt, Strict, _expand_path, check_tracking_uri
 
 
 class MethodConfig(Strict):
@@ -84,6 +84,8 @@ class SweepMlflowConfig(Strict):
     experiment: str = "eoforge-sweeps"
     registered_model: str | None = Field(None, description="Champion model name (default: <run.name>-<task>).")
     champion_alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+    _check_tracking_uri = field_validator("tracking_uri")(check_tracking_uri)
 
 
 class SweepConfig(Strict):

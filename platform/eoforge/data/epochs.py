@@ -72,16 +72,20 @@ def plan_windows(plan_path: str, split: str, window_rows: int) -> tuple[Window, 
     process by the plan's content hash (``eoforge:plan_hash``, read from the footer on each call),
     so a plan rewritten at the same path gets its own windows; a plan without one is not kept.
 
+    The first call for a plan also checks the signing hooks its rows name (:func:`eoforge.plan.io.check_plan_signing`),
+    before any reading process opens it.
+
     Raises:
-        CatalogError: the file is missing or not a plan.
+        CatalogError: the file is missing or not a plan, or a row names an unregistered signing hook.
         ServiceError: its store refused the read or is unreachable.
     """
-    from eoforge.plan.io import metadata_hash
+    from eoforge.plan.io import check_plan_signing, metadata_hash
 
     f = _open_plan(plan_path)
     key = (plan_path, metadata_hash(f.metadata.metadata), split, window_rows)
     hit = _WINDOWS.get(key) if key[1] else None
     if hit is None:
+        check_plan_signing(plan_path)
         out = []
         for g in range(f.metadata.num_row_groups):
             for j, batch in enumerate(f.iter_batches(batch_size=window_rows, row_groups=[g], columns=["split"])):

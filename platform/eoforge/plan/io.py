@@ -58,6 +58,7 @@ __all__ = [
     "WRITE_SCHEMA",
     "PlanHasher",
     "build_plan",
+    "check_plan_signing",
     "content_hash",
     "ensure_plan",
     "hash_tables",
@@ -218,6 +219,39 @@ def plan_stats(path: str | Path) -> dict[str, object]:
     """Per-stage counts and skipped items stored in a plan's metadata ({} for older plans)."""
     raw = _schema_metadata(path).get(STATS_KEY)
     return json.loads(raw.decode()) if raw else {}
+
+
+def check_plan_signing(path: str | Path) -> set[str]:
+    """The signing hook names a plan's ``access`` cells give, each checked against the registry.
+
+    Run on the driver before any reading process starts: a plan naming an unregistered hook
+    (``os:system``, or a ``module:function`` of older plans) is refused and nothing is imported
+    (:mod:`eoforge.signing`). Streams the dictionary-encoded ``access`` column only.
+
+    Raises:
+        CatalogError: a row names an unregistered hook (the message lists the registered names), or an
+            ``access`` cell is not JSON.
+    """
+    from eoforge.signing import UnknownSigner, check_signer_name
+
+    uri = str(path)
+    cells: set[str] = set()
+    for batch in iter_plan_batches(uri, ["access"]):
+        col = batch.column(0)
+        cells.update(col.dictionary.to_pylist() if pa.types.is_dictionary(col.type) else pc.unique(col).to_pylist())
+    names: set[str] = set()
+    for cell in cells - {None, ""}:
+        try:
+            access = json.loads(cell)
+        except ValueError:
+            raise CatalogError(f"chip plan {uri}: an access cell is not JSON: {cell[:80]!r}") from None
+        names |= {str(a.get("signing") or "none") for a in access.values() if isinstance(a, dict)}
+    for name in sorted(names):
+        try:
+            check_signer_name(name)
+        except UnknownSigner as exc:
+            raise CatalogError(f"chip plan {uri}: {exc}") from None
+    return names
 
 
 def plan_split_counts(path: str | Path) -> dict[str, int]:

@@ -9,6 +9,8 @@ from typing import Any
 
 import pystac
 
+from eoforge.redact import redact
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +30,8 @@ class PlanStats:
             self.skipped_chips[reason] = self.skipped_chips.get(reason, 0) + n
 
     def skip(self, item: pystac.Item, reason: str) -> None:
-        """Record a skipped item."""
+        """Record a skipped item (the reason redacted: it may quote an href)."""
+        reason = redact(reason)
         self.skipped_items.append({"item": item.id, "collection": item.collection_id or "", "reason": reason})
         log.warning("skipping item %s (%s): %s", item.id, item.collection_id, reason)
 

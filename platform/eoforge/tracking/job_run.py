@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eoforge.progress import say
+from eoforge.redact import redact_tree
 from eoforge.tracking.runs import flatten, log_plan_stats, run_url, start_or_resume_run
 
 
@@ -70,7 +71,8 @@ def job_run(
         experiment: the experiment (created when missing).
         run_name: the run's name (a run with this name is resumed).
         job: the job kind, tag ``eoforge.job``.
-        config: the resolved config (``model_dump(mode="json")``): parameters and ``config/resolved.yaml``.
+        config: the resolved config (``model_dump(mode="json")``): parameters and ``config/resolved.yaml``
+            (every string redacted: :func:`eoforge.redact.redact_tree`).
         plan_hash: tag ``eoforge.plan_hash`` and parameter ``plan.hash``.
         plan_stats: the plan's record (:func:`eoforge.tracking.runs.log_plan_stats`).
         params: more parameters (a new run only).
@@ -82,11 +84,12 @@ def job_run(
     import mlflow
     import yaml
 
+    config = redact_tree(dict(config))  # no signed URL or embedded credential in parameters or the YAML
     run_id, resumed = start_or_resume_run(tracking_uri, experiment, run_name, tags={"eoforge.job": job, **(tags or {})})
     client = mlflow.MlflowClient(tracking_uri)
     if not resumed:
         flat = flatten({k: v for k, v in config.items() if k not in not_params})
-        flat.update(params or {})
+        flat.update(redact_tree(dict(params or {})))
         if plan_hash:
             flat["plan.hash"] = plan_hash
         client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in flat.items()])

@@ -15,6 +15,7 @@ from typing import Any
 import requests
 
 from eoforge.errors import ServiceError
+from eoforge.redact import redact_tree
 
 RUN_NAME_TAG = "eoforge.run_name"
 
@@ -116,6 +117,7 @@ def log_plan_stats(client: Any, run_id: str, stats: dict[str, Any]) -> dict[str,
     """
     if not stats:
         return {}
+    stats = redact_tree(stats)  # plans written by older versions may quote signed hrefs
     client.log_dict(run_id, stats, "data/plan_stats.json")
     metrics = {f"plan/{k}": float(v) for k, v in stats.get("stages", {}).items() if isinstance(v, int | float)}
     by_reason = stats.get("skipped_by_reason", {})
