@@ -144,3 +144,11 @@ def test_eoforge_env_hands_a_shell_what_it_needs_without_printing_secrets(stack)
     shell_env = {**env, "EXPORTS": exports.stdout, "RAY": RAY, "PY": sys.executable}
     out = subprocess.run(["bash", "-c", script], env=shell_env, capture_output=True, text=True, timeout=300)
     assert "RAY_OK" in out.stdout and "MLFLOW_OK True" in out.stdout, (out.stdout + out.stderr)[-3000:]
+
+
+def test_the_cli_logs_in_to_the_stacks_mlflow_by_itself(stack) -> None:
+    env = {**_env_without_credentials(), "EOFORGE_HOME": stack.home}
+    env.pop("MLFLOW_TRACKING_URI", None)  # found in stack.json, with the login beside it
+    listed = subprocess.run([*EOFORGE_CLI, "models", "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert mlflow_password(Path(stack.home)) not in listed.stdout + listed.stderr

@@ -31,10 +31,10 @@ def _log_in_to_local_stack() -> None:
 
     An explicit ``$MLFLOW_TRACKING_USERNAME`` wins. The password is never logged.
     """
-    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
-        return
-    from eoforge.stack_secrets import MLFLOW_ADMIN, mlflow_password
+    from eoforge.stack_secrets import MLFLOW_ADMIN, MLFLOW_PASSWORD_FILE, mlflow_password, secrets_dir
 
+    if os.environ.get("MLFLOW_TRACKING_USERNAME") or not (secrets_dir(eoforge_home()) / MLFLOW_PASSWORD_FILE).exists():
+        return  # a login of the caller's own, or a stack without one
     os.environ["MLFLOW_TRACKING_PASSWORD"] = mlflow_password(eoforge_home())
     os.environ["MLFLOW_TRACKING_USERNAME"] = MLFLOW_ADMIN
 
