@@ -39,7 +39,7 @@ from eoforge.processes import ProcessIdentity, identity_of, recorded_status
 from eoforge.progress import say
 from eoforge.ray_node import with_node_env
 from eoforge.stack_probe import ray_auth_headers, refuse_taken_ports, verify_stack
-from eoforge.stack_secrets import MLFLOW_ADMIN, ensure_ray_token, mlflow_password, write_mlflow_auth_config
+from eoforge.stack_secrets import MLFLOW_ADMIN, ensure_ray_token, mlflow_password, mlflow_server_env
 
 STATE_FILE = "stack.json"
 
@@ -211,7 +211,7 @@ def up(
     store_bytes = object_store_bytes(object_store_mb)  # checked before anything starts
     # secrets first: one that others can read stops `up` before it touches a running stack
     token_path = ensure_ray_token(home)
-    auth_ini = write_mlflow_auth_config(home)
+    mlflow_secrets = mlflow_server_env(home)
     current = read_state(home)
     if current and current.running("ray") and current.running("mlflow"):
         try:  # our processes, by PID; and do they hold this home's secrets?
@@ -236,9 +236,9 @@ def up(
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # only our secrets count: a token or admin password in the caller's environment would win over them
-    for key in ("RAY_AUTH_TOKEN", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+    for key in ("RAY_AUTH_TOKEN", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", *mlflow_secrets):
         env.pop(key, None)
-    mlflow_env = {**env, "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini)}
+    mlflow_env = {**env, **mlflow_secrets}
     mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
     mlflow_cmd = [
         _bin("mlflow"),

@@ -31,6 +31,7 @@ from eoforge.errors import ServiceError
 SECRETS_DIR = "secrets"
 RAY_TOKEN_FILE = "ray-token"
 MLFLOW_PASSWORD_FILE = "mlflow-password"
+MLFLOW_FLASK_KEY_FILE = "mlflow-flask-key"
 MLFLOW_AUTH_INI = "mlflow-auth.ini"
 MLFLOW_AUTH_DB = "mlflow-auth.db"
 #: the MLflow admin user eoforge creates and its clients log in as
@@ -112,6 +113,18 @@ def ray_token(home: Path) -> str:
 def mlflow_password(home: Path, create: bool = False) -> str:
     """The MLflow admin password (made on first use when ``create``)."""
     return _secret(home, MLFLOW_PASSWORD_FILE, create=create)
+
+
+def mlflow_server_env(home: Path) -> dict[str, str]:
+    """What MLflow's basic-auth server needs in its environment (and nothing else does).
+
+    ``MLFLOW_AUTH_CONFIG_PATH`` (written here) and ``MLFLOW_FLASK_SERVER_SECRET_KEY``, the key of
+    the app's CSRF protection (made once in ``secrets/mlflow-flask-key``).
+    """
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(write_mlflow_auth_config(home)),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(home, MLFLOW_FLASK_KEY_FILE, create=True),
+    }
 
 
 def write_mlflow_auth_config(home: Path) -> Path:

@@ -21,6 +21,7 @@ from eoforge.stack_secrets import (
     client_env,
     ensure_ray_token,
     mlflow_password,
+    mlflow_server_env,
     shell_exports,
     write_mlflow_auth_config,
 )
@@ -52,7 +53,13 @@ def test_secrets_are_private_files_made_once_and_reused(tmp_path: Path) -> None:
     assert auth["default_permission"] == "NO_PERMISSIONS"  # no one but the admin reads or writes
     assert auth["database_uri"] == f"sqlite:///{home / 'mlflow-auth.db'}"
     assert client_env(home)["RAY_AUTH_TOKEN_PATH"] == str(token_path)
-    assert sorted(p.name for p in (home / "secrets").iterdir()) == ["mlflow-auth.ini", "mlflow-password", "ray-token"]
+    server = mlflow_server_env(home)
+    assert server["MLFLOW_AUTH_CONFIG_PATH"] == str(ini) and len(server["MLFLOW_FLASK_SERVER_SECRET_KEY"]) >= 43
+    assert mlflow_server_env(home) == server  # the same key every start
+    names = ["mlflow-auth.ini", "mlflow-flask-key", "mlflow-password", "ray-token"]
+    assert sorted(p.name for p in (home / "secrets").iterdir()) == names
+    for name in names:
+        assert _mode(home / "secrets" / name) == 0o600, name
 
 
 def test_a_secret_others_can_read_is_refused_not_used(tmp_path: Path) -> None:
