@@ -4,8 +4,6 @@ PY          := $(VENV)/bin/python
 EOFORGE     := $(VENV)/bin/eoforge
 EOFORGE_HOME ?= $(CURDIR)/.eoforge
 export EOFORGE_HOME
-RAY_AUTH_MODE ?= disabled
-export RAY_AUTH_MODE
 STAMP       := $(VENV)/.eoforge-installed
 DEMO_SCENES ?= 8
 DEMO_POOL_SCENES ?= 24
@@ -21,7 +19,10 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 ## results table, the label-fraction PNG and the models:/...@champion URI; then the champion maps a test scene
 ## (classes, probabilities) and the SSL backbone writes its embedding field, as COGs + STAC, with a quicklook PNG
 ## beside the labels; the last line is `predictions: <collection.json>`.
+## The stack runs with Ray token auth and MLflow basic-auth (secrets in $(EOFORGE_HOME)/secrets/): `ray job submit`
+## presents the token from its file; the jobs inherit the MLflow login from the Ray head (`eoforge up`).
 SUBMIT = PATH=$(CURDIR)/$(VENV)/bin:$$PATH RAY_ADDRESS=$$($(EOFORGE) status --field ray_dashboard_url) \
+	  RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(EOFORGE_HOME)/secrets/ray-token \
 	  ray job submit --working-dir .
 demo: venv
 	$(EOFORGE) up

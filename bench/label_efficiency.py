@@ -170,6 +170,11 @@ def main() -> None:
     eoforge = str(Path(sys.executable).parent / "eoforge")
     sh(eoforge, "up", env=env)
     env["RAY_ADDRESS"] = sh(eoforge, "status", "--field", "ray_dashboard_url", env=env).strip()
+    from eoforge.stack_secrets import client_env
+
+    login = client_env(home)  # the stack's Ray token and MLflow login (never printed)
+    env.update(login)
+    os.environ.update({k: v for k, v in login.items() if k.startswith("MLFLOW_")})  # this process's MLflow calls
     mlflow_url = sh(eoforge, "status", "--field", "mlflow_url", env=env).strip()
     work.mkdir(parents=True, exist_ok=True)
     submit = ["ray", "job", "submit", "--working-dir", "."]

@@ -302,21 +302,25 @@ def main() -> None:
     ap.add_argument("--torchgeo-workers", type=int, default=1, help="DataLoader workers")
     ap.add_argument("--skip-torchgeo", action="store_true")
     args = ap.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    out = Path(args.out).absolute()
+    for sub in ("cat", "home", "eoforge-warmup", "eoforge-1x", "eoforge-10x", "naive", "torchgeo"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    from eoforge.stack_secrets import ensure_ray_token
+
+    # the stack runs with token auth: this process (a Ray client) uses its token, set before Ray loads
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(ensure_ray_token(out / "home"))})
     import ray
     import torch
     from eoforge.demo.catalog import write_demo_catalog
     from eoforge.stack import StackPorts, down, up
+    from eoforge.stack_secrets import client_env
 
-    out = Path(args.out).absolute()
-    for sub in ("cat", "home", "eoforge-warmup", "eoforge-1x", "eoforge-10x", "naive", "torchgeo"):
-        shutil.rmtree(out / sub, ignore_errors=True)
     n1, n10, cores = args.scenes, args.scenes * args.scale, os.cpu_count() or 1
     say(f"demo catalog: {n10 + 1} scenes of {args.size_px} px (scene 0, cloudy, is not mapped)")
     cat = write_demo_catalog(out / "cat", scenes=n10 + 1, seed=0, dates_per_scene=1, size_px=args.size_px)
     items, home = list(cat.s2_item_ids[1:]), out / "home"
     state = up(home, StackPorts.random())
-    os.environ.update({"MLFLOW_TRACKING_URI": state.mlflow_url, "EOFORGE_HOME": str(home)})
+    os.environ.update({"MLFLOW_TRACKING_URI": state.mlflow_url, "EOFORGE_HOME": str(home), **client_env(home)})
     res: dict[str, dict] = {}
     agree: dict[str, Any] = {}
     tg_note = "skipped (--skip-torchgeo)"

@@ -523,7 +523,7 @@ def main() -> None:
 
         import ray
 
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local instance, as the Makefile runs it
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance (no ~/.ray/auth_token made)
         with_node_env(os.environ)  # eoforge's Ray node settings, as `eoforge up` and init_ray start Ray
         ray.init(address="local", num_cpus=args.cores, include_dashboard=False, log_to_driver=False)
         try:

@@ -152,7 +152,7 @@ def child(args: argparse.Namespace) -> None:
     from eoforge.data.dataset import build_chip_dataset
 
     pin(args.cores)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local instance, as the Makefile runs it
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance (no ~/.ray/auth_token made)
     if not args.ray_free_defaults:
         with_node_env(os.environ)  # eoforge's Ray node settings, as `eoforge up` and init_ray start Ray
     store = int(args.store_mb * 2**20) if args.store_mb else None  # 0: Ray's default (30 % of RAM)

@@ -10,13 +10,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from eoforge.stack_secrets import ensure_ray_token
 
 from tests.support.signing_hooks import install_test_hooks
 
 REPO = Path(__file__).resolve().parents[1]
-# the test stack runs without Ray token auth (loopback only), clients must agree
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 SHARED = REPO.parent / "shared"
+# The session's stack home, made before Ray is imported: every Ray client and cluster of the
+# session (the `stack` fixture's head, tests' own ray.init(address="local"), job drivers, CLI
+# subprocesses) runs with token authentication and this home's token, as `eoforge up` does.
+STACK_HOME = Path(tempfile.mkdtemp(prefix="eoforge-test-home-"))
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(ensure_ray_token(STACK_HOME))
+os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(STACK_HOME, ignore_errors=True)
+
 
 # the test signing hooks, registered as an installed entry point before any stack starts: the Ray
 # head, its workers and CLI subprocesses inherit $PYTHONPATH (tests/support/signing_hooks.py)
@@ -39,15 +50,20 @@ def demo_catalog(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A real Ray head and MLflow server on free ports, stopped by PID at the end."""
-    from eoforge.stack import StackPorts, down, up
+def stack() -> Iterator[object]:
+    """A real Ray head (token auth) and MLflow server (basic-auth) on free ports, stopped by PID at the end.
 
-    home = tmp_path_factory.mktemp("eoforge-home")
+    The session's MLflow clients log in as the stack's admin (``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``).
+    """
+    from eoforge.stack import StackPorts, down, up
+    from eoforge.stack_secrets import client_env
+
+    home = STACK_HOME
     ports = StackPorts.random()
     state = up(home, ports)
-    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "EOFORGE_HOME")}
-    os.environ.update({"MLFLOW_TRACKING_URI": state.mlflow_url, "EOFORGE_HOME": str(home)})
+    login = {k: v for k, v in client_env(home).items() if k.startswith("MLFLOW_")}
+    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "EOFORGE_HOME", *login)}
+    os.environ.update({"MLFLOW_TRACKING_URI": state.mlflow_url, "EOFORGE_HOME": str(home), **login})
     try:
         yield state
     finally:

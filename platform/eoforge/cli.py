@@ -69,6 +69,24 @@ def up(
     typer.echo(f"Ray dashboard: {state.ray_dashboard_url}  (RAY_ADDRESS={state.ray_dashboard_url})")
     typer.echo(f"MLflow:        {state.mlflow_url}  (MLFLOW_TRACKING_URI={state.mlflow_url})")
     typer.echo(f"state:         {state.home}/stack.json")
+    typer.echo(f'secrets:       {state.home}/secrets/  (clients: eval "$(eoforge env --home {state.home})")')
+
+
+@app.command("env")
+def env_(home: HomeOpt = _home_default()) -> None:
+    """Print ``export`` lines for a shell to reach the running stack: ``eval "$(eoforge env)"``.
+
+    RAY_ADDRESS, RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (for ``ray job submit``, ``ray.init``),
+    MLFLOW_TRACKING_URI and the MLflow login; the password is read from its file by the shell,
+    so it is never printed.
+    """
+    from eoforge.stack import read_state
+    from eoforge.stack_secrets import shell_exports
+
+    state = read_state(home.absolute())
+    if state is None:
+        raise EoforgeError(f"env: no stack recorded in {home.absolute()}; start it with `eoforge up`")
+    typer.echo(shell_exports(home, state.ray_dashboard_url, state.mlflow_url))
 
 
 @app.command()

@@ -6,7 +6,14 @@
 ``eoforge down`` stops a recorded group (SIGTERM, SIGKILL after a grace period) only while its
 leader's start time and command line still match, and reports a PID that now belongs to another
 process instead of touching it; ``eoforge status`` reports both. Ray jobs started on
-this head inherit ``EOFORGE_HOME``, ``MLFLOW_TRACKING_URI`` and the virtualenv's ``PATH``.
+this head inherit ``EOFORGE_HOME``, ``MLFLOW_TRACKING_URI``, the MLflow login and the virtualenv's
+``PATH`` (the rest of the environment is the user's who ran ``up``: only holders of the token may
+submit jobs).
+
+Authentication (:mod:`eoforge.stack_secrets`): the Ray head runs with token authentication and
+MLflow with its basic-auth app, their secrets in ``$EOFORGE_HOME/secrets/``. ``up`` refuses ports
+that something else listens on, and reuses a recorded stack only after it proved it holds those
+secrets (:mod:`eoforge.stack_probe`).
 
 MLflow: SQLite backend (``mlflow.db``) and a local artifact store (``mlartifacts/``),
 served through the tracking server (``--serve-artifacts``), so clients need only HTTP.
@@ -29,7 +36,10 @@ import requests
 
 from eoforge.errors import ServiceError
 from eoforge.processes import ProcessIdentity, identity_of, recorded_status
+from eoforge.progress import say
 from eoforge.ray_node import with_node_env
+from eoforge.stack_probe import ray_auth_headers, refuse_taken_ports, verify_stack
+from eoforge.stack_secrets import MLFLOW_ADMIN, ensure_ray_token, mlflow_password, mlflow_server_env
 
 STATE_FILE = "stack.json"
 
@@ -97,6 +107,7 @@ def _wait_http(
     log: Path,
     timeout_s: float = 180,
     ready: Callable[[requests.Response], bool] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Poll ``url`` until it answers 200 and ``ready`` (if given) holds, the process dies, or time runs out."""
     deadline = time.monotonic() + timeout_s
@@ -104,7 +115,7 @@ def _wait_http(
         if proc.poll() is not None:
             raise ServiceError(f"{what} exited with code {proc.returncode} while starting; see {log}")
         try:
-            resp = requests.get(url, timeout=2)
+            resp = requests.get(url, timeout=2, headers=headers)
             if resp.status_code == 200 and (ready is None or ready(resp)):
                 return
         except requests.RequestException:
@@ -197,21 +208,43 @@ def up(
         object_store_mb: the head's object store, MiB (see :func:`object_store_bytes`).
     """
     home = home.absolute()
+    store_bytes = object_store_bytes(object_store_mb)  # checked before anything starts
+    # secrets first: one that others can read stops `up` before it touches a running stack
+    token_path = ensure_ray_token(home)
+    mlflow_secrets = mlflow_server_env(home)
     current = read_state(home)
     if current and current.running("ray") and current.running("mlflow"):
-        return current
+        try:  # our processes, by PID; and do they hold this home's secrets?
+            verify_stack(current.mlflow_url, current.ray_dashboard_url, home)
+            return current
+        except ServiceError as exc:  # e.g. started by an eoforge without authentication: restart it
+            say(f"restarting the recorded stack: {exc}")
     if current:
         down(home)
     ports = ports or StackPorts()
-    store_bytes = object_store_bytes(object_store_mb)  # checked before anything starts
+    refuse_taken_ports(
+        {
+            "MLflow": ports.mlflow,
+            "Ray GCS": ports.ray_gcs,
+            "Ray dashboard": ports.ray_dashboard,
+            "Ray client server": ports.ray_client,
+            **{f"Ray {k}": v for k, v in ports.extra.items()},
+        }
+    )
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # only our secrets count: a token or admin password in the caller's environment would win over them
+    for key in ("RAY_AUTH_TOKEN", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", *mlflow_secrets):
+        env.pop(key, None)
+    mlflow_env = {**env, **mlflow_secrets}
     mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
     mlflow_cmd = [
         _bin("mlflow"),
         "server",
+        "--app-name",
+        "basic-auth",
         "--backend-store-uri",
         f"sqlite:///{home / 'mlflow.db'}",
         "--artifacts-destination",
@@ -223,7 +256,7 @@ def up(
         "--workers",
         "1",
     ]
-    mlflow_proc = _start(mlflow_cmd, logs / "mlflow.log", env)
+    mlflow_proc = _start(mlflow_cmd, logs / "mlflow.log", mlflow_env)
     try:
         _wait_http(f"{mlflow_url}/health", "MLflow server", mlflow_proc, logs / "mlflow.log")
     except BaseException:  # a failed start (or ^C) leaves no MLflow behind
@@ -236,10 +269,14 @@ def up(
         {
             "EOFORGE_HOME": str(home),
             "MLFLOW_TRACKING_URI": mlflow_url,
+            # jobs, Train workers and trials log to MLflow as the stack's admin (never logged)
+            "MLFLOW_TRACKING_USERNAME": MLFLOW_ADMIN,
+            "MLFLOW_TRACKING_PASSWORD": mlflow_password(home),
             "RAY_USAGE_STATS_ENABLED": "0",
-            # the head listens on 127.0.0.1 only; Ray turns token auth on by itself once any
-            # ~/.ray/auth_token exists, which would make the local stack answer 401
-            "RAY_AUTH_MODE": env.get("RAY_AUTH_MODE", "disabled"),
+            # every request to the GCS, raylets, dashboard and job API must carry the token; the
+            # job drivers inherit both and so reach the head with it
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token_path),
             # a loaded 2-core machine can take over a minute to start a worker that imports torch
             "RAY_worker_register_timeout_seconds": env.get("RAY_worker_register_timeout_seconds", "300"),
             # no idle workers started ahead of demand: each costs a Python start-up on few cores
@@ -289,9 +326,18 @@ def up(
         raise
     dashboard = f"http://127.0.0.1:{ports.ray_dashboard}"
     try:
-        _wait_http(f"{dashboard}/api/version", "Ray head", ray_proc, logs / "ray.log")
+        headers = ray_auth_headers(home)
+        _wait_http(f"{dashboard}/api/version", "Ray head", ray_proc, logs / "ray.log", headers=headers)
         # the dashboard can answer before the head's raylet has started: wait for the node itself
-        _wait_http(f"{dashboard}/api/v0/nodes", "Ray head node", ray_proc, logs / "ray.log", ready=_a_node_is_alive)
+        _wait_http(
+            f"{dashboard}/api/v0/nodes",
+            "Ray head node",
+            ray_proc,
+            logs / "ray.log",
+            ready=_a_node_is_alive,
+            headers=headers,
+        )
+        verify_stack(mlflow_url, dashboard, home)  # both refuse strangers and accept us
     except BaseException:  # neither process is left behind
         _kill_group(ray_proc.pid)
         _kill_group(mlflow_proc.pid)
@@ -369,12 +415,16 @@ def status(home: Path) -> dict[str, object]:
     if state is None:
         return {"running": False, "home": str(home.absolute())}
 
-    def answers(url: str) -> bool:
+    def answers(url: str, headers: dict[str, str] | None = None) -> bool:
         try:
-            return requests.get(url, timeout=3).status_code == 200
+            return requests.get(url, timeout=3, headers=headers).status_code == 200
         except requests.RequestException:
             return False
 
-    ray_ok = state.running("ray") and answers(f"{state.ray_dashboard_url}/api/version")
+    try:
+        headers = ray_auth_headers(home)
+    except ServiceError:  # no token: the dashboard cannot be asked
+        headers = None
+    ray_ok = state.running("ray") and headers is not None and answers(f"{state.ray_dashboard_url}/api/version", headers)
     mlflow_ok = state.running("mlflow") and answers(f"{state.mlflow_url}/health")
     return {"running": ray_ok and mlflow_ok, "ray": ray_ok, "mlflow": mlflow_ok, **asdict(state)}

@@ -17,7 +17,21 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "eoforge"
 
 #: Floors from the bottom up. A folder (stage) or top-level module name -> its floor's index.
 FLOORS: list[tuple[str, set[str]]] = [
-    ("ground", {"__init__", "errors", "progress", "redact", "signing", "storage", "bands", "ray_node", "times"}),
+    (
+        "ground",
+        {
+            "__init__",
+            "errors",
+            "progress",
+            "redact",
+            "signing",
+            "storage",
+            "bands",
+            "ray_node",
+            "times",
+            "stack_secrets",
+        },
+    ),
     ("config", {"config"}),
     ("tracking", {"tracking"}),
     ("catalog", {"catalog"}),
@@ -29,7 +43,7 @@ FLOORS: list[tuple[str, set[str]]] = [
     ("finetune", {"finetune"}),
     ("tune", {"tune"}),
     ("predict", {"predict"}),
-    ("tools", {"demo", "k8s", "discovery", "cli", "stack", "processes", "jobmain"}),
+    ("tools", {"demo", "k8s", "discovery", "cli", "stack", "stack_probe", "processes", "jobmain"}),
 ]
 FLOOR_OF = {name: i for i, (_, names) in enumerate(FLOORS) for name in names}
 

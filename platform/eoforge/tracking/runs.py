@@ -2,6 +2,8 @@
 
 The tracking URI is, in order: the config's ``mlflow.tracking_uri``, ``$MLFLOW_TRACKING_URI``,
 or the local stack's server (``$EOFORGE_HOME/stack.json`` written by ``eoforge up``).
+The local stack's MLflow wants a login: when the URI is its server and ``$MLFLOW_TRACKING_USERNAME``
+is unset, this process logs in with the stack's credentials (``$EOFORGE_HOME/secrets/``).
 """
 
 from __future__ import annotations
@@ -25,13 +27,27 @@ def eoforge_home() -> Path:
     return Path(os.environ.get("EOFORGE_HOME", ".eoforge")).absolute()
 
 
+def _log_in_to_local_stack() -> None:
+    """Put the local stack's MLflow login into this process's environment (MLflow's client reads it there).
+
+    An explicit ``$MLFLOW_TRACKING_USERNAME`` wins. The password is never logged.
+    """
+    from eoforge.stack_secrets import MLFLOW_ADMIN, MLFLOW_PASSWORD_FILE, mlflow_password, secrets_dir
+
+    if os.environ.get("MLFLOW_TRACKING_USERNAME") or not (secrets_dir(eoforge_home()) / MLFLOW_PASSWORD_FILE).exists():
+        return  # a login of the caller's own, or a stack without one
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = mlflow_password(eoforge_home())
+    os.environ["MLFLOW_TRACKING_USERNAME"] = MLFLOW_ADMIN
+
+
 def resolve_tracking_uri(configured: str | None = None) -> str:
     """Pick the tracking URI (see module docstring) and check that the server answers."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        state = eoforge_home() / "stack.json"
-        if state.is_file():
-            uri = json.loads(state.read_text()).get("mlflow_url")
+    state = eoforge_home() / "stack.json"
+    stack_url = json.loads(state.read_text()).get("mlflow_url") if state.is_file() else None
+    uri = uri or stack_url
+    if uri and stack_url and uri.rstrip("/") == stack_url.rstrip("/"):
+        _log_in_to_local_stack()
     if not uri:
         raise ServiceError(
             "MLflow: no tracking URI: set mlflow.tracking_uri in the config or $MLFLOW_TRACKING_URI, "
