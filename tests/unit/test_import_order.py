@@ -43,7 +43,7 @@ FLOORS: list[tuple[str, set[str]]] = [
     ("finetune", {"finetune"}),
     ("tune", {"tune"}),
     ("predict", {"predict"}),
-    ("tools", {"demo", "k8s", "discovery", "cli", "stack", "stack_probe", "processes", "jobmain"}),
+    ("tools", {"demo", "k8s", "discovery", "cli", "stack", "stack_state", "stack_probe", "processes", "jobmain"}),
 ]
 FLOOR_OF = {name: i for i, (_, names) in enumerate(FLOORS) for name in names}
 
