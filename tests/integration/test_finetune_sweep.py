@@ -14,7 +14,8 @@ from eoforge.errors import ServiceError
 from eoforge.finetune.backbone_source import load_backbone, resolve_backbone, state_sha256
 from eoforge.models.dual import DualBackbone, create_backbone
 from eoforge.plan.io import build_plan
-from eoforge.tracking.registry import decide_champion, register_backbone, resolve_model_version
+from eoforge.tracking.champion import decide_champion
+from eoforge.tracking.registry import register_backbone, resolve_model_version
 
 from tests.integration.test_catalog_and_chips import data_cfg
 from tests.support.jobs import run_job, start_job, wait_job
