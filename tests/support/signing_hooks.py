@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+#: The repository root: the hooks' module (``tests.support.provider_items``) is imported from it.
+REPO = Path(__file__).resolve().parents[2]
 #: Registered name -> ``module:function`` target.
 TEST_HOOKS = {
     "test_recording": "tests.support.provider_items:recording_signer",
@@ -31,11 +33,16 @@ def write_test_distribution(folder: Path, hooks: dict[str, str] = TEST_HOOKS, na
 
 
 def install_test_hooks(folder: Path) -> Path:
-    """Write the test distribution into ``folder`` and put it on ``sys.path`` and ``$PYTHONPATH``."""
+    """Write the test distribution into ``folder`` and put it on ``sys.path`` and ``$PYTHONPATH``.
+
+    The repository root goes on ``$PYTHONPATH`` too, so that processes outside pytest (job drivers,
+    Ray workers) import the hooks' module the way an installed distribution's module is imported.
+    """
     write_test_distribution(folder)
     if str(folder) not in sys.path:
         sys.path.append(str(folder))
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if str(folder) not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, str(folder)])
+    missing = [str(p) for p in (folder, REPO) if str(p) not in paths]
+    if missing:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *missing])
     return folder
