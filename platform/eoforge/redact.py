@@ -4,7 +4,9 @@ One rule set, used wherever text that may quote an href is kept or shown:
 
 - every URL with a scheme (``https://``, ``s3://``, ``gs://``, ``az://``, ``/vsicurl/https://...``
   inside GDAL messages, ...) loses its **whole query string** (``?…`` is left to show there was
-  one) and its fragment, and its **userinfo** becomes ``***`` (``https://***@host/path``). The
+  one), its fragment when that carries a credential key (``#access_token=…``, shown as ``#…``; a
+  fragment without one, such as an MLflow UI route ``#/experiments/1/runs/<id>``, is kept), and its
+  **userinfo** becomes ``***`` (``https://***@host/path``). The
   query goes whole rather than key by key: signatures hide under many names (SAS ``sig``,
   ``X-Amz-Signature``, ``X-Goog-Signature``, ``token``, a provider's own), and a published
   asset href has no query worth keeping in an error;
@@ -60,11 +62,12 @@ _USER_IS_NOT_SECRET = ("hdfs", "viewfs")
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>?#)]*(?:[?#][^\s'\"<>]*?(?=[:,]?(?:[\s'\"<>]|$)))?")
 _KEYS = "|".join(map(re.escape, CREDENTIAL_KEYS))
 _KEY_VALUE = re.compile(rf"([?&;](?:{_KEYS})=)[^&\s'\"<>#]*?(?=[:,]?(?:[&\s'\"<>#]|$))", re.IGNORECASE)
+_FRAGMENT_KEY = re.compile(rf"[#&;/?](?:{_KEYS})=", re.IGNORECASE)
 _PARTS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)([^?#]*)(\?[^#]*)?(#.*)?$", re.DOTALL)
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its query string, fragment and userinfo (``https://***@host/path?…``).
+    """``url`` without its query string, userinfo and a credential-carrying fragment (``https://***@host/path?…``).
 
     A URL with none of them comes back unchanged; text that is not a URL goes through the
     key rule of :func:`redact` only.
@@ -72,10 +75,12 @@ def redact_url(url: str) -> str:
     m = _PARTS.match(url)
     if not m:
         return _KEY_VALUE.sub(r"\1***", url)
-    scheme, authority, path, query, _fragment = m.groups()
+    scheme, authority, path, query, fragment = m.groups()
     if "@" in authority:
         authority = "***@" + authority.rsplit("@", 1)[1]
-    return f"{scheme}{authority}{path}{'?…' if query else ''}"
+    if fragment and _FRAGMENT_KEY.search(fragment):
+        fragment = "#…"
+    return f"{scheme}{authority}{path}{'?…' if query else ''}{fragment or ''}"
 
 
 def redact(text: str) -> str:
