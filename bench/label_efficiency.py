@@ -12,7 +12,10 @@ Runs what a user runs, on the local stack (``eoforge up``), through ``ray job su
    nested, per seed), the same step budget (``--steps``) and the same lr grid (``--lrs``), the lr
    chosen on val and test reported once at the chosen checkpoint:
    ``scratch``, ``random_probe``, ``band_stats_probe`` and, per objective, ``<objective>_probe``,
-   ``<objective>_knn`` and ``<objective>_finetune`` (segmentation: no band-stats or kNN arm).
+   ``<objective>_knn``, ``<objective>_finetune`` and ``<objective>_lpft`` (the head first on the frozen
+   backbone, then everything: :mod:`eoforge.finetune.policy`) (segmentation: no band-stats or kNN arm).
+   Every trained arm augments its chips (flips, 90-degree rotations); a scratch backbone trains at the
+   full lr, a pretrained one at ``backbone_lr_scale`` of it.
 
 The last line printed is one JSON object: per task, arm and fraction the test metric's mean and std
 over seeds; ``ssl_at_10_vs_scratch_at_100`` per task: the SSL arm with the best val metric at 10 %
@@ -82,7 +85,7 @@ def refuse_overlap(mlflow_url: str, model_uri: str, plan: Path) -> None:
 
 
 def arms(objectives: list[str], task: str) -> dict[str, dict[str, str]]:
-    """The sweep's methods: the controls, then each objective's probe, kNN and fine-tune."""
+    """The sweep's methods: the controls, then each objective's probe, kNN, fine-tune and LP-FT."""
     whole_chip = task != "segmentation"
     out = {"scratch": {"source": "scratch", "mode": "finetune"}}
     out["random_probe"] = {"source": "scratch", "mode": "linear_probe"}
@@ -94,6 +97,7 @@ def arms(objectives: list[str], task: str) -> dict[str, dict[str, str]]:
         if whole_chip:
             out[f"{obj}_knn"] = {"source": src, "mode": "knn", "objective": obj}
         out[f"{obj}_finetune"] = {"source": src, "mode": "finetune", "objective": obj}
+        out[f"{obj}_lpft"] = {"source": src, "mode": "lp_ft", "objective": obj}
     return out
 
 

@@ -55,7 +55,7 @@ def protocol(stack, demo_catalog, tmp_path_factory):
     }
     base = yaml.safe_load((REPO / "configs/finetune/demo.yaml").read_text())
     base["data"].update({"plan": str(tmp / "plan.parquet"), "config": None})
-    base["train"] = {"steps": 4, "evals": 2, "batch_size": 16, "knn_k": [1, 3]}
+    base["train"] = {"steps": 4, "evals": 2, "batch_size": 16, "knn_k": [1, 3]}  # >= 2 epochs: LP-FT's two phases
     base["run"].update({"storage_path": str(tmp / "ft")})
     base["mlflow"].update({"experiment": "it-le", "registered_model": None})
     sweep = {
@@ -72,6 +72,7 @@ def protocol(stack, demo_catalog, tmp_path_factory):
                     "objective": "dual_simclr",
                 },
                 "mae_probe": {"source": "models:/it-le-mae@candidate", "mode": "linear_probe", "objective": "mae"},
+                "mae_lpft": {"source": "models:/it-le-mae@candidate", "mode": "lp_ft", "objective": "mae"},
                 "dual_knn": {"source": "models:/it-le-dual@candidate", "mode": "knn", "objective": "dual_simclr"},
             },
             "label_fractions": [0.5],
@@ -100,7 +101,7 @@ def _by_source_mode(children, source: str, mode: str):
 
 def test_every_arm_draws_the_same_labels_and_the_same_lr_grid(protocol) -> None:
     children = protocol["children"]
-    assert len(children) == 5 * len(LRS) + 1  # five trained arms x lr grid, plus one kNN
+    assert len(children) == 6 * len(LRS) + 1  # six trained arms x lr grid, plus one kNN
     assert all(c.info.status == "FINISHED" for c in children)
     assert len({c.data.params["labels.subset_sha256"] for c in children}) == 1  # identical label subsets
     grids = {}
@@ -108,7 +109,7 @@ def test_every_arm_draws_the_same_labels_and_the_same_lr_grid(protocol) -> None:
         if c.data.params["mode"] != "knn":
             key = (c.data.params["backbone.source"], c.data.params["mode"])
             grids.setdefault(key, set()).add(float(c.data.params["optim.lr"]))
-    assert len(grids) == 5 and all(g == set(LRS) for g in grids.values()), grids
+    assert len(grids) == 6 and all(g == set(LRS) for g in grids.values()), grids
     # one step budget for every trained arm: the same number of optimiser steps
     assert len({c.data.params["train.steps"] for c in children}) == 1
 
@@ -120,6 +121,15 @@ def test_random_probe_leaves_its_backbone_unchanged_and_ssl_probes_keep_theirs(p
         assert c.data.tags["eoforge.backbone_sha256_start"] != c.data.tags["eoforge.backbone_sha256_end"]
     for c in _by_source_mode(protocol["children"], "models:/it-le-mae@candidate", "linear_probe"):
         assert c.data.tags["eoforge.backbone_sha256_end"] == protocol["shas"]["mae"]
+    # LP-FT: the head first on the frozen backbone, then everything. The run reports the val-chosen epoch's
+    # weights: the pretrained backbone as it was if that epoch is in the head-only phase, a trained one after
+    lpft = _by_source_mode(protocol["children"], "models:/it-le-mae@candidate", "lp_ft")
+    assert len(lpft) == len(LRS)
+    for c in lpft:
+        head_only = int(c.data.tags["eoforge.head_only_epochs"])
+        assert head_only >= 1
+        kept = c.data.tags["eoforge.backbone_sha256_end"] == protocol["shas"]["mae"]
+        assert kept == (c.data.metrics["best_epoch"] <= head_only), (head_only, c.data.metrics["best_epoch"])
 
 
 def test_knn_picks_k_on_val_and_band_stats_probe_reports_test(protocol) -> None:
@@ -139,6 +149,7 @@ def test_one_parent_table_holds_both_objectives_and_every_arm(protocol, tmp_path
         "band_stats_probe",
         "dual_probe",
         "mae_probe",
+        "mae_lpft",
         "dual_knn",
     }
     assert {"dual_simclr", "mae"} <= set(table["objective"].dropna())

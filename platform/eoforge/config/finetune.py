@@ -89,7 +89,12 @@ class FinetuneOptimConfig(Strict):
 
     lr: PosFloat = 1e-3
     backbone_lr_scale: PosFloat = Field(
-        0.1, description="Full fine-tune: backbone lr = lr * backbone_lr_scale (1.0 = one lr for all)."
+        0.1,
+        description="Fine-tuning a pretrained backbone: backbone lr = lr * backbone_lr_scale (1.0 = one lr for "
+        "all). A backbone from scratch always trains at lr.",
+    )
+    lp_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.5, description="mode lp_ft: share of the epochs in which only the head trains (then everything)."
     )
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
 
@@ -107,6 +112,11 @@ class FinetuneTrainConfig(Strict):
     batch_size: PosInt = Field(32, description="Per-worker batch size (chips).")
     eval_every_epochs: PosInt = Field(1, description="Evaluate on val (and report to Tune) every N epochs.")
     seed: NonNegInt = Field(0, description="Weight init and shuffling seed.")
+    augment: bool = Field(
+        True,
+        description="Random flips and 90-degree rotations of each training chip (sensors, validity and labels "
+        "alike; eoforge.finetune.policy). Trained arms only: probes use features computed once.",
+    )
     knn_k: list[PosInt] = Field(
         [1, 5, 10, 20], min_length=1, description="mode knn: neighbour counts tried; the best on val is reported."
     )
@@ -132,10 +142,11 @@ class FinetuneConfig(Strict):
     data: PlanInput
     task: TaskConfig
     backbone: BackboneConfig = BackboneConfig()
-    mode: Literal["linear_probe", "finetune", "knn"] = Field(
+    mode: Literal["linear_probe", "finetune", "lp_ft", "knn"] = Field(
         "finetune",
         description="'linear_probe': frozen backbone, a linear head on its standardised features trains; "
-        "'finetune': everything trains; 'knn': no training, k nearest train chips in feature space (cosine).",
+        "'finetune': everything trains; 'lp_ft': the head alone first (optim.lp_fraction of the epochs), then "
+        "everything (Kumar et al. 2022); 'knn': no training, k nearest train chips in feature space (cosine).",
     )
     labels: LabelSubsetConfig = LabelSubsetConfig()
     optim: FinetuneOptimConfig = FinetuneOptimConfig()
@@ -160,7 +171,7 @@ class FinetuneConfig(Strict):
         if self.backbone.source == "band_stats":
             if self.task.kind == "segmentation":
                 raise ValueError("backbone.source 'band_stats' gives one vector per chip; it cannot segment")
-            if self.mode == "finetune":
+            if self.mode in ("finetune", "lp_ft"):
                 raise ValueError("backbone.source 'band_stats' has nothing to fine-tune: use linear_probe or knn")
         return self
 

@@ -19,7 +19,7 @@ class MethodConfig(Strict):
     source: str = Field(
         description="As finetune backbone.source: models:/..., a checkpoint, 'scratch' or 'band_stats'."
     )
-    mode: Literal["linear_probe", "finetune", "knn"] | None = Field(
+    mode: Literal["linear_probe", "finetune", "lp_ft", "knn"] | None = Field(
         None, description="Default: the base config's mode. knn trains nothing, so it runs once, not per lr."
     )
     objective: str | None = Field(

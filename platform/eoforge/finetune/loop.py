@@ -29,6 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from eoforge.finetune.policy import (
+    augment_batch,
+    batch_rng,
+    head_only_epochs,
+    param_groups,
+    set_backbone_trainable,
+)
 from eoforge.train.worker_kit import gather_lists, load_state, save_state, sum_across_workers, unwrap
 
 FINETUNE_STATE_FILE = "finetune_state.pt"
@@ -184,12 +191,11 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     sha_start = state_sha256(backbone)
     probe = cfg.mode in PROBE_MODES
     model = FinetuneModel(backbone, task.kind, task.num_classes, int(config["chip_size"]), probe=probe)
-    head_params = list(model.head.parameters())
-    groups = [{"params": head_params, "lr": cfg.optim.lr}]
+    pretrained = cfg.backbone.source != "scratch"
+    groups = param_groups(model, cfg.optim.lr, cfg.optim.backbone_lr_scale, pretrained, cfg.mode == "linear_probe")
     if cfg.mode == "linear_probe":
         model.freeze_backbone()
-    else:
-        groups.append({"params": list(model.backbone.parameters()), "lr": cfg.optim.lr * cfg.optim.backbone_lr_scale})
+    head_only = head_only_epochs(cfg.mode, cfg.optim.lp_fraction, cfg.train.epochs)
     opt = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
     start_epoch, best_value, best_epoch, best_state = 0, -np.inf, 0, None
     checkpoint = ray.train.get_checkpoint()
@@ -206,6 +212,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     logger = MetricLogger(config["mlflow"]["uri"], config["mlflow"]["run_id"]) if rank == 0 else None
     if logger is not None and checkpoint is None:
         logger.client.set_tag(logger.run_id, "eoforge.backbone_sha256_start", sha_start)
+        logger.client.set_tag(logger.run_id, "eoforge.head_only_epochs", str(head_only))
     metric_key = cfg.metric.split("/", 1)[1]
     train_shard, val_shard, test_shard = (split_source(config, name, rank, ctx.get_world_size()) for name in SPLITS)
     bs = cfg.train.batch_size
@@ -227,14 +234,20 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         return ray.train.Checkpoint.from_directory(d)
 
     for epoch in range(start_epoch, cfg.train.epochs):
+        if head_only:  # lp_ft: the head alone on the frozen backbone, then everything
+            set_backbone_trainable(core, epoch >= head_only)
         model.train()
         t0, losses, seen = time.perf_counter(), [], 0
-        for batch in train_shard.iter_batches(
-            batch_size=bs,
-            batch_format="numpy",
-            local_shuffle_buffer_size=4 * bs,
-            local_shuffle_seed=cfg.train.seed + epoch,
+        for step, batch in enumerate(
+            train_shard.iter_batches(
+                batch_size=bs,
+                batch_format="numpy",
+                local_shuffle_buffer_size=4 * bs,
+                local_shuffle_seed=cfg.train.seed + epoch,
+            )
         ):
+            if cfg.train.augment:
+                batch = augment_batch(batch, batch_rng(cfg.train.seed + 1000 * rank, epoch, step))
             target = torch.from_numpy(_targets(task, batch)).to(device)
             logits = model(*model_inputs(batch, device, cfg.data.normalize))
             loss = _loss(task, logits, target)
