@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eoforge.predict.grid import ItemGrid, block_weights
+from eoforge.predict.grid import ItemGrid, block_weights, on_regular_grid
 
 #: Nodata of the uint8 class map and probabilities, and of the int8 embeddings.
 CLASS_NODATA, PROB_NODATA, EMB_NODATA = 255, 255, -128
@@ -143,6 +143,8 @@ class TileAccumulator:
         q = np.full((d, max(hc, 0), max(wc, 0)), EMB_NODATA, np.int8)
         s = self.grid.stride
         for v, (row, col) in zip(vec, self.emb_pos, strict=True):
+            if not on_regular_grid(row, col, s):
+                continue  # flush with the item's edge: off the coarse grid (its vector is in the GeoParquet)
             i, j = row // s - k_r0, col // s - k_c0
             if 0 <= i < hc and 0 <= j < wc:
                 q[:, i, j] = np.clip(np.rint((v - offset) / scale), -127, 127).astype(np.int8)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from eoforge.config import DataConfig
-from eoforge.config.data import ChipGridConfig
+from eoforge.config.data import ChipGridConfig, GridSampling
 from eoforge.config.predict import PredictConfig
 from eoforge.errors import ConfigError
 from eoforge.predict.grid import ItemGrid, blend_weights, item_grid, window_origin
@@ -84,7 +84,12 @@ def data_config(cfg: PredictConfig, window_px: int) -> DataConfig:
         catalog["datetime"] = cfg.aoi.datetime
     if cfg.aoi.item_ids:
         catalog["s2_item_ids"] = list(cfg.aoi.item_ids)
-    chips = ChipGridConfig(size_px=window_px, stride_px=window_px - cfg.overlap_px, resolution_m=10.0)
+    chips = ChipGridConfig(
+        size_px=window_px,
+        stride_px=window_px - cfg.overlap_px,
+        resolution_m=10.0,
+        sampling=GridSampling(cover_edges=True),  # windows flush with the items' bottom and right edges too
+    )
     return DataConfig.model_validate(
         {"kind": "data", "catalog": catalog, "pairing": cfg.pairing.model_dump(), "chips": chips.model_dump()}
     )
@@ -108,7 +113,7 @@ def tile_id(item: str, tile: tuple[int, int]) -> str:
 
 
 def plan_tiles(
-    table: Any, tile_px: int, per_pixel: bool, class_products: bool
+    table: Any, tile_px: int, per_pixel: bool, class_products: bool, stride: int
 ) -> tuple[list[TilePlan], dict[str, Any]]:
     """Output tiles of every S2 item of a windows plan, in (item, row, col) order, and per-item facts.
 
@@ -116,6 +121,7 @@ def plan_tiles(
         table: the plan's rows (Arrow) with the reader's columns and ``s2_item``, ``s1_item``,
             ``s2_datetime``, ``dt_days``; one row per window (the closest S1 kept).
         tile_px: output tile side, pixels.
+        stride: the windows' step, pixels (window - overlap).
         per_pixel: the task model outputs per pixel (segmentation).
         class_products: classes or probabilities are made (windows join the tiles their output meets).
 
@@ -138,7 +144,6 @@ def plan_tiles(
         origins = np.array([window_origin(r["chip_id"])[1:] for r in windows], dtype=np.int64)
         first = windows[0]
         size = int(first["size_px"])
-        stride = _stride(origins, size)
         grid = item_grid(item, first["crs"], first["transform"], origins, size, stride)
         items[item] = {
             "grid": grid,
@@ -156,13 +161,6 @@ def plan_tiles(
             reader_rows = [{k: windows[i][k] for k in READ_COLUMNS} for i, _ in sel]
             tiles.append(TilePlan(tile_id(item, t), grid, t, reader_rows, [h for _, h in sel]))
     return tiles, items
-
-
-def _stride(origins: np.ndarray, size: int) -> int:
-    """The grid's step: the smallest positive gap between window rows or cols (the size for one window)."""
-    gaps = [np.diff(np.unique(origins[:, k])) for k in (0, 1)]
-    steps = np.concatenate([g[g > 0] for g in gaps])
-    return int(steps.min()) if len(steps) else size
 
 
 def weights_for(cfg: PredictConfig, task: str | None, size: int) -> np.ndarray | None:
@@ -188,7 +186,8 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
     plan_uri, plan_hash, table, pairs = _plan(cfg, models.window_px)
     task = models.task.task if models.task else None
     class_products = bool({"classes", "probabilities"} & set(cfg.products))
-    tiles, items = plan_tiles(table, cfg.tile_px, task == "segmentation", class_products)
+    stride = models.window_px - cfg.overlap_px
+    tiles, items = plan_tiles(table, cfg.tile_px, task == "segmentation", class_products, stride)
     del table
     from eoforge.tracking.job_run import job_run
 
