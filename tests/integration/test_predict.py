@@ -24,6 +24,7 @@ from eoforge.finetune.task_heads import FinetuneModel
 from eoforge.models.dual import DualBackbone, create_backbone
 from eoforge.plan.io import iter_plan_batches
 from eoforge.predict.cog import sha256_multihash, validate_cog
+from eoforge.predict.grid import window_origin
 from eoforge.predict.job import PredictResult, run_predict
 from eoforge.predict.stac_validate import validate_stac
 
@@ -226,11 +227,18 @@ def test_a_rerun_writes_only_the_missing_and_broken_tiles(classified) -> None:
 
 
 def test_per_pixel_outputs_blend_without_seams(stack, demo_catalog, models, tmp_path) -> None:
-    """Every window agrees on a pixel's value, so any step at a window or tile border would show."""
+    """Every window agrees on a pixel's value, so any step at a window or tile border would show.
+
+    Overlap 6 px (stride 26): the regular grid stops at 110 px of the 128 px scene, so the last
+    row and column of windows are flush with its bottom and right edges and overlap their
+    neighbours by 14 px; those seams must not show either.
+    """
 
     item = demo_catalog.s2_item_ids[0]
-    cfg = predict_cfg(demo_catalog, tmp_path / "pixel", models["pixel"], [item], tile_px=40)
+    cfg = predict_cfg(demo_catalog, tmp_path / "pixel", models["pixel"], [item], tile_px=40, overlap_px=6)
     result = run_predict(cfg)
+    starts = {window_origin(r["chip_id"])[1] for r in plan_rows(tmp_path / "pixel")}
+    assert starts == {0, 26, 52, 78, 96}
     probs, grid = mosaic(result.collection, "probabilities", item)
     model = load_registered_model("models:/pt-pixel/1").eval()
     expected = np.full_like(probs, 255)
@@ -251,6 +259,33 @@ def test_a_constant_model_gives_a_seamless_map(stack, demo_catalog, models, tmp_
     classes, _ = mosaic(result.collection, "classes", item)
     assert classes.shape[-2:] == (128, 128)
     assert (classes == 3).all()
+
+
+def test_a_saved_model_folder_maps_the_scene_to_its_edges_with_its_lineage(
+    stack, demo_catalog, models, tmp_path
+) -> None:
+    """``model:`` a folder (a registered version downloaded as weights + card); windows flush with the edges."""
+    import hashlib
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(stack.mlflow_url)
+    folder = Path(mlflow.artifacts.download_artifacts("models:/pt-constant/1", dst_path=str(tmp_path / "saved")))
+    assert {p.name for p in folder.iterdir()} == {"weights.safetensors", "card.json"}
+    item = demo_catalog.s2_item_ids[0]
+    cfg = predict_cfg(demo_catalog, tmp_path / "out", str(folder), [item], tile_px=40, overlap_px=6)
+    result = run_predict(cfg)
+    classes, _ = mosaic(result.collection, "classes", item)
+    assert classes.shape[-2:] == (128, 128)
+    assert (classes == 3).all(), "a nodata strip or a seam"  # the last 18 px at the bottom and right too
+    sha = hashlib.sha256((folder / "weights.safetensors").read_bytes()).hexdigest()
+    for tile in pystac.Collection.from_file(result.collection).get_items():
+        assert tile.properties["eoforge:model_uri"] == str(folder)
+        assert tile.properties["eoforge:model_sha256"] == sha
+        assert tile.assets["model"].href == str(folder / "weights.safetensors")
+    tags = MlflowClient(stack.mlflow_url).get_run(result.run_id).data.tags
+    assert (tags["eoforge.model_uri"], tags["eoforge.model_sha256"]) == (str(folder), sha)
 
 
 def test_a_model_for_other_bands_is_refused_before_any_read(stack, demo_catalog, models, tmp_path) -> None:

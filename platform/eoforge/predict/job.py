@@ -191,9 +191,13 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
     del table
     from eoforge.tracking.job_run import job_run
 
-    lineage_uri = (models.task or models.embedding).uri  # type: ignore[union-attr]
+    lead = models.task or models.embedding
+    assert lead is not None  # the config asks for a model for every product
+    lineage_uri = lead.uri
     with job_run(uri, cfg.mlflow.experiment, cfg.run.name, "predict", cfg.model_dump(mode="json"), plan_hash) as run:
         run.tag(eoforge_model_uri=lineage_uri, eoforge_output=cfg.output)
+        if lead.sha256:
+            run.tag(eoforge_model_sha256=lead.sha256)
         writer = TileWriter(cfg, models, uri, plan_hash, run.run_id, items, pairs)
         pending = [t for t in tiles if not writer.complete(t)]
         say(f"{len(tiles)} output tiles over {len(items)} S2 items; {len(tiles) - len(pending)} already written")
@@ -295,6 +299,8 @@ def _predict_tiles(
 def _tag_model_versions(client: Any, models: Any, collection_uri: str) -> None:
     """Add the collection to each model version's ``eoforge.collections`` tag (a JSON list)."""
     for ref in models.refs:
+        if not ref.registered:
+            continue  # a saved model folder: no registry version to tag
         mv = client.get_model_version(ref.name, ref.version)
         made = json.loads((mv.tags or {}).get("eoforge.collections", "[]"))
         if collection_uri not in made:

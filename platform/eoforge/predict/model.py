@@ -1,8 +1,9 @@
 """Which models a predict job runs, checked against their cards, and the actor that runs them.
 
-:func:`resolve_models` pins every ``models:/NAME@ALIAS`` to its version once, on the driver, and
-refuses a model whose card names other bands or a normalisation the reader cannot give, before
-any pixel is read. :class:`WindowPredictor` is the Ray Data actor: one copy of the models per
+:func:`resolve_models` pins every ``models:/NAME@ALIAS`` to its version once, on the driver (a
+saved model folder to its weights' SHA-256, :mod:`eoforge.predict.saved_model`), and refuses a
+model whose card names other bands or a normalisation the reader cannot give, before any pixel
+is read. :class:`WindowPredictor` is the Ray Data actor: one copy of the models per
 actor, on the actor's GPU when it has one.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES
 from eoforge.data.normalize import NORMALIZATIONS
 from eoforge.errors import ConfigError
+from eoforge.redact import redact
 
 #: Default window side when neither the config nor the card gives one, pixels.
 DEFAULT_WINDOW_PX = 64
@@ -23,13 +25,16 @@ DEFAULT_WINDOW_PX = 64
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A pinned registered model and its card.
+    """A pinned model and its card: a registered version, or a saved model folder.
 
     Attributes:
-        uri: ``models:/NAME/VERSION`` (an alias resolved when the job started).
-        asked: what the config said (``models:/NAME@champion``).
-        name, version: registry coordinates.
+        uri: ``models:/NAME/VERSION`` (an alias resolved when the job started), or the folder's
+            location, redacted (:mod:`eoforge.predict.saved_model`).
+        asked: what the config said (``models:/NAME@champion``), redacted.
+        name, version: registry coordinates; for a folder its name and ``sha256:<12 hex>``.
         card: the model card (bands, normalisation, task, classes, ...).
+        path: the saved model folder as given (None for a registered version); actors load it.
+        sha256: hex SHA-256 of a folder's ``weights.safetensors`` (None for a registered version).
     """
 
     uri: str
@@ -37,11 +42,18 @@ class ModelRef:
     name: str
     version: str
     card: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+    sha256: str | None = None
 
     @property
     def task(self) -> str | None:
         """``classification`` / ``multilabel`` / ``segmentation``, or None for a backbone."""
         return self.card.get("task")
+
+    @property
+    def registered(self) -> bool:
+        """A version of the registry (not a saved model folder)."""
+        return self.path is None
 
 
 @dataclass(frozen=True)
@@ -88,11 +100,27 @@ def check_card_fits_reader(ref: ModelRef) -> None:
         raise ConfigError(f"model {ref.asked} ({ref.uri}) does not fit the predict input: {'; '.join(problems)}")
 
 
+def _pin_saved(asked: str) -> ModelRef:
+    """A saved model folder (weights + card), its weights hashed and checked to rebuild, before any read."""
+    from pathlib import PurePosixPath
+
+    from eoforge.predict.saved_model import module_of, read_saved_model, weights_sha256
+
+    card, data, shown = read_saved_model(asked)
+    module_of(shown, data, card)  # the weights fit the card's architecture: refused here, not in the actors
+    digest = weights_sha256(data)
+    ref = ModelRef(
+        shown, redact(asked), PurePosixPath(shown).name, f"sha256:{digest[:12]}", card, path=asked, sha256=digest
+    )
+    check_card_fits_reader(ref)
+    return ref
+
+
 def _pin(tracking_uri: str, asked: str) -> ModelRef:
     from eoforge.tracking.registry import model_card, resolve_model_version
 
     if not asked.startswith("models:/"):
-        raise ConfigError(f"model {asked!r}: give a registered model, models:/NAME@ALIAS or models:/NAME/VERSION")
+        return _pin_saved(asked)
     mv = resolve_model_version(tracking_uri, asked)
     ref = ModelRef(
         f"models:/{mv.name}/{mv.version}",
@@ -113,7 +141,9 @@ def resolve_models(
     Raises:
         ServiceError: no such model, alias or version (the message lists what the registry has).
         ConfigError: a card does not fit the input; the task model has no task; the two models
-            disagree on normalisation.
+            disagree on normalisation; no such model folder.
+        UnsafeArtifactError: a model folder is not weights + card (e.g. a pickled checkpoint), or
+            its weights do not rebuild the card's architecture.
     """
     task = _pin(tracking_uri, model) if model else None
     if task is not None and task.task not in ("classification", "multilabel", "segmentation"):
@@ -151,13 +181,17 @@ class WindowPredictor:
         import torch
 
         from eoforge.finetune.registered import load_registered_model
+        from eoforge.predict.saved_model import load_saved_model
 
         self.spec = PredictModels.from_dict(models)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         loaded: dict[str, Any] = {}
         for ref in (self.spec.task, self.spec.embedding):
             if ref is not None and ref.uri not in loaded:
-                loaded[ref.uri] = load_registered_model(ref.uri, self.device, tracking_uri).eval()
+                if ref.path is not None and ref.sha256 is not None:
+                    loaded[ref.uri] = load_saved_model(ref.path, ref.sha256, self.device).eval()
+                else:
+                    loaded[ref.uri] = load_registered_model(ref.uri, self.device, tracking_uri).eval()
         self.task = loaded[self.spec.task.uri] if self.spec.task else None
         self.embedding = loaded[self.spec.embedding.uri] if self.spec.embedding else None
 
