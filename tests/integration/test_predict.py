@@ -159,6 +159,45 @@ def test_embeddings_equal_the_backbone_features_within_quantisation(classified, 
     assert np.abs(np.sort(decoded, axis=0) - np.sort(vectors, axis=0)).max() <= scale.max() * 0.51 + 1e-6
 
 
+def test_pixel_embeddings_are_the_backbones_feature_maps_at_10_m(stack, demo_catalog, models, tmp_path) -> None:
+    """``embeddings: {mode: pixel}``: where one window alone covers a pixel, the map is that window's features."""
+    from eoforge.predict.model import _feature_maps
+
+    item = demo_catalog.s2_item_ids[0]
+    cfg = predict_cfg(
+        demo_catalog,
+        tmp_path / "pixel-emb",
+        models["classifier"],
+        [item],
+        products=["embeddings"],
+        embeddings={"mode": "pixel"},
+        tile_px=64,
+    )
+    result = run_predict(cfg)
+    model = load_registered_model("models:/pt-classifier/1").eval()
+    rows = {window_origin(r["chip_id"])[1:]: r for r in plan_rows(tmp_path / "pixel-emb")}
+    tiles = {t.id: t for t in pystac.Collection.from_file(result.collection).get_items()}
+    # window (0, 0) alone covers item pixels [0, 24)², in tile 00-00; window (96, 96) alone [104, 128)², in tile 01-01
+    for win, key, first, origin in (((0, 0), "-00-00", 0, 0), ((96, 96), "-01-01", 104, 64)):
+        tile = next(t for k, t in tiles.items() if k.endswith(key))
+        asset = tile.assets["embeddings"]
+        bands = asset.extra_fields["raster:bands"]
+        scale = np.array([b["scale"] for b in bands])[:, None, None]
+        offset = np.array([b["offset"] for b in bands])[:, None, None]
+        at = slice(first - origin, first - origin + 24)
+        with rasterio.open(asset.get_absolute_href()) as src:
+            assert src.res == (10.0, 10.0) and src.count == len(bands)
+            decoded = src.read()[:, at, at] * scale + offset
+        chip = read_chip(rows[win])
+        with torch.inference_mode():
+            fmap = _feature_maps(model, torch.from_numpy(chip.s1[None]), torch.from_numpy(chip.s2[None]))[0]
+        inside = slice(first - win[0], first - win[0] + 24)
+        want = fmap.half().float().numpy()[:, inside, inside]
+        assert decoded.shape == want.shape == (len(bands), 24, 24)
+        assert np.abs(decoded - want).max() <= scale.max() * 0.51 + 2e-3 * np.abs(want).max()
+    assert all("embedding_vectors" in t.assets for t in tiles.values()) and len(tiles) == result.tiles == 4
+
+
 def test_items_cogs_and_collection_validate_and_read_back(classified) -> None:
     _cfg, result = classified
     collection = json.loads(Path(result.collection).read_text())

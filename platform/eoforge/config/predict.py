@@ -63,6 +63,17 @@ class InferenceConfig(Strict):
     read_cpus: Annotated[float, Field(gt=0)] = Field(0.5, description="Logical CPUs per reading task.")
 
 
+class EmbeddingsConfig(Strict):
+    """How the ``embeddings`` product samples the backbone's features."""
+
+    mode: Literal["patch", "pixel"] = Field(
+        "patch",
+        description="patch: one pooled vector per window, on a grid of stride x 10 m pixels; pixel: the "
+        "backbone's last feature map upsampled bilinearly to each window and blended over the windows "
+        "(like segmentation) at 10 m. Both write the per-window vectors to GeoParquet.",
+    )
+
+
 class PredictRun(Strict):
     """Run identity: the MLflow run name (a rerun with the same name and output resumes)."""
 
@@ -96,6 +107,7 @@ class PredictConfig(Strict):
     products: list[Literal["classes", "probabilities", "embeddings"]] = Field(
         default_factory=lambda: ["classes"], min_length=1
     )
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
     catalog: CatalogConfig
     aoi: AoiConfig
     pairing: PairingConfig = PairingConfig()

@@ -121,9 +121,11 @@ def plan_tiles(
         table: the plan's rows (Arrow) with the reader's columns and ``s2_item``, ``s1_item``,
             ``s2_datetime``, ``dt_days``; one row per window (the closest S1 kept).
         tile_px: output tile side, pixels.
+        per_pixel: some output is per pixel (segmentation, per-pixel embeddings): a window joins every
+            tile its footprint meets, not only those its centre block meets.
+        class_products: some per-pixel product is made (windows join the tiles their output meets;
+            otherwise only their home tile).
         stride: the windows' step, pixels (window - overlap).
-        per_pixel: the task model outputs per pixel (segmentation).
-        class_products: classes or probabilities are made (windows join the tiles their output meets).
 
     Returns:
         (tiles, {item: {"grid", "datetime", "s1_items"}}).
@@ -177,7 +179,7 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
     from eoforge.predict.model import resolve_models
 
-    models = resolve_models(uri, cfg.model, cfg.embedding_model, list(cfg.products), cfg.window_px)
+    models = resolve_models(uri, cfg.model, cfg.embedding_model, list(cfg.products), cfg.window_px, cfg.embeddings.mode)
     say(
         f"predict: {', '.join(cfg.products)} with "
         + ", ".join(f"{r.asked} -> {r.uri}" for r in models.refs)
@@ -185,9 +187,11 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
     )
     plan_uri, plan_hash, table, pairs = _plan(cfg, models.window_px)
     task = models.task.task if models.task else None
-    class_products = bool({"classes", "probabilities"} & set(cfg.products))
+    pixel_emb = "embeddings" in cfg.products and cfg.embeddings.mode == "pixel"
+    per_pixel = task == "segmentation" or pixel_emb  # some output fills the window's whole footprint
+    class_products = bool({"classes", "probabilities"} & set(cfg.products)) or pixel_emb
     stride = models.window_px - cfg.overlap_px
-    tiles, items = plan_tiles(table, cfg.tile_px, task == "segmentation", class_products, stride)
+    tiles, items = plan_tiles(table, cfg.tile_px, per_pixel, class_products, stride)
     del table
     from eoforge.tracking.job_run import job_run
 
@@ -264,6 +268,7 @@ def _predict_tiles(
     windows = failed = done = 0
     want_emb = "embeddings" in cfg.products
     n_classes = len(models.task.card.get("classes", [])) if models.task else 0
+    pixel_emb = want_emb and cfg.embeddings.mode == "pixel"
     for block in window_outputs(tasks, models.to_dict(), uri, cfg):
         for i in range(len(block["tile"])):
             key = str(block["tile"][i])
@@ -271,7 +276,10 @@ def _predict_tiles(
             if acc is None:
                 t = by_key[key]
                 w = weights_for(cfg, task, t.grid.size)
-                acc = accs[key] = TileAccumulator(t.grid, t.tile, cfg.tile_px, len(t.rows), w, want_emb, n_classes)
+                emb_w = blend_weights(t.grid.size, cfg.blend) if pixel_emb else None
+                acc = accs[key] = TileAccumulator(
+                    t.grid, t.tile, cfg.tile_px, len(t.rows), w, want_emb, n_classes, emb_w
+                )
             _, r, c = window_origin(str(block["chip_id"][i]))
             ok = bool(block["ok"][i])
             windows += 1
@@ -285,6 +293,7 @@ def _predict_tiles(
                 block["probs"][i] if "probs" in block else None,
                 block["valid_any"][i],
                 block["embedding"][i] if "embedding" in block else None,
+                block["embedding_map"][i] if "embedding_map" in block else None,
             )
             if acc.done:
                 writer.write(by_key[key], acc.products(list(cfg.products)))

@@ -64,6 +64,7 @@ class PredictModels:
     embedding: ModelRef | None
     normalize: str
     window_px: int
+    embedding_mode: str = "patch"
 
     @property
     def refs(self) -> list[ModelRef]:
@@ -79,7 +80,9 @@ class PredictModels:
     def from_dict(cls, d: dict[str, Any]) -> PredictModels:
         """Inverse of :meth:`to_dict`."""
         refs = {k: (ModelRef(**d[k]) if d[k] else None) for k in ("task", "embedding")}
-        return cls(refs["task"], refs["embedding"], d["normalize"], int(d["window_px"]))
+        return cls(
+            refs["task"], refs["embedding"], d["normalize"], int(d["window_px"]), d.get("embedding_mode", "patch")
+        )
 
 
 def check_card_fits_reader(ref: ModelRef) -> None:
@@ -134,7 +137,12 @@ def _pin(tracking_uri: str, asked: str) -> ModelRef:
 
 
 def resolve_models(
-    tracking_uri: str, model: str | None, embedding_model: str | None, products: list[str], window_px: int | None
+    tracking_uri: str,
+    model: str | None,
+    embedding_model: str | None,
+    products: list[str],
+    window_px: int | None,
+    embedding_mode: str = "patch",
 ) -> PredictModels:
     """Pin and check the models of a predict config (see module docstring).
 
@@ -155,11 +163,29 @@ def resolve_models(
     embedding = None
     if "embeddings" in products:
         embedding = _pin(tracking_uri, embedding_model) if embedding_model else task
+        if embedding is not None and embedding_mode == "pixel":
+            check_feature_maps(embedding)
     norms = {r.card.get("normalize", "ssl4eo") for r in (task, embedding) if r is not None}
     if len(norms) > 1:
         raise ConfigError(f"the task and embedding models were trained on different normalisations: {sorted(norms)}")
     card_px = next((int(r.card["chip_px"]) for r in (task, embedding) if r is not None and r.card.get("chip_px")), None)
-    return PredictModels(task, embedding, norms.pop(), window_px or card_px or DEFAULT_WINDOW_PX)
+    return PredictModels(task, embedding, norms.pop(), window_px or card_px or DEFAULT_WINDOW_PX, embedding_mode)
+
+
+def check_feature_maps(ref: ModelRef) -> None:
+    """Refuse per-pixel embeddings from a model without spatial feature maps (e.g. the band-statistics baseline).
+
+    Raises:
+        ConfigError: the card's architecture is not a two-sensor timm backbone (alone or under a task head).
+    """
+    arch = ref.card.get("architecture") or {}
+    inner = arch.get("backbone") if arch.get("kind") == "finetune" else arch
+    if not isinstance(inner, dict) or inner.get("kind") != "dual_backbone":
+        kind = inner.get("kind") if isinstance(inner, dict) else None
+        raise ConfigError(
+            f"embeddings.mode pixel: model {ref.asked} ({ref.uri}) has no feature maps to upsample "
+            f"(its backbone is {kind!r}, not a dual_backbone); use embeddings.mode patch"
+        )
 
 
 def _features(model: Any, s1: Any, s2: Any) -> Any:
@@ -168,13 +194,30 @@ def _features(model: Any, s1: Any, s2: Any) -> Any:
     return backbone(s1, s2)
 
 
+def _feature_maps(model: Any, s1: Any, s2: Any) -> Any:
+    """Per-pixel backbone features (B, D, H, W): each sensor's last feature map, upsampled bilinearly to the input.
+
+    D is the pooled vector's width (S1 then S2 channels, as :func:`_features` concatenates them).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    backbone = getattr(model, "backbone", model)
+    maps = []
+    for modality, x in (("s1", s1), ("s2", s2)):
+        fmap = backbone.encoder(modality).forward_intermediates(backbone.adapt(modality, x), intermediates_only=True)
+        maps.append(F.interpolate(fmap[-1].float(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False))
+    return torch.cat(maps, dim=1)
+
+
 class WindowPredictor:
     """Ray Data actor: window blocks in storage units -> model outputs per window.
 
     In: ``s2`` uint16 [B, 12, H, W], ``s1`` float16 [B, 2, H, W], ``valid`` bool [B, 2, H, W], ``ok`` [B].
     Out (besides the block's metadata columns): ``valid_any`` bool [B, H, W] (a sensor is valid there),
     ``probs`` float16 [B, K] (per-window tasks) or
-    [B, K, H, W] (segmentation); ``embedding`` float32 [B, D]. Windows with ``ok`` False get zeros.
+    [B, K, H, W] (segmentation); ``embedding`` float32 [B, D]; with ``embedding_mode`` pixel also
+    ``embedding_map`` float16 [B, D, H, W]. Windows with ``ok`` False get zeros.
     """
 
     def __init__(self, models: dict[str, Any], tracking_uri: str) -> None:
@@ -220,4 +263,7 @@ class WindowPredictor:
             if self.embedding is not None:
                 emb = _features(self.embedding, s1, s2).float() * ok.view(-1, 1)
                 out["embedding"] = emb.cpu().numpy()
+                if self.spec.embedding_mode == "pixel":
+                    fmap = _feature_maps(self.embedding, s1, s2) * ok.view(-1, 1, 1, 1)
+                    out["embedding_map"] = fmap.to(torch.float16).cpu().numpy()
         return out

@@ -236,14 +236,21 @@ class TileWriter:
         import shapely
 
         grid = tile.grid
-        k_r0, k_c0, _, _ = grid.coarse_window(*tile.tile, self.cfg.tile_px)
         emb = products.embeddings
         assert emb is not None and products.emb_scale is not None and products.emb_offset is not None
+        if self.cfg.embeddings.mode == "pixel":
+            r0, c0, _, _ = grid.tile_window(*tile.tile, self.cfg.tile_px)
+            transform, res = grid.transform(r0, c0), grid.res
+            title = f"embeddings: a {emb.shape[0]}-d vector per {res:g} m pixel (feature maps, blended), int8"
+        else:
+            k_r0, k_c0, _, _ = grid.coarse_window(*tile.tile, self.cfg.tile_px)
+            transform, res = grid.coarse_transform(k_r0, k_c0), grid.stride * grid.res
+            title = f"embeddings: one {emb.shape[0]}-d vector per {res:g} m window centre, int8"
         write_cog(
             emb,
             folder / "embeddings.tif",
             grid.crs,
-            grid.coarse_transform(k_r0, k_c0),
+            transform,
             EMB_NODATA,
             None,
             None,
@@ -252,7 +259,7 @@ class TileWriter:
         assets["embeddings"] = {
             "href": "./embeddings.tif",
             "type": MEDIA["cog"],
-            "title": f"embeddings: one {emb.shape[0]}-d vector per {grid.stride * grid.res:g} m window centre, int8",
+            "title": title,
             "roles": ["data"],
             "raster:bands": [
                 {
@@ -260,7 +267,7 @@ class TileWriter:
                     "nodata": EMB_NODATA,
                     "scale": float(s),
                     "offset": float(o),
-                    "spatial_resolution": grid.stride * grid.res,
+                    "spatial_resolution": res,
                 }
                 for s, o in zip(products.emb_scale, products.emb_offset, strict=True)
             ],
