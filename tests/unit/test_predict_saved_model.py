@@ -63,6 +63,17 @@ def test_a_saved_folder_is_pinned_to_its_weights_and_loads_the_same_model(where:
         torch.testing.assert_close(loaded.eval()(s1, s2), model(s1, s2))
 
 
+def test_a_relative_folder_is_pinned_as_an_absolute_path_for_the_actors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_folder(pixel_segmenter(len(CLASSES)), card("segmentation", CLASSES, 32), str(tmp_path / "m"))
+    monkeypatch.chdir(tmp_path)
+    ref = resolve_models(NO_REGISTRY, "m/weights.safetensors", None, ["classes"], None).task
+    assert ref is not None and ref.path == ref.uri == str(tmp_path / "m")
+    monkeypatch.chdir("/")
+    assert ref.sha256 is not None and load_saved_model(ref.path, ref.sha256) is not None
+
+
 def test_a_folder_whose_weights_changed_after_pinning_is_refused(tmp_path: Path) -> None:
     folder = save_folder(pixel_segmenter(len(CLASSES)), card("segmentation", CLASSES, 32), str(tmp_path / "m"))
     ref = resolve_models(NO_REGISTRY, folder, None, ["classes"], None).task

@@ -107,13 +107,14 @@ def _pin_saved(asked: str) -> ModelRef:
     """A saved model folder (weights + card), its weights hashed and checked to rebuild, before any read."""
     from pathlib import PurePosixPath
 
-    from eoforge.predict.saved_model import module_of, read_saved_model, weights_sha256
+    from eoforge.predict.saved_model import model_location, module_of, read_saved_model, weights_sha256
 
     card, data, shown = read_saved_model(asked)
     module_of(shown, data, card)  # the weights fit the card's architecture: refused here, not in the actors
     digest = weights_sha256(data)
+    where = model_location(asked)  # absolute: the actors do not share the driver's working directory
     ref = ModelRef(
-        shown, redact(asked), PurePosixPath(shown).name, f"sha256:{digest[:12]}", card, path=asked, sha256=digest
+        shown, redact(asked), PurePosixPath(shown).name, f"sha256:{digest[:12]}", card, path=where, sha256=digest
     )
     check_card_fits_reader(ref)
     return ref

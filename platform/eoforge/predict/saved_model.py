@@ -48,6 +48,17 @@ def _folder_uri(uri: str) -> str:
     return out
 
 
+def model_location(path: str) -> str:
+    """Where a model folder is, as every process can open it: an absolute local path, or the folder's URI.
+
+    A relative path is made absolute here, on the driver: the inference actors run in other
+    working directories (on a cluster, a local path must be on a filesystem they share).
+    """
+    from eoforge.storage import is_remote
+
+    return _folder_uri(path) if is_remote(path) else _folder(path)[1]
+
+
 def _names(fs: Any, folder: str, shown: str) -> set[str]:
     """The file names directly in ``folder``.
 
