@@ -24,6 +24,7 @@ from eoforge.finetune.task_heads import FinetuneModel
 from eoforge.models.dual import DualBackbone, create_backbone
 from eoforge.plan.io import iter_plan_batches
 from eoforge.predict.cog import sha256_multihash, validate_cog
+from eoforge.predict.grid import window_origin
 from eoforge.predict.job import PredictResult, run_predict
 from eoforge.predict.stac_validate import validate_stac
 
@@ -158,6 +159,45 @@ def test_embeddings_equal_the_backbone_features_within_quantisation(classified, 
     assert np.abs(np.sort(decoded, axis=0) - np.sort(vectors, axis=0)).max() <= scale.max() * 0.51 + 1e-6
 
 
+def test_pixel_embeddings_are_the_backbones_feature_maps_at_10_m(stack, demo_catalog, models, tmp_path) -> None:
+    """``embeddings: {mode: pixel}``: where one window alone covers a pixel, the map is that window's features."""
+    from eoforge.predict.model import _feature_maps
+
+    item = demo_catalog.s2_item_ids[0]
+    cfg = predict_cfg(
+        demo_catalog,
+        tmp_path / "pixel-emb",
+        models["classifier"],
+        [item],
+        products=["embeddings"],
+        embeddings={"mode": "pixel"},
+        tile_px=64,
+    )
+    result = run_predict(cfg)
+    model = load_registered_model("models:/pt-classifier/1").eval()
+    rows = {window_origin(r["chip_id"])[1:]: r for r in plan_rows(tmp_path / "pixel-emb")}
+    tiles = {t.id: t for t in pystac.Collection.from_file(result.collection).get_items()}
+    # window (0, 0) alone covers item pixels [0, 24)², in tile 00-00; window (96, 96) alone [104, 128)², in tile 01-01
+    for win, key, first, origin in (((0, 0), "-00-00", 0, 0), ((96, 96), "-01-01", 104, 64)):
+        tile = next(t for k, t in tiles.items() if k.endswith(key))
+        asset = tile.assets["embeddings"]
+        bands = asset.extra_fields["raster:bands"]
+        scale = np.array([b["scale"] for b in bands])[:, None, None]
+        offset = np.array([b["offset"] for b in bands])[:, None, None]
+        at = slice(first - origin, first - origin + 24)
+        with rasterio.open(asset.get_absolute_href()) as src:
+            assert src.res == (10.0, 10.0) and src.count == len(bands)
+            decoded = src.read()[:, at, at] * scale + offset
+        chip = read_chip(rows[win])
+        with torch.inference_mode():
+            fmap = _feature_maps(model, torch.from_numpy(chip.s1[None]), torch.from_numpy(chip.s2[None]))[0]
+        inside = slice(first - win[0], first - win[0] + 24)
+        want = fmap.half().float().numpy()[:, inside, inside]
+        assert decoded.shape == want.shape == (len(bands), 24, 24)
+        assert np.abs(decoded - want).max() <= scale.max() * 0.51 + 2e-3 * np.abs(want).max()
+    assert all("embedding_vectors" in t.assets for t in tiles.values()) and len(tiles) == result.tiles == 4
+
+
 def test_items_cogs_and_collection_validate_and_read_back(classified) -> None:
     _cfg, result = classified
     collection = json.loads(Path(result.collection).read_text())
@@ -226,11 +266,18 @@ def test_a_rerun_writes_only_the_missing_and_broken_tiles(classified) -> None:
 
 
 def test_per_pixel_outputs_blend_without_seams(stack, demo_catalog, models, tmp_path) -> None:
-    """Every window agrees on a pixel's value, so any step at a window or tile border would show."""
+    """Every window agrees on a pixel's value, so any step at a window or tile border would show.
+
+    Overlap 6 px (stride 26): the regular grid stops at 110 px of the 128 px scene, so the last
+    row and column of windows are flush with its bottom and right edges and overlap their
+    neighbours by 14 px; those seams must not show either.
+    """
 
     item = demo_catalog.s2_item_ids[0]
-    cfg = predict_cfg(demo_catalog, tmp_path / "pixel", models["pixel"], [item], tile_px=40)
+    cfg = predict_cfg(demo_catalog, tmp_path / "pixel", models["pixel"], [item], tile_px=40, overlap_px=6)
     result = run_predict(cfg)
+    starts = {window_origin(r["chip_id"])[1] for r in plan_rows(tmp_path / "pixel")}
+    assert starts == {0, 26, 52, 78, 96}
     probs, grid = mosaic(result.collection, "probabilities", item)
     model = load_registered_model("models:/pt-pixel/1").eval()
     expected = np.full_like(probs, 255)
@@ -251,6 +298,33 @@ def test_a_constant_model_gives_a_seamless_map(stack, demo_catalog, models, tmp_
     classes, _ = mosaic(result.collection, "classes", item)
     assert classes.shape[-2:] == (128, 128)
     assert (classes == 3).all()
+
+
+def test_a_saved_model_folder_maps_the_scene_to_its_edges_with_its_lineage(
+    stack, demo_catalog, models, tmp_path
+) -> None:
+    """``model:`` a folder (a registered version downloaded as weights + card); windows flush with the edges."""
+    import hashlib
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(stack.mlflow_url)
+    folder = Path(mlflow.artifacts.download_artifacts("models:/pt-constant/1", dst_path=str(tmp_path / "saved")))
+    assert {p.name for p in folder.iterdir()} == {"weights.safetensors", "card.json"}
+    item = demo_catalog.s2_item_ids[0]
+    cfg = predict_cfg(demo_catalog, tmp_path / "out", str(folder), [item], tile_px=40, overlap_px=6)
+    result = run_predict(cfg)
+    classes, _ = mosaic(result.collection, "classes", item)
+    assert classes.shape[-2:] == (128, 128)
+    assert (classes == 3).all(), "a nodata strip or a seam"  # the last 18 px at the bottom and right too
+    sha = hashlib.sha256((folder / "weights.safetensors").read_bytes()).hexdigest()
+    for tile in pystac.Collection.from_file(result.collection).get_items():
+        assert tile.properties["eoforge:model_uri"] == str(folder)
+        assert tile.properties["eoforge:model_sha256"] == sha
+        assert tile.assets["model"].href == str(folder / "weights.safetensors")
+    tags = MlflowClient(stack.mlflow_url).get_run(result.run_id).data.tags
+    assert (tags["eoforge.model_uri"], tags["eoforge.model_sha256"]) == (str(folder), sha)
 
 
 def test_a_model_for_other_bands_is_refused_before_any_read(stack, demo_catalog, models, tmp_path) -> None:

@@ -75,3 +75,27 @@ def register(
     _, uri = register_backbone(model.eval(), name, alias, run_id, tracking_uri, model_card, artifact_name="model")
     client.set_terminated(run_id)
     return uri
+
+
+def save_folder(model: nn.Module, model_card: dict[str, Any], folder: str) -> str:
+    """Save ``model`` as the registry stores a version: ``weights.safetensors`` + ``card.json`` in ``folder``.
+
+    ``folder``: a local path or an ``s3://`` URI. Returns ``folder``.
+    """
+    import json
+
+    from eoforge.storage import filesystem_of
+    from eoforge.tracking.registry import CARD_FILE, WEIGHTS_FILE
+    from safetensors.torch import save
+
+    fs, path = filesystem_of(folder)
+    fs.create_dir(path, recursive=True)
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    card_with_recipe = {**model_card, "architecture": model.architecture()}  # type: ignore[operator]
+    for name, data in (
+        (WEIGHTS_FILE, save(tensors, metadata={"format": "pt"})),
+        (CARD_FILE, json.dumps(card_with_recipe, indent=1, sort_keys=True).encode()),
+    ):
+        with fs.open_output_stream(f"{path}/{name}") as out:
+            out.write(data)
+    return folder

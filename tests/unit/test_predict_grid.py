@@ -7,12 +7,15 @@ import pytest
 from eoforge.config import parse_config
 from eoforge.config.predict import PredictConfig
 from eoforge.errors import ConfigError
+from eoforge.plan.sampling import axis_starts
 from eoforge.predict.assemble import CLASS_NODATA, TileAccumulator
 from eoforge.predict.grid import ItemGrid, blend_weights, item_grid
 
 
 def windows_of(extent: int, size: int, stride: int, first: int = 0) -> np.ndarray:
-    starts = np.arange(first, extent - size + 1, stride)
+    """The planner's windows over a square item of ``extent`` px (``first``: an AOI that cuts off the top-left)."""
+    starts = axis_starts(extent, size, stride, cover_edges=True)
+    starts = starts[starts >= first]
     return np.array([(r, c) for r in starts for c in starts], dtype=np.int64)
 
 
@@ -23,10 +26,23 @@ def grid_of(windows: np.ndarray, size: int, stride: int) -> ItemGrid:
     )
 
 
-@pytest.mark.parametrize(("extent", "size", "stride", "first"), [(128, 32, 24, 0), (200, 64, 48, 16), (96, 32, 32, 0)])
+def test_the_last_windows_are_flush_with_the_items_bottom_and_right_edges() -> None:
+    assert axis_starts(128, 32, 24).tolist() == [0, 24, 48, 72, 96]  # the regular grid fits exactly
+    assert axis_starts(130, 32, 24).tolist() == [0, 24, 48, 72, 96]  # today's planner stops 2 px short
+    assert axis_starts(130, 32, 24, cover_edges=True).tolist() == [0, 24, 48, 72, 96, 98]
+    assert axis_starts(128, 32, 24, cover_edges=True).tolist() == [0, 24, 48, 72, 96]
+    assert axis_starts(31, 32, 24, cover_edges=True).tolist() == []  # no whole window fits
+
+
+@pytest.mark.parametrize(
+    ("extent", "size", "stride", "first"),
+    [(128, 32, 24, 0), (200, 64, 48, 48), (96, 32, 32, 0), (130, 32, 24, 0), (150, 32, 26, 0), (111, 32, 32, 0)],
+)
 def test_window_blocks_cover_the_extent_once(extent: int, size: int, stride: int, first: int) -> None:
     windows = windows_of(extent, size, stride, first)
     grid = grid_of(windows, size, stride)
+    if first == 0:
+        assert (grid.rows, grid.cols) == (extent, extent)  # the windows reach the item's bottom and right edges
     count = np.zeros((grid.rows, grid.cols), int)
     for r, c in windows.tolist():
         r0, c0, r1, c1 = grid.block(r, c)
@@ -37,11 +53,19 @@ def test_window_blocks_cover_the_extent_once(extent: int, size: int, stride: int
 
 @pytest.mark.parametrize("blend", ["hann", "cosine", "none"])
 @pytest.mark.parametrize("per_pixel", [True, False])
-def test_position_dependent_outputs_show_no_step_at_window_or_tile_borders(blend: str, per_pixel: bool) -> None:
-    """Windows that agree on every pixel (a function of the position) give exactly that function, tile by tile."""
+@pytest.mark.parametrize("extent", [128, 141])
+def test_position_dependent_outputs_show_no_step_at_window_or_tile_borders(
+    blend: str, per_pixel: bool, extent: int
+) -> None:
+    """Windows that agree on every pixel (a function of the position) give exactly that function, tile by tile.
+
+    141 px: the regular grid stops 13 px short of the bottom and right edges; the windows flush
+    with them overlap their neighbours by 19 px instead of 8, and the map still has no step.
+    """
     size, stride, tile_px = 32, 24, 40
-    windows = windows_of(128, size, stride)
+    windows = windows_of(extent, size, stride)
     grid = grid_of(windows, size, stride)
+    assert (grid.rows, grid.cols) == (extent, extent)
     yy, xx = np.mgrid[0 : grid.rows, 0 : grid.cols].astype(np.float32)
     truth = np.stack([np.sin(xx / 17) + 1, np.cos(yy / 11) + 1]) / 4  # [2, rows, cols]
 
@@ -72,9 +96,10 @@ def test_position_dependent_outputs_show_no_step_at_window_or_tile_borders(blend
         np.testing.assert_allclose(mosaic, expected, atol=1e-6)
 
 
-def test_a_constant_output_gives_a_constant_map_and_invalid_pixels_give_nodata() -> None:
+@pytest.mark.parametrize("extent", [128, 137])
+def test_a_constant_output_gives_a_constant_map_and_invalid_pixels_give_nodata(extent: int) -> None:
     size, stride, tile_px = 32, 24, 48
-    windows = windows_of(128, size, stride)
+    windows = windows_of(extent, size, stride)
     grid = grid_of(windows, size, stride)
     for tile in grid.tiles(tile_px):
         members = [
@@ -94,6 +119,33 @@ def test_a_constant_output_gives_a_constant_map_and_invalid_pixels_give_nodata()
         if c0 == 0:
             expected[:, :4] = CLASS_NODATA
         np.testing.assert_array_equal(classes, expected)
+
+
+def test_windows_flush_with_an_edge_keep_off_the_coarse_embedding_grid() -> None:
+    """Each coarse pixel holds the vector of the regular window centred there, never a flush window's."""
+    size, stride, tile_px = 32, 24, 64
+    windows = windows_of(141, size, stride)
+    grid = grid_of(windows, size, stride)
+    vectors: dict[tuple[int, int], int] = {}
+    for tile in grid.tiles(tile_px):
+        homed = [(r, c) for r, c in windows.tolist() if grid.home(r, c, tile_px) == tile]
+        acc = TileAccumulator(grid, tile, tile_px, len(homed), None, embeddings=True)
+        for r, c in homed:
+            acc.add(f"item:{r}:{c}", r, c, True, True, None, np.ones((size, size), bool), np.array([r, c], float))
+        out = acc.products(["embeddings"])
+        assert out.vectors is not None and len(out.vectors[0]) == len(homed)  # the GeoParquet has every window
+        assert out.embeddings is not None and out.emb_scale is not None and out.emb_offset is not None
+        k_r0, k_c0, hc, wc = grid.coarse_window(*tile, tile_px)
+        for i in range(hc):
+            for j in range(wc):
+                q = out.embeddings[:, i, j]
+                if q[0] != -128:
+                    vectors[(k_r0 + i, k_c0 + j)] = 1
+                    np.testing.assert_allclose(
+                        q * out.emb_scale + out.emb_offset, [(k_r0 + i) * stride, (k_c0 + j) * stride], atol=0.5
+                    )
+    regular = [(r, c) for r, c in windows.tolist() if r % stride == 0 and c % stride == 0]
+    assert len(vectors) == len(regular) == 25 < len(windows)
 
 
 def test_config_names_what_is_missing() -> None:

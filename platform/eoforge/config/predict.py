@@ -63,6 +63,17 @@ class InferenceConfig(Strict):
     read_cpus: Annotated[float, Field(gt=0)] = Field(0.5, description="Logical CPUs per reading task.")
 
 
+class EmbeddingsConfig(Strict):
+    """How the ``embeddings`` product samples the backbone's features."""
+
+    mode: Literal["patch", "pixel"] = Field(
+        "patch",
+        description="patch: one pooled vector per window, on a grid of stride x 10 m pixels; pixel: the "
+        "backbone's last feature map upsampled bilinearly to each window and blended over the windows "
+        "(like segmentation) at 10 m. Both write the per-window vectors to GeoParquet.",
+    )
+
+
 class PredictRun(Strict):
     """Run identity: the MLflow run name (a rerun with the same name and output resumes)."""
 
@@ -85,14 +96,18 @@ class PredictConfig(Strict):
     model: str | None = Field(
         None,
         description="Task model for classes / probabilities: models:/NAME@ALIAS, models:/NAME/VERSION "
-        "(aliases are pinned to their version when the job starts).",
+        "(aliases are pinned to their version when the job starts), or a saved model folder "
+        "(weights.safetensors + card.json; local, s3:// or gs://).",
     )
     embedding_model: str | None = Field(
-        None, description="Backbone for embeddings (a registered pretraining model); default: the task model's."
+        None,
+        description="Backbone for embeddings (a registered pretraining model, or a saved model folder); "
+        "default: the task model's.",
     )
     products: list[Literal["classes", "probabilities", "embeddings"]] = Field(
         default_factory=lambda: ["classes"], min_length=1
     )
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
     catalog: CatalogConfig
     aoi: AoiConfig
     pairing: PairingConfig = PairingConfig()
@@ -118,6 +133,14 @@ class PredictConfig(Strict):
     mlflow: PredictMlflow = PredictMlflow()
 
     _expand = field_validator("output", mode="before")(_expand_path)
+
+    @field_validator("model", "embedding_model", mode="before")
+    @classmethod
+    def _model_path(cls, v: object) -> object:
+        # a folder path is expanded (${VAR}, ~) and must embed no credentials; registry URIs pass as given
+        if isinstance(v, str) and not v.startswith("models:/"):
+            return _expand_path(v)
+        return v
 
     @model_validator(mode="after")
     def _models_for_products(self) -> PredictConfig:

@@ -41,6 +41,12 @@ class GridSampling(Strict):
     """A regular grid of chips from each S2 item's top-left corner, every ``chips.stride_px``."""
 
     strategy: Literal["grid"] = "grid"
+    cover_edges: bool = Field(
+        False,
+        description="Add a last row and column of chips flush with the item's bottom and right edges "
+        "(overlapping their neighbours) where the regular grid stops short of them, so the chips cover "
+        "every pixel of the item; predict sets it.",
+    )
 
 
 class GaussianPoint(Strict):

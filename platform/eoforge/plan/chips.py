@@ -118,7 +118,7 @@ def pair_table(pair: Pair, planner: Planner, sources: tuple[S2Source, S1Source],
     area = planner.area.in_crs(grid.crs)
     origins = planner.sampler.origins(grid, area[1] if area else None)
     if planner.sampler.kind == "grid":
-        n_rows, n_cols = chips_on_grid(grid, size, planner.sampler.stride_px)
+        n_rows, n_cols = chips_on_grid(grid, size, planner.sampler.stride_px, planner.sampler.cover_edges)
         on_grid = n_rows * n_cols
     else:
         on_grid = len(origins)

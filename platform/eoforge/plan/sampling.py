@@ -8,7 +8,8 @@ tests to every strategy (``catalog.aoi`` / ``catalog.bbox`` intersect, inside th
 and a later filter can drop origins with a boolean mask before any row is built.
 
 - ``grid`` (default): a regular grid from the item's top-left corner, stepping ``stride_px``
-  (default ``size_px``): today's planner.
+  (default ``size_px``): today's planner. With ``cover_edges`` a last row and column flush with the
+  item's bottom and right edges are added where the grid stops short of them (predict's full coverage).
 - ``gaussian``: SSL4EO-S12-style. Around each point (lon/lat) ``n`` chip centres are drawn from
   an isotropic normal distribution of standard deviation ``sigma_km`` per axis (metres east and
   north of the point, placed on the ellipsoid with :class:`pyproj.Geod`: geodesic distance and
@@ -57,15 +58,39 @@ class Grid:
     shape: tuple[int, int]
 
 
-def chips_on_grid(grid: Grid, size_px: int, stride_px: int) -> tuple[int, int]:
-    """(rows, cols) of the regular chip grid: chips of ``size_px`` every ``stride_px`` wholly inside ``grid``."""
-    n_rows = max(0, (grid.shape[0] - size_px) // stride_px + 1)
-    n_cols = max(0, (grid.shape[1] - size_px) // stride_px + 1)
-    return n_rows, n_cols
+def chips_on_grid(grid: Grid, size_px: int, stride_px: int, cover_edges: bool = False) -> tuple[int, int]:
+    """(rows, cols) of the regular chip grid: chips of ``size_px`` every ``stride_px`` wholly inside ``grid``.
+
+    With ``cover_edges``, an axis whose last regular chip stops short of the grid's edge counts
+    one more chip, flush with that edge (:func:`axis_starts`).
+    """
+    return len(axis_starts(grid.shape[0], size_px, stride_px, cover_edges)), len(
+        axis_starts(grid.shape[1], size_px, stride_px, cover_edges)
+    )
+
+
+def axis_starts(extent: int, size_px: int, stride_px: int, cover_edges: bool = False) -> np.ndarray:
+    """Chip starts along one axis of ``extent`` pixels, int64, increasing.
+
+    Multiples of ``stride_px`` while a whole chip fits; with ``cover_edges``, also
+    ``extent - size_px`` when the last of those stops short of the edge: that chip is flush with
+    the edge and overlaps its neighbour by more than the regular overlap, so every pixel of the
+    axis lies in a chip.
+    """
+    if extent < size_px:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.arange(0, extent - size_px + 1, stride_px, dtype=np.int64)
+    if cover_edges and starts[-1] + size_px < extent:
+        starts = np.append(starts, np.int64(extent - size_px))
+    return starts
 
 
 def grid_origins(
-    grid: Grid, size_px: int, stride_px: int, area_bounds: tuple[float, float, float, float] | None = None
+    grid: Grid,
+    size_px: int,
+    stride_px: int,
+    area_bounds: tuple[float, float, float, float] | None = None,
+    cover_edges: bool = False,
 ) -> np.ndarray:
     """Origins of the regular chip grid, int64 ``[N, 2]`` (row, col), row-major.
 
@@ -76,19 +101,19 @@ def grid_origins(
         area_bounds: (xmin, ymin, xmax, ymax) of the area of interest in the grid's CRS: only the
             window of chips that may intersect it is returned (a superset; the exact test is the
             planner's).
+        cover_edges: add the chips flush with the bottom and right edges (:func:`axis_starts`).
     """
-    n_rows, n_cols = chips_on_grid(grid, size_px, stride_px)
-    r_lo, r_hi, c_lo, c_hi = 0, n_rows, 0, n_cols
+    rows = axis_starts(grid.shape[0], size_px, stride_px, cover_edges)
+    cols = axis_starts(grid.shape[1], size_px, stride_px, cover_edges)
     if area_bounds is not None:
         res = grid.transform.a
         x_min, y_min, x_max, y_max = area_bounds
-        x0, y0, step = grid.transform.c, grid.transform.f, stride_px * res
-        c_lo = max(0, math.floor((x_min - x0 - size_px * res) / step))
-        c_hi = min(n_cols, math.ceil((x_max - x0) / step) + 1)
-        r_lo = max(0, math.floor((y0 - y_max - size_px * res) / step))
-        r_hi = min(n_rows, math.ceil((y0 - y_min) / step) + 1)
-    ri, ci = np.meshgrid(np.arange(r_lo, r_hi, dtype=np.int64), np.arange(c_lo, c_hi, dtype=np.int64), indexing="ij")
-    return np.column_stack([ri.ravel() * stride_px, ci.ravel() * stride_px])
+        x0, y0 = grid.transform.c, grid.transform.f
+        # a chip may meet the area when its span [start, start + size) meets the area's span in pixels
+        cols = cols[(cols + size_px >= math.floor((x_min - x0) / res)) & (cols <= math.ceil((x_max - x0) / res))]
+        rows = rows[(rows + size_px >= math.floor((y0 - y_max) / res)) & (rows <= math.ceil((y0 - y_min) / res))]
+    ri, ci = np.meshgrid(rows, cols, indexing="ij")
+    return np.column_stack([ri.ravel(), ci.ravel()]).astype(np.int64)
 
 
 def snap_centres(x: np.ndarray, y: np.ndarray, grid: Grid, size_px: int) -> np.ndarray:
@@ -231,6 +256,7 @@ class Sampler:
         self.size_px = chips.size_px
         self.stride_px = chips.stride_px or chips.size_px
         self.kind = chips.sampling.strategy
+        self.cover_edges = bool(getattr(chips.sampling, "cover_edges", False))
         self.lon = self.lat = np.zeros(0)
         self.group = np.zeros(0, dtype=np.int64)
         self.aois: list[BaseGeometry] = []
@@ -267,7 +293,7 @@ class Sampler:
                 only the window that may intersect it).
         """
         if self.kind == "grid":
-            return grid_origins(grid, self.size_px, self.stride_px, area_bounds)
+            return grid_origins(grid, self.size_px, self.stride_px, area_bounds, self.cover_edges)
         w, s, e, n = self._lonlat_bounds(grid)
         near = np.flatnonzero((self.lon >= w) & (self.lon <= e) & (self.lat >= s) & (self.lat <= n))
         if len(near) == 0:

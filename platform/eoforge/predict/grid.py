@@ -12,9 +12,17 @@ centre block) and is a *guest* of every other tile its output touches:
   blocks (``stride`` px, centred in the window) of the grid tile the plane, so every output pixel
   takes the value of exactly one window: the one whose centre it is.
 
+Windows lie on the regular grid (rows and cols multiples of the stride from the item's origin)
+except, where that grid stops short of the item's bottom or right edge, a last row and column of
+windows flush with that edge (``size`` px from it), which overlap their neighbours more than
+the stride does: blended like any overlap (segmentation), or splitting the overlap half-way
+between the two centres (per-window outputs, :meth:`ItemGrid.block`). So the map reaches every
+pixel of the item that has valid input.
+
 Embeddings are one vector per window, written on the coarse grid of centre blocks
 (``stride * 10 m`` pixels, :meth:`ItemGrid.coarse_transform`); a window's coarse pixel is
-``(row // stride, col // stride)`` and it lands in its home tile only.
+``(row // stride, col // stride)`` and it lands in its home tile only. Windows flush with an
+edge are off that coarse grid: their vectors go to the GeoParquet only.
 """
 
 from __future__ import annotations
@@ -98,14 +106,27 @@ class ItemGrid:
         """(row0, col0, row1, col1), end exclusive: the pixels a per-window output fills.
 
         The centre block; a window on the extent's edge also fills its margin on that side, so
-        the map reaches the extent's border.
+        the map reaches the extent's border. A window flush with the item's bottom or right edge
+        (off the regular grid, :func:`eoforge.plan.sampling.axis_starts`) and its regular
+        neighbour split their overlap half-way between their centres, so the blocks still tile
+        the extent: every pixel takes exactly one window's output.
         """
-        m = self.margin
-        r0 = row if row == self.first_row else row + m
-        c0 = col if col == self.first_col else col + m
-        r1 = row + self.size if row + self.size >= self.rows else row + m + self.stride
-        c1 = col + self.size if col + self.size >= self.cols else col + m + self.stride
+        r0, r1 = self._axis_block(row, self.first_row, self.rows)
+        c0, c1 = self._axis_block(col, self.first_col, self.cols)
         return r0, c0, r1, c1
+
+    def _axis_block(self, start: int, first: int, extent: int) -> tuple[int, int]:
+        """[lo, hi) of :meth:`block` along one axis, for a window starting at ``start``."""
+        s, m, size = self.stride, self.margin, self.size
+        flush = extent - size  # start of the extent's last window on this axis
+        if start % s:  # the window flush with the edge: from half-way to its regular neighbour
+            return (start if start == first else _half_way(start - start % s, start, size)), extent
+        lo = start if start == first else start + m
+        if start + size >= extent:
+            return lo, extent
+        if flush % s and start < flush < start + s:  # the next window is the one flush with the edge
+            return lo, _half_way(start, flush, size)
+        return lo, start + m + s
 
     def touched(self, row: int, col: int, tile_px: int, per_pixel: bool) -> list[tuple[int, int]]:
         """Tiles a window's output meets: its footprint (``per_pixel``) or its :meth:`block`."""
@@ -116,6 +137,20 @@ class ItemGrid:
             for i in range(lo_r // tile_px, hi_r // tile_px + 1)
             for j in range(lo_c // tile_px, hi_c // tile_px + 1)
         ]
+
+
+def _half_way(a: int, b: int, size: int) -> int:
+    """The pixel where the output of a window starting at ``b`` takes over from one at ``a < b``.
+
+    Half-way between their centres (``a + size / 2`` and ``b + size / 2``), rounded down; for
+    neighbours ``stride`` apart this is the end of ``a``'s centre block.
+    """
+    return (a + b + size) // 2
+
+
+def on_regular_grid(row: int, col: int, stride: int) -> bool:
+    """True for a window of the regular grid, False for one flush with the item's bottom or right edge."""
+    return row % stride == 0 and col % stride == 0
 
 
 def item_grid(item: str, crs: str, transform: list[float], windows: np.ndarray, size: int, stride: int) -> ItemGrid:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from eoforge.config import DataConfig
-from eoforge.config.data import ChipGridConfig
+from eoforge.config.data import ChipGridConfig, GridSampling
 from eoforge.config.predict import PredictConfig
 from eoforge.errors import ConfigError
 from eoforge.predict.grid import ItemGrid, blend_weights, item_grid, window_origin
@@ -84,7 +84,12 @@ def data_config(cfg: PredictConfig, window_px: int) -> DataConfig:
         catalog["datetime"] = cfg.aoi.datetime
     if cfg.aoi.item_ids:
         catalog["s2_item_ids"] = list(cfg.aoi.item_ids)
-    chips = ChipGridConfig(size_px=window_px, stride_px=window_px - cfg.overlap_px, resolution_m=10.0)
+    chips = ChipGridConfig(
+        size_px=window_px,
+        stride_px=window_px - cfg.overlap_px,
+        resolution_m=10.0,
+        sampling=GridSampling(cover_edges=True),  # windows flush with the items' bottom and right edges too
+    )
     return DataConfig.model_validate(
         {"kind": "data", "catalog": catalog, "pairing": cfg.pairing.model_dump(), "chips": chips.model_dump()}
     )
@@ -108,7 +113,7 @@ def tile_id(item: str, tile: tuple[int, int]) -> str:
 
 
 def plan_tiles(
-    table: Any, tile_px: int, per_pixel: bool, class_products: bool
+    table: Any, tile_px: int, per_pixel: bool, class_products: bool, stride: int
 ) -> tuple[list[TilePlan], dict[str, Any]]:
     """Output tiles of every S2 item of a windows plan, in (item, row, col) order, and per-item facts.
 
@@ -116,8 +121,11 @@ def plan_tiles(
         table: the plan's rows (Arrow) with the reader's columns and ``s2_item``, ``s1_item``,
             ``s2_datetime``, ``dt_days``; one row per window (the closest S1 kept).
         tile_px: output tile side, pixels.
-        per_pixel: the task model outputs per pixel (segmentation).
-        class_products: classes or probabilities are made (windows join the tiles their output meets).
+        per_pixel: some output is per pixel (segmentation, per-pixel embeddings): a window joins every
+            tile its footprint meets, not only those its centre block meets.
+        class_products: some per-pixel product is made (windows join the tiles their output meets;
+            otherwise only their home tile).
+        stride: the windows' step, pixels (window - overlap).
 
     Returns:
         (tiles, {item: {"grid", "datetime", "s1_items"}}).
@@ -138,7 +146,6 @@ def plan_tiles(
         origins = np.array([window_origin(r["chip_id"])[1:] for r in windows], dtype=np.int64)
         first = windows[0]
         size = int(first["size_px"])
-        stride = _stride(origins, size)
         grid = item_grid(item, first["crs"], first["transform"], origins, size, stride)
         items[item] = {
             "grid": grid,
@@ -158,13 +165,6 @@ def plan_tiles(
     return tiles, items
 
 
-def _stride(origins: np.ndarray, size: int) -> int:
-    """The grid's step: the smallest positive gap between window rows or cols (the size for one window)."""
-    gaps = [np.diff(np.unique(origins[:, k])) for k in (0, 1)]
-    steps = np.concatenate([g[g > 0] for g in gaps])
-    return int(steps.min()) if len(steps) else size
-
-
 def weights_for(cfg: PredictConfig, task: str | None, size: int) -> np.ndarray | None:
     """A window's per-pixel weight for segmentation (blending); None for per-window outputs (their block)."""
     return blend_weights(size, cfg.blend) if task == "segmentation" else None
@@ -179,7 +179,7 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
     from eoforge.predict.model import resolve_models
 
-    models = resolve_models(uri, cfg.model, cfg.embedding_model, list(cfg.products), cfg.window_px)
+    models = resolve_models(uri, cfg.model, cfg.embedding_model, list(cfg.products), cfg.window_px, cfg.embeddings.mode)
     say(
         f"predict: {', '.join(cfg.products)} with "
         + ", ".join(f"{r.asked} -> {r.uri}" for r in models.refs)
@@ -187,14 +187,21 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
     )
     plan_uri, plan_hash, table, pairs = _plan(cfg, models.window_px)
     task = models.task.task if models.task else None
-    class_products = bool({"classes", "probabilities"} & set(cfg.products))
-    tiles, items = plan_tiles(table, cfg.tile_px, task == "segmentation", class_products)
+    pixel_emb = "embeddings" in cfg.products and cfg.embeddings.mode == "pixel"
+    per_pixel = task == "segmentation" or pixel_emb  # some output fills the window's whole footprint
+    class_products = bool({"classes", "probabilities"} & set(cfg.products)) or pixel_emb
+    stride = models.window_px - cfg.overlap_px
+    tiles, items = plan_tiles(table, cfg.tile_px, per_pixel, class_products, stride)
     del table
     from eoforge.tracking.job_run import job_run
 
-    lineage_uri = (models.task or models.embedding).uri  # type: ignore[union-attr]
+    lead = models.task or models.embedding
+    assert lead is not None  # the config asks for a model for every product
+    lineage_uri = lead.uri
     with job_run(uri, cfg.mlflow.experiment, cfg.run.name, "predict", cfg.model_dump(mode="json"), plan_hash) as run:
         run.tag(eoforge_model_uri=lineage_uri, eoforge_output=cfg.output)
+        if lead.sha256:
+            run.tag(eoforge_model_sha256=lead.sha256)
         writer = TileWriter(cfg, models, uri, plan_hash, run.run_id, items, pairs)
         pending = [t for t in tiles if not writer.complete(t)]
         say(f"{len(tiles)} output tiles over {len(items)} S2 items; {len(tiles) - len(pending)} already written")
@@ -261,6 +268,7 @@ def _predict_tiles(
     windows = failed = done = 0
     want_emb = "embeddings" in cfg.products
     n_classes = len(models.task.card.get("classes", [])) if models.task else 0
+    pixel_emb = want_emb and cfg.embeddings.mode == "pixel"
     for block in window_outputs(tasks, models.to_dict(), uri, cfg):
         for i in range(len(block["tile"])):
             key = str(block["tile"][i])
@@ -268,7 +276,10 @@ def _predict_tiles(
             if acc is None:
                 t = by_key[key]
                 w = weights_for(cfg, task, t.grid.size)
-                acc = accs[key] = TileAccumulator(t.grid, t.tile, cfg.tile_px, len(t.rows), w, want_emb, n_classes)
+                emb_w = blend_weights(t.grid.size, cfg.blend) if pixel_emb else None
+                acc = accs[key] = TileAccumulator(
+                    t.grid, t.tile, cfg.tile_px, len(t.rows), w, want_emb, n_classes, emb_w
+                )
             _, r, c = window_origin(str(block["chip_id"][i]))
             ok = bool(block["ok"][i])
             windows += 1
@@ -282,6 +293,7 @@ def _predict_tiles(
                 block["probs"][i] if "probs" in block else None,
                 block["valid_any"][i],
                 block["embedding"][i] if "embedding" in block else None,
+                block["embedding_map"][i] if "embedding_map" in block else None,
             )
             if acc.done:
                 writer.write(by_key[key], acc.products(list(cfg.products)))
@@ -296,6 +308,8 @@ def _predict_tiles(
 def _tag_model_versions(client: Any, models: Any, collection_uri: str) -> None:
     """Add the collection to each model version's ``eoforge.collections`` tag (a JSON list)."""
     for ref in models.refs:
+        if not ref.registered:
+            continue  # a saved model folder: no registry version to tag
         mv = client.get_model_version(ref.name, ref.version)
         made = json.loads((mv.tags or {}).get("eoforge.collections", "[]"))
         if collection_uri not in made:

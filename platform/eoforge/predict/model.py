@@ -1,8 +1,9 @@
 """Which models a predict job runs, checked against their cards, and the actor that runs them.
 
-:func:`resolve_models` pins every ``models:/NAME@ALIAS`` to its version once, on the driver, and
-refuses a model whose card names other bands or a normalisation the reader cannot give, before
-any pixel is read. :class:`WindowPredictor` is the Ray Data actor: one copy of the models per
+:func:`resolve_models` pins every ``models:/NAME@ALIAS`` to its version once, on the driver (a
+saved model folder to its weights' SHA-256, :mod:`eoforge.predict.saved_model`), and refuses a
+model whose card names other bands or a normalisation the reader cannot give, before any pixel
+is read. :class:`WindowPredictor` is the Ray Data actor: one copy of the models per
 actor, on the actor's GPU when it has one.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES
 from eoforge.data.normalize import NORMALIZATIONS
 from eoforge.errors import ConfigError
+from eoforge.redact import redact
 
 #: Default window side when neither the config nor the card gives one, pixels.
 DEFAULT_WINDOW_PX = 64
@@ -23,13 +25,16 @@ DEFAULT_WINDOW_PX = 64
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A pinned registered model and its card.
+    """A pinned model and its card: a registered version, or a saved model folder.
 
     Attributes:
-        uri: ``models:/NAME/VERSION`` (an alias resolved when the job started).
-        asked: what the config said (``models:/NAME@champion``).
-        name, version: registry coordinates.
+        uri: ``models:/NAME/VERSION`` (an alias resolved when the job started), or the folder's
+            location, redacted (:mod:`eoforge.predict.saved_model`).
+        asked: what the config said (``models:/NAME@champion``), redacted.
+        name, version: registry coordinates; for a folder its name and ``sha256:<12 hex>``.
         card: the model card (bands, normalisation, task, classes, ...).
+        path: the saved model folder as given (None for a registered version); actors load it.
+        sha256: hex SHA-256 of a folder's ``weights.safetensors`` (None for a registered version).
     """
 
     uri: str
@@ -37,11 +42,18 @@ class ModelRef:
     name: str
     version: str
     card: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+    sha256: str | None = None
 
     @property
     def task(self) -> str | None:
         """``classification`` / ``multilabel`` / ``segmentation``, or None for a backbone."""
         return self.card.get("task")
+
+    @property
+    def registered(self) -> bool:
+        """A version of the registry (not a saved model folder)."""
+        return self.path is None
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,7 @@ class PredictModels:
     embedding: ModelRef | None
     normalize: str
     window_px: int
+    embedding_mode: str = "patch"
 
     @property
     def refs(self) -> list[ModelRef]:
@@ -67,7 +80,9 @@ class PredictModels:
     def from_dict(cls, d: dict[str, Any]) -> PredictModels:
         """Inverse of :meth:`to_dict`."""
         refs = {k: (ModelRef(**d[k]) if d[k] else None) for k in ("task", "embedding")}
-        return cls(refs["task"], refs["embedding"], d["normalize"], int(d["window_px"]))
+        return cls(
+            refs["task"], refs["embedding"], d["normalize"], int(d["window_px"]), d.get("embedding_mode", "patch")
+        )
 
 
 def check_card_fits_reader(ref: ModelRef) -> None:
@@ -88,11 +103,28 @@ def check_card_fits_reader(ref: ModelRef) -> None:
         raise ConfigError(f"model {ref.asked} ({ref.uri}) does not fit the predict input: {'; '.join(problems)}")
 
 
+def _pin_saved(asked: str) -> ModelRef:
+    """A saved model folder (weights + card), its weights hashed and checked to rebuild, before any read."""
+    from pathlib import PurePosixPath
+
+    from eoforge.predict.saved_model import model_location, module_of, read_saved_model, weights_sha256
+
+    card, data, shown = read_saved_model(asked)
+    module_of(shown, data, card)  # the weights fit the card's architecture: refused here, not in the actors
+    digest = weights_sha256(data)
+    where = model_location(asked)  # absolute: the actors do not share the driver's working directory
+    ref = ModelRef(
+        shown, redact(asked), PurePosixPath(shown).name, f"sha256:{digest[:12]}", card, path=where, sha256=digest
+    )
+    check_card_fits_reader(ref)
+    return ref
+
+
 def _pin(tracking_uri: str, asked: str) -> ModelRef:
     from eoforge.tracking.registry import model_card, resolve_model_version
 
     if not asked.startswith("models:/"):
-        raise ConfigError(f"model {asked!r}: give a registered model, models:/NAME@ALIAS or models:/NAME/VERSION")
+        return _pin_saved(asked)
     mv = resolve_model_version(tracking_uri, asked)
     ref = ModelRef(
         f"models:/{mv.name}/{mv.version}",
@@ -106,14 +138,21 @@ def _pin(tracking_uri: str, asked: str) -> ModelRef:
 
 
 def resolve_models(
-    tracking_uri: str, model: str | None, embedding_model: str | None, products: list[str], window_px: int | None
+    tracking_uri: str,
+    model: str | None,
+    embedding_model: str | None,
+    products: list[str],
+    window_px: int | None,
+    embedding_mode: str = "patch",
 ) -> PredictModels:
     """Pin and check the models of a predict config (see module docstring).
 
     Raises:
         ServiceError: no such model, alias or version (the message lists what the registry has).
         ConfigError: a card does not fit the input; the task model has no task; the two models
-            disagree on normalisation.
+            disagree on normalisation; no such model folder.
+        UnsafeArtifactError: a model folder is not weights + card (e.g. a pickled checkpoint), or
+            its weights do not rebuild the card's architecture.
     """
     task = _pin(tracking_uri, model) if model else None
     if task is not None and task.task not in ("classification", "multilabel", "segmentation"):
@@ -125,11 +164,29 @@ def resolve_models(
     embedding = None
     if "embeddings" in products:
         embedding = _pin(tracking_uri, embedding_model) if embedding_model else task
+        if embedding is not None and embedding_mode == "pixel":
+            check_feature_maps(embedding)
     norms = {r.card.get("normalize", "ssl4eo") for r in (task, embedding) if r is not None}
     if len(norms) > 1:
         raise ConfigError(f"the task and embedding models were trained on different normalisations: {sorted(norms)}")
     card_px = next((int(r.card["chip_px"]) for r in (task, embedding) if r is not None and r.card.get("chip_px")), None)
-    return PredictModels(task, embedding, norms.pop(), window_px or card_px or DEFAULT_WINDOW_PX)
+    return PredictModels(task, embedding, norms.pop(), window_px or card_px or DEFAULT_WINDOW_PX, embedding_mode)
+
+
+def check_feature_maps(ref: ModelRef) -> None:
+    """Refuse per-pixel embeddings from a model without spatial feature maps (e.g. the band-statistics baseline).
+
+    Raises:
+        ConfigError: the card's architecture is not a two-sensor timm backbone (alone or under a task head).
+    """
+    arch = ref.card.get("architecture") or {}
+    inner = arch.get("backbone") if arch.get("kind") == "finetune" else arch
+    if not isinstance(inner, dict) or inner.get("kind") != "dual_backbone":
+        kind = inner.get("kind") if isinstance(inner, dict) else None
+        raise ConfigError(
+            f"embeddings.mode pixel: model {ref.asked} ({ref.uri}) has no feature maps to upsample "
+            f"(its backbone is {kind!r}, not a dual_backbone); use embeddings.mode patch"
+        )
 
 
 def _features(model: Any, s1: Any, s2: Any) -> Any:
@@ -138,26 +195,47 @@ def _features(model: Any, s1: Any, s2: Any) -> Any:
     return backbone(s1, s2)
 
 
+def _feature_maps(model: Any, s1: Any, s2: Any) -> Any:
+    """Per-pixel backbone features (B, D, H, W): each sensor's last feature map, upsampled bilinearly to the input.
+
+    D is the pooled vector's width (S1 then S2 channels, as :func:`_features` concatenates them).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    backbone = getattr(model, "backbone", model)
+    maps = []
+    for modality, x in (("s1", s1), ("s2", s2)):
+        fmap = backbone.encoder(modality).forward_intermediates(backbone.adapt(modality, x), intermediates_only=True)
+        maps.append(F.interpolate(fmap[-1].float(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False))
+    return torch.cat(maps, dim=1)
+
+
 class WindowPredictor:
     """Ray Data actor: window blocks in storage units -> model outputs per window.
 
     In: ``s2`` uint16 [B, 12, H, W], ``s1`` float16 [B, 2, H, W], ``valid`` bool [B, 2, H, W], ``ok`` [B].
     Out (besides the block's metadata columns): ``valid_any`` bool [B, H, W] (a sensor is valid there),
     ``probs`` float16 [B, K] (per-window tasks) or
-    [B, K, H, W] (segmentation); ``embedding`` float32 [B, D]. Windows with ``ok`` False get zeros.
+    [B, K, H, W] (segmentation); ``embedding`` float32 [B, D]; with ``embedding_mode`` pixel also
+    ``embedding_map`` float16 [B, D, H, W]. Windows with ``ok`` False get zeros.
     """
 
     def __init__(self, models: dict[str, Any], tracking_uri: str) -> None:
         import torch
 
         from eoforge.finetune.registered import load_registered_model
+        from eoforge.predict.saved_model import load_saved_model
 
         self.spec = PredictModels.from_dict(models)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         loaded: dict[str, Any] = {}
         for ref in (self.spec.task, self.spec.embedding):
             if ref is not None and ref.uri not in loaded:
-                loaded[ref.uri] = load_registered_model(ref.uri, self.device, tracking_uri).eval()
+                if ref.path is not None and ref.sha256 is not None:
+                    loaded[ref.uri] = load_saved_model(ref.path, ref.sha256, self.device).eval()
+                else:
+                    loaded[ref.uri] = load_registered_model(ref.uri, self.device, tracking_uri).eval()
         self.task = loaded[self.spec.task.uri] if self.spec.task else None
         self.embedding = loaded[self.spec.embedding.uri] if self.spec.embedding else None
 
@@ -186,4 +264,7 @@ class WindowPredictor:
             if self.embedding is not None:
                 emb = _features(self.embedding, s1, s2).float() * ok.view(-1, 1)
                 out["embedding"] = emb.cpu().numpy()
+                if self.spec.embedding_mode == "pixel":
+                    fmap = _feature_maps(self.embedding, s1, s2) * ok.view(-1, 1, 1, 1)
+                    out["embedding_map"] = fmap.to(torch.float16).cpu().numpy()
         return out

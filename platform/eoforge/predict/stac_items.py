@@ -5,16 +5,19 @@ Items carry projection (the tile's grid), raster (bands, nodata, scale and offse
 extension (the model, its inputs and outputs) and processing fields, with ``derived_from`` links
 to the source S2 and S1 items and ``eoforge:model_uri`` (the pinned version) and
 ``eoforge:plan_hash`` for lineage. Built as plain dicts with the extensions' own field names, and
-validated offline against the shipped schemas (:mod:`eoforge.predict.stac_validate`).
+validated offline against the shipped schemas (:mod:`eoforge.predict.stac_validate`). Every href
+and string in them passes through :mod:`eoforge.redact`: a signed source URL is published unsigned.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import eoforge
 from eoforge.bands import S1_BAND_NAMES, S2_BAND_NAMES
+from eoforge.redact import redact, redact_tree
 
 STAC_VERSION = "1.1.0"
 EXT = {
@@ -29,6 +32,17 @@ MEDIA = {
     "cog": "image/tiff; application=geotiff; profile=cloud-optimized",
     "parquet": "application/vnd.apache.parquet",
 }
+
+
+def public_href(href: str) -> str:
+    """An href fit to publish in an item: redacted, without the marks redaction leaves.
+
+    :func:`eoforge.redact.redact` drops the query string, user info and a credential-carrying
+    fragment; the ``?…`` / ``#…`` it leaves in their place are dropped too. A signed URL (SAS
+    ``sig=``, ``X-Amz-Signature=``, a token) becomes its unsigned form, which a reader signs again
+    with their own credentials.
+    """
+    return redact(href).replace("?…", "").replace("#…", "")
 
 
 def classes_field(names: list[str], colours: dict[int, tuple[int, int, int, int]]) -> list[dict[str, Any]]:
@@ -50,7 +64,8 @@ def mlm_fields(model: dict[str, Any], window_px: int, classes: list[str] | None)
     """The ML-model extension's fields for the model that made a product.
 
     Args:
-        model: ``uri``, ``name``, ``task`` (None for a backbone), ``backbone``, ``normalize``.
+        model: ``uri``, ``name`` (default: from a registry URI), ``task`` (None for a backbone),
+            ``backbone``, ``normalize``.
         window_px: the model's input side, pixels.
         classes: class names (task models).
     """
@@ -90,13 +105,20 @@ def mlm_fields(model: dict[str, Any], window_px: int, classes: list[str] | None)
             {"value": i, "name": _slug(n), "description": n} for i, n in enumerate(classes)
         ]
     return {
-        "mlm:name": str(model["uri"]).removeprefix("models:/").replace("/", " v"),
+        "mlm:name": _mlm_name(str(model.get("name") or str(model["uri"]).removeprefix("models:/").replace("/", " v"))),
         "mlm:architecture": str(model.get("backbone") or "DualBackbone"),
         "mlm:tasks": tasks,
         "mlm:framework": "pytorch",
         "mlm:input": inputs,
         "mlm:output": [output],
     }
+
+
+def _mlm_name(name: str) -> str:
+    """``name`` in the characters ``mlm:name`` allows (a letter first, letters, digits, ``_.-`` and spaces)."""
+    clean = re.sub(r"[^A-Za-z0-9_.\-\s]", " ", name).strip()
+    clean = clean if clean[:1].isalpha() else f"model {clean}"
+    return clean if clean[-1:].isalnum() else f"{clean}0"
 
 
 def model_asset(href: str, uri: str) -> dict[str, Any]:
@@ -145,6 +167,7 @@ def tile_item(
         "processing:lineage": f"eoforge predict: {lineage['model_uri']} over plan {lineage['plan_hash'][:12]}",
         "processing:level": "L4",
         "eoforge:model_uri": lineage["model_uri"],
+        **({"eoforge:model_sha256": lineage["model_sha256"]} if lineage.get("model_sha256") else {}),
         "eoforge:plan_hash": lineage["plan_hash"],
         "eoforge:run_id": lineage.get("run_id", ""),
         **mlm,
@@ -153,7 +176,7 @@ def tile_item(
         {EXT["proj"], EXT["raster"], EXT["file"], EXT["mlm"], EXT["processing"]}
         | ({EXT["classification"]} if any("classification:classes" in a for a in assets.values()) else set())
     )
-    return {
+    item = {
         "type": "Feature",
         "stac_version": STAC_VERSION,
         "stac_extensions": ext,
@@ -165,11 +188,12 @@ def tile_item(
             {"rel": "collection", "href": "../collection.json", "type": "application/json"},
             {"rel": "parent", "href": "../collection.json", "type": "application/json"},
             {"rel": "root", "href": "../collection.json", "type": "application/json"},
-            *({"rel": rel, "href": href, "type": "application/geo+json"} for rel, href in sources),
+            *({"rel": rel, "href": public_href(href), "type": "application/geo+json"} for rel, href in sources),
         ],
-        "assets": assets,
+        "assets": {k: {**a, "href": public_href(a["href"])} for k, a in assets.items()},
         "collection": collection_id,
     }
+    return redact_tree(item)  # no signed URL or credential anywhere in what is published
 
 
 def collection(
@@ -181,25 +205,27 @@ def collection(
     east = max(i["bbox"][2] for i in items)
     north = max(i["bbox"][3] for i in items)
     times = sorted(i["properties"]["datetime"] for i in items)
-    return {
-        "type": "Collection",
-        "stac_version": STAC_VERSION,
-        "stac_extensions": [EXT["mlm"]],
-        "id": collection_id,
-        "description": description,
-        "license": "other",
-        "extent": {
-            "spatial": {"bbox": [[west, south, east, north]]},
-            "temporal": {"interval": [[times[0], times[-1]]]},
-        },
-        "eoforge:model_uri": model_uri,
-        **mlm,
-        "links": [
-            {"rel": "root", "href": "./collection.json", "type": "application/json"},
-            {"rel": "self", "href": "./collection.json", "type": "application/json"},
-            *(
-                {"rel": "item", "href": f"./{i['id']}/{i['id']}.json", "type": "application/geo+json"}
-                for i in sorted(items, key=lambda x: x["id"])
-            ),
-        ],
-    }
+    return redact_tree(
+        {
+            "type": "Collection",
+            "stac_version": STAC_VERSION,
+            "stac_extensions": [EXT["mlm"]],
+            "id": collection_id,
+            "description": description,
+            "license": "other",
+            "extent": {
+                "spatial": {"bbox": [[west, south, east, north]]},
+                "temporal": {"interval": [[times[0], times[-1]]]},
+            },
+            "eoforge:model_uri": model_uri,
+            **mlm,
+            "links": [
+                {"rel": "root", "href": "./collection.json", "type": "application/json"},
+                {"rel": "self", "href": "./collection.json", "type": "application/json"},
+                *(
+                    {"rel": "item", "href": f"./{i['id']}/{i['id']}.json", "type": "application/geo+json"}
+                    for i in sorted(items, key=lambda x: x["id"])
+                ),
+            ],
+        }
+    )

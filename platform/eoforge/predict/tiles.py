@@ -27,7 +27,15 @@ import numpy as np
 
 from eoforge.predict.assemble import CLASS_NODATA, EMB_NODATA, PROB_NODATA, PROB_SCALE, TileProducts
 from eoforge.predict.cog import colormap_of, file_info, publish, read_bytes, sha256_multihash, write_cog
-from eoforge.predict.stac_items import MEDIA, classes_field, collection, mlm_fields, model_asset, tile_item
+from eoforge.predict.stac_items import (
+    MEDIA,
+    classes_field,
+    collection,
+    mlm_fields,
+    model_asset,
+    public_href,
+    tile_item,
+)
 from eoforge.tracking.registry import WEIGHTS_FILE
 
 
@@ -53,31 +61,36 @@ class TileWriter:
         items: dict[str, Any],
         pairs: list[Any],
     ) -> None:
-        from mlflow import MlflowClient
-
         from eoforge.storage import is_remote
 
         self.cfg, self.models, self.items = cfg, models, items
         self.root = cfg.output.rstrip("/")
         self.products = list(cfg.products)
         lead = models.task or models.embedding
-        self.lineage = {"model_uri": lead.uri, "plan_hash": plan_hash, "run_id": run_id}
+        self.lineage = {"model_uri": lead.uri, "model_sha256": lead.sha256, "plan_hash": plan_hash, "run_id": run_id}
         self.hrefs: dict[str, str] = {}
         for pair in pairs:
             for it in (pair.s2, pair.s1):
-                self.hrefs[it.id] = it.get_self_href() or it.id
+                self.hrefs[it.id] = public_href(it.get_self_href() or it.id)
         card = lead.card
         self.classes: list[str] = list(models.task.card.get("classes", [])) if models.task else []
         self.colours = colormap_of(len(self.classes)) if self.classes else {}
         model_desc = {
             "uri": lead.uri,
+            "name": None if lead.registered else f"{lead.name} {lead.version}",
             "task": lead.task,
             "backbone": card.get("backbone"),
             "normalize": models.normalize,
         }
         self.mlm = mlm_fields(model_desc, models.window_px, self.classes or None)
-        source = MlflowClient(tracking_uri).get_model_version(lead.name, lead.version).source
-        self.model_asset = model_asset(f"{source.rstrip('/')}/{WEIGHTS_FILE}" if source else lead.uri, lead.uri)
+        if lead.registered:
+            from mlflow import MlflowClient
+
+            source = MlflowClient(tracking_uri).get_model_version(lead.name, lead.version).source
+        else:
+            source = lead.uri  # the saved model folder, redacted
+        weights = f"{source.rstrip('/')}/{WEIGHTS_FILE}" if source else lead.uri
+        self.model_asset = model_asset(public_href(weights), lead.uri)
         self.written: dict[str, dict[str, Any]] = {}
         base = None if is_remote(self.root) else Path(self.root)
         if base is not None:
@@ -113,6 +126,7 @@ class TileWriter:
             return False
         if (
             props.get("eoforge:model_uri") != self.lineage["model_uri"]
+            or props.get("eoforge:model_sha256") != self.lineage["model_sha256"]
             or props.get("eoforge:plan_hash") != self.lineage["plan_hash"]
         ):
             return False
@@ -222,14 +236,21 @@ class TileWriter:
         import shapely
 
         grid = tile.grid
-        k_r0, k_c0, _, _ = grid.coarse_window(*tile.tile, self.cfg.tile_px)
         emb = products.embeddings
         assert emb is not None and products.emb_scale is not None and products.emb_offset is not None
+        if self.cfg.embeddings.mode == "pixel":
+            r0, c0, _, _ = grid.tile_window(*tile.tile, self.cfg.tile_px)
+            transform, res = grid.transform(r0, c0), grid.res
+            title = f"embeddings: a {emb.shape[0]}-d vector per {res:g} m pixel (feature maps, blended), int8"
+        else:
+            k_r0, k_c0, _, _ = grid.coarse_window(*tile.tile, self.cfg.tile_px)
+            transform, res = grid.coarse_transform(k_r0, k_c0), grid.stride * grid.res
+            title = f"embeddings: one {emb.shape[0]}-d vector per {res:g} m window centre, int8"
         write_cog(
             emb,
             folder / "embeddings.tif",
             grid.crs,
-            grid.coarse_transform(k_r0, k_c0),
+            transform,
             EMB_NODATA,
             None,
             None,
@@ -238,7 +259,7 @@ class TileWriter:
         assets["embeddings"] = {
             "href": "./embeddings.tif",
             "type": MEDIA["cog"],
-            "title": f"embeddings: one {emb.shape[0]}-d vector per {grid.stride * grid.res:g} m window centre, int8",
+            "title": title,
             "roles": ["data"],
             "raster:bands": [
                 {
@@ -246,7 +267,7 @@ class TileWriter:
                     "nodata": EMB_NODATA,
                     "scale": float(s),
                     "offset": float(o),
-                    "spatial_resolution": grid.stride * grid.res,
+                    "spatial_resolution": res,
                 }
                 for s, o in zip(products.emb_scale, products.emb_offset, strict=True)
             ],
