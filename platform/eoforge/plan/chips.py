@@ -1,11 +1,10 @@
-"""Chip placement for one S1/S2 pair, vectorised: origins, area and S1 tests, filters, splits, labels -> Arrow rows."""
+"""Chip placement for one S1/S2 pair, vectorised: origins, area and S1 tests, clear test, splits, labels."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,21 +35,6 @@ from eoforge.plan.splits import chip_split, item_split
 from eoforge.plan.stats import PlanStats
 
 
-class OriginFilter(Protocol):
-    """Drops chips of a pair by a boolean mask before rows are built (e.g. a clear-fraction filter).
-
-    Called with the pair, its resolved S2 item and the origins that passed the area and S1 tests,
-    int64 ``[N, 2]`` (row, col) on ``source.grid``; returns a bool mask ``[N]`` (True: keep).
-    The planner counts the chips kept in ``PlanStats.stages[filter.stage]``.
-    """
-
-    stage: str
-
-    def __call__(self, pair: Pair, source: S2Source, origins: np.ndarray) -> np.ndarray:
-        """Bool mask ``[N]`` over ``origins`` (True: keep the chip)."""
-        ...
-
-
 def _const(value: Any, n: int, type_: pa.DataType) -> pa.Array:
     """``n`` copies of one value: dictionary-encoded for strings (no copy of the text per row)."""
     if pa.types.is_string(type_):
@@ -63,21 +47,19 @@ def _const(value: Any, n: int, type_: pa.DataType) -> pa.Array:
 
 @dataclass
 class Planner:
-    """What every pair of a plan shares: config, profile, labels, sampler, area of interest, filters."""
+    """What every pair of a plan shares: config, profile, labels, sampler, area of interest."""
 
     cfg: DataConfig
     profile: ProviderProfile
     labels: LabelIndex | None
     sampler: Sampler
     area: AreaCache
-    filters: Sequence[OriginFilter] = ()
 
 
 def make_planner(
     cfg: DataConfig,
     profile: ProviderProfile,
     labels: LabelIndex | None,
-    filters: Sequence[OriginFilter] = (),
 ) -> Planner:
     """The shared part of a plan's pairs: sampler and area of interest from ``cfg``.
 
@@ -89,7 +71,7 @@ def make_planner(
         sampler = Sampler(cfg.chips, cfg.seed, area)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return Planner(cfg, profile, labels, sampler, AreaCache(area), filters)
+    return Planner(cfg, profile, labels, sampler, AreaCache(area))
 
 
 def _add(stats: PlanStats | None, key: str, n: int) -> None:
@@ -139,12 +121,6 @@ def pair_table(pair: Pair, planner: Planner, sources: tuple[S2Source, S1Source],
         inside[edge] = ~(outside > 1e-3 * shapely.area(chips_ll[edge]))
         idx, chips_ll = idx[inside], chips_ll[inside]
     in_s1 = len(idx)
-    for f in planner.filters:
-        mask = np.asarray(f(pair, s2_src, origins[idx]), dtype=bool)
-        if mask.shape != (len(idx),):
-            raise ValueError(f"origin filter {f.stage!r} returned a mask of shape {mask.shape}, expected ({len(idx)},)")
-        idx, chips_ll = idx[mask], chips_ll[mask]
-        _add(stats, f.stage, len(idx))
     clear = None
     if cfg.seasons is not None:
         idx, chips_ll, clear = _clear_chips(pair, planner, s2_src, origins, idx, chips_ll, stats)
@@ -288,7 +264,6 @@ def chip_table_for_pair(
     profile: ProviderProfile | None = None,
     sources: tuple[S2Source, S1Source] | None = None,
     stats: PlanStats | None = None,
-    filters: Sequence[OriginFilter] = (),
 ) -> pa.Table:
     """The plan rows of one S1/S2 pair as an Arrow table (:data:`PLAN_SCHEMA`), sorted by chip id.
 
@@ -302,7 +277,7 @@ def chip_table_for_pair(
         prepare_s2(pair.s2, profile, cfg.chips.resolution_m),
         prepare_s1(pair.s1, profile, cfg.catalog.s1_units),
     )
-    return pair_table(pair, make_planner(cfg, profile, labels, filters), sources, stats)
+    return pair_table(pair, make_planner(cfg, profile, labels), sources, stats)
 
 
 def chip_rows_for_pair(
