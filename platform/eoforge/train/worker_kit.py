@@ -1,15 +1,18 @@
-"""What every Ray Train worker loop shares: collectives over the worker group and checkpoint state.
+"""What every Ray Train worker loop shares: who this worker is, collectives, checkpoints, rank-0 logging.
 
 Pretraining (:mod:`eoforge.train.loop`) and fine-tuning (:mod:`eoforge.finetune.loop`) run in
-lock-step worker groups. Each helper here is a no-op on a single worker (or without
+lock-step worker groups. Each collective here is a no-op on a single worker (or without
 ``torch.distributed``), so the loops read the same with one worker or many. The checkpoint
 helpers write a state dict of tensors and plain values (weights, optimiser state, loop
-position) and read it back with ``weights_only=True`` (:func:`eoforge.models.weights.load_checkpoint`).
+position) and read it back with ``weights_only=True`` (:func:`eoforge.models.weights.load_checkpoint`);
+:func:`restore_checkpoint` is how a (re)started worker picks up the run's latest one and
+:func:`report` how it hands one to Ray Train.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,20 @@ import torch
 import torch.distributed as dist
 
 from eoforge.models.weights import load_checkpoint
+from eoforge.tracking.runs import MetricLogger
+
+
+def worker_rank() -> tuple[int, int]:
+    """(rank, world size) of this Ray Train worker."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def rank0_logger(mlflow: dict[str, str], rank: int) -> MetricLogger | None:
+    """The metric logger into the job's run (``mlflow``: ``uri``, ``run_id``) on rank 0; None elsewhere."""
+    return MetricLogger(mlflow["uri"], mlflow["run_id"]) if rank == 0 else None
 
 
 def world_size() -> int:
@@ -96,3 +113,30 @@ def save_state(state: dict[str, Any], state_file: str, position: dict[str, int] 
 def load_state(checkpoint_dir: str | Path, state_file: str) -> dict[str, Any]:
     """Read a checkpoint's state dict with ``weights_only=True`` (a pickled object is refused)."""
     return load_checkpoint(Path(checkpoint_dir) / state_file)
+
+
+def restore_checkpoint(state_file: str) -> dict[str, Any] | None:
+    """The state of the run's latest checkpoint (Ray Train hands it to a restarted worker); None on a fresh start."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as checkpoint_dir:
+        return load_state(checkpoint_dir, state_file)
+
+
+def report(metrics: dict[str, Any], state_dir: str | None = None) -> None:
+    """``ray.train.report`` (a barrier: every worker calls it), attaching ``state_dir`` as the checkpoint.
+
+    Ray Train persists the checkpoint to the run's storage before returning; the local copy
+    (``state_dir``, from :func:`save_state`, hundreds of MB) is removed then, whatever happened.
+    """
+    import ray.train
+
+    checkpoint = ray.train.Checkpoint.from_directory(state_dir) if state_dir else None
+    try:
+        ray.train.report(metrics, checkpoint=checkpoint)
+    finally:
+        if state_dir:
+            shutil.rmtree(state_dir, ignore_errors=True)
