@@ -169,7 +169,7 @@ def split_source(config: dict[str, Any], name: str, rank: int, world: int) -> An
     chips = config.get("chips")
     if chips is None:
         return ray.train.get_dataset_shard(name)
-    from eoforge.finetune.chip_cache import load_cached_chips
+    from eoforge.finetune.labelled import load_cached_chips
 
     ids = chips[name] if name == "train" else chips[name][rank::world]
     return InMemorySplit(load_cached_chips(chips["cache"], ids), rank, world, train=name == "train")
