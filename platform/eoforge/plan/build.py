@@ -45,7 +45,7 @@ from eoforge.catalog.pairing import Pair
 from eoforge.catalog.providers import resolve_profile
 from eoforge.config import DataConfig
 from eoforge.plan.area import area_of_interest
-from eoforge.plan.chips import chip_rows_for_pair, chip_table_for_pair, make_planner, pair_table
+from eoforge.plan.chips import make_planner, pair_table
 from eoforge.plan.labels import LabelIndex
 from eoforge.plan.prepare import no_chips_error, prepare_pairs
 from eoforge.plan.sampling import Grid
@@ -78,9 +78,7 @@ __all__ = [
     "_place_u",
     "area_of_interest",
     "build_plan",
-    "chip_rows_for_pair",
     "chip_split",
-    "chip_table_for_pair",
     "ensure_parent",
     "item_label_list",
     "item_split",

@@ -9,26 +9,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pystac
 import shapely
 from shapely.geometry import shape
 
 from eoforge.catalog.pairing import Pair
-from eoforge.catalog.providers import ProviderProfile, resolve_profile
+from eoforge.catalog.providers import ProviderProfile
 from eoforge.config import DataConfig
 from eoforge.errors import CatalogError, ChipReadError, ConfigError
 from eoforge.plan.area import AreaCache, area_of_interest, densified_to, to_lonlat
 from eoforge.plan.labels import LabelIndex
 from eoforge.plan.sampling import Sampler, chips_on_grid
-from eoforge.plan.schema import PLAN_SCHEMA, table_rows
+from eoforge.plan.schema import PLAN_SCHEMA
 from eoforge.plan.seasons import CLEAR_TOL, place_id, season_label
 from eoforge.plan.sources import (
     S1Source,
     S2Source,
-    declared_profile,
     item_label_list,
-    prepare_s1,
-    prepare_s2,
     signing_of,
 )
 from eoforge.plan.splits import chip_split, item_split
@@ -255,38 +251,3 @@ def _clear_chips(
         )
         _add(stats, "chips_clear", int(keep.sum()))
     return idx[keep], chips_ll[keep], np.asarray(fractions, dtype=np.float64)[keep]
-
-
-def chip_table_for_pair(
-    pair: Pair,
-    cfg: DataConfig,
-    label_items: LabelIndex | list[pystac.Item] | None = None,
-    profile: ProviderProfile | None = None,
-    sources: tuple[S2Source, S1Source] | None = None,
-    stats: PlanStats | None = None,
-) -> pa.Table:
-    """The plan rows of one S1/S2 pair as an Arrow table (:data:`PLAN_SCHEMA`), sorted by chip id.
-
-    ``label_items``: a :class:`LabelIndex` built once per plan (a list is indexed here, per call).
-    With ``cfg.splits.by_property``, chips of an S2 item whose property maps to no split are left
-    out and counted in ``stats.skipped_chips``.
-    """
-    profile = profile or resolve_profile(cfg.catalog.provider, declared_profile(cfg))
-    labels = LabelIndex(label_items, profile) if isinstance(label_items, list) else label_items
-    sources = sources or (
-        prepare_s2(pair.s2, profile, cfg.chips.resolution_m),
-        prepare_s1(pair.s1, profile, cfg.catalog.s1_units),
-    )
-    return pair_table(pair, make_planner(cfg, profile, labels), sources, stats)
-
-
-def chip_rows_for_pair(
-    pair: Pair,
-    cfg: DataConfig,
-    label_items: LabelIndex | list[pystac.Item] | None = None,
-    profile: ProviderProfile | None = None,
-    sources: tuple[S2Source, S1Source] | None = None,
-    stats: PlanStats | None = None,
-) -> list[dict[str, object]]:
-    """Plan rows (plain dicts) for one S1/S2 pair (see :func:`chip_table_for_pair`)."""
-    return table_rows(chip_table_for_pair(pair, cfg, label_items, profile, sources, stats))
