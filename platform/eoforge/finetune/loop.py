@@ -38,14 +38,13 @@ from eoforge.config.finetune import FinetuneConfig
 from eoforge.progress import say
 from eoforge.tracking.runs import MetricLogger
 from eoforge.train.worker_kit import (
+    WorkerSeat,
     gather_lists,
-    rank0_logger,
     report,
     restore_checkpoint,
     save_state,
     sum_across_workers,
-    unwrap,
-    worker_rank,
+    take_seat,
 )
 
 FINETUNE_STATE_FILE = "finetune_state.pt"
@@ -180,8 +179,8 @@ def _flat(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
 
 
 @dataclass
-class FinetuneWorker:
-    """One worker's part of a fine-tuning run: model, optimiser, its split shards, the best epoch so far.
+class FinetuneWorker(WorkerSeat):
+    """One worker's part of a fine-tuning run: its seat (``core``: the FinetuneModel), its splits, the best epoch.
 
     ``best_state`` is the state dict of the best epoch on ``val`` (by ``metric_key``), None
     before the first evaluation.
@@ -189,12 +188,6 @@ class FinetuneWorker:
 
     cfg: FinetuneConfig
     task: Any
-    rank: int
-    device: torch.device
-    model: torch.nn.Module  # wrapped (DDP): what trains
-    core: Any  # the FinetuneModel under the wrapper: what is evaluated and saved
-    opt: torch.optim.Optimizer
-    logger: MetricLogger | None
     shards: dict[str, Any]  # train / val / test: this worker's batches of each split
     metric_key: str
     start_epoch: int = 0
@@ -209,8 +202,6 @@ def setup_worker(config: dict[str, Any]) -> FinetuneWorker:
     A linear probe freezes the backbone; otherwise the backbone's parameters train at
     ``optim.lr * optim.backbone_lr_scale``. Rank 0 tags a fresh run with the backbone's sha256.
     """
-    import ray.train.torch
-
     from eoforge.finetune.backbone_source import load_backbone, state_sha256
     from eoforge.finetune.probe import PROBE_MODES
     from eoforge.finetune.task_heads import FinetuneModel
@@ -218,7 +209,6 @@ def setup_worker(config: dict[str, Any]) -> FinetuneWorker:
 
     cfg = FinetuneConfig.model_validate(config["cfg"])
     task = Task(**config["task"])
-    rank, world = worker_rank()
     torch.manual_seed(cfg.train.seed)
     backbone = load_backbone(config["backbone"], config["mlflow"]["uri"])
     sha_start = state_sha256(backbone)
@@ -234,21 +224,14 @@ def setup_worker(config: dict[str, Any]) -> FinetuneWorker:
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-    wrapped = ray.train.torch.prepare_model(model)
-    device = ray.train.torch.get_device()
-    logger = rank0_logger(config["mlflow"], rank)
-    if logger is not None and state is None:
-        logger.client.set_tag(logger.run_id, "eoforge.backbone_sha256_start", sha_start)
+    seat = take_seat(model, opt, config["mlflow"])
+    if seat.logger is not None and state is None:
+        seat.logger.client.set_tag(seat.logger.run_id, "eoforge.backbone_sha256_start", sha_start)
     w = FinetuneWorker(
+        **vars(seat),
         cfg=cfg,
         task=task,
-        rank=rank,
-        device=device,
-        model=wrapped,
-        core=unwrap(wrapped),
-        opt=opt,
-        logger=logger,
-        shards={name: split_source(config, name, rank, world) for name in SPLITS},
+        shards={name: split_source(config, name, seat.rank, seat.world) for name in SPLITS},
         metric_key=cfg.metric.split("/", 1)[1],
     )
     if state is not None:

@@ -54,16 +54,15 @@ from eoforge.data.normalize import normalize_batch
 from eoforge.errors import ChipReadError
 from eoforge.progress import say
 from eoforge.ssl.objectives import build_objective
-from eoforge.tracking.runs import MetricLogger
 from eoforge.train.worker_kit import (
+    WorkerSeat,
     gather_dicts,
     mean_across_workers,
     min_across_workers,
-    rank0_logger,
     report,
     restore_checkpoint,
     save_state,
-    unwrap,
+    take_seat,
     worker_rank,
 )
 from eoforge.train.worker_kit import load_state as load_kit_state
@@ -107,8 +106,8 @@ def device_plan(cfg: Any, device: torch.device) -> tuple[dict[str, bool], list[s
 
 
 @dataclass
-class PretrainWorker:
-    """One worker's part of the run: its model and optimiser, where the loop stands, what it counted.
+class PretrainWorker(WorkerSeat):
+    """One worker's part of the run: its seat (``core``: the objective), where the loop stands, what it counted.
 
     ``position`` is what a checkpoint records (``step``, ``epoch``, ``epoch_batches``: batches of
     that epoch done); ``step`` the optimiser steps so far. Micro-batch accumulators carry over
@@ -116,17 +115,10 @@ class PretrainWorker:
     """
 
     cfg: PretrainConfig
-    rank: int
-    world: int
-    device: torch.device
     active: dict[str, bool]
-    model: torch.nn.Module  # wrapped (DDP, compile): what runs forward and backward
-    core: Any  # the objective under the wrappers: min_batch, after_step, state_dict
     params: list[torch.nn.Parameter]
-    opt: torch.optim.Optimizer
     position: dict[str, int]
     resumed: bool
-    logger: MetricLogger | None
     materialized: str | None
     step: int = 0
     last_report: int = 0
@@ -160,7 +152,7 @@ def setup_worker(config: dict[str, Any]) -> PretrainWorker:
     import ray.train.torch
 
     cfg = PretrainConfig.model_validate(config["cfg"])
-    rank, world = worker_rank()
+    rank = worker_rank()[0]
     torch.manual_seed(cfg.train.seed)
     device = ray.train.torch.get_device()
     active, notes = device_plan(cfg, device)
@@ -174,31 +166,22 @@ def setup_worker(config: dict[str, Any]) -> PretrainWorker:
         objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
     if active["channels_last"]:
         objective = objective.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(objective)
-    if active["compile"]:
-        model = torch.compile(model)
+    seat = take_seat(objective, opt, config["mlflow"], compile_model=active["compile"])
     if rank == 0:
         for note in notes:
             say(note)
         on = [k for k, v in active.items() if v]
         say(f"objective {cfg.objective.kind} on {device}; GPU switches on: {on or 'none'}")
-    logger = rank0_logger(config["mlflow"], rank)
-    if logger is not None:
-        logger.log({"resumed_from_step": position["step"]}, step=position["step"])
+    if seat.logger is not None:
+        seat.logger.log({"resumed_from_step": position["step"]}, step=position["step"])
     step = position["step"]
     return PretrainWorker(
+        **vars(seat),
         cfg=cfg,
-        rank=rank,
-        world=world,
-        device=device,
         active=active,
-        model=model,
-        core=unwrap(model),
         params=params,
-        opt=opt,
         position=position,
         resumed=resumed,
-        logger=logger,
         materialized=config.get("materialized"),
         step=step,
         last_report=step,

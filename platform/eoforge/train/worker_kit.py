@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,40 @@ def save_state(state: dict[str, Any], state_file: str, position: dict[str, int] 
 def load_state(checkpoint_dir: str | Path, state_file: str) -> dict[str, Any]:
     """Read a checkpoint's state dict with ``weights_only=True`` (a pickled object is refused)."""
     return load_checkpoint(Path(checkpoint_dir) / state_file)
+
+
+@dataclass
+class WorkerSeat:
+    """What every worker loop holds: its place in the group, the model it trains, the optimiser, rank 0's logger.
+
+    ``model`` is what runs forward and backward (DDP-wrapped, maybe compiled); ``core`` the
+    module under the wrappers (what is evaluated, saved and asked for its attributes).
+    """
+
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module
+    core: Any
+    opt: torch.optim.Optimizer
+    logger: MetricLogger | None
+
+
+def take_seat(
+    module: torch.nn.Module, opt: torch.optim.Optimizer, mlflow: dict[str, str], compile_model: bool = False
+) -> WorkerSeat:
+    """Wrap ``module`` for the worker group (device, DDP; ``torch.compile`` when asked) and open rank 0's logger.
+
+    Restore a checkpoint into ``module`` and ``opt`` before: the wrappers share its parameters.
+    """
+    import ray.train.torch
+
+    rank, world = worker_rank()
+    model = ray.train.torch.prepare_model(module)
+    if compile_model:
+        model = torch.compile(model)
+    device = ray.train.torch.get_device()
+    return WorkerSeat(rank, world, device, model, unwrap(model), opt, rank0_logger(mlflow, rank))
 
 
 def restore_checkpoint(state_file: str) -> dict[str, Any] | None:
