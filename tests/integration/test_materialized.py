@@ -160,7 +160,7 @@ def test_the_chip_cache_is_published_and_read_through_its_manifest(cache: tuple[
     assert list(load_cached_chips(chips, some)["chip_id"]) == some
     split = str(index.split[index.ok][0])
     assert labelled_dataset(chips, split).count() == int(((index.split == split) & index.ok).sum())
-    batch = next(labelled_dataset(chips, split).iter_batches(batch_size=4, batch_format="numpy"))
+    batch = next(iter(labelled_dataset(chips, split).iter_batches(batch_size=4, batch_format="numpy")))
     ref = load_cached_chips(chips, [str(c) for c in batch["chip_id"]])
     assert batch["s2"].dtype == np.uint16 and batch["s2"].shape[1:] == (12, 32, 32)
     for k in ("s2", "valid", "label"):
