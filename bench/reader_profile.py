@@ -79,7 +79,7 @@ def main() -> None:
             t0 = time.perf_counter()
             out = real(m, data, origin, nodata, fill)
             dt = time.perf_counter() - t0
-            checked = not (m.inside and bool(resample._valid(data, nodata).all()))
+            checked = not (m.inside and bool(resample.valid_mask(data, nodata).all()))
             kind = (
                 m.kind + ("_separable" if m.kind != "aligned" and m.separable else "") + ("_checked" if checked else "")
             )

@@ -35,7 +35,7 @@ behind this hop, if the two costs add on one core.
 
 A sixth contender, ``eoforge_materialized``, is the repeated epochs of a materialised plan
 (``data.materialize: true``): each plan is decoded once through the stream into Parquet files
-(``ensure_materialized``, untimed), then a pass is one worker's epoch read back from it
+(the chip cache: ``ensure_chip_cache``, untimed), then a pass is one worker's epoch read back from it
 (``iter_materialized_batches``, batches of ``--batch``), in this process on the same ``--cores``. It
 is reported as ``materialized_ratio_vs_raw``, apart from the live stream's ``ratio_vs_raw``.
 
@@ -439,12 +439,12 @@ def eoforge_pass(plan: str, batch: int, block: int, ds_kwargs: dict, hop: bool =
 def materialize(plan: str, cache_dir: Path, kw: dict) -> str:
     """The plan's materialised chips (``data.materialize``: decoded once through the stream), untimed."""
     from eoforge.config.jobs import PlanSource
-    from eoforge.data.materialized import ensure_materialized
+    from eoforge.data.chip_cache import ensure_chip_cache
     from eoforge.plan.io import verify_plan
 
     reading = {k: kw[k] for k in ("read_tasks", "read_cpus")}
     data = PlanSource.model_validate({"plan": plan, "split": "all", "normalize": "none", **reading})
-    return ensure_materialized(data, verify_plan(plan), str(cache_dir))
+    return ensure_chip_cache(data, verify_plan(plan), str(cache_dir))
 
 
 def materialized_pass(cache: str, batch: int) -> dict:

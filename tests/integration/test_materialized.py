@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from eoforge.config.jobs import PlanSource
 from eoforge.data import materialized
+from eoforge.data.chip_cache import ensure_chip_cache
 from eoforge.data.dataset import build_chip_dataset, epoch_window_sets
-from eoforge.data.materialized import cache_files, cache_windows, ensure_materialized, iter_materialized_batches
+from eoforge.data.materialized import cache_files, cache_windows, iter_materialized_batches
 from eoforge.plan.io import read_plan
 
 from tests.support.demo_plan import demo_plan
@@ -29,7 +30,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         # small files: many of them, so that sets, shards and skips are exercised
-        path = ensure_materialized(data, plan_hash, str(tmp / "materialized"), rows_per_file=16)
+        path = ensure_chip_cache(data, plan_hash, str(tmp / "materialized"), rows_per_file=16)
         yield path, tmp / "plan.parquet"
     finally:
         ray.shutdown()
@@ -124,7 +125,7 @@ def test_two_concurrent_builders_of_one_plan_both_succeed_and_a_corrupt_file_is_
     data = PlanSource.model_validate({"plan": str(plan), "split": "all", "min_valid_fraction": 0.0, "read_tasks": 1})
     root = str(tmp_path / "materialized")
     with ThreadPoolExecutor(2) as pool:
-        got = list(pool.map(lambda _: ensure_materialized(data, plan_hash, root, rows_per_file=16), range(2)))
+        got = list(pool.map(lambda _: ensure_chip_cache(data, plan_hash, root, rows_per_file=16), range(2)))
     assert got[0] == got[1]
     published = open_published(got[0], checksums=True)
     assert published is not None and published.files
@@ -134,7 +135,7 @@ def test_two_concurrent_builders_of_one_plan_both_succeed_and_a_corrupt_file_is_
     victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")  # same size, other bytes
     with pytest.raises(CacheIntegrityError, match=f"{victim.name} does not match its sha256"):
         open_published(got[0], checksums=True)
-    ensure_materialized(data, plan_hash, root, rows_per_file=16)  # not trusted: built again
+    ensure_chip_cache(data, plan_hash, root, rows_per_file=16)  # not trusted: built again
     rebuilt = open_published(got[0], checksums=True)
     assert rebuilt is not None and rebuilt.build != published.build
     assert sum(w.rows for w in cache_files(got[0], "all")[1]) == rows
@@ -142,15 +143,10 @@ def test_two_concurrent_builders_of_one_plan_both_succeed_and_a_corrupt_file_is_
 
 def test_the_chip_cache_is_published_and_read_through_its_manifest(cache: tuple[str, Path], tmp_path: Path) -> None:
     """Fine-tuning's chip cache: built once, read back (index, in-memory subset, Ray Data) from the listed files."""
+    from eoforge.data.chip_cache import is_complete
     from eoforge.data.published import MANIFEST
     from eoforge.errors import CacheIntegrityError
-    from eoforge.finetune.chip_cache import (
-        ensure_chip_cache,
-        is_complete,
-        labelled_dataset,
-        load_cached_chips,
-        read_index,
-    )
+    from eoforge.finetune.labelled import labelled_dataset, load_cached_chips, read_index
 
     _, plan = cache
     frame, plan_hash = read_plan(plan)
@@ -164,6 +160,15 @@ def test_the_chip_cache_is_published_and_read_through_its_manifest(cache: tuple[
     assert list(load_cached_chips(chips, some)["chip_id"]) == some
     split = str(index.split[index.ok][0])
     assert labelled_dataset(chips, split).count() == int(((index.split == split) & index.ok).sum())
+    batch = next(iter(labelled_dataset(chips, split).iter_batches(batch_size=4, batch_format="numpy")))
+    ref = load_cached_chips(chips, [str(c) for c in batch["chip_id"]])
+    assert batch["s2"].dtype == np.uint16 and batch["s2"].shape[1:] == (12, 32, 32)
+    for k in ("s2", "valid", "label"):
+        assert np.array_equal(batch[k], ref[k]), k  # the Ray stream decodes the blobs as the direct reader does
+    # one cache: fine-tuning's readers read the pretraining epochs' cache (same key, same files)
+    materialised, _ = cache
+    assert Path(materialised).name == Path(chips).name
+    assert sorted(map(str, read_index(materialised).chip_id)) == sorted(map(str, index.chip_id))
     victim = sorted(Path(chips).glob("build-*/*.parquet"))[0]
     victim.write_bytes(victim.read_bytes()[:100])  # truncated
     with pytest.raises(CacheIntegrityError, match=f"{victim.name} has 100 bytes"):

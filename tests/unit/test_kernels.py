@@ -130,7 +130,7 @@ def test_f16_bits_is_numpys_float16_cast_bit_for_bit() -> None:
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.uint8, np.int16])
 @pytest.mark.parametrize("nodata", [None, 0.0, 7.0, float("nan")])
 def test_all_valid_is_the_reader_mask_all(dtype: type, nodata: float | None) -> None:
-    from eoforge.data.resample import _valid
+    from eoforge.data.resample import valid_mask
 
     rng = np.random.default_rng(4)
     cases = [rng.integers(1, 100, (5, 6)).astype(dtype) for _ in range(4)]
@@ -142,7 +142,7 @@ def test_all_valid_is_the_reader_mask_all(dtype: type, nodata: float | None) -> 
         cases[-1][1, 1] = np.inf
     outcomes = set()
     for data in cases:
-        want = bool(_valid(data, nodata).all())
+        want = bool(valid_mask(data, nodata).all())
         assert kernels.all_valid(data, nodata is not None, 0.0 if nodata is None else nodata) == want
         outcomes.add(want)
     can_fail = np.issubdtype(dtype, np.floating) or nodata in (0.0, 7.0)  # a NaN nodata never matches an int

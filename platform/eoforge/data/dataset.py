@@ -210,8 +210,7 @@ def task_pool(
 def whole_plan_stream(data: Any) -> Any:
     """Every chip of a job's plan (epoch 0's order, every split, readable or not).
 
-    What the decoded-once caches write (:func:`eoforge.finetune.chip_cache.ensure_chip_cache`,
-    :func:`eoforge.data.materialized.ensure_materialized`).
+    What the chip cache decodes once (:func:`eoforge.data.chip_cache.ensure_chip_cache`).
 
     Args:
         data: a job's data section (``plan``, ``normalize``, ``min_valid_fraction``, ``read_tasks``,

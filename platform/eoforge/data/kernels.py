@@ -121,7 +121,7 @@ def f16_bits(v: np.float32, bits: np.uint32) -> np.uint16:
 def all_valid(data: np.ndarray, has_nodata: bool, nodata: float) -> bool:
     """Whether every pixel of ``data`` (2-D, any real dtype) is finite and, with ``has_nodata``, != ``nodata``.
 
-    The test of ``eoforge.data.resample._valid(data, nodata).all()``, in one pass and without a mask.
+    The test of ``eoforge.data.resample.valid_mask(data, nodata).all()``, in one pass and without a mask.
     """
     for y in range(data.shape[0]):
         for x in range(data.shape[1]):

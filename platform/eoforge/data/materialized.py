@@ -1,13 +1,12 @@
-"""Epochs from a materialised plan: chips decoded once into sharded Parquet files, then re-read.
+"""Epochs from the chip cache: a plan decoded once, every epoch read back in the live stream's order.
 
 Streaming a plan decodes its COG tiles and resamples every chip again in every epoch. For a plan
-that fits on disk (about 125 KB per 64 px chip) and many epochs, ``data.materialize: true`` decodes
-it once through the same reader (:func:`ensure_materialized`: Ray Data ``write_parquet`` under
-``<run.storage_path>/materialized/``, files of at most 256 rows, each pixel column one fixed-size
-blob per chip, published whole with a manifest of files, sizes and sha256 written last:
-:mod:`eoforge.data.published`) and every epoch reads the files the manifest lists back. No
-reading tasks run per epoch and nothing is decoded from COGs or resampled again; a pixel column
-reads back as one buffer that numpy views.
+that fits on disk (about 125 KB per 64 px chip) and many epochs, ``data.materialize: true`` has
+the driver decode it once into the chip cache (:func:`eoforge.data.chip_cache.ensure_chip_cache`
+under ``<run.storage_path>/materialized/``: files of at most 256 rows, published whole with a
+manifest) and every epoch reads the files the manifest lists back. No reading tasks run per
+epoch and nothing is decoded from COGs or resampled again; a pixel column reads back as one
+buffer that numpy views.
 
 The order of an epoch follows the live stream's rules (:mod:`eoforge.data.epochs`), with the
 cache's files as its windows: a seeded permutation of the files (seed, epoch), every ``world``-th
@@ -27,92 +26,19 @@ Batches (numpy, as :func:`eoforge.data.dataset.build_chip_dataset` streams them)
 from __future__ import annotations
 
 import functools
-import json
 import math
 import queue
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from eoforge.data.chip_cache import COLUMNS, WHAT, cache_parquet_files, decode_columns, pixel_meta
 from eoforge.data.epochs import Window, epoch_window_sets
-from eoforge.data.published import MANIFEST, ensure_published, open_published
-from eoforge.errors import ChipReadError
-from eoforge.progress import say
 from eoforge.storage import filesystem_of
-
-#: Columns of a batch; pixel columns are fixed-size binary columns (one blob per chip) in the files.
-COLUMNS = ["chip_id", "split", "ok", "error", "item_labels", "tile_key", "s2", "s1", "valid", "label"]
-PIXELS = {"s2": np.uint16, "s1": np.float16, "valid": bool, "label": np.uint8}
-#: Schema metadata key of the pixel columns' dtypes and shapes.
-PIXELS_META = b"eoforge.pixels"
-#: Bumped when the files' layout changes.
-VERSION = "m3"  # m2: per-sensor valid masks; m3: builds under build-<uuid>/ committed by a manifest
-#: Rows per file at most (~32 MB at 64 px): the files are the shards and shuffle units of an epoch.
-FILE_ROWS = 256
-
-
-def materialized_key(plan_hash: str, data: Any) -> str:
-    """Folder name of a plan's materialised chips: what changes the pixels (plan, normalisation, valid threshold)."""
-    return f"{plan_hash[:16]}-{data.normalize}-mv{data.min_valid_fraction:g}-{VERSION}"
-
-
-def _encode(batch: dict[str, np.ndarray]) -> pa.Table:
-    """A stream block as an Arrow table whose pixel columns hold one fixed-size blob per chip.
-
-    Parquet stores a tensor-extension column as lists and decodes every element with its
-    repetition levels on read; a fixed-size binary column reads back as one buffer, which numpy
-    views as [N, ...] without a copy.
-    """
-    cols: dict[str, pa.Array] = {}
-    meta = {}
-    for name in COLUMNS:
-        values = np.asarray(batch[name])
-        if name in PIXELS:
-            arr = np.ascontiguousarray(values.astype(PIXELS[name], copy=False))
-            width = int(arr[0].nbytes) if len(arr) else 0
-            cols[name] = pa.FixedSizeBinaryArray.from_buffers(
-                pa.binary(width), len(arr), [None, pa.py_buffer(arr.tobytes())]
-            )
-            meta[name] = [np.dtype(PIXELS[name]).str, list(arr.shape[1:])]
-        else:
-            cols[name] = pa.array(values.tolist(), pa.bool_() if name == "ok" else pa.string())
-    return pa.table(cols, metadata={PIXELS_META: json.dumps(meta).encode()})
-
-
-def ensure_materialized(data: Any, plan_hash: str, root: str, rows_per_file: int = FILE_ROWS) -> str:
-    """Decode every chip of the plan once into Parquet files under ``root``; returns the folder (URI).
-
-    Runs the plan's chip stream (:func:`eoforge.data.dataset.build_chip_dataset`, epoch 0, every
-    split) through Ray Data ``write_parquet`` (files of at most ``rows_per_file`` rows) into a
-    build folder of its own, then publishes it with its manifest
-    (:func:`eoforge.data.published.ensure_published`): a published folder whose files verify is
-    reused, one that does not is rebuilt, and a concurrent builder's files are never deleted.
-    Chips that could not be read are kept as ``ok = False`` rows with their reason (the training
-    loop counts them).
-
-    Args:
-        data: the job's data section (plan, normalize, min_valid_fraction, read_tasks, read_cpus).
-        plan_hash: the plan's content hash (part of the folder name).
-        root: where materialised plans live (``<run.storage_path>/materialized``).
-        rows_per_file: rows per file at most.
-    """
-    folder = f"{root.rstrip('/')}/{materialized_key(plan_hash, data)}"
-
-    def build(into: str) -> None:
-        from eoforge.data.dataset import whole_plan_stream
-
-        say(f"materialising the plan's chips once into {folder}")
-        fs, _ = filesystem_of(into, "materialised plan")
-        ds = whole_plan_stream(data).map_batches(_encode, batch_format="numpy", num_cpus=0.25)
-        ds.write_parquet(into, filesystem=None if "://" in into else fs, max_rows_per_file=rows_per_file)
-
-    ensure_published(folder, "materialised plan", build, {"plan_hash": plan_hash, "normalize": data.normalize})
-    return folder
 
 
 def cache_files(cache: str, split: str) -> tuple[tuple[str, ...], tuple[Window, ...]]:
@@ -123,21 +49,16 @@ def cache_files(cache: str, split: str) -> tuple[tuple[str, ...], tuple[Window, 
     checked against the manifest on every call (sizes; sha256 on the first call in a process).
 
     Raises:
-        ChipReadError: the cache is not published or has no Parquet file.
+        ChipReadError: the cache is not published, has no Parquet file or files of another layout.
         CacheIntegrityError: a file the manifest lists is missing, truncated or altered.
     """
-    published = open_published(cache, "materialised plan")
-    if published is None:
-        raise ChipReadError(f"materialised chips {cache}: not published (no {MANIFEST}); ensure_materialized builds it")
-    paths = tuple(sorted(p for p in published.paths() if p.endswith(".parquet")))
-    if not paths:
-        raise ChipReadError(f"materialised chips {cache}: no Parquet files")
+    _, paths, _ = cache_parquet_files(cache)
     return paths, _split_windows(cache, paths, split)
 
 
 @functools.lru_cache(maxsize=8)
 def _split_windows(cache: str, paths: tuple[str, ...], split: str) -> tuple[Window, ...]:
-    fs, _ = filesystem_of(cache, "materialised plan")
+    fs, _ = filesystem_of(cache, WHAT)
     windows = []
     for k, path in enumerate(paths):
         col = pq.read_table(path, columns=["split"], filesystem=fs).column("split")
@@ -166,25 +87,20 @@ def cache_windows(cache: str, split: str, world: int) -> tuple[tuple[str, ...], 
     return paths, tuple(parts), part
 
 
-def _column(col: pa.ChunkedArray, name: str, meta: dict[str, Any]) -> np.ndarray:
-    if name in PIXELS:  # one fixed-size blob per chip: a view of the column's buffer
-        arr = col.combine_chunks()
-        dtype, shape = meta[name]
-        width = arr.type.byte_width
-        data = arr.buffers()[1]
-        flat = np.frombuffer(data, np.uint8, count=len(arr) * width, offset=arr.offset * width)
-        return flat.view(np.dtype(dtype)).reshape(len(arr), *shape)
-    return np.asarray(col.to_pylist(), dtype=bool if name == "ok" else object)
-
-
 def _read_set(
-    cache: str, paths: tuple[str, ...], ws: tuple[Window, ...], split: str, seed: int, epoch: int, part: int
-) -> dict:
+    cache: str,
+    paths: tuple[str, ...],
+    ws: tuple[Window, ...],
+    split: str,
+    seed: int,
+    epoch: int,
+    part: int,
+) -> dict[str, np.ndarray]:
     """The rows of the split in a set of files (or file parts of ``part`` rows), permuted together.
 
     The first ``ws[0].skip`` rows of that order are left out.
     """
-    fs, _ = filesystem_of(cache, "materialised plan")
+    fs, _ = filesystem_of(cache, WHAT)
     files: dict[int, pa.Table] = {}  # each file of the set read once (a small cache's parts share files)
     for w in ws:
         if w.row_group not in files:
@@ -196,10 +112,7 @@ def _read_set(
     order = np.random.default_rng([seed, epoch, ws[0].row_group, ws[0].index]).permutation(table.num_rows)
     order = order[ws[0].skip :]
     table = table.take(pa.array(order))
-    meta = json.loads((table.schema.metadata or {}).get(PIXELS_META, b"{}"))
-    if set(meta) != set(PIXELS):
-        raise ChipReadError(f"materialised chips {cache}: files without {PIXELS_META.decode()} (not eoforge's)")
-    return {name: _column(table.column(name), name, meta) for name in COLUMNS}
+    return decode_columns(table, COLUMNS, pixel_meta(table.schema, cache))
 
 
 def iter_materialized_batches(
@@ -217,7 +130,7 @@ def iter_materialized_batches(
     """This worker's batches of ``epoch`` from a materialised plan (see module docstring).
 
     Args:
-        cache: the folder (local or URI) of :func:`ensure_materialized`.
+        cache: the cache folder (local or URI) of :func:`eoforge.data.chip_cache.ensure_chip_cache`.
         split: ``train`` / ``val`` / ``test`` / ``all``.
         batch_size: rows per batch (the last one of the epoch fewer).
         seed: seed of the epochs' orders (``train.seed``).

@@ -1,7 +1,7 @@
 """Folders of files published whole: built under a unique prefix, committed by a manifest written last.
 
-The decoded-once caches (:func:`eoforge.finetune.chip_cache.ensure_chip_cache`,
-:func:`eoforge.data.materialized.ensure_materialized`) are folders of Parquet files that many
+The chip cache (:func:`eoforge.data.chip_cache.ensure_chip_cache`, what pretraining's
+materialised epochs and fine-tuning read) is a folder of Parquet files that many
 processes read, on local disk or object storage, and that two jobs may build at the same time.
 Nothing half-written may be read, and no builder may delete another's files. So a folder
 ``<cache>/`` is laid out as::

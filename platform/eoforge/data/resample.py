@@ -56,10 +56,12 @@ __all__ = [
     "sample_map",
     "source_coords",
     "union_bbox",
+    "valid_mask",
 ]
 
 
-def _valid(v: np.ndarray, nodata: float | None) -> np.ndarray:
+def valid_mask(v: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Bool mask of ``v``'s shape: finite and, when ``nodata`` is set, not equal to it (as stored)."""
     ok = np.isfinite(v)
     if nodata is not None:
         ok &= v != nodata
@@ -89,7 +91,7 @@ def apply_map(m: SampleMap, data: np.ndarray, origin: tuple[int, int], nodata: f
         if r0 < r1 and c0 < c1:
             block = data[r0 - R0 : r1 - R0, c0 - C0 : c1 - C0]
             vals = block.astype(np.float32)
-            vals[~_valid(block, nodata)] = fill
+            vals[~valid_mask(block, nodata)] = fill
             out[r0 - r : r1 - r, c0 - c : c1 - c] = vals
         return out
 
@@ -100,7 +102,7 @@ def apply_map(m: SampleMap, data: np.ndarray, origin: tuple[int, int], nodata: f
         return np.full(shape, fill, np.float32)
     # one pass, no mask, when every source pixel is valid (the usual case); the mask only when not
     all_ok = kernels.all_valid(data, nodata is not None, 0.0 if nodata is None else float(nodata))
-    ok = np.ones(data.shape, bool) if all_ok else _valid(data, nodata)
+    ok = np.ones(data.shape, bool) if all_ok else valid_mask(data, nodata)
     if m.kind == "bilinear" and m.separable:
         r_lo, c_lo = m.rows[:, 0].astype(np.intp) - R0, m.cols[0].astype(np.intp) - C0
         return _separable_bilinear(m, data, r_lo, c_lo, ok, all_ok, fill)

@@ -8,6 +8,11 @@ summed across workers, so the metrics are exact for the whole split. Every evalu
 ASHA acts on). The best weights on ``val`` are kept; at the end they are evaluated on
 ``test`` and rank 0 writes the final metrics, the per-class table and the checkpoint.
 
+The loop reads as its steps: :func:`setup_worker` (model, optimiser, restored state, the
+splits), then per epoch :func:`train_epoch` and, every ``eval_every_epochs``,
+:func:`validate`; :func:`final_report` at the end. What they share lives in one
+:class:`FinetuneWorker`.
+
 Linear probe: the backbone's parameters get no gradient and its BatchNorm stays in eval
 mode, so its weights and statistics end exactly as they started (``eoforge.backbone_sha256_*``
 tags on the run let a user check it). Probes of whole-chip tasks do not come here: they run
@@ -20,8 +25,8 @@ import copy
 import csv
 import io
 import json
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from eoforge.config.finetune import FinetuneConfig
 from eoforge.finetune.policy import (
     augment_batch,
     batch_rng,
@@ -36,7 +42,17 @@ from eoforge.finetune.policy import (
     param_groups,
     set_backbone_trainable,
 )
-from eoforge.train.worker_kit import gather_lists, load_state, save_state, sum_across_workers, unwrap
+from eoforge.progress import say
+from eoforge.tracking.runs import MetricLogger
+from eoforge.train.worker_kit import (
+    WorkerSeat,
+    gather_lists,
+    report,
+    restore_checkpoint,
+    save_state,
+    sum_across_workers,
+    take_seat,
+)
 
 FINETUNE_STATE_FILE = "finetune_state.pt"
 
@@ -159,7 +175,7 @@ def split_source(config: dict[str, Any], name: str, rank: int, world: int) -> An
     chips = config.get("chips")
     if chips is None:
         return ray.train.get_dataset_shard(name)
-    from eoforge.finetune.chip_cache import load_cached_chips
+    from eoforge.finetune.labelled import load_cached_chips
 
     ids = chips[name] if name == "train" else chips[name][rank::world]
     return InMemorySplit(load_cached_chips(chips["cache"], ids), rank, world, train=name == "train")
@@ -169,23 +185,40 @@ def _flat(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
     return {f"{prefix}/{k}": float(v) for k, v in metrics.items() if k != "per_class"}
 
 
-def finetune_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entrypoint. ``config``: ``cfg`` (FinetuneConfig dict), ``task``, ``backbone`` (spec), ``mlflow``."""
-    import ray.train
-    import ray.train.torch
+@dataclass
+class FinetuneWorker(WorkerSeat):
+    """One worker's part of a fine-tuning run: its seat (``core``: the FinetuneModel), its splits, the best epoch.
 
-    from eoforge.config.finetune import FinetuneConfig
+    ``best_state`` is the state dict of the best epoch on ``val`` (by ``metric_key``), None
+    before the first evaluation.
+    """
+
+    cfg: FinetuneConfig
+    task: Any
+    shards: dict[str, Any]  # train / val / test: this worker's batches of each split
+    metric_key: str
+    start_epoch: int = 0
+    best_value: float = -np.inf
+    best_epoch: int = 0
+    best_state: dict[str, Any] | None = None
+    head_only_epochs: int = 0  # lp_ft: the first epochs train the head alone (eoforge.finetune.policy)
+
+
+def setup_worker(config: dict[str, Any]) -> FinetuneWorker:
+    """The model (backbone from its spec, seeded head) and optimiser, the checkpoint restored, the splits.
+
+    A linear probe freezes the backbone; otherwise a pretrained backbone's parameters train at
+    ``optim.lr * optim.backbone_lr_scale`` and a scratch one's at ``optim.lr``
+    (:mod:`eoforge.finetune.policy`). Rank 0 tags a fresh run with the backbone's sha256 and the
+    number of head-only epochs (``lp_ft``).
+    """
     from eoforge.finetune.backbone_source import load_backbone, state_sha256
     from eoforge.finetune.probe import PROBE_MODES
     from eoforge.finetune.task_heads import FinetuneModel
     from eoforge.finetune.tasks import Task
-    from eoforge.progress import say
-    from eoforge.tracking.runs import MetricLogger
 
     cfg = FinetuneConfig.model_validate(config["cfg"])
     task = Task(**config["task"])
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
     torch.manual_seed(cfg.train.seed)
     backbone = load_backbone(config["backbone"], config["mlflow"]["uri"])
     sha_start = state_sha256(backbone)
@@ -197,116 +230,139 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         model.freeze_backbone()
     head_only = head_only_epochs(cfg.mode, cfg.optim.lp_fraction, cfg.train.epochs)
     opt = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
-    start_epoch, best_value, best_epoch, best_state = 0, -np.inf, 0, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_state(d, FINETUNE_STATE_FILE)
+    state = restore_checkpoint(FINETUNE_STATE_FILE)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start_epoch, best_value, best_epoch = state["epoch"], state["best_value"], state["best_epoch"]
-        best_state = state["best_state"]
-    model = ray.train.torch.prepare_model(model)
-    core = unwrap(model)
-    device = ray.train.torch.get_device()
-    logger = MetricLogger(config["mlflow"]["uri"], config["mlflow"]["run_id"]) if rank == 0 else None
-    if logger is not None and checkpoint is None:
-        logger.client.set_tag(logger.run_id, "eoforge.backbone_sha256_start", sha_start)
-        logger.client.set_tag(logger.run_id, "eoforge.head_only_epochs", str(head_only))
-    metric_key = cfg.metric.split("/", 1)[1]
-    train_shard, val_shard, test_shard = (split_source(config, name, rank, ctx.get_world_size()) for name in SPLITS)
-    bs = cfg.train.batch_size
+    seat = take_seat(model, opt, config["mlflow"])
+    if seat.logger is not None and state is None:
+        seat.logger.client.set_tag(seat.logger.run_id, "eoforge.backbone_sha256_start", sha_start)
+        seat.logger.client.set_tag(seat.logger.run_id, "eoforge.head_only_epochs", str(head_only))
+    w = FinetuneWorker(
+        **vars(seat),
+        cfg=cfg,
+        task=task,
+        shards={name: split_source(config, name, seat.rank, seat.world) for name in SPLITS},
+        metric_key=cfg.metric.split("/", 1)[1],
+        head_only_epochs=head_only,
+    )
+    if state is not None:
+        w.start_epoch, w.best_value, w.best_epoch = state["epoch"], state["best_value"], state["best_epoch"]
+        w.best_state = state["best_state"]
+    return w
 
-    def save(epoch: int, final: dict[str, Any] | None = None) -> ray.train.Checkpoint | None:
-        if rank != 0:
-            return None
-        state = {
-            "model": core.state_dict(),
-            "optimizer": opt.state_dict(),
-            "epoch": epoch,
-            "best_value": best_value,
-            "best_epoch": best_epoch,
-            "best_state": best_state,
-        }
-        d = save_state(state, FINETUNE_STATE_FILE)
-        if final is not None:
-            (Path(d) / "final_metrics.json").write_text(json.dumps(final))
-        return ray.train.Checkpoint.from_directory(d)
 
-    for epoch in range(start_epoch, cfg.train.epochs):
-        if head_only:  # lp_ft: the head alone on the frozen backbone, then everything
-            set_backbone_trainable(core, epoch >= head_only)
-        model.train()
-        t0, losses, seen = time.perf_counter(), [], 0
-        for step, batch in enumerate(
-            train_shard.iter_batches(
-                batch_size=bs,
-                batch_format="numpy",
-                local_shuffle_buffer_size=4 * bs,
-                local_shuffle_seed=cfg.train.seed + epoch,
-            )
-        ):
-            if cfg.train.augment:
-                batch = augment_batch(batch, batch_rng(cfg.train.seed + 1000 * rank, epoch, step))
-            target = torch.from_numpy(_targets(task, batch)).to(device)
-            logits = model(*model_inputs(batch, device, cfg.data.normalize))
-            loss = _loss(task, logits, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            seen += len(target)
-        loss_sum, n_batches = sum_across_workers(np.array([sum(losses), len(losses)]))
-        train_loss = float(loss_sum / max(n_batches, 1.0))
-        if (epoch + 1) % cfg.train.eval_every_epochs and epoch + 1 != cfg.train.epochs:
-            continue
-        val = evaluate(core, val_shard, task, bs, device, cfg.data.normalize)
-        if val[metric_key] > best_value:
-            best_value, best_epoch = float(val[metric_key]), epoch + 1
-            best_state = copy.deepcopy(core.state_dict())
-        metrics = {"epoch": epoch + 1, "train/loss": train_loss, **_flat("val", val), "best/" + metric_key: best_value}
-        if logger is not None:
-            logger.log(metrics, epoch + 1)
-            say(
-                f"epoch {epoch + 1}/{cfg.train.epochs} loss {train_loss:.4f} "
-                f"{cfg.metric} {val[metric_key]:.4f} ({seen} chips on rank 0 in {time.perf_counter() - t0:.1f}s)"
-            )
-        last = epoch + 1 == cfg.train.epochs
-        if not last:
-            ray.train.report(metrics, checkpoint=None)
+def train_epoch(w: FinetuneWorker, epoch: int) -> tuple[float, int]:
+    """One pass over this worker's train shard; (mean loss over every worker's batches, chips seen here).
 
-    # final: best-on-val weights, evaluated on val and test
-    if best_state is not None:
-        core.load_state_dict(best_state)
-    val = evaluate(core, val_shard, task, bs, device, cfg.data.normalize)
-    test = evaluate(core, test_shard, task, bs, device, cfg.data.normalize)
+    ``lp_ft``: the backbone is frozen in the first ``head_only_epochs`` epochs. With ``train.augment``
+    each batch's chips are flipped and rotated (a draw per seed, rank, epoch and step).
+    """
+    cfg, bs = w.cfg, w.cfg.train.batch_size
+    if w.head_only_epochs:
+        set_backbone_trainable(w.core, epoch >= w.head_only_epochs)
+    w.model.train()
+    losses, seen = [], 0
+    batches = w.shards["train"].iter_batches(
+        batch_size=bs,
+        batch_format="numpy",
+        local_shuffle_buffer_size=4 * bs,
+        local_shuffle_seed=cfg.train.seed + epoch,
+    )
+    for step, batch in enumerate(batches):
+        if cfg.train.augment:
+            batch = augment_batch(batch, batch_rng(cfg.train.seed + 1000 * w.rank, epoch, step))
+        target = torch.from_numpy(_targets(w.task, batch)).to(w.device)
+        logits = w.model(*model_inputs(batch, w.device, cfg.data.normalize))
+        loss = _loss(w.task, logits, target)
+        w.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        w.opt.step()
+        losses.append(float(loss.detach()))
+        seen += len(target)
+    loss_sum, n_batches = sum_across_workers(np.array([sum(losses), len(losses)]))
+    return float(loss_sum / max(n_batches, 1.0)), seen
+
+
+def validate(w: FinetuneWorker, epoch: int, train_loss: float) -> dict[str, float]:
+    """Evaluate ``val`` after ``epoch``; keep the weights when they are the best so far; the epoch's metrics."""
+    val = evaluate(w.core, w.shards["val"], w.task, w.cfg.train.batch_size, w.device, w.cfg.data.normalize)
+    if val[w.metric_key] > w.best_value:
+        w.best_value, w.best_epoch = float(val[w.metric_key]), epoch + 1
+        w.best_state = copy.deepcopy(w.core.state_dict())
+    return {"epoch": epoch + 1, "train/loss": train_loss, **_flat("val", val), "best/" + w.metric_key: w.best_value}
+
+
+def save_checkpoint(w: FinetuneWorker, epoch: int, final: dict[str, Any] | None = None) -> str | None:
+    """Rank 0's checkpoint folder (weights, optimiser, best epoch and its weights; ``final_metrics.json``)."""
+    if w.rank != 0:
+        return None
+    state = {
+        "model": w.core.state_dict(),
+        "optimizer": w.opt.state_dict(),
+        "epoch": epoch,
+        "best_value": w.best_value,
+        "best_epoch": w.best_epoch,
+        "best_state": w.best_state,
+    }
+    state_dir = save_state(state, FINETUNE_STATE_FILE)
+    if final is not None:
+        (Path(state_dir) / "final_metrics.json").write_text(json.dumps(final))
+    return state_dir
+
+
+def log_per_class(logger: MetricLogger, classes: tuple[str, ...], split_name: str, res: dict[str, Any]) -> None:
+    """A split's per-class table as ``metrics/per_class_<split>.csv`` and ``.json`` artifacts (rank 0)."""
+    if not res["per_class"]:
+        return
+    client, run_id = logger.client, logger.run_id
+    client.log_text(run_id, per_class_csv(classes, res["per_class"]), f"metrics/per_class_{split_name}.csv")
+    rows = [{"class": c, **{k: v[i] for k, v in res["per_class"].items()}} for i, c in enumerate(classes)]
+    client.log_table(
+        run_id, data={k: [r[k] for r in rows] for k in rows[0]}, artifact_file=f"metrics/per_class_{split_name}.json"
+    )
+
+
+def final_report(w: FinetuneWorker) -> None:
+    """The best-on-val weights evaluated on ``val`` and ``test``; logged, checkpointed and reported."""
+    from eoforge.finetune.backbone_source import state_sha256
+
+    cfg, bs = w.cfg, w.cfg.train.batch_size
+    if w.best_state is not None:
+        w.core.load_state_dict(w.best_state)
+    val = evaluate(w.core, w.shards["val"], w.task, bs, w.device, cfg.data.normalize)
+    test = evaluate(w.core, w.shards["test"], w.task, bs, w.device, cfg.data.normalize)
     final = {
         "epoch": cfg.train.epochs,
-        "best_epoch": best_epoch,
+        "best_epoch": w.best_epoch,
         **_flat("val", val),
         **_flat("test", test),
-        "best/" + metric_key: float(val[metric_key]),
+        "best/" + w.metric_key: float(val[w.metric_key]),
     }
-    if logger is not None:
-        logger.log(final, cfg.train.epochs + 1)
-        client, run_id = logger.client, logger.run_id
-        client.set_tag(run_id, "eoforge.backbone_sha256_end", state_sha256(core.backbone))
+    if w.logger is not None:
+        w.logger.log(final, cfg.train.epochs + 1)
+        w.logger.client.set_tag(w.logger.run_id, "eoforge.backbone_sha256_end", state_sha256(w.core.backbone))
         for split_name, res in (("val", val), ("test", test)):
-            if res["per_class"]:
-                client.log_text(
-                    run_id, per_class_csv(task.classes, res["per_class"]), f"metrics/per_class_{split_name}.csv"
-                )
-                rows = [
-                    {"class": c, **{k: v[i] for k, v in res["per_class"].items()}} for i, c in enumerate(task.classes)
-                ]
-                client.log_table(
-                    run_id,
-                    data={k: [r[k] for r in rows] for k in rows[0]},
-                    artifact_file=f"metrics/per_class_{split_name}.json",
-                )
-    ckpt = save(cfg.train.epochs, final)
-    try:
-        ray.train.report(final, checkpoint=ckpt)  # persists the checkpoint to storage before returning
-    finally:
-        if ckpt is not None:
-            shutil.rmtree(ckpt.path, ignore_errors=True)  # the local copy only (hundreds of MB each)
+            log_per_class(w.logger, w.task.classes, split_name, res)
+    report(final, save_checkpoint(w, cfg.train.epochs, final))
+
+
+def finetune_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entrypoint. ``config``: ``cfg`` (FinetuneConfig dict), ``task``, ``backbone`` (spec), ``mlflow``."""
+    w = setup_worker(config)
+    epochs = w.cfg.train.epochs
+    for epoch in range(w.start_epoch, epochs):
+        t0 = time.perf_counter()
+        train_loss, seen = train_epoch(w, epoch)
+        if (epoch + 1) % w.cfg.train.eval_every_epochs and epoch + 1 != epochs:
+            continue
+        metrics = validate(w, epoch, train_loss)
+        if w.logger is not None:
+            w.logger.log(metrics, epoch + 1)
+            say(
+                f"epoch {epoch + 1}/{epochs} loss {train_loss:.4f} {w.cfg.metric} {metrics['val/' + w.metric_key]:.4f} "
+                f"({seen} chips on rank 0 in {time.perf_counter() - t0:.1f}s)"
+            )
+        if epoch + 1 != epochs:
+            report(metrics)
+    final_report(w)

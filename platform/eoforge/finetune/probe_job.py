@@ -5,7 +5,7 @@ work is one pass of the backbone over the labelled chips and then milliseconds o
 training. Started through Ray Train, the same probe spent about 40 s in worker-group start-up,
 dataset shards and teardown for 0.05 s of head training (measured on this project's 2-core
 machine). So probes run where the job runs: in the driver, or in the Tune trial's own process
-in a sweep, reading the chips straight from the chip cache (:func:`~eoforge.finetune.chip_cache.iter_cached_chips`,
+in a sweep, reading the chips straight from the chip cache (:func:`~eoforge.finetune.labelled.iter_cached_chips`,
 file by file: memory holds features, not pixels). The device is CUDA when this process has one.
 
 The result is the same as a Ray Train run would report: metrics on val and test at the state
@@ -27,7 +27,7 @@ import torch
 
 from eoforge.config.finetune import FinetuneConfig
 from eoforge.finetune.backbone_source import BackboneSpec, load_backbone, state_sha256
-from eoforge.finetune.chip_cache import iter_cached_chips
+from eoforge.finetune.labelled import iter_cached_chips
 from eoforge.finetune.loop import FINETUNE_STATE_FILE, _flat, _targets, model_inputs, per_class_csv
 from eoforge.finetune.probe import PROBE_MODES, probe_schedule, run_knn, score, train_linear_probe
 from eoforge.finetune.task_heads import FinetuneModel

@@ -20,11 +20,12 @@ import numpy as np
 
 from eoforge.config.finetune import FinetuneConfig
 from eoforge.config.jobs import check_inputs
+from eoforge.data.chip_cache import ensure_chip_cache
 from eoforge.data.plan_check import check_plan_items
 from eoforge.errors import CatalogError
 from eoforge.finetune.backbone_source import BackboneSpec, resolve_backbone
-from eoforge.finetune.chip_cache import ChipIndex, ensure_chip_cache, labelled_dataset, read_index
 from eoforge.finetune.fractions import label_subset
+from eoforge.finetune.labelled import ChipIndex, labelled_dataset, read_index
 from eoforge.finetune.overlap import Overlap, pretraining_overlap
 from eoforge.finetune.probe_job import run_probe, runs_in_process
 from eoforge.finetune.tasks import Task

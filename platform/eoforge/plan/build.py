@@ -11,7 +11,7 @@ Stages, each counted (``PlanStats``, stored in the plan's metadata and logged):
    (its 10 m band grid), where ``chips.sampling`` puts them (:mod:`eoforge.plan.sampling`: a
    regular grid stepping ``stride_px``, Gaussian draws around points, or uniform draws over
    AOIs), kept when they intersect ``catalog.bbox`` / ``catalog.aoi`` and lie inside the S1
-   footprint; then any origin filters (:class:`OriginFilter`) drop chips by a boolean mask.
+   footprint.
 
 The chips of a pair are computed as arrays (origins ``[N, 2]`` int64, shapely 2 vectorised
 tests, pyproj on arrays) and come out as one Arrow table per S2 item (:func:`iter_plan_tables`),
@@ -36,7 +36,7 @@ are left out and counted in ``PlanStats.skipped_chips``). Hrefs are stored as pu
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -45,7 +45,7 @@ from eoforge.catalog.pairing import Pair
 from eoforge.catalog.providers import resolve_profile
 from eoforge.config import DataConfig
 from eoforge.plan.area import area_of_interest
-from eoforge.plan.chips import OriginFilter, chip_rows_for_pair, chip_table_for_pair, make_planner, pair_table
+from eoforge.plan.chips import make_planner, pair_table
 from eoforge.plan.labels import LabelIndex
 from eoforge.plan.prepare import no_chips_error, prepare_pairs
 from eoforge.plan.sampling import Grid
@@ -72,16 +72,13 @@ __all__ = [
     "SORT_KEYS",
     "Grid",
     "LabelIndex",
-    "OriginFilter",
     "PlanStats",
     "S1Source",
     "S2Source",
     "_place_u",
     "area_of_interest",
     "build_plan",
-    "chip_rows_for_pair",
     "chip_split",
-    "chip_table_for_pair",
     "ensure_parent",
     "item_label_list",
     "item_split",
@@ -127,7 +124,6 @@ def pair_groups(pairs: list[Pair]) -> list[list[Pair]]:
 def iter_plan_tables(
     cfg: DataConfig,
     stats: PlanStats | None = None,
-    filters: Sequence[OriginFilter] = (),
     timings: dict[str, float] | None = None,
     pairs_out: list[Pair] | None = None,
 ) -> Iterator[pa.Table]:
@@ -148,7 +144,7 @@ def iter_plan_tables(
     stats = stats if stats is not None else PlanStats()
     timings = timings if timings is not None else {}
     t0 = time.perf_counter()
-    planner = make_planner(cfg, resolve_profile(cfg.catalog.provider, declared_profile(cfg)), None, filters)
+    planner = make_planner(cfg, resolve_profile(cfg.catalog.provider, declared_profile(cfg)), None)
     prepared = prepare_pairs(cfg, stats)
     planner.profile, planner.labels = prepared.profile, prepared.labels
     if planner.sampler.kind != "grid":
@@ -179,10 +175,11 @@ def iter_plan_tables(
     if stats.skipped_chips:
         log.warning("chips left out of the plan: %s", dict(sorted(stats.skipped_chips.items())))
     if not total:
-        raise no_chips_error(cfg, stats, _why_no_chips(cfg, stats, len(pairs), filters))
+        raise no_chips_error(cfg, stats, _why_no_chips(cfg, stats, len(pairs)))
 
 
-def _why_no_chips(cfg: DataConfig, stats: PlanStats, n_pairs: int, filters: Sequence[OriginFilter]) -> str:
+def _why_no_chips(cfg: DataConfig, stats: PlanStats, n_pairs: int) -> str:
+    """Which stage removed the last chip, in words, for the no-chips error."""
     st = stats.stages
     if not st.get("chips_on_grid"):
         s = cfg.chips.sampling
@@ -196,11 +193,6 @@ def _why_no_chips(cfg: DataConfig, stats: PlanStats, n_pairs: int, filters: Sequ
         return f"bbox/aoi: no chip of the {n_pairs} pairs' grids intersects the area of interest"
     if not st.get("chips_in_s1"):
         return f"overlap: none of the {st['chips_in_aoi']} chips in the area lies inside its S1 footprint"
-    previous = st["chips_in_s1"]
-    for f in filters:
-        if not st.get(f.stage):
-            return f"{f.stage}: none of the {previous} chips inside the S1 footprint passed the filter"
-        previous = st[f.stage]
     clear_skips = {k: v for k, v in sorted(stats.skipped_chips.items()) if k.startswith("clear:")}
     if cfg.seasons is not None and not st.get("chips_clear") and clear_skips:
         return f"clear: every chip left was dropped by the SCL clear-fraction test {clear_skips}"
@@ -216,7 +208,6 @@ def build_plan(
     cfg: DataConfig,
     out: str | Path,
     timings: dict[str, float] | None = None,
-    filters: Sequence[OriginFilter] = (),
     pairs_out: list[Pair] | None = None,
 ) -> tuple[str, int]:
     """Search, pair, place chips and stream the plan to ``out`` (local path or URI); returns (hash, chips).
@@ -224,7 +215,7 @@ def build_plan(
     Memory is bounded by one S2 item's chips and one row group, whatever the size of the plan.
     ``timings``, when given, receives ``search_s``, ``chips_s`` (see
     :func:`iter_plan_tables`) and ``write_s`` (hash, encode, write, upload).
-    ``filters`` and ``pairs_out``: see :func:`iter_plan_tables`.
+    ``pairs_out``: see :func:`iter_plan_tables`.
 
     Raises:
         CatalogError: no chip is left (nothing is written).
@@ -232,16 +223,16 @@ def build_plan(
     """
     stats = PlanStats()
     timings = timings if timings is not None else {}
-    tables = iter_plan_tables(cfg, stats, filters, timings=timings, pairs_out=pairs_out)
+    tables = iter_plan_tables(cfg, stats, timings=timings, pairs_out=pairs_out)
     digest, n = _write_tables(tables, out, lambda: _meta(cfg, stats), timings)
     log.info("plan %s: %d chips, hash %s; stages %s", out, n, digest[:12], stats.summary())
     return digest, n
 
 
-def plan_table_with_stats(cfg: DataConfig, filters: Sequence[OriginFilter] = ()) -> tuple[pa.Table, PlanStats]:
+def plan_table_with_stats(cfg: DataConfig) -> tuple[pa.Table, PlanStats]:
     """The whole plan in memory as one Arrow table (sorted by chip id) and the stats (small plans, tests)."""
     stats = PlanStats()
-    tables = list(iter_plan_tables(cfg, stats, filters))
+    tables = list(iter_plan_tables(cfg, stats))
     return pa.concat_tables(tables).cast(PLAN_SCHEMA), stats
 
 

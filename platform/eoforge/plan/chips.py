@@ -1,54 +1,34 @@
-"""Chip placement for one S1/S2 pair, vectorised: origins, area and S1 tests, filters, splits, labels -> Arrow rows."""
+"""Chip placement for one S1/S2 pair, vectorised: origins, area and S1 tests, clear test, splits, labels."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pystac
 import shapely
 from shapely.geometry import shape
 
 from eoforge.catalog.pairing import Pair
-from eoforge.catalog.providers import ProviderProfile, resolve_profile
+from eoforge.catalog.providers import ProviderProfile
 from eoforge.config import DataConfig
 from eoforge.errors import CatalogError, ChipReadError, ConfigError
 from eoforge.plan.area import AreaCache, area_of_interest, densified_to, to_lonlat
 from eoforge.plan.labels import LabelIndex
 from eoforge.plan.sampling import Sampler, chips_on_grid
-from eoforge.plan.schema import PLAN_SCHEMA, table_rows
+from eoforge.plan.schema import PLAN_SCHEMA
 from eoforge.plan.seasons import CLEAR_TOL, place_id, season_label
 from eoforge.plan.sources import (
     S1Source,
     S2Source,
-    declared_profile,
     item_label_list,
-    prepare_s1,
-    prepare_s2,
     signing_of,
 )
 from eoforge.plan.splits import chip_split, item_split
 from eoforge.plan.stats import PlanStats
-
-
-class OriginFilter(Protocol):
-    """Drops chips of a pair by a boolean mask before rows are built (e.g. a clear-fraction filter).
-
-    Called with the pair, its resolved S2 item and the origins that passed the area and S1 tests,
-    int64 ``[N, 2]`` (row, col) on ``source.grid``; returns a bool mask ``[N]`` (True: keep).
-    The planner counts the chips kept in ``PlanStats.stages[filter.stage]``.
-    """
-
-    stage: str
-
-    def __call__(self, pair: Pair, source: S2Source, origins: np.ndarray) -> np.ndarray:
-        """Bool mask ``[N]`` over ``origins`` (True: keep the chip)."""
-        ...
 
 
 def _const(value: Any, n: int, type_: pa.DataType) -> pa.Array:
@@ -63,21 +43,19 @@ def _const(value: Any, n: int, type_: pa.DataType) -> pa.Array:
 
 @dataclass
 class Planner:
-    """What every pair of a plan shares: config, profile, labels, sampler, area of interest, filters."""
+    """What every pair of a plan shares: config, profile, labels, sampler, area of interest."""
 
     cfg: DataConfig
     profile: ProviderProfile
     labels: LabelIndex | None
     sampler: Sampler
     area: AreaCache
-    filters: Sequence[OriginFilter] = ()
 
 
 def make_planner(
     cfg: DataConfig,
     profile: ProviderProfile,
     labels: LabelIndex | None,
-    filters: Sequence[OriginFilter] = (),
 ) -> Planner:
     """The shared part of a plan's pairs: sampler and area of interest from ``cfg``.
 
@@ -89,7 +67,7 @@ def make_planner(
         sampler = Sampler(cfg.chips, cfg.seed, area)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return Planner(cfg, profile, labels, sampler, AreaCache(area), filters)
+    return Planner(cfg, profile, labels, sampler, AreaCache(area))
 
 
 def _add(stats: PlanStats | None, key: str, n: int) -> None:
@@ -139,12 +117,6 @@ def pair_table(pair: Pair, planner: Planner, sources: tuple[S2Source, S1Source],
         inside[edge] = ~(outside > 1e-3 * shapely.area(chips_ll[edge]))
         idx, chips_ll = idx[inside], chips_ll[inside]
     in_s1 = len(idx)
-    for f in planner.filters:
-        mask = np.asarray(f(pair, s2_src, origins[idx]), dtype=bool)
-        if mask.shape != (len(idx),):
-            raise ValueError(f"origin filter {f.stage!r} returned a mask of shape {mask.shape}, expected ({len(idx)},)")
-        idx, chips_ll = idx[mask], chips_ll[mask]
-        _add(stats, f.stage, len(idx))
     clear = None
     if cfg.seasons is not None:
         idx, chips_ll, clear = _clear_chips(pair, planner, s2_src, origins, idx, chips_ll, stats)
@@ -279,39 +251,3 @@ def _clear_chips(
         )
         _add(stats, "chips_clear", int(keep.sum()))
     return idx[keep], chips_ll[keep], np.asarray(fractions, dtype=np.float64)[keep]
-
-
-def chip_table_for_pair(
-    pair: Pair,
-    cfg: DataConfig,
-    label_items: LabelIndex | list[pystac.Item] | None = None,
-    profile: ProviderProfile | None = None,
-    sources: tuple[S2Source, S1Source] | None = None,
-    stats: PlanStats | None = None,
-    filters: Sequence[OriginFilter] = (),
-) -> pa.Table:
-    """The plan rows of one S1/S2 pair as an Arrow table (:data:`PLAN_SCHEMA`), sorted by chip id.
-
-    ``label_items``: a :class:`LabelIndex` built once per plan (a list is indexed here, per call).
-    With ``cfg.splits.by_property``, chips of an S2 item whose property maps to no split are left
-    out and counted in ``stats.skipped_chips``.
-    """
-    profile = profile or resolve_profile(cfg.catalog.provider, declared_profile(cfg))
-    labels = LabelIndex(label_items, profile) if isinstance(label_items, list) else label_items
-    sources = sources or (
-        prepare_s2(pair.s2, profile, cfg.chips.resolution_m),
-        prepare_s1(pair.s1, profile, cfg.catalog.s1_units),
-    )
-    return pair_table(pair, make_planner(cfg, profile, labels, filters), sources, stats)
-
-
-def chip_rows_for_pair(
-    pair: Pair,
-    cfg: DataConfig,
-    label_items: LabelIndex | list[pystac.Item] | None = None,
-    profile: ProviderProfile | None = None,
-    sources: tuple[S2Source, S1Source] | None = None,
-    stats: PlanStats | None = None,
-) -> list[dict[str, object]]:
-    """Plan rows (plain dicts) for one S1/S2 pair (see :func:`chip_table_for_pair`)."""
-    return table_rows(chip_table_for_pair(pair, cfg, label_items, profile, sources, stats))

@@ -145,10 +145,10 @@ def _train_and_register(cfg: PretrainConfig, uri: str, run: JobRun, plan_hash: s
     # each worker streams its own seeded shard of cfg.data per epoch (fast resume); checked here once
     build_plan_stream(cfg.data)
     materialized = None
-    if cfg.data.materialize:  # decoded once, then every epoch reads the files (data/materialized.py)
-        from eoforge.data.materialized import ensure_materialized
+    if cfg.data.materialize:  # decoded once into the chip cache, then every epoch reads its files
+        from eoforge.data.chip_cache import ensure_chip_cache
 
-        materialized = ensure_materialized(cfg.data, plan_hash, f"{cfg.run.storage_path.rstrip('/')}/materialized")
+        materialized = ensure_chip_cache(cfg.data, plan_hash, f"{cfg.run.storage_path.rstrip('/')}/materialized")
         client.set_tag(run_id, "eoforge.materialized", materialized)
         say(f"epochs read the materialised chips in {materialized}")
     trainer = torch_trainer(

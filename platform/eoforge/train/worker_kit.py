@@ -1,16 +1,21 @@
-"""What every Ray Train worker loop shares: collectives over the worker group and checkpoint state.
+"""What every Ray Train worker loop shares: who this worker is, collectives, checkpoints, rank-0 logging.
 
-Pretraining (:mod:`eoforge.train.loop`) and fine-tuning (:mod:`eoforge.finetune.loop`) run in
-lock-step worker groups. Each helper here is a no-op on a single worker (or without
+:func:`take_seat` wraps a worker's model for its group and opens rank 0's logger; the loops'
+worker states extend the :class:`WorkerSeat` it returns. Pretraining (:mod:`eoforge.train.loop`) and fine-tuning (:mod:`eoforge.finetune.loop`) run in
+lock-step worker groups. Each collective here is a no-op on a single worker (or without
 ``torch.distributed``), so the loops read the same with one worker or many. The checkpoint
 helpers write a state dict of tensors and plain values (weights, optimiser state, loop
-position) and read it back with ``weights_only=True`` (:func:`eoforge.models.weights.load_checkpoint`).
+position) and read it back with ``weights_only=True`` (:func:`eoforge.models.weights.load_checkpoint`);
+:func:`restore_checkpoint` is how a (re)started worker picks up the run's latest one and
+:func:`report` how it hands one to Ray Train.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,20 @@ import torch
 import torch.distributed as dist
 
 from eoforge.models.weights import load_checkpoint
+from eoforge.tracking.runs import MetricLogger
+
+
+def worker_rank() -> tuple[int, int]:
+    """(rank, world size) of this Ray Train worker."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def rank0_logger(mlflow: dict[str, str], rank: int) -> MetricLogger | None:
+    """The metric logger into the job's run (``mlflow``: ``uri``, ``run_id``) on rank 0; None elsewhere."""
+    return MetricLogger(mlflow["uri"], mlflow["run_id"]) if rank == 0 else None
 
 
 def world_size() -> int:
@@ -96,3 +115,64 @@ def save_state(state: dict[str, Any], state_file: str, position: dict[str, int] 
 def load_state(checkpoint_dir: str | Path, state_file: str) -> dict[str, Any]:
     """Read a checkpoint's state dict with ``weights_only=True`` (a pickled object is refused)."""
     return load_checkpoint(Path(checkpoint_dir) / state_file)
+
+
+@dataclass
+class WorkerSeat:
+    """What every worker loop holds: its place in the group, the model it trains, the optimiser, rank 0's logger.
+
+    ``model`` is what runs forward and backward (DDP-wrapped, maybe compiled); ``core`` the
+    module under the wrappers (what is evaluated, saved and asked for its attributes).
+    """
+
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module
+    core: Any
+    opt: torch.optim.Optimizer
+    logger: MetricLogger | None
+
+
+def take_seat(
+    module: torch.nn.Module, opt: torch.optim.Optimizer, mlflow: dict[str, str], compile_model: bool = False
+) -> WorkerSeat:
+    """Wrap ``module`` for the worker group (device, DDP; ``torch.compile`` when asked) and open rank 0's logger.
+
+    Restore a checkpoint into ``module`` and ``opt`` before: the wrappers share its parameters.
+    """
+    import ray.train.torch
+
+    rank, world = worker_rank()
+    model = ray.train.torch.prepare_model(module)
+    if compile_model:
+        model = torch.compile(model)
+    device = ray.train.torch.get_device()
+    return WorkerSeat(rank, world, device, model, unwrap(model), opt, rank0_logger(mlflow, rank))
+
+
+def restore_checkpoint(state_file: str) -> dict[str, Any] | None:
+    """The state of the run's latest checkpoint (Ray Train hands it to a restarted worker); None on a fresh start."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as checkpoint_dir:
+        return load_state(checkpoint_dir, state_file)
+
+
+def report(metrics: dict[str, Any], state_dir: str | None = None) -> None:
+    """``ray.train.report`` (a barrier: every worker calls it), attaching ``state_dir`` as the checkpoint.
+
+    Ray Train persists the checkpoint to the run's storage before returning; the local copy
+    (``state_dir``, from :func:`save_state`, hundreds of MB) is removed then, whatever happened.
+    """
+    import ray.train
+
+    checkpoint = ray.train.Checkpoint.from_directory(state_dir) if state_dir else None
+    try:
+        ray.train.report(metrics, checkpoint=checkpoint)
+    finally:
+        if state_dir:
+            shutil.rmtree(state_dir, ignore_errors=True)

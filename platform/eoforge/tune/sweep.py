@@ -361,7 +361,7 @@ def _keep_results(local: str, cfg: SweepConfig) -> str:
 
 def read_chip_size(cache: str) -> int:
     """Chip side in pixels of a chip cache (from its first label)."""
-    from eoforge.finetune.chip_cache import read_index
+    from eoforge.finetune.labelled import read_index
 
     return int(read_index(cache).label.shape[-1])
 
