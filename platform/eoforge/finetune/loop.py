@@ -234,7 +234,7 @@ def setup_worker(config: dict[str, Any]) -> FinetuneWorker:
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-    seat = take_seat(model, opt, config["mlflow"])
+    seat = take_seat(model, opt, config["mlflow"], some_parameters_idle=head_only > 0)
     if seat.logger is not None and state is None:
         seat.logger.client.set_tag(seat.logger.run_id, "eoforge.backbone_sha256_start", sha_start)
         seat.logger.client.set_tag(seat.logger.run_id, "eoforge.head_only_epochs", str(head_only))

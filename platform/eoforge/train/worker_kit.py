@@ -1,13 +1,13 @@
 """What every Ray Train worker loop shares: who this worker is, collectives, checkpoints, rank-0 logging.
 
 :func:`take_seat` wraps a worker's model for its group and opens rank 0's logger; the loops'
-worker states extend the :class:`WorkerSeat` it returns. Pretraining (:mod:`eoforge.train.loop`) and fine-tuning (:mod:`eoforge.finetune.loop`) run in
-lock-step worker groups. Each collective here is a no-op on a single worker (or without
-``torch.distributed``), so the loops read the same with one worker or many. The checkpoint
-helpers write a state dict of tensors and plain values (weights, optimiser state, loop
-position) and read it back with ``weights_only=True`` (:func:`eoforge.models.weights.load_checkpoint`);
-:func:`restore_checkpoint` is how a (re)started worker picks up the run's latest one and
-:func:`report` how it hands one to Ray Train.
+worker states extend the :class:`WorkerSeat` it returns. Pretraining (:mod:`eoforge.train.loop`)
+and fine-tuning (:mod:`eoforge.finetune.loop`) run in lock-step worker groups. Each collective
+here is a no-op on a single worker (or without ``torch.distributed``), so the loops read the
+same with one worker or many. The checkpoint helpers write a state dict of tensors and plain
+values (weights, optimiser state, loop position) and read it back with ``weights_only=True``
+(:func:`eoforge.models.weights.load_checkpoint`); :func:`restore_checkpoint` is how a
+(re)started worker picks up the run's latest one and :func:`report` how it hands one to Ray Train.
 """
 
 from __future__ import annotations
@@ -135,16 +135,23 @@ class WorkerSeat:
 
 
 def take_seat(
-    module: torch.nn.Module, opt: torch.optim.Optimizer, mlflow: dict[str, str], compile_model: bool = False
+    module: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    mlflow: dict[str, str],
+    compile_model: bool = False,
+    some_parameters_idle: bool = False,
 ) -> WorkerSeat:
     """Wrap ``module`` for the worker group (device, DDP; ``torch.compile`` when asked) and open rank 0's logger.
 
     Restore a checkpoint into ``module`` and ``opt`` before: the wrappers share its parameters.
+    ``some_parameters_idle``: some parameters get no gradient in some steps (a backbone frozen for a
+    phase); DDP then looks for them every step (``find_unused_parameters``) instead of waiting for them.
     """
     import ray.train.torch
 
     rank, world = worker_rank()
-    model = ray.train.torch.prepare_model(module)
+    ddp = {"find_unused_parameters": True} if some_parameters_idle else None
+    model = ray.train.torch.prepare_model(module, parallel_strategy_kwargs=ddp)
     if compile_model:
         model = torch.compile(model)
     device = ray.train.torch.get_device()
