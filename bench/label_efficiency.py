@@ -210,7 +210,8 @@ def main() -> None:
         (work / f"pretrain-{obj}.yaml").write_text(yaml.safe_dump(pre))
         logs = sh(*submit, "--", "python", "jobs/pretrain.py", "--config", str(work / f"pretrain-{obj}.yaml"), env=env)
         refuse_overlap(mlflow_url, f"models:/{model}@candidate", plan)
-        pretrain[obj] = {"steps": args.pretrain_steps, "reused": "pretraining reused" in logs}
+        done_before = f"resumed from checkpoint at step {args.pretrain_steps} " in logs  # a finished run, resumed
+        pretrain[obj] = {"steps": args.pretrain_steps, "reused": "pretraining reused" in logs or done_before}
         pretrain[obj]["wall_s"] = round(time.perf_counter() - t, 1)
 
     results, compare, pngs = {}, {}, {}
