@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -90,6 +91,32 @@ def check_bbox(v: tuple[float, float, float, float] | None) -> tuple[float, floa
     if v is not None and not (v[0] < v[2] and v[1] < v[3]):
         raise ValueError("bbox must be (west, south, east, north) with west < east and south < north")
     return v
+
+
+def parse_cpu_list(spec: str | Sequence[int]) -> tuple[int, ...]:
+    """CPU ids from a Linux CPU list (``"2-15"``, ``"0,4-7"``, as ``taskset -c`` takes) or a sequence of ints.
+
+    Returns the ids sorted, without repeats. Raises ValueError for an empty set, a negative id, a
+    range that runs backwards or text that is not a CPU list.
+    """
+    ids: set[int] = set()
+    if isinstance(spec, str):
+        for part in spec.replace(" ", "").split(","):
+            lo, sep, hi = part.partition("-")
+            if not lo.isdigit() or (sep and not hi.isdigit()):
+                raise ValueError(f"{spec!r} is not a CPU list (like '3', '2-15' or '0,4-7')")
+            first, last = int(lo), int(hi) if sep else int(lo)
+            if last < first:
+                raise ValueError(f"range {part!r} in {spec!r} runs backwards")
+            ids.update(range(first, last + 1))
+    else:
+        for cpu in spec:
+            if isinstance(cpu, bool) or not isinstance(cpu, int) or cpu < 0:
+                raise ValueError(f"CPU ids are integers >= 0, got {cpu!r} in {list(spec)!r}")
+            ids.add(cpu)
+    if not ids:
+        raise ValueError("an empty CPU set; leave it unset to read on any CPU")
+    return tuple(sorted(ids))
 
 
 def check_datetime(v: str | None) -> str | None:

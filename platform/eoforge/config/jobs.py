@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import Field, field_validator
 
-from eoforge.config.base import Fraction, NonNegInt, PathStr, PosFloat, PosInt, Strict, _expand_path
+from eoforge.config.base import (
+    Fraction,
+    NonNegInt,
+    PathStr,
+    PosFloat,
+    PosInt,
+    Strict,
+    _expand_path,
+    parse_cpu_list,
+)
 from eoforge.errors import ConfigError
 
 
@@ -26,8 +35,20 @@ class PlanInput(Strict):
     )
     read_tasks: PosInt = Field(2, description="Parallel Ray Data chip-reading tasks.")
     read_cpus: PosFloat = Field(0.5, description="Logical CPUs per chip-reading task.")
+    read_cpu_set: list[NonNegInt] | None = Field(
+        None,
+        description="CPUs the chip-reading processes run on while they read: a Linux CPU list ('2-15', "
+        "'0,4-7') or a list of ids; keeps the readers apart from a trainer pinned elsewhere "
+        "(docs/benchmarks.md, 'Readers on cores of their own'). Unset: wherever Ray runs them.",
+    )
 
     _expand = field_validator("plan", "config", mode="before")(_expand_path)
+
+    @field_validator("read_cpu_set", mode="before")
+    @classmethod
+    def _cpu_list(cls, value: Any) -> Any:
+        """A CPU list string ('2-15') or list of ids, as sorted ids without repeats."""
+        return value if value is None or not isinstance(value, str | list | tuple) else list(parse_cpu_list(value))
 
 
 class PlanSource(PlanInput):

@@ -21,6 +21,7 @@ The names callers import from here that live in those modules (and in
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,9 @@ class StreamOptions:
         object_store_mb: object-store budget of this stream, MiB (Ray Data backpressure: blocks
             produced but not yet consumed, out-of-order blocks kept for ``preserve_order``
             included); None keeps Ray Data's default (half the node's object store, per stream).
+        read_cpu_set: CPUs the reading processes run on while they read: a Linux CPU list
+            (``"2-15"``) or CPU ids; each reading task pins its whole process there and puts it
+            back when it ends (:mod:`eoforge.data.affinity`). None reads wherever Ray runs the task.
     """
 
     min_valid_fraction: float = 0.5
@@ -123,6 +127,7 @@ class StreamOptions:
     keep_open: bool = True
     block_mb: float = 16.0
     object_store_mb: float | None = 512.0
+    read_cpu_set: str | Sequence[int] | None = None
 
 
 def build_chip_dataset(plan_path: str, split: str = "train", normalize: str = "ssl4eo", **options: Any) -> Any:
@@ -144,12 +149,16 @@ def build_chip_dataset(plan_path: str, split: str = "train", normalize: str = "s
     Raises:
         ChipReadError: no chips in the split (or none left after ``skip_rows``).
         ValueError: unknown ``normalize``, or a non-positive ``block_mb`` / ``object_store_mb``.
+        ConfigError: ``read_cpu_set`` is not a CPU list (a CPU the node lacks fails the first read task).
     """
+    from eoforge.data.affinity import parse_cpu_set
+
     opts = StreamOptions(**options)
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize: unknown mode {normalize!r}; choose one of {NORMALIZATIONS}")
     if opts.block_mb <= 0 or (opts.object_store_mb is not None and opts.object_store_mb <= 0):
         raise ValueError(f"block_mb ({opts.block_mb}) and object_store_mb ({opts.object_store_mb}) must be > 0")
+    pinning = {} if opts.read_cpu_set is None else {"cpu_set": parse_cpu_set(opts.read_cpu_set)}
     items, window_rows = epoch_tasks(
         str(plan_path),
         split,
@@ -172,6 +181,7 @@ def build_chip_dataset(plan_path: str, split: str = "train", normalize: str = "s
         "tile_aware": opts.tile_aware,
         "max_open": opts.max_open,
         **({} if opts.keep_open else {"stream": uuid.uuid4().hex}),
+        **pinning,
     }
     pool = (opts.read_tasks, opts.read_cpus, opts.block_mb, opts.object_store_mb)
     return task_pool(items, read_chip_task, reader, *pool)
@@ -214,7 +224,7 @@ def whole_plan_stream(data: Any) -> Any:
 
     Args:
         data: a job's data section (``plan``, ``normalize``, ``min_valid_fraction``, ``read_tasks``,
-            ``read_cpus``).
+            ``read_cpus``, ``read_cpu_set``).
     """
     return build_chip_dataset(
         data.plan,
@@ -223,6 +233,7 @@ def whole_plan_stream(data: Any) -> Any:
         min_valid_fraction=data.min_valid_fraction,
         read_tasks=data.read_tasks,
         read_cpus=data.read_cpus,
+        read_cpu_set=data.read_cpu_set,
     )
 
 
@@ -247,9 +258,9 @@ def build_plan_stream(source: PlanSource, **options: Any) -> Any:
     """:func:`build_chip_dataset` for a job's ``data:`` section: what a pretraining worker streams.
 
     The section (:class:`~eoforge.config.jobs.PlanSource`) gives the plan, split, normalisation and
-    read settings (``min_valid_fraction``, ``read_tasks``, ``read_cpus``, ``shuffle_rows``,
-    ``mix_windows``); ``options`` are the per-epoch fields of :class:`StreamOptions` (``shuffle_seed``,
-    ``epoch``, ``skip_rows``, ``shard``).
+    read settings (``min_valid_fraction``, ``read_tasks``, ``read_cpus``, ``read_cpu_set``,
+    ``shuffle_rows``, ``mix_windows``); ``options`` are the per-epoch fields of :class:`StreamOptions`
+    (``shuffle_seed``, ``epoch``, ``skip_rows``, ``shard``).
     """
     return build_chip_dataset(
         source.plan,
@@ -260,5 +271,6 @@ def build_plan_stream(source: PlanSource, **options: Any) -> Any:
         read_cpus=source.read_cpus,
         shuffle_rows=source.shuffle_rows,
         mix_windows=source.mix_windows,
+        read_cpu_set=source.read_cpu_set,
         **options,
     )

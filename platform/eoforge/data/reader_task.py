@@ -306,12 +306,17 @@ def read_chip_task(batch: dict[str, np.ndarray], **reader_kwargs: Any) -> Iterat
     Args:
         batch: one read task (``windows``, ``take``; see :meth:`TileChipReader.__call__`).
         reader_kwargs: :class:`TileChipReader` arguments (``max_open`` sizes the process's cache;
-            ``stream``, when given, is the stream's id for :func:`process_cache`).
+            ``stream``, when given, is the stream's id for :func:`process_cache`; ``cpu_set``, when
+            given, the CPUs the whole process reads on: :func:`eoforge.data.affinity.reading_on`).
     """
+    from eoforge.data.affinity import reading_on
+
     max_open = int(reader_kwargs.pop("max_open", 64))
     stream = reader_kwargs.pop("stream", None)
-    reader = TileChipReader(**reader_kwargs, cache=process_cache(max_open, stream))
-    yield from reader(batch)
+    cpu_set = reader_kwargs.pop("cpu_set", None)
+    with reading_on(cpu_set):
+        reader = TileChipReader(**reader_kwargs, cache=process_cache(max_open, stream))
+        yield from reader(batch)
 
 
 def iter_chip_blocks(

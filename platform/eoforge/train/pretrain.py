@@ -41,7 +41,7 @@ class PretrainResult:
 
 
 #: Config sections that do not change what pretraining learns (identity, tracking, read speed).
-_NOT_IN_KEY = {"run": True, "mlflow": True, "data": {"plan", "config", "read_tasks", "read_cpus"}}
+_NOT_IN_KEY = {"run": True, "mlflow": True, "data": {"plan", "config", "read_tasks", "read_cpus", "read_cpu_set"}}
 KEY_TAG = "eoforge.pretrain_key"
 
 
