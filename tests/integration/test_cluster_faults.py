@@ -1,0 +1,151 @@
+"""Faults at cluster scale, on a real two-node Ray cluster on 127.0.0.1 (tests/support/cluster.py).
+
+Each test breaks something the way a cluster breaks, and checks what a user gets:
+
+- the second node (its raylet, agents and workers) is killed mid-pretraining: the job resumes
+  from its last checkpoint once a replacement node joins, and finishes;
+- a reading worker is killed mid-epoch: the epoch still yields every chip exactly once;
+- the MLflow server restarts mid-run: training goes on, and the metrics logged meanwhile arrive
+  afterwards (or are counted as lost in the run);
+- the second node is killed mid-sweep: finished trials stay finished, the interrupted one resumes.
+
+The times each recovery took are printed (``pytest -s``) as ``[eoforge] fault ...`` lines;
+docs/reliability.md keeps a table of them.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from eoforge.plan.build import plan_rows
+from eoforge.plan.io import write_plan
+from eoforge.progress import say
+
+from tests.integration.test_catalog_and_chips import data_cfg
+from tests.support.cluster import NODE_RESOURCE, LocalCluster, wait_for
+from tests.support.jobs import start_job, wait_job
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """A head (+ MLflow) and a second node; this process is their client while the module runs."""
+    import os
+
+    c = LocalCluster(head_cpus=2, node_cpus=2)
+    try:
+        c.start()
+        env = c.client_env()
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield c
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def plan(demo_catalog, tmp_path_factory) -> Path:
+    """The demo catalog's chip plan (every split)."""
+    cfg = data_cfg(str(demo_catalog.catalog_json))
+    path = tmp_path_factory.mktemp("faults-plan") / "plan.parquet"
+    write_plan(plan_rows(cfg), path, cfg)
+    return path
+
+
+def pretrain_config(folder: Path, plan: Path, name: str, **train: Any) -> Path:
+    """A tiny pretraining config whose 2 workers run on the second node; checkpoints every 3 steps."""
+    config = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())
+    config["data"].update({"plan": str(plan), "split": "all", "config": None, "materialize": False, "read_tasks": 1})
+    config["model"].update({"backbone": "resnet10t", "proj_dim": 32})
+    config["train"].update({"epochs": 100, "batch_size": 4, "checkpoint_every_steps": 3, "max_steps": 12, **train})
+    config["scaling"] = {"num_workers": 2, "cpus_per_worker": 0.5, "resources_per_worker": {NODE_RESOURCE: 1}}
+    # what configs/pretrain/cluster-*.yaml set: a lost worker or node is survived
+    config["run"] = {"name": name, "storage_path": str(folder / "ray_results"), "max_failures": 2}
+    config["mlflow"].update({"experiment": "it-faults", "registered_model": f"{name}-ssl", "reuse": False})
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def job_logs(cluster: LocalCluster, job: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(cluster.state.ray_dashboard_url).get_job_logs(job)
+
+
+def running(cluster: LocalCluster, job: str) -> bool:
+    """True while the job runs; fails the test with its logs once it has ended."""
+    from ray.job_submission import JobSubmissionClient
+
+    status = str(JobSubmissionClient(cluster.state.ray_dashboard_url).get_job_status(job))
+    assert status in {"PENDING", "RUNNING"}, f"job {job} ended early ({status}):\n{job_logs(cluster, job)[-4000:]}"
+    return True
+
+
+def mlflow_run(cluster: LocalCluster, name: str) -> Any:
+    """The run tagged ``eoforge.run_name = name`` in experiment it-faults, or None."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cluster.state.mlflow_url)
+    exp = client.get_experiment_by_name("it-faults")
+    runs = client.search_runs([exp.experiment_id], f"tags.`eoforge.run_name` = '{name}'") if exp else []
+    return runs[0] if runs else None
+
+
+def history(cluster: LocalCluster, run_id: str, key: str) -> list[Any]:
+    from mlflow import MlflowClient
+
+    return sorted(MlflowClient(cluster.state.mlflow_url).get_metric_history(run_id, key), key=lambda m: m.timestamp)
+
+
+def checkpoints(folder: Path, name: str) -> list[Path]:
+    """The run's checkpoints in its storage path (``checkpoint_*/state.pt``), oldest first."""
+    return sorted((folder / "ray_results" / name).glob("checkpoint_*/state.pt"), key=lambda p: p.stat().st_mtime)
+
+
+def test_a_lost_node_mid_pretraining_resumes_from_the_last_checkpoint(cluster, plan, tmp_path) -> None:
+    name = "it-node-loss"
+    config = pretrain_config(tmp_path, plan, name)
+    job = start_job(cluster.state, f"{sys.executable} jobs/pretrain.py --config {config}")
+    # both workers need the second node's resource: killing the node kills the whole worker group
+    wait_for("a first checkpoint", lambda: running(cluster, job) and checkpoints(tmp_path, name), 600)
+    run = mlflow_run(cluster, name)
+    trained_before = max(m.step for m in history(cluster, run.info.run_id, "train/loss"))
+    t_kill = time.time()
+    cluster.kill_node()
+    cluster.wait_node_dead()
+    t_dead = time.time()
+    cluster.start_node()  # a replacement node joins (as a spot pool's autoscaler brings one)
+    t_back = time.time()
+    status = wait_job(cluster.state, job, timeout_s=600)
+    logs = job_logs(cluster, job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    resumed = [int(s) for s in re.findall(r"resumed from checkpoint at step (\d+)", logs)]
+    assert resumed and resumed[-1] > 0 and resumed[-1] % 3 == 0, logs[-4000:]
+    losses = history(cluster, run.info.run_id, "train/loss")
+    assert {m.step for m in losses} == set(range(1, 13))  # every step trained, the lost ones again
+    after = [m for m in losses if m.timestamp > t_kill * 1000]
+    assert after and min(m.step for m in after) == resumed[-1] + 1  # continued from the checkpoint, not step 0
+    next_step = min(m.timestamp for m in after) / 1000
+    resumed_at = next(m.timestamp for m in history(cluster, run.info.run_id, "resumed_from_step") if m.value > 0)
+    lost = trained_before - resumed[-1]
+    say(
+        f"fault node-loss (pretraining): steps lost {lost} (trained to {trained_before}, resumed at {resumed[-1]}); "
+        f"kill -> node seen dead {t_dead - t_kill:.1f}s, replacement node alive {t_back - t_kill:.1f}s, "
+        f"workers restored {resumed_at / 1000 - t_kill:.1f}s, next step {next_step - t_kill:.1f}s"
+    )
