@@ -299,5 +299,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if logger is not None:
         logger.log({"data/skipped_chips": len(all_skipped), "train/skipped_steps": skipped_steps}, step)
         logger.client.log_dict(logger.run_id, dict(sorted(all_skipped.items())), "data/skipped_chips.json")
+        logger.close()  # what an MLflow outage held back is sent now, or counted as lost in the run
     if step != last_report or checkpoint is None:
         report()
