@@ -200,12 +200,16 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         opt.load_state_dict(state["optimizer"])
         start_epoch, best_value, best_epoch = state["epoch"], state["best_value"], state["best_epoch"]
         best_state = state["best_state"]
+        if rank == 0:
+            say(f"resumed from checkpoint at epoch {start_epoch}")
     model = ray.train.torch.prepare_model(model)
     core = unwrap(model)
     device = ray.train.torch.get_device()
     logger = MetricLogger(config["mlflow"]["uri"], config["mlflow"]["run_id"]) if rank == 0 else None
     if logger is not None and checkpoint is None:
         logger.client.set_tag(logger.run_id, "eoforge.backbone_sha256_start", sha_start)
+    if logger is not None and checkpoint is not None:
+        logger.log({"resumed_from_epoch": start_epoch}, start_epoch)
     metric_key = cfg.metric.split("/", 1)[1]
     train_shard, val_shard, test_shard = (split_source(config, name, rank, ctx.get_world_size()) for name in SPLITS)
     bs = cfg.train.batch_size
@@ -276,6 +280,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     }
     if logger is not None:
         logger.log(final, cfg.train.epochs + 1)
+        logger.close()  # sent (the driver reads the final metrics from the run), or counted as lost
         client, run_id = logger.client, logger.run_id
         client.set_tag(run_id, "eoforge.backbone_sha256_end", state_sha256(core.backbone))
         for split_name, res in (("val", val), ("test", test)):
