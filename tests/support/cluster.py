@@ -223,14 +223,15 @@ class LocalCluster:
 
     # -- MLflow ----------------------------------------------------------------------------------
     def stop_mlflow(self) -> None:
-        """Stop the MLflow server (its process group, by PID), and wait until its port refuses."""
+        """Kill the MLflow server (SIGKILL to its process group, by PID: a crash), and wait until its port refuses."""
+        pgid = self.mlflow_proc.pid if self.mlflow_proc is not None else self.state.mlflow_pid
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         if self.mlflow_proc is not None:
-            _stop_group(self.mlflow_proc)
+            self.mlflow_proc.wait(timeout=30)
             self.mlflow_proc = None
-        else:
-            from eoforge.stack import _kill_group
-
-            _kill_group(self.state.mlflow_pid)
 
         def refused() -> bool:
             try:
@@ -245,7 +246,7 @@ class LocalCluster:
         """Start MLflow again with ``up``'s command line (port, database, artifacts, auth); wait for /health."""
         from eoforge.stack_secrets import mlflow_server_env
 
-        assert self.mlflow_proc is None
+        assert self.mlflow_proc is None, "MLflow runs already"
         env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_AUTH_ADMIN_USERNAME", "RAY_AUTH_TOKEN")}
         env.update(mlflow_server_env(self.home))
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
