@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_HOOKS = {
     "test_recording": "tests.support.provider_items:recording_signer",
     "test_planted": "tests.support.provider_items:planted_signer",
+    "test_gate": "tests.support.gate_signer:gate_signer",
 }
 
 

@@ -16,6 +16,16 @@ GOOD = (REPO / "configs/pretrain/demo.yaml").read_text()
         ("batch_size: 16", "batch_size: -4", "train.batch_size: Input should be greater than 0"),
         ("batch_size: 16", "batch_size: many", "train.batch_size: Input should be a valid integer"),
         ("num_workers: 2", "num_workers: 2\n  gpus_per_worker: 1", "scaling.gpus_per_worker: unknown key"),
+        (
+            "num_workers: 2",
+            "num_workers: 2\n  resources_per_worker: {CPU: 2}",
+            "scaling.resources_per_worker: ['CPU'] are not custom resources",
+        ),
+        (
+            "num_workers: 2",
+            "num_workers: 2\n  resources_per_worker: {spot_gpu: 0}",
+            "scaling.resources_per_worker.spot_gpu: Input should be greater than 0",
+        ),
         ("kind: dual_simclr", "kind: simclr3", "objective.kind: Input should be 'dual_simclr'"),
         ("name: demo-dual-simclr", "name: 'bad name!'", "run.name: String should match pattern"),
         ("temperature: 0.1", "temperature: 0", "objective.temperature: Input should be greater than 0"),
@@ -62,3 +72,12 @@ def test_cli_and_job_exit_2_without_traceback(tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr
         assert "error:" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["cluster-example.yaml", "cluster-local.yaml"])
+def test_cluster_pretrain_configs_survive_a_lost_node(name: str) -> None:
+    """A pretraining job on a cluster restarts its workers from the last checkpoint when a node is lost."""
+    raw = (REPO / "configs/pretrain" / name).read_text().replace("${EOFORGE_HOME}", "/tmp")
+    cfg = PretrainConfig.model_validate(__import__("yaml").safe_load(raw))
+    assert cfg.run.max_failures > 0
+    assert cfg.train.checkpoint_every_steps <= 200  # a lost node costs at most this many steps

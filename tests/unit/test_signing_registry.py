@@ -22,7 +22,7 @@ from tests.support.signing_hooks import write_test_distribution
 
 T2023 = datetime(2023, 6, 15, 10, 15, 59, tzinfo=UTC)
 NORTH = Scene(10.0, 45.0)
-REGISTERED = "registered: none, planetary_computer, test_planted, test_recording"
+REGISTERED = "registered: none, planetary_computer, test_gate, test_planted, test_recording"
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def data_cfg(catalog: Path, **catalog_extra: object) -> DataConfig:
 
 def test_registered_names_are_the_builtins_and_the_installed_entry_points() -> None:
     # the test hooks are an installed distribution's entry points (tests/conftest.py)
-    assert registered_signers() == ["none", "planetary_computer", "test_planted", "test_recording"]
+    assert registered_signers() == ["none", "planetary_computer", "test_gate", "test_planted", "test_recording"]
     assert load_signer("test_planted")("https://h/a.tif").endswith("sig=PLANTED-SECRET-xyz")
     assert load_signer("none")("https://h/a.tif") == "https://h/a.tif"
 

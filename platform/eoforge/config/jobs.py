@@ -71,12 +71,35 @@ class PlanSource(PlanInput):
     )
 
 
+#: Resources named by their own fields (cpus_per_worker, use_gpu) or managed by Ray, never custom.
+_RAY_BUILTIN_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+
+
+def check_custom_resources(resources: dict[str, float]) -> dict[str, float]:
+    """``resources`` if it names only custom Ray resources (CPU and GPU have their own fields)."""
+    builtin = sorted(set(resources) & _RAY_BUILTIN_RESOURCES)
+    if builtin:
+        raise ValueError(
+            f"{builtin} are not custom resources: set cpus_per_worker / use_gpu instead "
+            "(resources_per_worker names custom Ray resources, e.g. a node group's)"
+        )
+    return resources
+
+
 class ScalingConfig(Strict):
     """Mirrors ray.train.ScalingConfig."""
 
     num_workers: PosInt = 2
     use_gpu: bool = False
     cpus_per_worker: PosFloat = 1.0
+    resources_per_worker: dict[str, PosFloat] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each worker needs besides its CPUs and GPU, e.g. {spot_gpu: 1} "
+        "to keep the workers on the node group that advertises it (`ray start --resources`, KubeRay "
+        "rayStartParams). Empty: any node with the CPUs and GPUs.",
+    )
+
+    _custom = field_validator("resources_per_worker")(check_custom_resources)
 
 
 class RunConfig(Strict):
@@ -84,7 +107,11 @@ class RunConfig(Strict):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     storage_path: PathStr = Field(description="Local directory or s3:// URI for checkpoints.")
-    max_failures: NonNegInt = 0
+    max_failures: NonNegInt = Field(
+        0,
+        description="Worker or node failures a run survives: all workers restart from the last checkpoint "
+        "(ray.train.FailureConfig). Cluster configs set it > 0: a lost (spot) node is then survived.",
+    )
 
     _expand = field_validator("storage_path", mode="before")(_expand_path)
 

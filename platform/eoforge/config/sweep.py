@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from eoforge.config.base import NonNegInt, PathStr, PosFloat, PosInt, Strict, _expand_path, check_tracking_uri
+from eoforge.config.jobs import check_custom_resources
 
 
 class MethodConfig(Strict):
@@ -64,7 +65,13 @@ class TrialResources(Strict):
     num_workers: PosInt = Field(1, description="Ray Train workers per trial.")
     cpus_per_worker: PosFloat = 1.0
     use_gpu: bool = False
+    resources_per_worker: dict[str, PosFloat] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each Train worker needs (as a job's scaling.resources_per_worker).",
+    )
     max_concurrent_trials: PosInt | None = Field(None, description="Cap on trials running at once (None: Ray's).")
+
+    _custom = field_validator("resources_per_worker")(check_custom_resources)
 
 
 class SweepRunConfig(Strict):

@@ -249,6 +249,9 @@ def setup_worker(config: dict[str, Any]) -> FinetuneWorker:
     if state is not None:
         w.start_epoch, w.best_value, w.best_epoch = state["epoch"], state["best_value"], state["best_epoch"]
         w.best_state = state["best_state"]
+        if w.logger is not None:
+            say(f"resumed from checkpoint at epoch {w.start_epoch}")
+            w.logger.log({"resumed_from_epoch": w.start_epoch}, w.start_epoch)
     return w
 
 
@@ -341,6 +344,7 @@ def final_report(w: FinetuneWorker) -> None:
     }
     if w.logger is not None:
         w.logger.log(final, cfg.train.epochs + 1)
+        w.logger.close()  # sent (the driver reads the final metrics from the run), or counted as lost
         w.logger.client.set_tag(w.logger.run_id, "eoforge.backbone_sha256_end", state_sha256(w.core.backbone))
         for split_name, res in (("val", val), ("test", test)):
             log_per_class(w.logger, w.task.classes, split_name, res)

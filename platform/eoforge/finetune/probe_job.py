@@ -134,6 +134,7 @@ def run_probe(
         "best/" + metric_key: float(val_m[metric_key]),
     }
     logger.log(final, last_step + 1)
+    logger.close()
     logger.client.set_tag(run_id, "eoforge.backbone_sha256_end", state_sha256(model.backbone))
     for split_name, res in (("val", val_m), ("test", test_m)):
         if res["per_class"]:

@@ -18,6 +18,7 @@ import requests
 
 from eoforge.errors import ServiceError
 from eoforge.redact import redact_tree
+from eoforge.tracking.metric_buffer import MetricLogger  # noqa: F401  (re-exported: the loops import it here)
 
 RUN_NAME_TAG = "eoforge.run_name"
 
@@ -102,25 +103,6 @@ def run_url(tracking_uri: str, run_id: str) -> str:
 
     run = MlflowClient(tracking_uri).get_run(run_id)
     return f"{tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-
-
-class MetricLogger:
-    """Rank-0 metric logging into an existing run (batched into one request per call)."""
-
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri)
-        self.run_id = run_id
-
-    def log(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log several metrics at one step."""
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
 def log_plan_stats(client: Any, run_id: str, stats: dict[str, Any]) -> dict[str, Any]:

@@ -356,6 +356,7 @@ def finish(w: PretrainWorker) -> None:
     if w.logger is not None:
         w.logger.log({"data/skipped_chips": len(all_skipped), "train/skipped_steps": w.skipped_steps}, w.step)
         w.logger.client.log_dict(w.logger.run_id, dict(sorted(all_skipped.items())), "data/skipped_chips.json")
+        w.logger.close()  # what an MLflow outage held back is sent now, or counted as lost in the run
     if w.step != w.last_report or not w.resumed:
         report_checkpoint(w)
 

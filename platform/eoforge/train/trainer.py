@@ -20,9 +20,14 @@ def torch_trainer(
 ) -> Any:
     """A ``TorchTrainer`` running ``loop`` on ``scaling.num_workers`` workers.
 
-    One GPU per worker when ``scaling.use_gpu``; checkpoints go to ``run.storage_path`` (local,
+    One GPU per worker when ``scaling.use_gpu``, plus ``scaling.resources_per_worker`` (custom Ray
+    resources that keep the workers on a node group); checkpoints go to ``run.storage_path`` (local,
     ``s3://``, ``gs://``: see :func:`eoforge.storage.resolve_storage`) under ``run.name``,
-    the last ``keep_checkpoints`` kept; up to ``run.max_failures`` restarts.
+    the last ``keep_checkpoints`` kept; up to ``run.max_failures`` restarts. A restart after a
+    worker or a whole node was lost starts every worker again from the last reported checkpoint
+    (Ray Train V2: the controller waits until the group's resources are free again, e.g. until a
+    replacement node joins); node preemptions that Ray recognises as such do not count against
+    ``max_failures`` (``max_preemption_failures``, unlimited).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -37,7 +42,7 @@ def torch_trainer(
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
-            resources_per_worker={"CPU": scaling.cpus_per_worker, **gpu},
+            resources_per_worker={**scaling.resources_per_worker, "CPU": scaling.cpus_per_worker, **gpu},
         ),
         run_config=ray.train.RunConfig(
             name=run.name,

@@ -59,6 +59,7 @@ def trial_config(base: dict[str, Any], sweep: dict[str, Any], point: dict[str, A
         "num_workers": cfg.resources.num_workers,
         "cpus_per_worker": cfg.resources.cpus_per_worker,
         "use_gpu": cfg.resources.use_gpu,
+        "resources_per_worker": cfg.resources.resources_per_worker,
     }
     root = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
     raw["run"] = {"name": trial_name, "storage_path": f"{root}/trials"}
