@@ -1,8 +1,9 @@
 """What every Ray Train worker loop shares: who this worker is, collectives, checkpoints, rank-0 logging.
 
 :func:`take_seat` wraps a worker's model for its group and opens rank 0's logger; the loops'
-worker states extend the :class:`WorkerSeat` it returns. Pretraining (:mod:`eoforge.train.loop`) and fine-tuning (:mod:`eoforge.finetune.loop`) run in
-lock-step worker groups. Each collective here is a no-op on a single worker (or without
+worker states extend the :class:`WorkerSeat` it returns. Pretraining (:mod:`eoforge.train.loop`)
+and fine-tuning (:mod:`eoforge.finetune.loop`) run in lock-step worker groups. Each collective here
+is a no-op on a single worker (or without
 ``torch.distributed``), so the loops read the same with one worker or many. The checkpoint
 helpers write a state dict of tensors and plain values (weights, optimiser state, loop
 position) and read it back with ``weights_only=True`` (:func:`eoforge.models.weights.load_checkpoint`);
