@@ -73,3 +73,15 @@ def stack() -> Iterator[object]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A one-CPU Ray started in this process for the module's tests (no stack, no dashboard)."""
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
