@@ -78,6 +78,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
+#: Where `ray start --head` records this machine's current cluster (``ray.init()`` without an address reads it).
+CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+
+
 class LocalCluster:
     """A head (+ MLflow) and a second node on 127.0.0.1; see the module docstring.
 
@@ -98,6 +102,9 @@ class LocalCluster:
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> LocalCluster:
         """Start the head and MLflow, then the second node; returns self once both nodes are ALIVE."""
+        # `ray start --head` records itself as this machine's current cluster, which a later
+        # `ray.init()` without an address connects to; close() puts the previous record back
+        self._current = CURRENT_CLUSTER.read_text() if CURRENT_CLUSTER.exists() else None
         from eoforge.stack import StackPorts, up
         from eoforge.stack_secrets import RAY_TOKEN_FILE, secrets_dir
 
@@ -112,6 +119,11 @@ class LocalCluster:
 
     def close(self) -> None:
         """Stop the second node, a restarted MLflow and the stack (by PID); remove the home."""
+        previous = getattr(self, "_current", None)
+        if previous is not None:
+            CURRENT_CLUSTER.write_text(previous)
+        elif hasattr(self, "_current"):
+            CURRENT_CLUSTER.unlink(missing_ok=True)
         from eoforge.stack import down
 
         self.kill_node()
