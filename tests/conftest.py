@@ -85,3 +85,11 @@ def local_ray() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 for one test module (a process of its own, stopped by PID); its URL."""
+    from tests.support.s3 import moto_server
+
+    yield from moto_server(tmp_path_factory.mktemp("moto") / "server.log")

@@ -31,11 +31,6 @@ SECRET = "sEcReT-never-shown-0123456789"
 
 
 @pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from moto_server(tmp_path_factory.mktemp("moto") / "server.log")
-
-
-@pytest.fixture(scope="module")
 def s3_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from moto_server(tmp_path_factory.mktemp("moto-auth") / "server.log", auth=True)
 

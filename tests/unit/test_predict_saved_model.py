@@ -8,7 +8,6 @@ tensors; anything else (a pickled checkpoint, a folder without a card) is refuse
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,10 @@ from eoforge.predict.saved_model import load_saved_model, read_saved_model
 from eoforge.storage import filesystem_of, s3_filesystem
 
 from tests.support.predict_models import card, pixel_segmenter, save_folder
-from tests.support.s3 import aws_env, moto_server
+from tests.support.s3 import aws_env
 
 CLASSES = list(DFC_CLASSES)
 NO_REGISTRY = "http://127.0.0.1:9"  # a saved folder never asks the registry: nothing listens here
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from moto_server(tmp_path_factory.mktemp("moto") / "server.log")
 
 
 @pytest.fixture(params=["local", "s3"])

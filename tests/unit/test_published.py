@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,10 @@ from eoforge.data.published import MANIFEST, ensure_published, open_published
 from eoforge.errors import CacheIntegrityError, ChipReadError
 from eoforge.storage import filesystem_of, s3_filesystem
 
-from tests.support.s3 import aws_env, moto_server
+from tests.support.s3 import aws_env
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "eoforge-caches"
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from moto_server(tmp_path_factory.mktemp("moto") / "server.log")
 
 
 @pytest.fixture(params=["local", "s3"])
