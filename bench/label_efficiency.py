@@ -151,10 +151,17 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=8, help="labelled scenes (every 4th is a test region)")
     ap.add_argument("--pool-scenes", type=int, default=48, help="unlabelled pool scenes (four seasons each)")
     ap.add_argument("--chip-px", type=int, default=64)
-    ap.add_argument("--pretrain-steps", type=int, default=600, help="optimiser steps of each pretraining")
+    ap.add_argument("--pretrain-steps", type=int, default=1200, help="optimiser steps of each pretraining")
     ap.add_argument("--steps", type=int, default=200, help="optimiser steps of every fine-tuning arm")
     ap.add_argument("--lrs", default="0.001,0.003", help="the lr grid every trained arm gets")
-    ap.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per trial")
+    ap.add_argument("--num-workers", type=int, default=1, help="Ray Train workers of each pretraining and trial")
+    ap.add_argument(
+        "--cpus-per-worker",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPUs (torch threads) of each worker; default: this machine's cores, one worker using them all",
+    )
+    ap.add_argument("--pretrain-batch", type=int, default=32, help="global pretraining batch (split over workers)")
     ap.add_argument("--gpu", action="store_true", help="trials and pretraining on GPU workers")
     ap.add_argument("--down", action="store_true", help="stop the local stack at the end")
     args = ap.parse_args()
@@ -203,9 +210,14 @@ def main() -> None:
         pre = yaml.safe_load((REPO / PRETRAIN_CONFIGS[obj]).read_text())
         pre["data"].update({"plan": str(pool_plan), "config": str(work / "demo-pool.yaml"), "split": "train"})
         pre["train"].update({"epochs": 1000, "max_steps": args.pretrain_steps})
-        pre["scaling"]["use_gpu"] = args.gpu
+        pre["scaling"].update(
+            {"num_workers": args.num_workers, "cpus_per_worker": args.cpus_per_worker, "use_gpu": args.gpu}
+        )
+        pre["train"]["batch_size"] = max(2, args.pretrain_batch // args.num_workers)
         model = f"eoforge-bench-{obj.replace('_', '-')}"
-        pre["run"].update({"name": f"bench-{obj}-{tag}-{args.pretrain_steps}", "storage_path": str(work / "ray")})
+        scale = f"{args.num_workers}x{args.cpus_per_worker}-b{args.pretrain_batch}"
+        run_name = f"bench-{obj}-{tag}-{args.pretrain_steps}-{scale}"
+        pre["run"].update({"name": run_name, "storage_path": str(work / "ray")})
         pre["mlflow"].update({"experiment": "eoforge-bench", "registered_model": model})
         (work / f"pretrain-{obj}.yaml").write_text(yaml.safe_dump(pre))
         logs = sh(*submit, "--", "python", "jobs/pretrain.py", "--config", str(work / f"pretrain-{obj}.yaml"), env=env)
@@ -231,7 +243,12 @@ def main() -> None:
                 "lr": [float(x) for x in args.lrs.split(",")],
                 "seeds": list(range(args.seeds)),
             },
-            "resources": {"num_workers": args.num_workers, "max_concurrent_trials": 1, "use_gpu": args.gpu},
+            "resources": {
+                "num_workers": args.num_workers,
+                "cpus_per_worker": args.cpus_per_worker,
+                "max_concurrent_trials": 1,
+                "use_gpu": args.gpu,
+            },
             "run": {"name": f"bench-{task}-{tag}-{stamp}", "storage_path": str(work / "sweeps")},
             "mlflow": {"experiment": "eoforge-bench-sweeps", "registered_model": f"eoforge-bench-{task}"},
         }
@@ -255,6 +272,7 @@ def main() -> None:
                 "objectives": objectives,
                 "pretrain": pretrain,
                 "finetune_steps": args.steps,
+                "workers": {"num_workers": args.num_workers, "cpus_per_worker": args.cpus_per_worker},
                 "lrs": args.lrs,
                 "scenes": args.scenes,
                 "pool_scenes": args.pool_scenes,

@@ -57,6 +57,7 @@ def trained(stack, demo_catalog, tmp_path_factory):
         config["model"]["proj_dim"] = 32
         config["optim"]["lr"] = 0.001
         config["train"].update({"epochs": 4, "batch_size": 4, "checkpoint_every_steps": 3})
+        config["scaling"].update({"num_workers": 2, "cpus_per_worker": 1})  # DDP: two workers, sharded epochs
         config["run"].update({"name": "it-pretrain", "storage_path": str(tmp / "ray_results")})
         config["mlflow"].update({"experiment": "it", "registered_model": "it-dual-simclr"})
         (tmp / "pretrain.yaml").write_text(yaml.safe_dump(config))
