@@ -13,17 +13,17 @@ GOOD = (REPO / "configs/pretrain/demo.yaml").read_text()
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("batch_size: 16", "batch_size: -4", "train.batch_size: Input should be greater than 0"),
-        ("batch_size: 16", "batch_size: many", "train.batch_size: Input should be a valid integer"),
-        ("num_workers: 2", "num_workers: 2\n  gpus_per_worker: 1", "scaling.gpus_per_worker: unknown key"),
+        ("batch_size: 32", "batch_size: -4", "train.batch_size: Input should be greater than 0"),
+        ("batch_size: 32", "batch_size: many", "train.batch_size: Input should be a valid integer"),
+        ("num_workers: 1", "num_workers: 1\n  gpus_per_worker: 1", "scaling.gpus_per_worker: unknown key"),
         (
-            "num_workers: 2",
-            "num_workers: 2\n  resources_per_worker: {CPU: 2}",
+            "num_workers: 1",
+            "num_workers: 1\n  resources_per_worker: {CPU: 2}",
             "scaling.resources_per_worker: ['CPU'] are not custom resources",
         ),
         (
-            "num_workers: 2",
-            "num_workers: 2\n  resources_per_worker: {spot_gpu: 0}",
+            "num_workers: 1",
+            "num_workers: 1\n  resources_per_worker: {spot_gpu: 0}",
             "scaling.resources_per_worker.spot_gpu: Input should be greater than 0",
         ),
         ("kind: dual_simclr", "kind: simclr3", "objective.kind: Input should be 'dual_simclr'"),
@@ -60,7 +60,7 @@ def test_missing_file_and_unset_variable(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_cli_and_job_exit_2_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(GOOD.replace("batch_size: 16", "batch_size: -1"))
+    bad.write_text(GOOD.replace("batch_size: 32", "batch_size: -1"))
     env_bin = Path(sys.executable).parent
     for cmd in (
         [sys.executable, str(REPO / "jobs/pretrain.py"), "--config", str(bad)],

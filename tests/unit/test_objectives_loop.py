@@ -28,8 +28,8 @@ def test_gpu_switches_are_ignored_on_cpu_with_a_note(monkeypatch: pytest.MonkeyP
     cfg = load_config(
         REPO / "configs/pretrain/demo.yaml",
         PretrainConfig,
-        ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
-    )
+        ["train.precision=bf16", "train.channels_last=true", "train.compile=true", "scaling.num_workers=2"],
+    )  # two workers: SyncBatchNorm is on where there is more than one
     active, notes = device_plan(cfg, torch.device("cpu"))
     assert not any(active.values())
     assert len(notes) == 1 and "bf16" in notes[0] and "compile" in notes[0] and "CUDA only" in notes[0]
