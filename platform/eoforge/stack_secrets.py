@@ -33,6 +33,9 @@ RAY_TOKEN_FILE = "ray-token"
 MLFLOW_PASSWORD_FILE = "mlflow-password"
 MLFLOW_FLASK_KEY_FILE = "mlflow-flask-key"
 MLFLOW_AUTH_INI = "mlflow-auth.ini"
+#: How long the MLflow server trusts a checked login (MLflow's ``auth_cache_ttl_seconds``): the
+#: password is a random secret of the stack, so what the hash check protects is its file, not a guess.
+MLFLOW_AUTH_CACHE_TTL_S = 300
 MLFLOW_AUTH_DB = "mlflow-auth.db"
 #: the MLflow admin user eoforge creates and its clients log in as
 MLFLOW_ADMIN = "eoforge-admin"
@@ -144,6 +147,9 @@ def write_mlflow_auth_config(home: Path) -> Path:
             f"admin_password = {password}",
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
             "grant_default_workspace_access = false",
+            # every request carries the password; without the cache each one costs a password-hash
+            # check (~0.2 s of a core here), which made a training loop's metric sends eat a core
+            f"auth_cache_ttl_seconds = {MLFLOW_AUTH_CACHE_TTL_S}",
             "",
         ]
     )

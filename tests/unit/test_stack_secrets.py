@@ -142,3 +142,13 @@ def test_a_recorded_url_answered_by_a_foreign_service_is_not_trusted(tmp_path: P
     url = f"http://127.0.0.1:{foreign_http}"
     with pytest.raises(ServiceError, match=rf"MLflow on port {foreign_http} .* anonymous request with 404"):
         verify_stack(url, url, tmp_path)
+
+
+def test_the_mlflow_server_caches_a_checked_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without MLflow's login cache every request re-hashes the password (0.2 s of a core each here)."""
+    from mlflow.server.auth.config import read_auth_config
+
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(write_mlflow_auth_config(tmp_path)))
+    config = read_auth_config()  # MLflow's own reader of the file
+    assert config.auth_cache_ttl_seconds > 0
+    assert config.admin_username == MLFLOW_ADMIN
