@@ -46,6 +46,7 @@ from eoforge.progress import say
 from eoforge.tracking.runs import MetricLogger
 from eoforge.train.worker_kit import (
     WorkerSeat,
+    adamw,
     gather_lists,
     report,
     restore_checkpoint,
@@ -229,7 +230,7 @@ def setup_worker(config: dict[str, Any]) -> FinetuneWorker:
     if cfg.mode == "linear_probe":
         model.freeze_backbone()
     head_only = head_only_epochs(cfg.mode, cfg.optim.lp_fraction, cfg.train.epochs)
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
+    opt = adamw(groups, weight_decay=cfg.optim.weight_decay)
     state = restore_checkpoint(FINETUNE_STATE_FILE)
     if state is not None:
         model.load_state_dict(state["model"])

@@ -56,6 +56,7 @@ from eoforge.progress import say
 from eoforge.ssl.objectives import build_objective
 from eoforge.train.worker_kit import (
     WorkerSeat,
+    adamw,
     gather_dicts,
     mean_across_workers,
     min_across_workers,
@@ -158,7 +159,7 @@ def setup_worker(config: dict[str, Any]) -> PretrainWorker:
     active, notes = device_plan(cfg, device)
     objective = build_objective(cfg.objective, cfg.model)
     params = [p for p in objective.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    opt = adamw(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     position, resumed = restore_state(objective, opt)
     if resumed and rank == 0:
         say(f"resumed from checkpoint at step {position['step']} (epoch {position['epoch']})")
