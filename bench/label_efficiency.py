@@ -152,6 +152,7 @@ def main() -> None:
     ap.add_argument("--pool-scenes", type=int, default=48, help="unlabelled pool scenes (four seasons each)")
     ap.add_argument("--chip-px", type=int, default=64)
     ap.add_argument("--pretrain-steps", type=int, default=1200, help="optimiser steps of each pretraining")
+    ap.add_argument("--backbone", default="resnet18", help="timm backbone of every pretraining and of the scratch arms")
     ap.add_argument("--steps", type=int, default=200, help="optimiser steps of every fine-tuning arm")
     ap.add_argument("--lrs", default="0.001,0.003", help="the lr grid every trained arm gets")
     ap.add_argument("--num-workers", type=int, default=1, help="Ray Train workers of each pretraining and trial")
@@ -210,13 +211,15 @@ def main() -> None:
         pre = yaml.safe_load((REPO / PRETRAIN_CONFIGS[obj]).read_text())
         pre["data"].update({"plan": str(pool_plan), "config": str(work / "demo-pool.yaml"), "split": "train"})
         pre["train"].update({"epochs": 1000, "max_steps": args.pretrain_steps})
+        pre["model"]["backbone"] = args.backbone
         pre["scaling"].update(
             {"num_workers": args.num_workers, "cpus_per_worker": args.cpus_per_worker, "use_gpu": args.gpu}
         )
         pre["train"]["batch_size"] = max(2, args.pretrain_batch // args.num_workers)
         model = f"eoforge-bench-{obj.replace('_', '-')}"
         scale = f"{args.num_workers}x{args.cpus_per_worker}-b{args.pretrain_batch}"
-        run_name = f"bench-{obj}-{tag}-{args.pretrain_steps}-{scale}"
+        bb = "" if args.backbone == "resnet18" else f"-{args.backbone}"  # resnet18 runs keep their names
+        run_name = f"bench-{obj}-{tag}{bb}-{args.pretrain_steps}-{scale}"
         pre["run"].update({"name": run_name, "storage_path": str(work / "ray")})
         pre["mlflow"].update({"experiment": "eoforge-bench", "registered_model": model})
         (work / f"pretrain-{obj}.yaml").write_text(yaml.safe_dump(pre))
@@ -232,6 +235,7 @@ def main() -> None:
         base = yaml.safe_load((REPO / "configs/finetune/demo.yaml").read_text())
         base["data"].update({"plan": str(plan), "config": str(work / "demo.yaml")})
         base["task"].update(TASKS[task])
+        base["backbone"]["name"] = args.backbone
         base["train"].update({"steps": args.steps})
         base["mlflow"].update({"experiment": "eoforge-bench", "registered_model": None})
         sweep = {
@@ -277,6 +281,7 @@ def main() -> None:
                 "scenes": args.scenes,
                 "pool_scenes": args.pool_scenes,
                 "chip_px": args.chip_px,
+                "backbone": args.backbone,
                 "png": pngs,
                 "device": "cuda" if args.gpu else "cpu",
                 "wall_s": round(time.perf_counter() - t0, 1),

@@ -18,10 +18,11 @@ stack (``eoforge.stack.up`` on random ports, stopped at the end). Every contende
 Timings include loading the model from the registry (as eoforge's actor does); eoforge's also planning,
 STAC and MLflow, while the naive loop reuses its plan. An untimed eoforge run on one scene first starts
 Ray's workers (``eoforge_cold_wall_s``). ``km2_per_min_per_core`` = km² / wall minutes / ``os.cpu_count()``
-(every contender may use every core); ``ratio_vs_*`` = eoforge's over theirs on the 1x area. eoforge also
-maps ``--scale`` x the scenes (``eoforge_10x``): its marginal rate (extra km² / extra time) and the peak
-RSS of the driver and the summed RSS of the stack's Ray workers (``ray::`` processes under its
-``ray start``), psutil every 0.1 s. ``agreement_with_eoforge``: share of eoforge's mapped pixels where a
+(every contender may use every core); ``ratio_vs_*`` = eoforge's over theirs on the 1x area. Every
+contender also maps ``--scale`` x the scenes (``*_10x``; ``ratio_vs_*_10x`` compares whole runs there,
+``--skip-10x-others`` leaves the other contenders out of it); eoforge's marginal rate (extra km² / extra
+time) and the peak RSS of the driver and the summed RSS of the stack's Ray workers (``ray::`` processes
+under its ``ray start``), psutil every 0.1 s. ``agreement_with_eoforge``: share of eoforge's mapped pixels where a
 contender gives the same class (``classes_in_eoforge_map`` says how telling that is).
 
 Usage (progress on stderr, the last stdout line is the JSON)::
@@ -301,9 +302,21 @@ def main() -> None:
     ap.add_argument("--out", default=".eoforge/bench-predict")
     ap.add_argument("--torchgeo-workers", type=int, default=1, help="DataLoader workers")
     ap.add_argument("--skip-torchgeo", action="store_true")
+    ap.add_argument("--skip-10x-others", action="store_true", help="only eoforge maps the 10x area")
     args = ap.parse_args()
     out = Path(args.out).absolute()
-    for sub in ("cat", "home", "eoforge-warmup", "eoforge-1x", "eoforge-10x", "naive", "torchgeo"):
+    subs = (
+        "cat",
+        "home",
+        "eoforge-warmup",
+        "eoforge-1x",
+        "eoforge-10x",
+        "naive",
+        "torchgeo",
+        "naive-10x",
+        "torchgeo-10x",
+    )
+    for sub in subs:
         shutil.rmtree(out / sub, ignore_errors=True)
     from eoforge.stack_secrets import ensure_ray_token
 
@@ -323,6 +336,7 @@ def main() -> None:
     os.environ.update({"MLFLOW_TRACKING_URI": state.mlflow_url, "EOFORGE_HOME": str(home), **client_env(home)})
     res: dict[str, dict] = {}
     agree: dict[str, Any] = {}
+    classes_in: dict[str, int] = {}
     tg_note = "skipped (--skip-torchgeo)"
     try:
         ray.init(address=state.ray_address, log_to_driver=False)
@@ -333,22 +347,29 @@ def main() -> None:
         for key, n, sub in (("eoforge", n1, "eoforge-1x"), ("eoforge_10x", n10, "eoforge-10x")):
             res[key] = eo(items[:n], out / sub)
             say(f"eoforge on {n} scenes: {res[key]['wall_s']:.1f} s")
-        plan = str(out / "eoforge-1x" / "plan.parquet")
-        _, grids = plan_windows(plan)
-        res["naive"], maps = run_naive(plan, state.mlflow_url, uri, out / "naive")
-        agree["naive"], classes = agreement(out / "eoforge-1x", grids, maps)
-        say(f"naive: {res['naive']['wall_s']:.1f} s")
-        if not args.skip_torchgeo:
+        for suffix in ("", "_10x") if not args.skip_10x_others else ("",):
+            area = "10x" if suffix else "1x"
+            plan = str(out / f"eoforge-{area}" / "plan.parquet")
+            _, grids = plan_windows(plan)
+            res[f"naive{suffix}"], maps = run_naive(
+                plan, state.mlflow_url, uri, out / f"naive{suffix.replace('_', '-')}"
+            )
+            agree[f"naive{suffix}"], n_classes = agreement(out / f"eoforge-{area}", grids, maps)
+            classes_in[area] = n_classes
+            say(f"naive on {area}: {res[f'naive{suffix}']['wall_s']:.1f} s")
+            if args.skip_torchgeo:
+                continue
             try:
                 import torchgeo  # noqa: F401
             except ImportError:
                 tg_note = "torchgeo is not installed (pip install -e .[bench])"
-            else:
-                res["torchgeo"], maps, tg_note = run_torchgeo(
-                    plan, state.mlflow_url, uri, out / "torchgeo", args.torchgeo_workers
-                )
-                agree["torchgeo"], _ = agreement(out / "eoforge-1x", grids, maps)
-                say(f"torchgeo: {res['torchgeo']['wall_s']:.1f} s")
+                continue
+            tg_out = out / f"torchgeo{suffix.replace('_', '-')}"
+            res[f"torchgeo{suffix}"], maps, tg_note = run_torchgeo(
+                plan, state.mlflow_url, uri, tg_out, args.torchgeo_workers
+            )
+            agree[f"torchgeo{suffix}"], _ = agreement(out / f"eoforge-{area}", grids, maps)
+            say(f"torchgeo on {area}: {res[f'torchgeo{suffix}']['wall_s']:.1f} s")
     finally:
         ray.shutdown()
         down(home)
@@ -369,7 +390,9 @@ def main() -> None:
         if other in res:
             report[f"ratio_vs_{other}"] = round(rate(small, cores) / rate(res[other], cores), 3)
             report[f"marginal_ratio_vs_{other}"] = round(marginal / rate(res[other], cores), 3) if marginal else None
-    report["agreement_with_eoforge"] = agree | {"classes_in_eoforge_map": classes}
+        if f"{other}_10x" in res:
+            report[f"ratio_vs_{other}_10x"] = round(rate(big, cores) / rate(res[f"{other}_10x"], cores), 3)
+    report["agreement_with_eoforge"] = agree | {"classes_in_eoforge_map": classes_in["1x"]}
     report["torchgeo_note"] = tg_note
     (d0, w0, d1, w1), (e0, x0, e1, x1) = small["rss_mb"], big["rss_mb"]
     peaks = {"driver_1x": d1, "driver_10x": e1, "workers_1x": w1, "workers_10x": x1}
