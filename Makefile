@@ -5,7 +5,7 @@ EOFORGE     := $(VENV)/bin/eoforge
 EOFORGE_HOME ?= $(CURDIR)/.eoforge
 export EOFORGE_HOME
 STAMP       := $(VENV)/.eoforge-installed
-DEMO_SCENES ?= 8
+DEMO_SCENES ?= 16
 DEMO_POOL_SCENES ?= 24
 
 .PHONY: venv demo test lint bench up down status clean
