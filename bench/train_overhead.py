@@ -2,8 +2,8 @@
 
 Both contenders train exactly what a ``kind: pretrain`` job with the default objective trains:
 ``build_objective(DualSimCLRConfig(), ModelConfig(backbone=--backbone))`` (Dual-SimCLR, one timm
-backbone per sensor plus the [ISPRS22] projection heads, NT-Xent over the batch), AdamW with
-``OptimConfig``'s default lr and weight decay, fp32, the step of :mod:`eoforge.train.loop`:
+backbone per sensor plus the [ISPRS22] projection heads, NT-Xent over the batch), fused AdamW
+(``worker_kit.adamw``) with ``OptimConfig``'s default lr and weight decay, fp32, the step of :mod:`eoforge.train.loop`:
 ``loss = model(s1, s2)``, ``backward``, ``float(loss)``, the lr of ``lr_factor``, ``opt.step()``,
 ``zero_grad(set_to_none=True)``, ``after_step``. Same seed (``torch.manual_seed(--seed)`` before the
 model is built), same batch, same ``torch.set_num_threads(--threads)`` in both.
@@ -95,12 +95,13 @@ def build(backbone: str, seed: int) -> tuple[Any, Any, list[Any]]:
     import torch
     from eoforge.config.pretrain import DualSimCLRConfig, ModelConfig, OptimConfig
     from eoforge.ssl.objectives import build_objective
+    from eoforge.train.worker_kit import adamw
 
     torch.manual_seed(seed)
     objective = build_objective(DualSimCLRConfig(), ModelConfig(backbone=backbone))
     optim = OptimConfig()
     params = [p for p in objective.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    opt = adamw(params, lr=optim.lr, weight_decay=optim.weight_decay)
     return objective, opt, params
 
 
