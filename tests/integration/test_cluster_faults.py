@@ -16,6 +16,7 @@ docs/reliability.md keeps a table of them.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -114,6 +115,20 @@ def history(cluster: LocalCluster, run_id: str, key: str) -> list[Any]:
     return sorted(MlflowClient(cluster.state.mlflow_url).get_metric_history(run_id, key), key=lambda m: m.timestamp)
 
 
+def registered_checkpoint(folder: Path, name: str) -> dict[str, Any] | None:
+    """The latest checkpoint Ray Train's controller has registered (its manager's snapshot), or None.
+
+    A checkpoint's files exist before the controller registers it: a node killed in between
+    leaves the retry nothing to resume from (seen once the tracking server stopped slowing the
+    test's own polling down), so the fault is injected only after registration.
+    """
+    snapshot = folder / "ray_results" / name / "checkpoint_manager_snapshot.json"
+    try:
+        return json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def checkpoints(folder: Path, name: str) -> list[Path]:
     """The run's checkpoints in its storage path (``checkpoint_*/state.pt``), oldest first."""
     return sorted((folder / "ray_results" / name).glob("checkpoint_*/state.pt"), key=lambda p: p.stat().st_mtime)
@@ -124,7 +139,9 @@ def test_a_lost_node_mid_pretraining_resumes_from_the_last_checkpoint(cluster, p
     config = pretrain_config(tmp_path, plan, name)
     job = start_job(cluster.state, f"{sys.executable} jobs/pretrain.py --config {config}")
     # both workers need the second node's resource: killing the node kills the whole worker group
-    wait_for("a first checkpoint", lambda: running(cluster, job) and checkpoints(tmp_path, name), 600)
+    wait_for(
+        "a first registered checkpoint", lambda: running(cluster, job) and registered_checkpoint(tmp_path, name), 600
+    )
     run = mlflow_run(cluster, name)
     trained_before = max(m.step for m in history(cluster, run.info.run_id, "train/loss"))
     t_kill = time.time()
