@@ -25,6 +25,12 @@ def thread_cpus() -> dict[int, set[int]]:
     return {int(t): set(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}
 
 
+def given_back(before: dict[int, set[int]], after: dict[int, set[int]]) -> bool:
+    """Every thread holds its CPUs of ``before`` again; one started meanwhile (a reader's or an earlier test's
+    client pool: CI at 7525ee6) holds the full set, not the pinned one."""
+    return after == {tid: before.get(tid, set(ALLOWED)) for tid in after}
+
+
 @pytest.mark.parametrize(
     ("spec", "ids"),
     [("3", (3,)), ("2-4,7", (2, 3, 4, 7)), (" 0, 2-3 ", (0, 2, 3)), ([5, 1, 5], (1, 5)), ((0,), (0,))],
@@ -83,7 +89,7 @@ def test_pinning_moves_every_thread_and_gives_the_cpus_back() -> None:
         stop.set()
         worker.join()
     assert worker.native_id in inside and all(cpus == set(target) for cpus in inside.values())
-    assert after == before  # every thread back where it was (the worker thread included)
+    assert given_back(before, after) and worker.native_id in after  # the worker thread included
     assert len(ALLOWED) == 1 or before[threading.main_thread().native_id] != set(target)
 
 
@@ -91,7 +97,7 @@ def test_a_cpu_the_node_lacks_is_a_config_error_naming_the_option() -> None:
     before = thread_cpus()
     with pytest.raises(ConfigError, match=r"read_cpu_set: CPUs \[4095\] cannot be used on this node"):
         set_process_cpus([4095])
-    assert thread_cpus() == before  # nothing moved
+    assert given_back(before, thread_cpus())  # nothing moved
 
 
 def test_a_read_task_reads_on_its_cpus_and_gives_them_back(tmp_path: Path) -> None:
@@ -107,7 +113,7 @@ def test_a_read_task_reads_on_its_cpus_and_gives_them_back(tmp_path: Path) -> No
     during = thread_cpus()
     blocks = [first, *pinned]
     assert all(cpus == set(target) for cpus in during.values())
-    assert thread_cpus() == before  # given back when the task ends
+    assert given_back(before, thread_cpus())  # when the task ends
     plain = list(read_chip_task(batch, **kw))
     got = {c: s2 for b in blocks for c, s2 in zip(b["chip_id"], b["s2"], strict=True)}
     want = {c: s2 for b in plain for c, s2 in zip(b["chip_id"], b["s2"], strict=True)}
