@@ -6,9 +6,8 @@ Each test breaks something the way a cluster breaks, and checks what a user gets
   from its last checkpoint once a replacement node joins, and finishes;
 - a reading worker is killed mid-epoch: the epoch still yields every chip exactly once;
 - the MLflow server restarts mid-run: training goes on, and the metrics logged meanwhile arrive
-  afterwards (or are counted as lost in the run).
-
-A node lost mid-sweep is not tested yet: its test failed in CI (docs/reliability.md says so).
+  afterwards (or are counted as lost in the run);
+- the second node is killed mid-sweep: finished trials stay finished, the interrupted one resumes.
 
 The times each recovery took are printed (``pytest -s``) as ``[eoforge] fault ...`` lines;
 docs/reliability.md keeps a table of them.
@@ -115,14 +114,14 @@ def history(cluster: LocalCluster, run_id: str, key: str) -> list[Any]:
     return sorted(MlflowClient(cluster.state.mlflow_url).get_metric_history(run_id, key), key=lambda m: m.timestamp)
 
 
-def registered_checkpoint(folder: Path, name: str) -> dict[str, Any] | None:
-    """The latest checkpoint Ray Train's controller has registered (its manager's snapshot), or None.
+def registered_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The latest checkpoint Ray Train's controller has registered in ``run_dir`` (its manager's snapshot), or None.
 
     A checkpoint's files exist before the controller registers it: a node killed in between
     leaves the retry nothing to resume from (seen once the tracking server stopped slowing the
     test's own polling down), so the fault is injected only after registration.
     """
-    snapshot = folder / "ray_results" / name / "checkpoint_manager_snapshot.json"
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
     try:
         return json.loads(snapshot.read_text()).get("latest_checkpoint_result")
     except (FileNotFoundError, json.JSONDecodeError):
@@ -140,7 +139,9 @@ def test_a_lost_node_mid_pretraining_resumes_from_the_last_checkpoint(cluster, p
     job = start_job(cluster.state, f"{sys.executable} jobs/pretrain.py --config {config}")
     # both workers need the second node's resource: killing the node kills the whole worker group
     wait_for(
-        "a first registered checkpoint", lambda: running(cluster, job) and registered_checkpoint(tmp_path, name), 600
+        "a first registered checkpoint",
+        lambda: running(cluster, job) and registered_checkpoint(tmp_path / "ray_results" / name),
+        600,
     )
     run = mlflow_run(cluster, name)
     trained_before = max(m.step for m in history(cluster, run.info.run_id, "train/loss"))
@@ -279,4 +280,78 @@ def test_a_reading_worker_killed_mid_epoch_loses_no_chip_and_repeats_none(cluste
     say(
         f"fault reading-worker kill: chips lost 0, repeated 0 ({before} of {len(expected)} yielded before the kill); "
         f"kill -> epoch complete {t_done - t_kill:.1f}s"
+    )
+
+
+def test_a_lost_node_mid_sweep_keeps_finished_trials_and_resumes_the_interrupted_one(
+    cluster, demo_catalog, tmp_path
+) -> None:
+    from eoforge.config import SplitConfig
+    from eoforge.plan.io import build_plan
+    from mlflow import MlflowClient
+
+    cfg = data_cfg(str(demo_catalog.catalog_json), size_px=32)
+    build_plan(cfg.model_copy(update={"splits": SplitConfig(train=0.6, val=0.2, test=0.2)}), tmp_path / "plan.parquet")
+    base = yaml.safe_load((REPO / "configs/finetune/demo.yaml").read_text())
+    base["data"].update({"plan": str(tmp_path / "plan.parquet"), "config": None})
+    base["train"] = {"epochs": 20, "batch_size": 8, "eval_every_epochs": 1, "checkpoint_every_evals": 2}
+    base["run"].update({"storage_path": str(tmp_path / "ft")})
+    base["mlflow"].update({"experiment": "it-faults-sweep", "registered_model": None})
+    sweep = yaml.safe_load((REPO / "configs/sweep/demo.yaml").read_text())
+    sweep.update({"base": base, "set": {}})
+    sweep["search"] = {"methods": {"scratch": {"source": "scratch", "mode": "finetune"}}, "label_fractions": [0.5, 1.0]}
+    sweep["search"]["seeds"] = [0]
+    # one trial at a time, its Train worker on the second node
+    sweep["resources"] = {"num_workers": 1, "cpus_per_worker": 0.5, "max_concurrent_trials": 1}
+    sweep["resources"]["resources_per_worker"] = {NODE_RESOURCE: 1}
+    sweep["run"] = {"name": "it-sweep-node", "storage_path": str(tmp_path / "sweeps"), "max_failures": 2}
+    sweep["mlflow"].update({"experiment": "it-faults-sweep", "registered_model": "it-faults-cls"})
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    job = start_job(cluster.state, f"{sys.executable} jobs/sweep.py --config {tmp_path / 'sweep.yaml'}")
+    client = MlflowClient(cluster.state.mlflow_url)
+    trials_dir = tmp_path / "sweeps" / "it-sweep-node" / "trials"
+
+    def children() -> list[Any]:
+        exp = client.get_experiment_by_name("it-faults-sweep")
+        return client.search_runs([exp.experiment_id], "tags.mlflow.parentRunId != ''") if exp else []
+
+    def second_trial_checkpointed() -> Any:
+        """A finished trial, and a running one whose checkpoint the Train controller has registered."""
+        runs = children()
+        done = [r for r in runs if r.info.status == "FINISHED"]
+        live = [r for r in runs if r.info.status == "RUNNING"]
+        if running(cluster, job) and done and live:
+            if registered_checkpoint(trials_dir / live[0].data.tags["eoforge.run_name"]):
+                return done, live[0]
+        return None
+
+    done, interrupted = wait_for(
+        "a finished trial and a registered checkpoint of the next", second_trial_checkpointed, 600
+    )
+    finished_before = {r.info.run_id: r.info.end_time for r in done}
+    t_kill = time.time()
+    cluster.kill_node()
+    cluster.wait_node_dead()
+    t_dead = time.time()
+    cluster.start_node()
+    t_back = time.time()
+    status = wait_job(cluster.state, job, timeout_s=600)
+    logs = job_logs(cluster, job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    runs = {r.info.run_id: r for r in children()}
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs.values()), logs[-4000:]  # none ran twice
+    for run_id, end_time in finished_before.items():
+        assert runs[run_id].info.end_time == end_time  # finished trials stay finished, not run again
+    resumed = history(cluster, interrupted.info.run_id, "resumed_from_epoch")
+    assert resumed and resumed[-1].value >= 1, logs[-4000:]  # the interrupted trial went on from its checkpoint
+    epochs_done = max(
+        m.step for m in history(cluster, interrupted.info.run_id, "train/loss") if m.timestamp < t_kill * 1000
+    )
+    at = int(resumed[-1].value)
+    assert 2 <= at < 20, at  # from a mid-run checkpoint (every 2nd epoch), not from the start nor after the end
+    say(
+        f"fault node-loss (sweep): finished trials rerun 0; interrupted trial lost {epochs_done - at} "
+        f"epoch(s) (trained {epochs_done}, resumed at {at}); kill -> node seen dead "
+        f"{t_dead - t_kill:.1f}s, replacement node alive {t_back - t_kill:.1f}s, trial restored "
+        f"{resumed[-1].timestamp / 1000 - t_kill:.1f}s"
     )

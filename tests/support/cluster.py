@@ -176,6 +176,10 @@ class LocalCluster:
             "--object-store-memory",
             str(300 * 2**20),
             "--disable-usage-stats",
+            # a disk of its own, as a cluster node has: on the head's temp dir, each start of this node
+            # would unpack the job's working_dir again over the head's copy, the job driver's cwd
+            "--temp-dir",
+            str(self.home / "node2-tmp"),
             *(a for k, v in self._node_ports.items() for a in (f"--{k}", str(v))),
         ]
         log = self.home / "logs" / "node2.log"

@@ -111,6 +111,12 @@ class FinetuneTrainConfig(Strict):
     evals: PosInt = Field(10, description="With steps: evaluations on val over the run (sets eval_every_epochs).")
     batch_size: PosInt = Field(32, description="Per-worker batch size (chips).")
     eval_every_epochs: PosInt = Field(1, description="Evaluate on val (and report to Tune) every N epochs.")
+    checkpoint_every_evals: PosInt = Field(
+        2,
+        description="A checkpoint (weights, optimiser, the best-on-val weights so far) with every Nth evaluation, "
+        "besides the final one: a job or sweep trial that loses a worker or its node resumes from it "
+        "(run.max_failures, sweep run.max_failures). The latest is the one kept in storage.",
+    )
     seed: NonNegInt = Field(0, description="Weight init and shuffling seed.")
     augment: bool = Field(
         True,

@@ -7,6 +7,9 @@ summed across workers, so the metrics are exact for the whole split. Every evalu
 ``ray.train.report`` (a barrier; Tune sees it through ``TuneReportCallback``, which is what
 ASHA acts on). The best weights on ``val`` are kept; at the end they are evaluated on
 ``test`` and rank 0 writes the final metrics, the per-class table and the checkpoint.
+Every ``checkpoint_every_evals``-th evaluation also carries a checkpoint (weights, optimiser,
+the best weights so far), so a run restarted after a lost worker or node (Ray Train's
+``FailureConfig``; a sweep's trial restarted by Tune) resumes from it, not from epoch 0.
 
 The loop reads as its steps: :func:`setup_worker` (model, optimiser, restored state, the
 splits), then per epoch :func:`train_epoch` and, every ``eval_every_epochs``,
@@ -369,5 +372,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
                 f"({seen} chips on rank 0 in {time.perf_counter() - t0:.1f}s)"
             )
         if epoch + 1 != epochs:
-            report(metrics)
+            evals_done = (epoch + 1) // w.cfg.train.eval_every_epochs
+            keep = evals_done % w.cfg.train.checkpoint_every_evals == 0
+            report(metrics, save_checkpoint(w, epoch + 1) if keep else None)
     final_report(w)
