@@ -24,6 +24,11 @@ label-fraction PNG of each sweep (copied next to the bench's files).
 
 Usage: python bench/label_efficiency.py [--world-seed 0] [--seeds 3] [--fractions 0.01,0.1,1.0]
        [--objectives dual_simclr] [--tasks classification] [--down]
+
+The sizes default to the demo's (16 labelled scenes, a 24-scene pool, 32 px chips, resnet18, 1,200
+pretraining steps). With ``--fractions 0.1,1.0 --lrs 0.003`` and 3 seeds that is 42 trials, 37 minutes
+on a 2-core machine with the pretraining (docs/benchmarks.md); the default fractions and lr grid
+triple the trials.
 """
 
 from __future__ import annotations
@@ -148,9 +153,9 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.01,0.1,1.0", help="comma-separated label fractions; 1.0 is added")
     ap.add_argument("--objectives", default="dual_simclr", help=f"comma-separated, of {sorted(PRETRAIN_CONFIGS)}")
     ap.add_argument("--tasks", default="classification", help=f"comma-separated, of {sorted(TASKS)}")
-    ap.add_argument("--scenes", type=int, default=8, help="labelled scenes (every 4th is a test region)")
-    ap.add_argument("--pool-scenes", type=int, default=48, help="unlabelled pool scenes (four seasons each)")
-    ap.add_argument("--chip-px", type=int, default=64)
+    ap.add_argument("--scenes", type=int, default=16, help="labelled scenes (every 4th is a test region)")
+    ap.add_argument("--pool-scenes", type=int, default=24, help="unlabelled pool scenes (four seasons each)")
+    ap.add_argument("--chip-px", type=int, default=32, help="the demo's size (64: see docs/benchmarks.md)")
     ap.add_argument("--pretrain-steps", type=int, default=1200, help="optimiser steps of each pretraining")
     ap.add_argument("--backbone", default="resnet18", help="timm backbone of every pretraining and of the scratch arms")
     ap.add_argument("--steps", type=int, default=200, help="optimiser steps of every fine-tuning arm")
