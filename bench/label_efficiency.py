@@ -69,6 +69,114 @@ def sh(*cmd: str, env: dict[str, str] | None = None) -> str:
     return "".join(lines)
 
 
+def world_tag(args: argparse.Namespace) -> str:
+    """The bench's folder name for one world and size: ``w<seed>-s<scenes>-p<pool>-c<chip px>``."""
+    return f"w{args.world_seed}-s{args.scenes}-p{args.pool_scenes}-c{args.chip_px}"
+
+
+def open_stack(home: Path) -> tuple[dict[str, str], str]:
+    """Start (or find) the local stack; (the environment for ``ray job submit`` and ``eoforge``, MLflow's URL).
+
+    The stack's Ray token and MLflow login go into the returned environment and this process's MLflow
+    variables; they are never printed.
+    """
+    env = {**os.environ, "EOFORGE_HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    eoforge = str(Path(sys.executable).parent / "eoforge")
+    sh(eoforge, "up", env=env)
+    env["RAY_ADDRESS"] = sh(eoforge, "status", "--field", "ray_dashboard_url", env=env).strip()
+    from eoforge.stack_secrets import client_env
+
+    login = client_env(home)
+    env.update(login)
+    os.environ.update({k: v for k, v in login.items() if k.startswith("MLFLOW_")})  # this process's MLflow calls
+    return env, sh(eoforge, "status", "--field", "mlflow_url", env=env).strip()
+
+
+def build_world(args: argparse.Namespace, work: Path, env: dict[str, str]) -> tuple[Path, Path]:
+    """The demo world of ``args.world_seed`` and its two chip plans under ``work`` (kept: a rerun reuses them).
+
+    Returns:
+        (the labelled plan, the unlabelled pool's plan).
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    plan, pool_plan = work / "plan.parquet", work / "pool-plan.parquet"
+    if plan.exists() and pool_plan.exists():
+        return plan, pool_plan
+    eoforge = str(Path(sys.executable).parent / "eoforge")
+    sh(eoforge, "catalog", "demo", "--out", str(work / "catalog"), "--scenes", str(args.scenes),
+       "--seed", str(args.world_seed), "--pool-scenes", str(args.pool_scenes), env=env)  # fmt: skip
+    for src, url, out in (
+        ("configs/data/demo.yaml", work / "catalog" / "catalog.json", plan),
+        ("configs/data/demo-pool.yaml", work / "catalog" / "pool" / "catalog.json", pool_plan),
+    ):
+        data = yaml.safe_load((REPO / src).read_text())
+        data["catalog"]["url"] = str(url)
+        data["chips"]["size_px"] = args.chip_px
+        (work / Path(src).name).write_text(yaml.safe_dump(data))
+        sh(eoforge, "plan", "--config", str(work / Path(src).name), "--out", str(out), env=env)
+    return plan, pool_plan
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` merged in, nested dicts key by key (``base`` is changed and returned)."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def pretrain_on_pool(
+    args: argparse.Namespace,
+    work: Path,
+    env: dict[str, str],
+    label: str,
+    config: str,
+    model: str,
+    changes: dict,
+    run_label: str,
+) -> dict[str, object]:
+    """One pretraining job on the world's pool, registered as ``model@candidate``; its steps, reuse and wall time.
+
+    Args:
+        label: names the written config (``pretrain-<label>.yaml``).
+        config: the pretraining config it starts from (repository path).
+        changes: nested keys set over that config (a recipe), after the bench's sizes.
+        run_label: the first part of the run name (the rest is world, steps and scaling).
+    """
+    t = time.perf_counter()
+    pre = yaml.safe_load((REPO / config).read_text())
+    pre["data"].update(
+        {"plan": str(work / "pool-plan.parquet"), "config": str(work / "demo-pool.yaml"), "split": "train"}
+    )
+    pre["train"].update({"epochs": 1000, "max_steps": args.pretrain_steps})
+    pre["model"]["backbone"] = args.backbone
+    pre["scaling"].update(
+        {"num_workers": args.num_workers, "cpus_per_worker": args.cpus_per_worker, "use_gpu": args.gpu}
+    )
+    pre["train"]["batch_size"] = max(2, args.pretrain_batch // args.num_workers)
+    deep_update(pre, changes)
+    scale = f"{args.num_workers}x{args.cpus_per_worker}-b{args.pretrain_batch}"
+    bb = "" if args.backbone == "resnet18" else f"-{args.backbone}"  # resnet18 runs keep their names
+    pre["run"].update(
+        {
+            "name": f"bench-{run_label}-{world_tag(args)}{bb}-{args.pretrain_steps}-{scale}",
+            "storage_path": str(work / "ray"),
+        }
+    )
+    pre["mlflow"].update({"experiment": "eoforge-bench", "registered_model": model})
+    (work / f"pretrain-{label}.yaml").write_text(yaml.safe_dump(pre))
+    submit = ["ray", "job", "submit", "--working-dir", "."]
+    logs = sh(*submit, "--", "python", "jobs/pretrain.py", "--config", str(work / f"pretrain-{label}.yaml"), env=env)
+    done_before = f"resumed from checkpoint at step {args.pretrain_steps} " in logs  # a finished run, resumed
+    return {
+        "steps": args.pretrain_steps,
+        "reused": "pretraining reused" in logs or done_before,
+        "wall_s": round(time.perf_counter() - t, 1),
+    }
+
+
 def refuse_overlap(mlflow_url: str, model_uri: str, plan: Path) -> None:
     """Stop the bench when the model's pretraining plan covers test chips of ``plan``.
 
@@ -181,58 +289,17 @@ def main() -> None:
 
     t0 = time.perf_counter()
     home = Path(os.environ.get("EOFORGE_HOME", REPO / ".eoforge")).absolute()
-    tag = f"w{args.world_seed}-s{args.scenes}-p{args.pool_scenes}-c{args.chip_px}"
+    tag = world_tag(args)
     work = home / "bench-label-efficiency" / tag
-    env = {**os.environ, "EOFORGE_HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    eoforge = str(Path(sys.executable).parent / "eoforge")
-    sh(eoforge, "up", env=env)
-    env["RAY_ADDRESS"] = sh(eoforge, "status", "--field", "ray_dashboard_url", env=env).strip()
-    from eoforge.stack_secrets import client_env
-
-    login = client_env(home)  # the stack's Ray token and MLflow login (never printed)
-    env.update(login)
-    os.environ.update({k: v for k, v in login.items() if k.startswith("MLFLOW_")})  # this process's MLflow calls
-    mlflow_url = sh(eoforge, "status", "--field", "mlflow_url", env=env).strip()
-    work.mkdir(parents=True, exist_ok=True)
+    env, mlflow_url = open_stack(home)
+    plan, _ = build_world(args, work, env)
     submit = ["ray", "job", "submit", "--working-dir", "."]
-
-    plan, pool_plan = work / "plan.parquet", work / "pool-plan.parquet"
-    if not (plan.exists() and pool_plan.exists()):
-        sh(eoforge, "catalog", "demo", "--out", str(work / "catalog"), "--scenes", str(args.scenes),
-           "--seed", str(args.world_seed), "--pool-scenes", str(args.pool_scenes), env=env)  # fmt: skip
-        for src, url, out in (
-            ("configs/data/demo.yaml", work / "catalog" / "catalog.json", plan),
-            ("configs/data/demo-pool.yaml", work / "catalog" / "pool" / "catalog.json", pool_plan),
-        ):
-            data = yaml.safe_load((REPO / src).read_text())
-            data["catalog"]["url"] = str(url)
-            data["chips"]["size_px"] = args.chip_px
-            (work / Path(src).name).write_text(yaml.safe_dump(data))
-            sh(eoforge, "plan", "--config", str(work / Path(src).name), "--out", str(out), env=env)
 
     pretrain: dict[str, dict[str, object]] = {}
     for obj in objectives:
-        t = time.perf_counter()
-        pre = yaml.safe_load((REPO / PRETRAIN_CONFIGS[obj]).read_text())
-        pre["data"].update({"plan": str(pool_plan), "config": str(work / "demo-pool.yaml"), "split": "train"})
-        pre["train"].update({"epochs": 1000, "max_steps": args.pretrain_steps})
-        pre["model"]["backbone"] = args.backbone
-        pre["scaling"].update(
-            {"num_workers": args.num_workers, "cpus_per_worker": args.cpus_per_worker, "use_gpu": args.gpu}
-        )
-        pre["train"]["batch_size"] = max(2, args.pretrain_batch // args.num_workers)
         model = f"eoforge-bench-{obj.replace('_', '-')}"
-        scale = f"{args.num_workers}x{args.cpus_per_worker}-b{args.pretrain_batch}"
-        bb = "" if args.backbone == "resnet18" else f"-{args.backbone}"  # resnet18 runs keep their names
-        run_name = f"bench-{obj}-{tag}{bb}-{args.pretrain_steps}-{scale}"
-        pre["run"].update({"name": run_name, "storage_path": str(work / "ray")})
-        pre["mlflow"].update({"experiment": "eoforge-bench", "registered_model": model})
-        (work / f"pretrain-{obj}.yaml").write_text(yaml.safe_dump(pre))
-        logs = sh(*submit, "--", "python", "jobs/pretrain.py", "--config", str(work / f"pretrain-{obj}.yaml"), env=env)
+        pretrain[obj] = pretrain_on_pool(args, work, env, obj, PRETRAIN_CONFIGS[obj], model, {}, obj)
         refuse_overlap(mlflow_url, f"models:/{model}@candidate", plan)
-        done_before = f"resumed from checkpoint at step {args.pretrain_steps} " in logs  # a finished run, resumed
-        pretrain[obj] = {"steps": args.pretrain_steps, "reused": "pretraining reused" in logs or done_before}
-        pretrain[obj]["wall_s"] = round(time.perf_counter() - t, 1)
 
     results, compare, pngs = {}, {}, {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -267,7 +334,7 @@ def main() -> None:
         results[task], compare[task], pngs[task] = summarise(mlflow_url, sweep["run"]["name"], work / "results" / task)
 
     if args.down:
-        sh(eoforge, "down", env=env)
+        sh(str(Path(sys.executable).parent / "eoforge"), "down", env=env)
     print(
         json.dumps(
             {
