@@ -132,7 +132,8 @@ def run_eoforge(cat: Any, items: list[str], out: Path, *, uri: str, mlflow_url: 
         t0 = time.perf_counter()
         r = run_predict(cfg)
         wall = time.perf_counter() - t0
-    out_ = {"wall_s": wall, "km2": r.km2, "windows": r.windows, "failed_windows": r.failed_windows, "tiles": r.tiles}
+    out_ = {"wall_s": wall, "km2": r.km2, "windows": r.windows, "nodata_windows": r.nodata_windows}
+    out_.update({"failed_windows": r.failed_windows, "tiles": r.tiles})
     return out_ | {"job_wall_s": r.wall_s, "rss_mb": mem.mb()}
 
 

@@ -228,8 +228,36 @@ def test_items_cogs_and_collection_validate_and_read_back(classified) -> None:
 def test_cloudy_windows_are_nodata_not_guesses(classified, demo_catalog) -> None:
     _cfg, result = classified
     classes, _ = mosaic(result.collection, "classes", demo_catalog.s2_item_ids[1])
-    assert result.failed_windows > 0
+    assert result.nodata_windows > 0  # under the cloudy date's clouds: nodata by design
+    assert result.failed_windows == 0  # and no read failed: a cloud is not a fault
     assert (classes == 255).any() and (classes != 255).any()
+
+
+def test_windows_that_fail_to_read_are_counted_apart_with_their_reason(stack, models, tmp_path) -> None:
+    """A broken S1 file: its windows are nodata, counted as failed (not as clouds), and the run says why."""
+    from eoforge.demo.catalog import write_demo_catalog
+    from mlflow import MlflowClient
+
+    cat = write_demo_catalog(tmp_path / "catalog", scenes=2, seed=0, size_px=128)
+    s1 = pystac.Item.from_file(str(next(cat.root.rglob(f"{cat.s1_item_ids[0]}.json"))))
+    broken = next(cat.root.rglob(f"{cat.s1_item_ids[0]}/{Path(s1.assets['vv'].href).name}"))
+    broken.write_bytes(b"not a GeoTIFF")
+    cfg = predict_cfg(cat, tmp_path / "out", models["classifier"], [cat.s2_item_ids[0]])
+    result = run_predict(cfg)
+    assert result.failed_windows == result.windows - result.nodata_windows > 0
+    run = MlflowClient(stack.mlflow_url).get_run(result.run_id)
+    assert run.data.metrics["predict/windows_failed"] == result.failed_windows
+    assert run.data.metrics["predict/windows_nodata"] == result.nodata_windows
+    errors = json.loads(
+        Path(
+            MlflowClient(stack.mlflow_url).download_artifacts(
+                result.run_id, "predict/window_errors.json", str(tmp_path)
+            )
+        ).read_text()
+    )
+    assert errors["failed"] == result.failed_windows and broken.name in errors["first"][0]
+    classes, _ = mosaic(result.collection, "classes", cat.s2_item_ids[0])
+    assert (classes == 255).all()  # no guess from S2 alone where the model reads both sensors
 
 
 def test_run_is_recorded_in_mlflow(classified, stack) -> None:

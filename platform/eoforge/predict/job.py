@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from eoforge.config.predict import PredictConfig
 from eoforge.errors import ConfigError
 from eoforge.predict.grid import ItemGrid, blend_weights, item_grid, window_origin
 from eoforge.progress import say
+from eoforge.redact import redact
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class PredictResult:
     written: int
     skipped: int
     windows: int
-    failed_windows: int
+    nodata_windows: int  # too little valid input (clouds, a scene's edge): nodata by design
+    failed_windows: int  # reads that failed (see the run's predict/window_errors.json)
     km2: float
     wall_s: float
 
@@ -205,7 +207,9 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
         writer = TileWriter(cfg, models, uri, plan_hash, run.run_id, items, pairs)
         pending = [t for t in tiles if not writer.complete(t)]
         say(f"{len(tiles)} output tiles over {len(items)} S2 items; {len(tiles) - len(pending)} already written")
-        windows, failed = _predict_tiles(cfg, models, uri, pending, writer, task)
+        counts = _predict_tiles(cfg, models, uri, pending, writer, task)
+        if counts.failed:
+            say(f"{counts.failed} of {counts.windows} windows failed to read (nodata there); first: {counts.errors[0]}")
         coll = finish_collection(cfg, writer, models)
         wall = time.perf_counter() - t0
         km2 = float(sum(t.grid.res**2 * np.prod(t.grid.tile_window(*t.tile, cfg.tile_px)[2:]) for t in tiles) / 1e6)
@@ -214,8 +218,9 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
                 "predict/tiles": len(tiles),
                 "predict/tiles_written": len(pending),
                 "predict/tiles_skipped": len(tiles) - len(pending),
-                "predict/windows": windows,
-                "predict/windows_failed": failed,
+                "predict/windows": counts.windows,
+                "predict/windows_nodata": counts.nodata,
+                "predict/windows_failed": counts.failed,
                 "predict/km2": km2,
                 "predict/wall_s": wall,
                 "predict/km2_per_min": km2 / max(wall / 60, 1e-9),
@@ -223,10 +228,22 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
         )
         run.tag(eoforge_collection=coll, eoforge_plan=plan_uri)
         run.client.log_dict(run.run_id, json.loads(writer.read(coll) or b"{}"), "predict/collection.json")
+        if counts.failed:
+            errors = {"failed": counts.failed, "first": counts.errors}
+            run.client.log_dict(run.run_id, errors, "predict/window_errors.json")
         _tag_model_versions(run.client, models, coll)
     print(f"predictions: {coll}", flush=True)  # the line users and make demo look for
     return PredictResult(
-        run.run_id, coll, len(tiles), len(pending), len(tiles) - len(pending), windows, failed, km2, wall
+        run.run_id,
+        coll,
+        len(tiles),
+        len(pending),
+        len(tiles) - len(pending),
+        counts.windows,
+        counts.nodata,
+        counts.failed,
+        km2,
+        wall,
     )
 
 
@@ -248,12 +265,40 @@ def _plan(cfg: PredictConfig, window_px: int) -> tuple[str, str, Any, list[Any]]
     return plan_uri, plan_hash, table, pairs
 
 
+@dataclass
+class WindowCounts:
+    """The windows a run streamed: how many, how many gave nodata by design, how many failed to read.
+
+    ``errors`` keeps the first :data:`KEPT_ERRORS` read failures' messages, redacted (no signed URL).
+    """
+
+    windows: int = 0
+    nodata: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, ok: bool, read_failed: bool, error: str) -> None:
+        """Count one window (``ok``: predicted; ``read_failed``: its read raised; ``error``: why not ok)."""
+        self.windows += 1
+        if read_failed:
+            self.failed += 1
+            if len(self.errors) < KEPT_ERRORS:
+                self.errors.append(redact(error))
+        elif not ok:
+            self.nodata += 1
+
+
+#: Read-failure messages a run keeps (in its MLflow run and the job log); the count covers all.
+KEPT_ERRORS = 20
+
+
 def _predict_tiles(
     cfg: PredictConfig, models: Any, uri: str, pending: list[TilePlan], writer: Any, task: str | None
-) -> tuple[int, int]:
-    """Stream the pending tiles' windows, assemble and write each tile as it completes; (windows, failed)."""
+) -> WindowCounts:
+    """Stream the pending tiles' windows, assemble and write each tile as it completes."""
+    counts = WindowCounts()
     if not pending:
-        return 0, 0
+        return counts
     import ray
 
     from eoforge.predict.assemble import TileAccumulator
@@ -265,7 +310,7 @@ def _predict_tiles(
     by_key = {t.key: t for t in pending}
     tasks = [task_ for t in pending for task_ in read_tasks(t.key, t.rows, t.home)]
     accs: dict[str, TileAccumulator] = {}
-    windows = failed = done = 0
+    done = 0
     want_emb = "embeddings" in cfg.products
     n_classes = len(models.task.card.get("classes", [])) if models.task else 0
     pixel_emb = want_emb and cfg.embeddings.mode == "pixel"
@@ -282,8 +327,7 @@ def _predict_tiles(
                 )
             _, r, c = window_origin(str(block["chip_id"][i]))
             ok = bool(block["ok"][i])
-            windows += 1
-            failed += not ok
+            counts.add(ok, bool(block["read_failed"][i]), str(block["error"][i]))
             acc.add(
                 str(block["chip_id"][i]),
                 r,
@@ -302,7 +346,7 @@ def _predict_tiles(
                 say(f"[{done}/{len(pending)}] tile {key}: {acc.valid_windows}/{acc.expected} windows with valid input")
     if accs:
         raise RuntimeError(f"predict: {len(accs)} tiles did not receive all their windows: {sorted(accs)[:5]}")
-    return windows, failed
+    return counts
 
 
 def _tag_model_versions(client: Any, models: Any, collection_uri: str) -> None:

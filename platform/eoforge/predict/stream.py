@@ -64,6 +64,7 @@ def _empty_block(n: int, size: int) -> dict[str, np.ndarray]:
         "valid": np.zeros((n, 2, size, size), bool),
         "valid_fraction": np.zeros(n, np.float32),
         "ok": np.zeros(n, bool),
+        "read_failed": np.zeros(n, bool),
         "error": np.full(n, "", dtype=object),
     }
 
@@ -71,12 +72,16 @@ def _empty_block(n: int, size: int) -> dict[str, np.ndarray]:
 def read_block(
     tile: str, rows: list[dict[str, Any]], home: list[bool], min_valid_fraction: float, cache: Any
 ) -> dict[str, np.ndarray]:
-    """Read one task's windows into a block (see module docstring); a failed window has ``ok`` False.
+    """Read one task's windows into a block (see module docstring); a window not predicted has ``ok`` False.
+
+    A window is not predicted when its read failed (``read_failed``: a missing or unreadable asset,
+    implausible values) or when its smaller sensor share of valid pixels is under
+    ``min_valid_fraction`` (clouds, the scene's edge): that one is nodata by design, not a failure.
 
     Returns:
-        ``tile``, ``chip_id``: str [B]; ``home``, ``ok``: bool [B]; ``s2`` uint16 [B, 12, H, W]
-        (reflectance x 10000), ``s1`` float16 [B, 2, H, W] (dB), ``valid`` bool [B, 2, H, W] (S2, S1);
-        ``valid_fraction`` float32 [B]; ``error`` str [B].
+        ``tile``, ``chip_id``: str [B]; ``home``, ``ok``, ``read_failed``: bool [B]; ``s2`` uint16
+        [B, 12, H, W] (reflectance x 10000), ``s1`` float16 [B, 2, H, W] (dB), ``valid`` bool
+        [B, 2, H, W] (S2, S1); ``valid_fraction`` float32 [B]; ``error`` str [B] (why not ``ok``).
     """
     from eoforge.data.tiles import group_rows, read_rows
 
@@ -89,6 +94,7 @@ def read_block(
             out["chip_id"][pos] = str(row["chip_id"])
             if isinstance(res, ChipReadError):
                 out["error"][pos] = f"window {row['chip_id']}: {res}"
+                out["read_failed"][pos] = True
             elif res.valid_fraction < min_valid_fraction:
                 out["error"][pos] = f"window {row['chip_id']}: valid fraction {res.valid_fraction:.2f}"
             else:
