@@ -57,31 +57,57 @@ def say(msg: str) -> None:
 
 
 class RssPeaks:
-    """Samples (psutil, every ``period`` s) this process's RSS and the summed RSS of the stack's Ray workers."""
+    """Samples (psutil, every ``period`` s) this process's RSS and the stack's Ray workers' memory.
+
+    The workers' RSS is summed (``workers``), as before. RSS counts a page of shared memory (Ray's
+    object store, which every worker maps to read its blocks zero-copy; shared libraries) once in
+    every process that touched it, so the sum grows when more blocks pass through more processes
+    without any memory being added. So the workers are also read by PSS (``workers_pss``: each
+    shared page divided among the processes that map it; the sum is the memory they really hold)
+    and one by one: the largest single worker's USS (``largest_uss``: pages only it holds) and how
+    many ``ray::`` processes were alive (``processes``), at their peaks.
+    """
 
     def __init__(self, ray_pid: int, period: float = 0.1) -> None:
         import psutil  # Ray's vendored copy (on sys.path once ray is imported)
 
         self.psutil, self.root, self.me, self.period = psutil, psutil.Process(ray_pid), psutil.Process(), period
-        self.driver = self.workers = 0
+        self.driver = self.workers = self.workers_pss = self.largest_uss = self.processes = 0
+        self.largest_name = ""
+        self.uss_by_title: dict[str, int] = {}  # peak over samples of the summed USS of each process title
         self.start: tuple[int, int] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _workers_rss(self) -> int:
-        total = 0
+    def _workers(self) -> list[tuple[int, int, int, str]]:
+        """(RSS, PSS, USS, the ``ray::`` title) of each Ray worker process alive now."""
+        out = []
         for p in self.root.children(recursive=True):
             try:
-                total += p.memory_info().rss if any("ray::" in a for a in p.cmdline()) else 0
+                title = next((a for a in p.cmdline() if "ray::" in a), None)
+                if title is not None:
+                    m = p.memory_full_info()
+                    out.append((m.rss, m.pss, m.uss, title.split()[0][:60]))
             except self.psutil.Error:  # a worker that exited meanwhile
                 continue
-        return total
+        return out
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            driver, workers = self.me.memory_info().rss, self._workers_rss()
+            driver, each = self.me.memory_info().rss, self._workers()
+            workers = sum(w[0] for w in each)
             self.start = self.start or (driver, workers)
             self.driver, self.workers = max(self.driver, driver), max(self.workers, workers)
+            self.workers_pss = max(self.workers_pss, sum(w[1] for w in each))
+            self.processes = max(self.processes, len(each))
+            now: dict[str, int] = {}
+            for w in each:
+                now[w[3]] = now.get(w[3], 0) + w[2]
+            for title, uss in now.items():
+                self.uss_by_title[title] = max(self.uss_by_title.get(title, 0), uss)
+            top = max(each, default=(0, 0, 0, ""), key=lambda w: w[2])
+            if top[2] > self.largest_uss:
+                self.largest_uss, self.largest_name = top[2], top[3]
             self._stop.wait(self.period)
 
     def __enter__(self) -> RssPeaks:
@@ -93,8 +119,9 @@ class RssPeaks:
         self._thread.join()
 
     def mb(self) -> list[float]:
-        """[driver at start, workers at start, driver peak, workers peak], MB."""
-        return [v / 2**20 for v in (*(self.start or (0, 0)), self.driver, self.workers)]
+        """[driver at start, workers at start, driver peak, workers peak, workers' PSS peak, largest USS], MB."""
+        vals = (*(self.start or (0, 0)), self.driver, self.workers, self.workers_pss, self.largest_uss)
+        return [v / 2**20 for v in vals]
 
 
 def register_model(mlflow_url: str) -> str:
@@ -134,6 +161,8 @@ def run_eoforge(cat: Any, items: list[str], out: Path, *, uri: str, mlflow_url: 
         wall = time.perf_counter() - t0
     out_ = {"wall_s": wall, "km2": r.km2, "windows": r.windows, "nodata_windows": r.nodata_windows}
     out_.update({"failed_windows": r.failed_windows, "tiles": r.tiles})
+    out_ |= {"worker_processes_peak": mem.processes, "largest_worker": mem.largest_name}
+    out_["uss_mb_by_process_title"] = {t: round(v / 2**20, 1) for t, v in sorted(mem.uss_by_title.items())}
     return out_ | {"job_wall_s": r.wall_s, "rss_mb": mem.mb()}
 
 
@@ -399,12 +428,18 @@ def main() -> None:
             report[f"ratio_vs_{other}_10x"] = round(rate(big, cores) / rate(res[f"{other}_10x"], cores), 3)
     report["agreement_with_eoforge"] = agree | {"classes_in_eoforge_map": classes_in["1x"]}
     report["torchgeo_note"] = tg_note
-    (d0, w0, d1, w1), (e0, x0, e1, x1) = small["rss_mb"], big["rss_mb"]
+    (d0, w0, d1, w1, p1, l1), (e0, x0, e1, x1, p10, l10) = small["rss_mb"], big["rss_mb"]
     peaks = {"driver_1x": d1, "driver_10x": e1, "workers_1x": w1, "workers_10x": x1}
+    peaks |= {"workers_pss_1x": p1, "workers_pss_10x": p10, "largest_uss_1x": l1, "largest_uss_10x": l10}
     starts = {"driver_1x": d0, "driver_10x": e0, "workers_1x": w0, "workers_10x": x0}
     report["peak_rss_mb"] = {k: round(v, 1) for k, v in peaks.items()}
     report["rss_at_start_mb"] = {k: round(v, 1) for k, v in starts.items()}
-    report["rss_ratio_10x_vs_1x"] = {"driver": round(e1 / d1, 3), "workers": round(x1 / max(w1, 1e-9), 3)}
+    report["rss_ratio_10x_vs_1x"] = {
+        "driver": round(e1 / d1, 3),
+        "workers": round(x1 / max(w1, 1e-9), 3),
+        "workers_pss": round(p10 / max(p1, 1e-9), 3),
+        "largest_worker_uss": round(l10 / max(l1, 1e-9), 3),
+    }
     print(json.dumps(report))
 
 

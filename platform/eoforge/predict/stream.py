@@ -23,6 +23,15 @@ from eoforge.errors import ChipReadError
 #: Windows per reading task: a block of 256 windows of 64 px is ~30 MB in storage units.
 TASK_WINDOWS = 256
 
+#: Files a reading process keeps open (LRU; an evicted file is closed and GDAL drops its decoded blocks).
+#: A read task holds one output tile's windows, so it reads one S2 item (12 bands and SCL) and its S1
+#: pair (2 bands per item): 32 leaves room for two such items. Training's readers keep 64 open because
+#: every epoch comes back to the same files; predict reads each place once, so more open files only
+#: hold caches of places already mapped. Measured (bench/predict.py, 2 vs 20 scenes of 512 px, summed
+#: USS of the reading processes): 326 -> 872 MB with 64, 341 -> 722 MB with 32; the inference actor
+#: stays flat either way. The rest of the growth is not these caches (docs/benchmarks.md).
+PREDICT_OPEN_FILES = 32
+
 #: Plan columns a reading task needs (the reader's row fields plus the window's identity).
 READ_COLUMNS = [
     "chip_id",
@@ -109,7 +118,7 @@ def read_window_task(batch: dict[str, np.ndarray], min_valid_fraction: float) ->
     """Ray Data UDF: read tasks (``tile``, ``rows``, ``home``) -> window blocks (:func:`read_block`)."""
     from eoforge.data.reader_task import process_cache
 
-    cache = process_cache(64)
+    cache = process_cache(PREDICT_OPEN_FILES)
     for tile, rows, home in zip(batch["tile"], batch["rows"], batch["home"], strict=True):
         yield read_block(str(tile), json.loads(str(rows)), json.loads(str(home)), min_valid_fraction, cache)
 
