@@ -75,6 +75,7 @@ class RssPeaks:
         self.driver = self.workers = self.workers_pss = self.largest_uss = self.processes = 0
         self.largest_name = ""
         self.uss_by_title: dict[str, int] = {}  # peak over samples of the summed USS of each process title
+        self.count_by_title: dict[str, int] = {}  # peak over samples of the number of processes of each title
         self.start: tuple[int, int] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -101,10 +102,13 @@ class RssPeaks:
             self.workers_pss = max(self.workers_pss, sum(w[1] for w in each))
             self.processes = max(self.processes, len(each))
             now: dict[str, int] = {}
+            count: dict[str, int] = {}
             for w in each:
                 now[w[3]] = now.get(w[3], 0) + w[2]
+                count[w[3]] = count.get(w[3], 0) + 1
             for title, uss in now.items():
                 self.uss_by_title[title] = max(self.uss_by_title.get(title, 0), uss)
+                self.count_by_title[title] = max(self.count_by_title.get(title, 0), count[title])
             top = max(each, default=(0, 0, 0, ""), key=lambda w: w[2])
             if top[2] > self.largest_uss:
                 self.largest_uss, self.largest_name = top[2], top[3]
@@ -163,6 +167,7 @@ def run_eoforge(cat: Any, items: list[str], out: Path, *, uri: str, mlflow_url: 
     out_.update({"failed_windows": r.failed_windows, "tiles": r.tiles})
     out_ |= {"worker_processes_peak": mem.processes, "largest_worker": mem.largest_name}
     out_["uss_mb_by_process_title"] = {t: round(v / 2**20, 1) for t, v in sorted(mem.uss_by_title.items())}
+    out_["processes_by_title"] = dict(sorted(mem.count_by_title.items()))
     return out_ | {"job_wall_s": r.wall_s, "rss_mb": mem.mb()}
 
 
