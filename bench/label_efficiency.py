@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -135,15 +136,14 @@ def pretrain_on_pool(
     config: str,
     model: str,
     changes: dict,
-    run_label: str,
 ) -> dict[str, object]:
     """One pretraining job on the world's pool, registered as ``model@candidate``; its steps, reuse and wall time.
 
     Args:
-        label: names the written config (``pretrain-<label>.yaml``).
+        label: names the written config (``pretrain-<label>.yaml``) and starts the run name (the rest is
+            world, steps and scaling).
         config: the pretraining config it starts from (repository path).
         changes: nested keys set over that config (a recipe), after the bench's sizes.
-        run_label: the first part of the run name (the rest is world, steps and scaling).
     """
     t = time.perf_counter()
     pre = yaml.safe_load((REPO / config).read_text())
@@ -161,7 +161,7 @@ def pretrain_on_pool(
     bb = "" if args.backbone == "resnet18" else f"-{args.backbone}"  # resnet18 runs keep their names
     pre["run"].update(
         {
-            "name": f"bench-{run_label}-{world_tag(args)}{bb}-{args.pretrain_steps}-{scale}",
+            "name": f"bench-{label}-{world_tag(args)}{bb}-{args.pretrain_steps}-{scale}",
             "storage_path": str(work / "ray"),
         }
     )
@@ -214,8 +214,8 @@ def arms(objectives: list[str], task: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def summarise(mlflow_url: str, sweep_name: str, out_dir: Path) -> tuple[dict, dict, str]:
-    """(per arm and fraction: test mean/std/val mean, the 10 % vs 100 % comparison, the PNG's path)."""
+def sweep_table(mlflow_url: str, sweep_name: str, out_dir: Path) -> tuple[Any, Any, str]:
+    """(the sweep's parent MLflow run, its results table (DataFrame), the PNG's local path); files go to ``out_dir``."""
     import mlflow
     import pandas as pd
 
@@ -225,6 +225,12 @@ def summarise(mlflow_url: str, sweep_name: str, out_dir: Path) -> tuple[dict, di
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pd.read_csv(client.download_artifacts(run.info.run_id, "results/label_fractions.csv", str(out_dir)))
     png = client.download_artifacts(run.info.run_id, "results/label_fractions.png", str(out_dir))
+    return run, table, png
+
+
+def summarise(mlflow_url: str, sweep_name: str, out_dir: Path) -> tuple[dict, dict, str]:
+    """(per arm and fraction: test mean/std/val mean, the 10 % vs 100 % comparison, the PNG's path)."""
+    run, table, png = sweep_table(mlflow_url, sweep_name, out_dir)
     results: dict[str, dict[str, dict[str, float]]] = {}
     for _, row in table.iterrows():
         results.setdefault(str(row["method"]), {})[f"{row['label fraction']:g}"] = {
@@ -298,7 +304,7 @@ def main() -> None:
     pretrain: dict[str, dict[str, object]] = {}
     for obj in objectives:
         model = f"eoforge-bench-{obj.replace('_', '-')}"
-        pretrain[obj] = pretrain_on_pool(args, work, env, obj, PRETRAIN_CONFIGS[obj], model, {}, obj)
+        pretrain[obj] = pretrain_on_pool(args, work, env, obj, PRETRAIN_CONFIGS[obj], model, {})
         refuse_overlap(mlflow_url, f"models:/{model}@candidate", plan)
 
     results, compare, pngs = {}, {}, {}

@@ -34,6 +34,7 @@ from label_efficiency import (
     pretrain_on_pool,
     refuse_overlap,
     sh,
+    sweep_table,
     world_tag,
 )
 
@@ -52,23 +53,10 @@ RECIPES: dict[str, dict] = {
 
 
 def val_table(mlflow_url: str, sweep_name: str, out_dir: Path) -> list[dict]:
-    """The sweep's rows (method, label fraction, val mean and std over seeds), without test."""
-    import mlflow
-    import pandas as pd
-
-    client = mlflow.MlflowClient(mlflow_url)
-    exp = client.get_experiment_by_name("eoforge-bench-sweeps")
-    run = client.search_runs([exp.experiment_id], f"tags.`eoforge.run_name` = '{sweep_name}'")[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = pd.read_csv(client.download_artifacts(run.info.run_id, "results/label_fractions.csv", str(out_dir)))
-    std = "val_std" if "val_std" in table.columns else None
+    """The sweep's rows (method, label fraction, val mean over seeds), without test."""
+    _, table, _ = sweep_table(mlflow_url, sweep_name, out_dir)
     return [
-        {
-            "method": str(r["method"]),
-            "fraction": float(r["label fraction"]),
-            "val_mean": round(float(r["val_mean"]), 4),
-            **({"val_std": round(float(r[std]), 4)} if std else {}),
-        }
+        {"method": str(r["method"]), "fraction": float(r["label fraction"]), "val_mean": round(float(r["val_mean"]), 4)}
         for _, r in table.iterrows()
     ]
 
@@ -103,7 +91,7 @@ def main() -> None:
     for name in recipes:
         model = f"eoforge-recipe-{name}"
         pretrain[name] = pretrain_on_pool(
-            args, work, env, f"recipe-{name}", "configs/pretrain/demo.yaml", model, RECIPES[name], f"recipe-{name}"
+            args, work, env, f"recipe-{name}", "configs/pretrain/demo.yaml", model, RECIPES[name]
         )
         refuse_overlap(mlflow_url, f"models:/{model}@candidate", plan)
         src = f"models:/{model}@candidate"
