@@ -214,6 +214,24 @@ def arms(objectives: list[str], task: str) -> dict[str, dict[str, str]]:
     return out
 
 
+ARM_KINDS = ("probe", "knn", "finetune", "lpft", "scratch", "random_probe", "band_stats_probe")
+
+
+def pick_arms(methods: dict[str, dict[str, str]], kinds: str) -> dict[str, dict[str, str]]:
+    """The methods whose kind is in the comma-separated ``kinds`` (every one when empty).
+
+    A control's kind is its name; an objective's arm's kind is what follows ``<objective>_``.
+    """
+    wanted = {k.strip() for k in kinds.split(",") if k.strip()}
+    unknown = wanted - set(ARM_KINDS)
+    if unknown:
+        raise SystemExit(f"bench: unknown arm kind(s) {sorted(unknown)}; choose from {list(ARM_KINDS)}")
+    if not wanted:
+        return methods
+    picked = {name: m for name, m in methods.items() if name in wanted or name.rsplit("_", 1)[-1] in wanted}
+    return {n: m for n, m in picked.items() if n in wanted or n not in ("random_probe", "band_stats_probe")}
+
+
 def sweep_table(mlflow_url: str, sweep_name: str, out_dir: Path) -> tuple[Any, Any, str]:
     """(the sweep's parent MLflow run, its results table (DataFrame), the PNG's local path); files go to ``out_dir``."""
     import mlflow
@@ -284,6 +302,12 @@ def main() -> None:
     ap.add_argument("--pretrain-batch", type=int, default=32, help="global pretraining batch (split over workers)")
     ap.add_argument("--gpu", action="store_true", help="trials and pretraining on GPU workers")
     ap.add_argument("--down", action="store_true", help="stop the local stack at the end")
+    ap.add_argument(
+        "--arms",
+        default="",
+        help="comma-separated arm kinds to run, of probe, knn, finetune, lpft, scratch, random_probe, band_stats_probe "
+        "(default: all; e.g. the probes alone when only they changed)",
+    )
     args = ap.parse_args()
     fractions = sorted({float(f) for f in args.fractions.split(",")} | {1.0})
     tasks = [t.strip() for t in args.tasks.split(",")]
@@ -320,7 +344,7 @@ def main() -> None:
             "kind": "sweep",
             "base": base,
             "search": {
-                "methods": arms(objectives, task),
+                "methods": pick_arms(arms(objectives, task), args.arms),
                 "label_fractions": fractions,
                 "lr": [float(x) for x in args.lrs.split(",")],
                 "seeds": list(range(args.seeds)),
@@ -354,6 +378,7 @@ def main() -> None:
                 "objectives": objectives,
                 "pretrain": pretrain,
                 "finetune_steps": args.steps,
+                "arms": args.arms or "all",
                 "workers": {"num_workers": args.num_workers, "cpus_per_worker": args.cpus_per_worker},
                 "lrs": args.lrs,
                 "scenes": args.scenes,

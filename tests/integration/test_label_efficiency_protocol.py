@@ -55,7 +55,13 @@ def protocol(stack, demo_catalog, tmp_path_factory):
     }
     base = yaml.safe_load((REPO / "configs/finetune/demo.yaml").read_text())
     base["data"].update({"plan": str(tmp / "plan.parquet"), "config": None})
-    base["train"] = {"steps": 4, "evals": 2, "batch_size": 16, "knn_k": [1, 3]}  # >= 2 epochs: LP-FT's two phases
+    base["train"] = {
+        "steps": 4,
+        "evals": 2,
+        "batch_size": 16,
+        "knn_k": [1, 3],
+        "probe_c": [0.01, 1.0],
+    }  # >= 2 epochs: LP-FT's two phases
     base["run"].update({"storage_path": str(tmp / "ft")})
     base["mlflow"].update({"experiment": "it-le", "registered_model": None})
     sweep = {
@@ -101,17 +107,22 @@ def _by_source_mode(children, source: str, mode: str):
 
 def test_every_arm_draws_the_same_labels_and_the_same_lr_grid(protocol) -> None:
     children = protocol["children"]
-    assert len(children) == 6 * len(LRS) + 1  # six trained arms x lr grid, plus one kNN
+    # two trained arms (scratch, mae_lpft) x lr grid; four linear probes and one kNN once each (they have no lr)
+    assert len(children) == 2 * len(LRS) + 4 + 1
     assert all(c.info.status == "FINISHED" for c in children)
     assert len({c.data.params["labels.subset_sha256"] for c in children}) == 1  # identical label subsets
     grids = {}
     for c in children:
-        if c.data.params["mode"] != "knn":
+        if c.data.params["mode"] in ("finetune", "lp_ft"):
             key = (c.data.params["backbone.source"], c.data.params["mode"])
             grids.setdefault(key, set()).add(float(c.data.params["optim.lr"]))
-    assert len(grids) == 6 and all(g == set(LRS) for g in grids.values()), grids
+    assert len(grids) == 2 and all(g == set(LRS) for g in grids.values()), grids
     # one step budget for every trained arm: the same number of optimiser steps
     assert len({c.data.params["train.steps"] for c in children}) == 1
+    # every linear probe is solved for the same C grid and reports the C val chose
+    probes = [c for c in children if c.data.params["mode"] == "linear_probe"]
+    assert len(probes) == 4 and len({c.data.params["train.probe_c"] for c in probes}) == 1
+    assert all(c.data.metrics["probe/C"] in (0.01, 1.0) for c in probes)
 
 
 def test_random_probe_leaves_its_backbone_unchanged_and_ssl_probes_keep_theirs(protocol) -> None:

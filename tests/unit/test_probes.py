@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from eoforge.config import FinetuneConfig, parse_config
-from eoforge.finetune.probe import knn_scores, probe_schedule, run_knn, score, train_linear_probe
+from eoforge.finetune.probe import ABSENT_CLASS_LOGIT, fit_linear_probe, knn_scores, run_knn, score
 from eoforge.finetune.run import with_step_budget
 from eoforge.finetune.task_heads import FinetuneModel
 from eoforge.finetune.tasks import Task
@@ -44,23 +44,65 @@ def test_knn_votes_by_similarity_and_picks_k_on_val() -> None:
     assert set(curve) == {1, 3} and best_k in curve and val_m["oa"] == 1.0 and test_m["n"] == 2
 
 
-def test_linear_probe_learns_a_separable_problem_and_keeps_the_best_on_val() -> None:
+def _probe_head(width: int, classes: int) -> torch.nn.Sequential:
+    return torch.nn.Sequential(torch.nn.BatchNorm1d(width, affine=False), torch.nn.Linear(width, classes))
+
+
+def _blobs(n: int, width: int, noise: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(8, width, generator=g) * 3
+    y = torch.arange(n) % 8
+    return centres[y] * torch.linspace(0.1, 50, width) + torch.randn(n, width, generator=g) * noise, y
+
+
+def test_linear_probe_is_the_solved_logistic_regression_and_c_is_chosen_on_val() -> None:
+    """The probe equals scikit-learn's logistic regression on the standardised features, for the C val picks."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     task = _task()
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(8, 16, generator=g) * 3
-    y = torch.arange(200) % 8
-    x = centres[y] + torch.randn(200, 16, generator=g) * 0.5
-    head = torch.nn.Sequential(torch.nn.BatchNorm1d(16, affine=False), torch.nn.Linear(16, 8))
-    seen = []
-    schedule = probe_schedule(160, 32, 10, 200, 4, 1)
-    assert schedule[-1] == 200 and len(schedule) == 4
-    state, _, best = train_linear_probe(
-        head, (x[:160], y[:160].numpy()), (x[160:], y[160:].numpy()), task, 1e-2, 1e-4, 32, schedule, 0, "aa",
-        lambda step, loss, m: seen.append((step, m["aa"])),
+    x, y = _blobs(400, 16, noise=6.0)  # overlapping classes on features of very different scales
+    head, seen = _probe_head(16, 8), []
+    cs = [0.001, 0.1, 10.0]
+    state, best_c, best, _ = fit_linear_probe(
+        head, (x[:240], y[:240].numpy()), (x[240:], y[240:].numpy()), task, cs, "aa",
+        lambda i, loss, m: seen.append((cs[i], m["aa"])),
     )  # fmt: skip
-    assert [s for s, _ in seen] == schedule and best == max(v for _, v in seen) and best > 0.95
+    assert (
+        [c for c, _ in seen] == cs
+        and best == max(v for _, v in seen)
+        and best_c == cs[[v for _, v in seen].index(best)]
+    )
     head.load_state_dict(state)
-    assert score(task, head.eval()(x[160:]), y[160:].numpy())["aa"] == best
+    scaler = StandardScaler().fit(x[:240].numpy())
+    reference = LogisticRegression(C=best_c, max_iter=5000, tol=1e-8).fit(scaler.transform(x[:240].numpy()), y[:240])
+    ours = head.eval()(x[240:]).argmax(dim=1).numpy()
+    theirs = reference.predict(scaler.transform(x[240:].numpy()))
+    assert (ours == theirs).mean() >= 0.99
+    assert score(task, head(x[240:]), y[240:].numpy())["aa"] == best
+
+
+def test_linear_probe_never_predicts_a_class_its_subset_lacks() -> None:
+    task = _task()
+    x, y = _blobs(200, 8, noise=0.5)
+    keep = (y == 2) | (y == 5)  # a small label subset with two of the eight classes
+    head = _probe_head(8, 8)
+    state, *_ = fit_linear_probe(head, (x[keep], y[keep].numpy()), (x, y.numpy()), task, [1.0], "aa", lambda *a: None)
+    head.load_state_dict(state)
+    assert set(head.eval()(x).argmax(dim=1).tolist()) <= {2, 5}
+    assert float(head[1].bias.detach()[0]) == ABSENT_CLASS_LOGIT
+
+
+def test_multilabel_probe_gives_constant_classes_their_smoothed_log_odds() -> None:
+    task = _task("multilabel")
+    x, y = _blobs(160, 8, noise=0.5)
+    multi = torch.nn.functional.one_hot(y % 2, 8).float().numpy()  # classes 0 and 1 vary, 2-7 never occur
+    head = _probe_head(8, 8)
+    state, *_ = fit_linear_probe(head, (x, multi), (x, multi), task, [1.0], "map", lambda *a: None)
+    head.load_state_dict(state)
+    probs = torch.sigmoid(head.eval()(x))
+    assert torch.allclose(probs[:, 2:], torch.full_like(probs[:, 2:], 0.5 / 161), rtol=1e-4)
+    assert ((probs[:, :2] > 0.5).float().numpy() == multi[:, :2]).mean() > 0.9
 
 
 def test_probe_head_standardises_features_and_only_probes_get_it() -> None:

@@ -126,6 +126,13 @@ class FinetuneTrainConfig(Strict):
     knn_k: list[PosInt] = Field(
         [1, 5, 10, 20], min_length=1, description="mode knn: neighbour counts tried; the best on val is reported."
     )
+    probe_c: list[PosFloat] = Field(
+        [0.001, 0.01, 0.1, 1.0, 10.0],
+        min_length=1,
+        description="mode linear_probe (whole-chip tasks): inverse L2 strengths of the logistic-regression probe, "
+        "each solved to convergence on the standardised train features; the best on val is reported. The probe "
+        "has no learning rate or step budget.",
+    )
 
 
 class FinetuneMlflowConfig(Strict):

@@ -21,7 +21,9 @@ class MethodConfig(Strict):
         description="As finetune backbone.source: models:/..., a checkpoint, 'scratch' or 'band_stats'."
     )
     mode: Literal["linear_probe", "finetune", "lp_ft", "knn"] | None = Field(
-        None, description="Default: the base config's mode. knn trains nothing, so it runs once, not per lr."
+        None,
+        description="Default: the base config's mode. knn, and linear_probe on a whole-chip task (solved for each "
+        "train.probe_c), have no lr: they run once, not per lr.",
     )
     objective: str | None = Field(
         None, description="The SSL objective the source was pretrained with (a column of the results table)."

@@ -29,7 +29,7 @@ from eoforge.config.finetune import FinetuneConfig
 from eoforge.finetune.backbone_source import BackboneSpec, load_backbone, state_sha256
 from eoforge.finetune.labelled import iter_cached_chips
 from eoforge.finetune.loop import FINETUNE_STATE_FILE, _flat, _targets, model_inputs, per_class_csv
-from eoforge.finetune.probe import PROBE_MODES, probe_schedule, run_knn, score, train_linear_probe
+from eoforge.finetune.probe import PROBE_MODES, fit_linear_probe, run_knn, score
 from eoforge.finetune.task_heads import FinetuneModel
 from eoforge.finetune.tasks import Task
 from eoforge.progress import say
@@ -107,24 +107,19 @@ def run_probe(
         extra.update({f"knn/val_{metric_key}_k{k}": v for k, v in curve.items()})
         best_step, last_step = 0, 0
     else:
-        schedule = probe_schedule(
-            len(train[1]), cfg.train.batch_size, cfg.train.epochs, cfg.train.steps, cfg.train.evals,
-            cfg.train.eval_every_epochs,
-        )  # fmt: skip
+        cs = cfg.train.probe_c
 
-        def on_eval(step: int, loss: float, val_metrics: dict[str, Any]) -> None:
-            logger.log({"step": step, "train/loss": loss, **_flat("val", val_metrics)}, step)
+        def on_eval(i: int, loss: float, val_metrics: dict[str, Any]) -> None:
+            logger.log({"probe/C": cs[i], "train/loss": loss, **_flat("val", val_metrics)}, i)
 
-        state, best_step, _ = train_linear_probe(
-            model.head, train, val, task, cfg.optim.lr, cfg.optim.weight_decay, cfg.train.batch_size, schedule,
-            cfg.train.seed, metric_key, on_eval,
-        )  # fmt: skip
+        state, best_c, _, iters = fit_linear_probe(model.head, train, val, task, cs, metric_key, on_eval)
         model.head.load_state_dict(state)
         model.head.eval()
         with torch.no_grad():
             val_m, test_m = score(task, model.head(val[0]), val[1]), score(task, model.head(test[0]), test[1])
-        extra = {"steps": float(schedule[-1])}
-        last_step = schedule[-1]
+        say(f"linear_probe: solved for C in {cs}; val {metric_key} best at C={best_c:g} ({iters} L-BFGS iterations)")
+        extra = {"probe/C": best_c, "probe/lbfgs_iterations": float(iters)}
+        best_step, last_step = cs.index(best_c), len(cs)
     final = {
         "epoch": float(cfg.train.epochs),
         "best_epoch": float(best_step),

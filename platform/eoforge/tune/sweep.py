@@ -107,18 +107,23 @@ class SweepResult:
     champion: dict[str, Any] | None
 
 
-def _param_space(cfg: SweepConfig, base_lr: float, base_mode: str) -> dict[str, Any]:
-    """Grid: (method, lr) arms x label fraction x seed. A knn method trains nothing: one lr, not the grid."""
+def _param_space(cfg: SweepConfig, base_lr: float, base_mode: str, task_kind: str) -> dict[str, Any]:
+    """Grid: (method, lr) arms x label fraction x seed.
+
+    Arms without a learning rate run once, not per lr: knn, and the linear probe of a whole-chip task
+    (a logistic regression solved for each of its own ``train.probe_c``, chosen on val).
+    """
     from ray import tune
 
     lrs = cfg.search.lr if cfg.search.lr is not None else [base_lr]
     arms = []
     for name, method in cfg.search.methods.items():
-        knn = (method.mode or base_mode) == "knn"
+        mode = method.mode or base_mode
+        no_lr = mode == "knn" or (mode == "linear_probe" and task_kind != "segmentation")
         if cfg.search.lr_loguniform is not None:
             arms.append({"method": name})
         else:
-            arms += [{"method": name, "lr": lr} for lr in (lrs[:1] if knn else lrs)]
+            arms += [{"method": name, "lr": lr} for lr in (lrs[:1] if no_lr else lrs)]
     space: dict[str, Any] = {
         "arm": tune.grid_search(arms),
         "label_fraction": tune.grid_search(cfg.search.label_fractions),
@@ -253,7 +258,7 @@ def _tune(
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=_param_space(cfg, probe.optim.lr, probe.mode),
+            param_space=_param_space(cfg, probe.optim.lr, probe.mode, probe.task.kind),
             tune_config=tune.TuneConfig(
                 metric=val_metric,
                 mode="max",
