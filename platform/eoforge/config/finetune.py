@@ -127,7 +127,7 @@ class FinetuneTrainConfig(Strict):
         [1, 5, 10, 20], min_length=1, description="mode knn: neighbour counts tried; the best on val is reported."
     )
     probe_c: list[PosFloat] = Field(
-        [0.001, 0.01, 0.1, 1.0, 10.0],
+        [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0],
         min_length=1,
         description="mode linear_probe (whole-chip tasks): inverse L2 strengths of the logistic-regression probe, "
         "each solved to convergence on the standardised train features; the best on val is reported. The probe "
