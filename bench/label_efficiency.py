@@ -214,22 +214,20 @@ def arms(objectives: list[str], task: str) -> dict[str, dict[str, str]]:
     return out
 
 
-ARM_KINDS = ("probe", "knn", "finetune", "lpft", "scratch", "random_probe", "band_stats_probe")
+#: Arms that are their own kind; an objective's arm's kind is what follows ``<objective>_``.
+CONTROL_ARMS = ("scratch", "random_probe", "band_stats_probe")
+ARM_KINDS = ("probe", "knn", "finetune", "lpft", *CONTROL_ARMS)
 
 
 def pick_arms(methods: dict[str, dict[str, str]], kinds: str) -> dict[str, dict[str, str]]:
-    """The methods whose kind is in the comma-separated ``kinds`` (every one when empty).
-
-    A control's kind is its name; an objective's arm's kind is what follows ``<objective>_``.
-    """
+    """The methods whose kind is in the comma-separated ``kinds`` (every one when empty)."""
     wanted = {k.strip() for k in kinds.split(",") if k.strip()}
     unknown = wanted - set(ARM_KINDS)
     if unknown:
         raise SystemExit(f"bench: unknown arm kind(s) {sorted(unknown)}; choose from {list(ARM_KINDS)}")
     if not wanted:
         return methods
-    picked = {name: m for name, m in methods.items() if name in wanted or name.rsplit("_", 1)[-1] in wanted}
-    return {n: m for n, m in picked.items() if n in wanted or n not in ("random_probe", "band_stats_probe")}
+    return {n: m for n, m in methods.items() if (n if n in CONTROL_ARMS else n.rsplit("_", 1)[-1]) in wanted}
 
 
 def sweep_table(mlflow_url: str, sweep_name: str, out_dir: Path) -> tuple[Any, Any, str]:

@@ -12,7 +12,8 @@ head through the frozen backbone would compute, minus the repeated forward passe
   metric is kept and test is evaluated once, at it. Multi-label: one binary regression per class.
   A convex problem has one answer per ``C``: no learning rate or step count decides how far the
   probe got. (Before, the head took ``train.steps`` AdamW steps at the sweep's fine-tuning lr, and
-  200 steps at 3e-3 left a band-statistics probe 0.13 AA below its solved value on the demo's plan.)
+  200 steps at 3e-3 left a band-statistics probe about 0.12 test AA below its solved value on the
+  benchmark's world-0 plan.)
 - ``knn``: cosine similarity between L2-normalised features; a query's class scores are the
   similarity-weighted votes of its k nearest train chips (multi-label: the weighted mean of their
   label vectors). Each ``train.knn_k`` is scored on val; test is reported at the best k.
@@ -30,6 +31,14 @@ import torch.nn.functional as F
 
 #: Modes that train no backbone: their head (or kNN) works on frozen, standardised features.
 PROBE_MODES = ("linear_probe", "knn")
+
+
+def solved_in_process(mode: str, task_kind: str) -> bool:
+    """Whether an arm is a probe solved on features computed once (no lr, no steps): knn, or a whole-chip linear probe.
+
+    Segmentation probes train a decoder on Ray Train instead.
+    """
+    return mode in PROBE_MODES and task_kind != "segmentation"
 
 
 def score(task: Any, outputs: torch.Tensor, target: np.ndarray, logits: bool = True) -> dict[str, Any]:
@@ -172,16 +181,13 @@ def fit_linear_probe(
     feats, target = train
     z = _standardised(head, feats)
     target = np.asarray(target)
-    if task.kind == "multilabel":
-        keep = np.ones(len(z), bool)
-    else:
-        keep = target != task.ignore_index
     linear = head[1]
     best: tuple[dict[str, Any], float, float, int] | None = None
     for i, c in enumerate(cs):
         if task.kind == "multilabel":
             weight, bias, iters = _solve_labels(z, target, c, max_iter)
         else:
+            keep = target != task.ignore_index
             weight, bias, iters = _solve_classes(z[keep], target[keep], task.num_classes, c, max_iter)
         with torch.no_grad():
             linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))

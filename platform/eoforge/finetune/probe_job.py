@@ -29,7 +29,7 @@ from eoforge.config.finetune import FinetuneConfig
 from eoforge.finetune.backbone_source import BackboneSpec, load_backbone, state_sha256
 from eoforge.finetune.labelled import iter_cached_chips
 from eoforge.finetune.loop import FINETUNE_STATE_FILE, _flat, _targets, model_inputs, per_class_csv
-from eoforge.finetune.probe import PROBE_MODES, fit_linear_probe, run_knn, score
+from eoforge.finetune.probe import fit_linear_probe, run_knn, score, solved_in_process
 from eoforge.finetune.task_heads import FinetuneModel
 from eoforge.finetune.tasks import Task
 from eoforge.progress import say
@@ -38,7 +38,7 @@ from eoforge.tracking.runs import MetricLogger
 
 def runs_in_process(cfg: FinetuneConfig) -> bool:
     """Whether a fine-tuning config is a probe job of this module (segmentation probes train a decoder on Ray Train)."""
-    return cfg.mode in PROBE_MODES and cfg.task.kind != "segmentation"
+    return solved_in_process(cfg.mode, cfg.task.kind)
 
 
 def _features(
@@ -119,7 +119,7 @@ def run_probe(
             val_m, test_m = score(task, model.head(val[0]), val[1]), score(task, model.head(test[0]), test[1])
         say(f"linear_probe: solved for C in {cs}; val {metric_key} best at C={best_c:g} ({iters} L-BFGS iterations)")
         extra = {"probe/C": best_c, "probe/lbfgs_iterations": float(iters)}
-        best_step, last_step = cs.index(best_c), len(cs)
+        best_step, last_step = 0, len(cs)  # no epochs: the chosen C is probe/C
     final = {
         "epoch": float(cfg.train.epochs),
         "best_epoch": float(best_step),

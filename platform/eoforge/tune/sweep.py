@@ -115,11 +115,12 @@ def _param_space(cfg: SweepConfig, base_lr: float, base_mode: str, task_kind: st
     """
     from ray import tune
 
+    from eoforge.finetune.probe import solved_in_process
+
     lrs = cfg.search.lr if cfg.search.lr is not None else [base_lr]
     arms = []
     for name, method in cfg.search.methods.items():
-        mode = method.mode or base_mode
-        no_lr = mode == "knn" or (mode == "linear_probe" and task_kind != "segmentation")
+        no_lr = solved_in_process(method.mode or base_mode, task_kind)
         if cfg.search.lr_loguniform is not None:
             arms.append({"method": name})
         else:
