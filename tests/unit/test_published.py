@@ -124,6 +124,17 @@ def test_a_failed_build_leaves_nothing_published(where: str) -> None:
     assert not [i.path for i in left if i.type == pafs.FileType.File]  # its build folder was removed
 
 
+def test_a_build_folder_another_builder_has_only_just_made_is_kept(where: str) -> None:
+    """A peer that has made its build folder but written nothing yet is at work, not stale (S3 gives no time)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem_of(where)
+    fs.create_dir(f"{path}/build-just-begun", recursive=True)
+    published = ensure_published(where, "test cache", _writer({"a.parquet": b"x"}, []), {})
+    names = {i.path.rsplit("/", 1)[-1] for i in fs.get_file_info(pafs.FileSelector(path, recursive=False))}
+    assert {"build-just-begun", published.build} <= names
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "platform"), str(REPO)])}
 

@@ -224,12 +224,16 @@ def _remove_stale_builds(fs: Any, root: str, keep: set[str]) -> None:
         name = info.path.rsplit("/", 1)[-1]
         if info.type != pafs.FileType.Directory or not name.startswith(BUILD_PREFIX) or name in keep:
             continue
-        inner = fs.get_file_info(pafs.FileSelector(info.path, recursive=True))
+        inner = fs.get_file_info(pafs.FileSelector(info.path, recursive=True, allow_not_found=True))
         times = [i.mtime.timestamp() for i in inner if i.mtime is not None]
-        if times and now - max(times) < STALE_BUILD_S:
-            continue  # possibly another builder at work
+        times = times or ([info.mtime.timestamp()] if info.mtime is not None else [])  # an empty build: its own time
+        if not times or now - max(times) < STALE_BUILD_S:
+            continue  # possibly another builder at work (or one that has not written yet: an S3 prefix has no time)
         log.info("removing stale unpublished build %s/%s", root, name)
-        fs.delete_dir(info.path)
+        try:
+            fs.delete_dir(info.path)
+        except FileNotFoundError:  # another builder removed it first (its own, or the same stale one)
+            log.info("stale build %s/%s was already removed", root, name)
 
 
 def ensure_published(uri: str, what: str, build: Callable[[str], None], meta: dict[str, Any]) -> Published:
