@@ -34,8 +34,10 @@ triple the trials.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -94,15 +96,23 @@ def open_stack(home: Path) -> tuple[dict[str, str], str]:
 
 
 def build_world(args: argparse.Namespace, work: Path, env: dict[str, str]) -> tuple[Path, Path]:
-    """The demo world of ``args.world_seed`` and its two chip plans under ``work`` (kept: a rerun reuses them).
+    """The demo world of ``args.world_seed`` and its two chip plans under ``work``.
+
+    A rerun reuses them while the world's code (``eoforge/demo``) is the same; when it changed they are
+    written again (a pretraining stays reused only if its pool plan's hash is unchanged).
 
     Returns:
         (the labelled plan, the unlabelled pool's plan).
     """
     work.mkdir(parents=True, exist_ok=True)
     plan, pool_plan = work / "plan.parquet", work / "pool-plan.parquet"
-    if plan.exists() and pool_plan.exists():
+    stamp, version = work / "world-version.txt", world_version()
+    if plan.exists() and pool_plan.exists() and stamp.exists() and stamp.read_text() == version:
         return plan, pool_plan
+    if (work / "catalog").exists():
+        say = f"bench: the world's code changed since {work / 'catalog'} was written: writing it again"
+        print(say, file=sys.stderr)
+        shutil.rmtree(work / "catalog")
     eoforge = str(Path(sys.executable).parent / "eoforge")
     sh(eoforge, "catalog", "demo", "--out", str(work / "catalog"), "--scenes", str(args.scenes),
        "--seed", str(args.world_seed), "--pool-scenes", str(args.pool_scenes), env=env)  # fmt: skip
@@ -115,7 +125,16 @@ def build_world(args: argparse.Namespace, work: Path, env: dict[str, str]) -> tu
         data["chips"]["size_px"] = args.chip_px
         (work / Path(src).name).write_text(yaml.safe_dump(data))
         sh(eoforge, "plan", "--config", str(work / Path(src).name), "--out", str(out), env=env)
+    stamp.write_text(version)
     return plan, pool_plan
+
+
+def world_version() -> str:
+    """A digest of the synthetic world's code (``platform/eoforge/demo/*.py``): what the written world depends on."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "platform" / "eoforge" / "demo").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def deep_update(base: dict, changes: dict) -> dict:

@@ -12,7 +12,7 @@ import pystac
 import pytest
 import rasterio
 from eoforge.bands import DFC_CLASSES, S2_BAND_NAMES, S2_BANDS
-from eoforge.demo.catalog import DemoCatalog, cloud_kind, write_demo_catalog
+from eoforge.demo.catalog import SEASON_NAMES, DemoCatalog, cloud_kind, labelled_season, write_demo_catalog
 from eoforge.demo.synth import cloud_cover_percent, make_scene, render_s2
 from eoforge.demo.world import World
 from eoforge.errors import ConfigError
@@ -70,6 +70,22 @@ def test_layout_ids_and_counts(demo: DemoCatalog, items: dict[str, dict]) -> Non
     assert 9.0 < west < east < 11.0 and 44.5 < south < north < 45.5
     start, end = demo.datetime_range.split("/")
     assert start == "2024-05-01T10:20:00Z" and end > start
+
+
+def test_each_labelled_scene_is_imaged_in_one_season_and_every_four_span_all_seasons(
+    demo: DemoCatalog, items: dict[str, dict]
+) -> None:
+    """As SEN12MS's ROIs: one season per region, the labelled set over all four (train and test ROIs alike)."""
+    for seed in range(5):
+        seasons = [labelled_season(seed, k) for k in range(16)]
+        assert all(sorted(seasons[b : b + 4]) == [0, 1, 2, 3] for b in range(0, 16, 4)), (seed, seasons)
+    assert len({tuple(labelled_season(seed, k) for k in range(16)) for seed in range(5)}) > 1  # drawn from the seed
+    # the meteorological season of each acquisition (DJF, MAM, JJA, SON) is its scene's
+    meteorological = {12: 3, 1: 3, 2: 3, 3: 0, 4: 0, 5: 0, 6: 1, 7: 1, 8: 1, 9: 2, 10: 2, 11: 2}
+    for item_id in demo.s2_item_ids:
+        k = int(item_id.split("_")[2])
+        when = datetime.fromisoformat(items[item_id]["properties"]["datetime"].replace("Z", "+00:00"))
+        assert meteorological[when.month] == labelled_season(0, k), (item_id, SEASON_NAMES[labelled_season(0, k)])
 
 
 def test_ndjson_is_pgstac_loadable(demo: DemoCatalog, items: dict[str, dict]) -> None:

@@ -12,7 +12,8 @@
 
 Scene k is ``size_px`` × ``size_px`` pixels at 10 m in EPSG:32632 near 9.3°E 45°N (see
 :mod:`eoforge.demo.synth`); each has ``dates_per_scene`` Sentinel-2 L2A acquisitions
-(12 bands at native 10/20/60 m, uint16 reflectance ×10000, plus SCL), one Sentinel-1 GRD
+(12 bands at native 10/20/60 m, uint16 reflectance ×10000, plus SCL) within one season
+(:func:`labelled_season`: every four consecutive scenes cover the four), one Sentinel-1 GRD
 acquisition 0-2 days from each (VV/VH float32 dB on a 0.0001° lon/lat grid with 2-3 corner
 reflectors) and one DFC2020 label map (uint8 classes 0-7 on the 10 m grid). Same seed, same
 bytes: nothing depends on the clock.
@@ -62,12 +63,18 @@ from eoforge.progress import say
 
 S2_COLLECTION, S1_COLLECTION, LABEL_COLLECTION = "sentinel-2-l2a", "sentinel-1-grd", "dfc-labels"
 CATALOG_ID = "eoforge-demo"
-#: First acquisition day; scene k starts k*2 days later, then every 10, 15 or 20 days.
+#: First acquisition day of a spring scene; scene k starts k*2 days later (plus its season's offset),
+#: then every 10, 15 or 20 days.
 START = datetime(2024, 5, 1, 10, 20, 0, tzinfo=UTC)
+#: Days from :data:`START` to each season's first acquisitions: spring (1 May), summer (16 July),
+#: autumn (15 October), winter (15 January). SEN12MS's ROIs are each imaged in one of the four
+#: meteorological seasons (ROIs1158_spring, ROIs1868_summer, ROIs1970_fall, ROIs2017_winter).
+SEASON_OFFSETS_DAYS = (0, 76, 167, 259)
+SEASON_NAMES = ("spring", "summer", "autumn", "winter")
 #: S1 minus S2 acquisition time, whole days, cycled over all S2 acquisitions in order.
 S1_OFFSETS_DAYS = (0, 2, -1, 1, -2)
 _COG = pystac.MediaType.COG
-_TAG_DATES = 9
+_TAG_DATES, _TAG_SEASONS = 9, 10
 
 
 @dataclass(frozen=True)
@@ -274,10 +281,20 @@ def demo_collections(
     return out
 
 
+def labelled_season(seed: int, k: int) -> int:
+    """The season (index into :data:`SEASON_NAMES`) in which labelled scene ``k`` is imaged.
+
+    As in SEN12MS and DFC2020, a region of interest is imaged in one season, and the labelled set
+    spans all four: each block of four consecutive scenes (three train ROIs and one test ROI, see
+    :func:`roi_split`) takes the four seasons in an order drawn from the seed.
+    """
+    return int(stream(seed, _TAG_SEASONS, k // 4).permutation(4)[k % 4])
+
+
 def _dates(seed: int, k: int, n: int) -> list[datetime]:
     rng = stream(seed, _TAG_DATES, k)
     steps = rng.choice([10, 15, 20], size=n)
-    first = START + timedelta(days=2 * k)
+    first = START + timedelta(days=SEASON_OFFSETS_DAYS[labelled_season(seed, k)] + 2 * k)
     return [first + timedelta(days=int(steps[:i].sum())) for i in range(n)]
 
 
