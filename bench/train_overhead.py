@@ -108,7 +108,7 @@ def build(backbone: str, seed: int) -> tuple[Any, Any, list[Any]]:
 def run_steps(model: Any, core: Any, opt: Any, s1: Any, s2: Any, first: int, n: int, total: int) -> float:
     """``n`` optimiser steps of :mod:`eoforge.train.loop` (fp32, no accumulation); the last loss."""
     from eoforge.config.pretrain import OptimConfig
-    from eoforge.train.loop import lr_factor
+    from eoforge.train.worker_kit import lr_factor
 
     o = OptimConfig()
     loss_value = float("nan")

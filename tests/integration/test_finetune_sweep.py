@@ -132,6 +132,12 @@ def test_sweep_leaves_child_runs_table_plot_and_champion(stack, sweep) -> None:
             child.data.params["labels.subset_sha256"]
         )
     assert all(len(digests) == 1 for digests in by_fraction.values()), by_fraction
+    # the trained arm's lr follows the cosine schedule: down at every evaluation, well under its start at the end
+    trained = [c for c in children if "train/lr" in c.data.metrics]
+    assert len(trained) == 2, [c.data.params.get("backbone.source") for c in children]  # scratch at 50 % and 100 %
+    for child in trained:
+        lrs = [m.value for m in sorted(client.get_metric_history(child.info.run_id, "train/lr"), key=lambda m: m.step)]
+        assert len(lrs) == 2 and lrs[0] > lrs[1] and lrs[1] <= 0.003 * 0.5 + 1e-9, lrs
 
 
 def test_ssl_trials_start_from_the_registered_weights_and_probe_keeps_them(stack, sweep, ssl_model) -> None:

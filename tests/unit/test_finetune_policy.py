@@ -122,3 +122,42 @@ def test_lp_ft_is_a_mode_and_band_stats_cannot_use_it(tmp_path) -> None:
     assert cfg.mode == "lp_ft" and cfg.optim.lp_fraction == 0.5 and cfg.train.augment
     with pytest.raises(ConfigError, match="band_stats"):
         parse_config({**base, "backbone": {"source": "band_stats"}}, "ft.yaml", FinetuneConfig)
+
+
+def test_the_cosine_schedule_decays_every_group_to_zero_and_resumes_where_it_stopped() -> None:
+    from types import SimpleNamespace
+
+    from eoforge.finetune.loop import set_scheduled_lr
+    from eoforge.train.worker_kit import adamw
+
+    model = _model()
+    cfg = FinetuneConfig.model_validate(
+        {
+            "kind": "finetune",
+            "data": {"plan": "p.parquet"},
+            "task": {"kind": "classification"},
+            "backbone": {"source": "scratch"},
+            "mode": "finetune",
+            "optim": {"lr": 0.01, "schedule": "cosine", "warmup_steps": 2},
+            "train": {"epochs": 4},
+            "run": {"name": "schedule", "storage_path": "/tmp/unused"},
+        }
+    )
+    opt = adamw(param_groups(model, 0.01, 0.1, pretrained=True, probe=False))
+    w = SimpleNamespace(cfg=cfg, opt=opt, base_lrs=(0.01, 0.001), steps_per_epoch=5)  # 20 steps in all
+    lrs = []
+    for step in range(20):
+        set_scheduled_lr(w, step)
+        lrs.append([g["lr"] for g in opt.param_groups])
+    head, backbone = np.array(lrs).T
+    assert head[0] == pytest.approx(0.005) and head[1] == pytest.approx(0.01)  # warm-up, then the peak
+    assert np.all(np.diff(head[2:]) < 0) and head[-1] < 0.01 * 0.01  # then strictly down to about 0 at the end
+    np.testing.assert_allclose(backbone, head * 0.1)  # every group on the same curve, at its own scale
+    # a resumed run (an optimiser restored with decayed lrs) continues from the step, not from its state
+    set_scheduled_lr(w, 12)
+    assert opt.param_groups[0]["lr"] == pytest.approx(head[12])
+    constant = cfg.model_copy(
+        update={"optim": cfg.optim.model_copy(update={"schedule": "constant", "warmup_steps": 0})}
+    )
+    w.cfg = constant
+    assert set_scheduled_lr(w, 19) == 1.0 and opt.param_groups[1]["lr"] == pytest.approx(0.001)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from eoforge.config import PretrainConfig, load_config
 from eoforge.errors import ConfigError
-from eoforge.train.loop import device_plan, lr_factor
+from eoforge.train.loop import device_plan
+from eoforge.train.worker_kit import lr_factor
 
 from tests.unit.test_config import REPO
 

@@ -97,6 +97,13 @@ class FinetuneOptimConfig(Strict):
         0.5, description="mode lp_ft: share of the epochs in which only the head trains (then everything)."
     )
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    schedule: Literal["constant", "cosine"] = Field(
+        "cosine",
+        description="Every group's lr over the run's optimiser steps (epochs x batches per epoch): 'cosine' "
+        "decays from its lr to 0 at the last step (the fine-tuning schedule of SSL4EO-S12 and MAE), so the "
+        "run ends settled whatever its step budget; 'constant' keeps it.",
+    )
+    warmup_steps: NonNegInt = Field(0, description="Linear warm-up from 0 over this many optimiser steps.")
 
 
 class FinetuneTrainConfig(Strict):

@@ -51,6 +51,7 @@ from eoforge.train.worker_kit import (
     WorkerSeat,
     adamw,
     gather_lists,
+    lr_factor,
     report,
     restore_checkpoint,
     save_state,
@@ -206,6 +207,8 @@ class FinetuneWorker(WorkerSeat):
     best_epoch: int = 0
     best_state: dict[str, Any] | None = None
     head_only_epochs: int = 0  # lp_ft: the first epochs train the head alone (eoforge.finetune.policy)
+    base_lrs: tuple[float, ...] = ()  # each parameter group's lr before the schedule (optim.schedule)
+    steps_per_epoch: int = 1  # optimiser steps of one epoch on this worker (the schedule's clock)
 
 
 def setup_worker(config: dict[str, Any]) -> FinetuneWorker:
@@ -234,6 +237,7 @@ def setup_worker(config: dict[str, Any]) -> FinetuneWorker:
         model.freeze_backbone()
     head_only = head_only_epochs(cfg.mode, cfg.optim.lp_fraction, cfg.train.epochs)
     opt = adamw(groups, weight_decay=cfg.optim.weight_decay)
+    base_lrs = tuple(float(g["lr"]) for g in opt.param_groups)  # before a restored state's decayed lrs
     state = restore_checkpoint(FINETUNE_STATE_FILE)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -249,6 +253,8 @@ def setup_worker(config: dict[str, Any]) -> FinetuneWorker:
         shards={name: split_source(config, name, seat.rank, seat.world) for name in SPLITS},
         metric_key=cfg.metric.split("/", 1)[1],
         head_only_epochs=head_only,
+        base_lrs=base_lrs,
+        steps_per_epoch=max(1, int(config.get("steps_per_epoch", 1))),
     )
     if state is not None:
         w.start_epoch, w.best_value, w.best_epoch = state["epoch"], state["best_value"], state["best_epoch"]
@@ -284,11 +290,24 @@ def train_epoch(w: FinetuneWorker, epoch: int) -> tuple[float, int]:
         loss = _loss(w.task, logits, target)
         w.opt.zero_grad(set_to_none=True)
         loss.backward()
+        set_scheduled_lr(w, epoch * w.steps_per_epoch + step)
         w.opt.step()
         losses.append(float(loss.detach()))
         seen += len(target)
     loss_sum, n_batches = sum_across_workers(np.array([sum(losses), len(losses)]))
     return float(loss_sum / max(n_batches, 1.0)), seen
+
+
+def set_scheduled_lr(w: FinetuneWorker, global_step: int) -> float:
+    """Each parameter group's lr at optimiser step ``global_step`` (0-based) of ``epochs * steps_per_epoch``.
+
+    A pure function of the step, so a resumed run continues the schedule where it stopped. Returns the factor.
+    """
+    o = w.cfg.optim
+    factor = lr_factor(global_step, o.warmup_steps, w.cfg.train.epochs * w.steps_per_epoch, o.schedule, 0.0)
+    for group, base in zip(w.opt.param_groups, w.base_lrs, strict=True):
+        group["lr"] = base * factor
+    return factor
 
 
 def validate(w: FinetuneWorker, epoch: int, train_loss: float) -> dict[str, float]:
@@ -297,7 +316,14 @@ def validate(w: FinetuneWorker, epoch: int, train_loss: float) -> dict[str, floa
     if val[w.metric_key] > w.best_value:
         w.best_value, w.best_epoch = float(val[w.metric_key]), epoch + 1
         w.best_state = copy.deepcopy(w.core.state_dict())
-    return {"epoch": epoch + 1, "train/loss": train_loss, **_flat("val", val), "best/" + w.metric_key: w.best_value}
+    lr = float(w.opt.param_groups[0]["lr"])  # the head's, as the epoch's last step set it
+    return {
+        "epoch": epoch + 1,
+        "train/loss": train_loss,
+        "train/lr": lr,
+        **_flat("val", val),
+        "best/" + w.metric_key: w.best_value,
+    }
 
 
 def save_checkpoint(w: FinetuneWorker, epoch: int, final: dict[str, Any] | None = None) -> str | None:

@@ -212,6 +212,11 @@ def record_pretraining_overlap(client: Any, run_id: str, spec: BackboneSpec, pla
     return overlap
 
 
+def steps_per_epoch(cfg: FinetuneConfig, train_chips: int) -> int:
+    """Optimiser steps in one epoch over ``train_chips`` (each worker takes ``batch_size`` chips a step)."""
+    return max(1, math.ceil(train_chips / (cfg.train.batch_size * cfg.scaling.num_workers)))
+
+
 def with_step_budget(cfg: FinetuneConfig, train_chips: int) -> FinetuneConfig:
     """``cfg`` with ``train.epochs`` and ``eval_every_epochs`` set from ``train.steps`` (unchanged without).
 
@@ -221,7 +226,7 @@ def with_step_budget(cfg: FinetuneConfig, train_chips: int) -> FinetuneConfig:
     steps = cfg.train.steps
     if steps is None:
         return cfg
-    per_epoch = max(1, math.ceil(train_chips / (cfg.train.batch_size * cfg.scaling.num_workers)))
+    per_epoch = steps_per_epoch(cfg, train_chips)
     epochs = math.ceil(steps / per_epoch)
     every = max(1, math.ceil(epochs / cfg.train.evals))
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs, "eval_every_epochs": every})})
@@ -320,6 +325,7 @@ def _train(
             "mlflow": {"uri": uri, "run_id": run_id},
             "chip_size": chip_size,
             "chips": chips,
+            "steps_per_epoch": steps_per_epoch(cfg, len(splits.train)),
         },
         cfg.scaling,
         cfg.run,

@@ -58,6 +58,7 @@ from eoforge.train.worker_kit import (
     WorkerSeat,
     adamw,
     gather_dicts,
+    lr_factor,
     mean_across_workers,
     min_across_workers,
     report,
@@ -74,20 +75,6 @@ STATE_FILE = "state.pt"
 def load_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     """Load a checkpoint's state dict (weights under ``model``, loop position keys)."""
     return load_kit_state(checkpoint_dir, STATE_FILE)
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int | None, schedule: str, min_ratio: float) -> float:
-    """Multiplier of ``optim.lr`` at optimiser step ``step`` (0-based).
-
-    Linear warm-up from 1/warmup to 1 over ``warmup_steps``, then constant, or cosine from 1 to
-    ``min_ratio`` at ``total_steps`` (constant when the total is unknown).
-    """
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule != "cosine" or not total_steps or total_steps <= warmup_steps:
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def device_plan(cfg: Any, device: torch.device) -> tuple[dict[str, bool], list[str]]:

@@ -13,6 +13,7 @@ values (weights, optimiser state, loop position) and read it back with ``weights
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -192,3 +193,17 @@ def report(metrics: dict[str, Any], state_dir: str | None = None) -> None:
     finally:
         if state_dir:
             shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int | None, schedule: str, min_ratio: float) -> float:
+    """Multiplier of ``optim.lr`` at optimiser step ``step`` (0-based).
+
+    Linear warm-up from 1/warmup to 1 over ``warmup_steps``, then constant, or cosine from 1 to
+    ``min_ratio`` at ``total_steps`` (constant when the total is unknown).
+    """
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule != "cosine" or not total_steps or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
