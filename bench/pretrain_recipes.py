@@ -44,6 +44,10 @@ RECIPES: dict[str, dict] = {
     "demo": {},
     # warm-up then cosine decay, as MoCo v3, DINO and the SSL4EO-S12 runs schedule their pretraining
     "cosine": {"optim": {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 100, "min_lr": 1e-5}},
+    # the demo's without the radiometric augmentations (band dropout, noise, S2 brightness/contrast jitter):
+    # one crop box, flips and rotations only. Cross-modal views differ in radiometry already (SAR against
+    # optics); jitter may teach invariance to the spectra that separate land-cover classes
+    "geometric": {"objective": {"augment": {"band_dropout": 0.0, "noise_std": 0.0, "s2_jitter": 0.0}}},
     # the same with tau 0.2 (D-Swin's and MoCo's temperature; 0.07-0.1 is tuned for large batches)
     "cosine-t02": {
         "optim": {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 100, "min_lr": 1e-5},

@@ -145,6 +145,18 @@ def test_rerun_with_same_name_resumes_from_checkpoint(stack, trained) -> None:
     assert int(run.data.metrics["train/steps"]) > steps_before
 
 
+def test_a_run_resumed_with_another_recipe_is_refused_and_left_as_it_was(stack, trained) -> None:
+    """Same run name, another temperature: the job stops before training and the earlier run is untouched."""
+    _, before = _run(stack, "it-pretrain")
+    sets = "--set objective.temperature=0.2 --set train.epochs=9"  # a longer run alone would be a resume
+    logs = run_job(stack, f"{sys.executable} jobs/pretrain.py --config {trained['config']} {sets}", expect_ok=False)
+    assert "run.name 'it-pretrain'" in logs and "objective.temperature: 0.1 -> 0.2" in logs, logs[-3000:]
+    assert "resumed from checkpoint" not in logs and "Traceback" not in logs
+    _, after = _run(stack, "it-pretrain")
+    assert after.info.status == before.info.status == "FINISHED"
+    assert after.data.metrics["train/steps"] == before.data.metrics["train/steps"]
+
+
 def test_materialized_epochs_train_from_the_materialized_plan(stack, trained) -> None:
     # data.materialize: the plan is decoded once into Parquet files, every epoch reads them
     logs = submit(

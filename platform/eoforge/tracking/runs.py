@@ -97,6 +97,23 @@ def start_or_resume_run(
     return run.info.run_id, False
 
 
+def find_named_run(tracking_uri: str, experiment: str, run_name: str) -> Any | None:
+    """The newest run tagged with ``run_name`` in ``experiment`` (read only: nothing is created or changed)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
 def run_url(tracking_uri: str, run_id: str) -> str:
     """Browser URL of a run in the MLflow UI."""
     from mlflow import MlflowClient

@@ -51,6 +51,47 @@ def pretrain_key(cfg: PretrainConfig, plan_hash: str) -> str:
     return hashlib.sha256(json.dumps({"cfg": body, "plan": plan_hash}, sort_keys=True).encode()).hexdigest()
 
 
+#: What a run may change when it resumes by name (``run.name`` + ``run.storage_path``): how long it trains,
+#: how often it checkpoints and logs, device switches and the workers (a cluster that lost a node resumes on
+#: fewer). Anything else would continue the run's weights under another recipe.
+_RESUMABLE_PREFIXES = (
+    "run.", "mlflow.", "scaling.", "data.plan", "data.config", "data.read_",
+    "train.epochs", "train.max_steps", "train.checkpoint_every_steps", "train.log_every_steps",
+    "train.precision", "train.channels_last", "train.compile", "train.non_blocking",
+)  # fmt: skip
+
+
+def check_resumable(cfg: PretrainConfig, uri: str, plan_hash: str) -> None:
+    """Refuse to resume a run of the same name that started with another recipe or on another plan.
+
+    The run's parameters are the config it started with (``job_run``); a resume may change only
+    :data:`_RESUMABLE_PREFIXES`. Read only: the earlier run and its checkpoints are left as they are.
+
+    Raises:
+        ConfigError: naming the run and up to five settings that differ (then, now).
+    """
+    from eoforge.errors import ConfigError
+    from eoforge.redact import redact_tree
+    from eoforge.tracking.runs import find_named_run, flatten
+
+    run = find_named_run(uri, cfg.mlflow.experiment, cfg.run.name)
+    if run is None:
+        return
+    before = run.data.params
+    now = flatten(redact_tree(cfg.model_dump(mode="json")))
+    now["plan.hash"] = plan_hash
+    changed = sorted(
+        k for k, v in now.items() if k in before and before[k] != v[:6000] and not k.startswith(_RESUMABLE_PREFIXES)
+    )
+    if changed:
+        shown = "; ".join(f"{k}: {before[k]} -> {now[k][:80]}" for k in changed[:5])
+        raise ConfigError(
+            f"run.name {cfg.run.name!r} (experiment {cfg.mlflow.experiment!r}, run {run.info.run_id}) started with "
+            f"other settings ({shown}{'; ...' if len(changed) > 5 else ''}). Resuming it would continue its weights "
+            "under this config: give this config another run.name, or set those back to resume it."
+        )
+
+
 def find_pretrained(uri: str, name: str, key: str) -> tuple[str, str] | None:
     """(version, run id) of a registered version of ``name`` tagged with ``key`` whose run finished; else None.
 
@@ -110,6 +151,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     found = find_pretrained(uri, cfg.mlflow.registered_model, key) if cfg.mlflow.reuse else None
     if found is not None:
         return _reuse(cfg, uri, plan_hash, found)
+    check_resumable(cfg, uri, plan_hash)  # before the run is opened: a refused resume leaves it as it was
     # a plan read through the wrong provider profile stops here, with the cause, not after training on nothing
     check_plan_items(cfg.data.plan, cfg.data.split)
     with job_run(
