@@ -48,6 +48,8 @@ RECIPES: dict[str, dict] = {
     # one crop box, flips and rotations only. Cross-modal views differ in radiometry already (SAR against
     # optics); jitter may teach invariance to the spectra that separate land-cover classes
     "geometric": {"objective": {"augment": {"band_dropout": 0.0, "noise_std": 0.0, "s2_jitter": 0.0}}},
+    # no augmentation at all: the raw co-located pair, as ISPRS22 pretrained Dual-SimCLR (ssl-methods.md §7.1)
+    "raw-pair": {"objective": {"augment": None}},
     # the same with tau 0.2 (D-Swin's and MoCo's temperature; 0.07-0.1 is tuned for large batches)
     "cosine-t02": {
         "optim": {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 100, "min_lr": 1e-5},
