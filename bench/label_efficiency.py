@@ -178,9 +178,12 @@ def pretrain_on_pool(
     deep_update(pre, changes)
     scale = f"{args.num_workers}x{args.cpus_per_worker}-b{args.pretrain_batch}"
     bb = "" if args.backbone == "resnet18" else f"-{args.backbone}"  # resnet18 runs keep their names
+    # the recipe's digest in the name: a changed config is a new run, never a resume of the old one's weights
+    recipe = {k: v for k, v in pre.items() if k not in ("run", "mlflow")}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
     pre["run"].update(
         {
-            "name": f"bench-{label}-{world_tag(args)}{bb}-{args.pretrain_steps}-{scale}",
+            "name": f"bench-{label}-{world_tag(args)}{bb}-{args.pretrain_steps}-{scale}-{digest}",
             "storage_path": str(work / "ray"),
         }
     )
