@@ -40,8 +40,10 @@ from label_efficiency import (
 
 #: Changes to configs/pretrain/demo.yaml (Dual-SimCLR) that make each recipe.
 RECIPES: dict[str, dict] = {
-    # the demo's: AdamW 3e-4, constant, tau 0.1
+    # the demo's: AdamW 3e-4, constant, tau 0.1, geometric views only (since session 12: "geometric" below won)
     "demo": {},
+    # the demo's recipe before session 12: with band dropout 0.1, noise 0.05 and S2 jitter 0.2
+    "radiometric": {"objective": {"augment": {"band_dropout": 0.1, "noise_std": 0.05, "s2_jitter": 0.2}}},
     # warm-up then cosine decay, as MoCo v3, DINO and the SSL4EO-S12 runs schedule their pretraining
     "cosine": {"optim": {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 100, "min_lr": 1e-5}},
     # the demo's without the radiometric augmentations (band dropout, noise, S2 brightness/contrast jitter):
