@@ -151,9 +151,9 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     found = find_pretrained(uri, cfg.mlflow.registered_model, key) if cfg.mlflow.reuse else None
     if found is not None:
         return _reuse(cfg, uri, plan_hash, found)
-    check_resumable(cfg, uri, plan_hash)  # before the run is opened: a refused resume leaves it as it was
     # a plan read through the wrong provider profile stops here, with the cause, not after training on nothing
     check_plan_items(cfg.data.plan, cfg.data.split)
+    check_resumable(cfg, uri, plan_hash)  # before the run is opened: a refused resume leaves it as it was
     with job_run(
         uri,
         cfg.mlflow.experiment,
