@@ -81,18 +81,12 @@ def start_or_resume_run(
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
+    previous = find_named_run(tracking_uri, experiment, run_name)
+    if previous is not None:
+        client.update_run(previous.info.run_id, status="RUNNING")
+        return previous.info.run_id, True
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    previous = client.search_runs(
-        [exp_id],
-        filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if previous:
-        run_id = previous[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        return run_id, True
     run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **(tags or {})})
     return run.info.run_id, False
 

@@ -55,8 +55,9 @@ def pretrain_key(cfg: PretrainConfig, plan_hash: str) -> str:
 #: how often it checkpoints and logs, device switches and the workers (a cluster that lost a node resumes on
 #: fewer). Anything else would continue the run's weights under another recipe.
 _RESUMABLE_PREFIXES = (
-    "run.", "mlflow.", "scaling.", "data.plan", "data.config", "data.read_",
-    "train.epochs", "train.max_steps", "train.checkpoint_every_steps", "train.log_every_steps",
+    *(f"{section}." if fields is True else f"{section}.{f}" for section, fields in _NOT_IN_KEY.items()
+      for f in ([""] if fields is True else sorted(fields))),
+    "scaling.", "train.epochs", "train.max_steps", "train.checkpoint_every_steps", "train.log_every_steps",
     "train.precision", "train.channels_last", "train.compile", "train.non_blocking",
 )  # fmt: skip
 
