@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _sleeper() -> subprocess.Popen[bytes]:
-    """A real process leading a group of its own, as ``eoforge up`` starts its services."""
-    return subprocess.Popen(["sleep", "60"], start_new_session=True)
+    """A real process leading a group of its own, as ``eoforge up`` starts its services.
+
+    Returned once ``/proc`` shows its command line: Popen returns when exec has closed the
+    error pipe, which is before the kernel sets up the new program's arguments, so a read at
+    that moment can see an empty command line (``eoforge up`` reads identities only after its
+    services answer).
+    """
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while (found := identity_of(proc.pid)) is None or found.cmdline != ("sleep", "60"):
+        assert time.monotonic() < deadline, f"sleep 60 (PID {proc.pid}) never showed its command line"
+        os.sched_yield()
+    return proc
 
 
 def _record(home: Path, ray: subprocess.Popen[bytes], mlflow: subprocess.Popen[bytes], **changes: object) -> None:
