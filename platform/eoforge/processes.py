@@ -12,7 +12,11 @@ group of that number.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,3 +84,27 @@ def recorded_status(recorded: ProcessIdentity | None, pid: int) -> tuple[str, st
         return "ours", live.describe()
     why = "started at another time" if live.start_ticks != recorded.start_ticks else "runs another command"
     return "other", f"{live.describe()} is not the recorded process ({why}): left alone"
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise ``SystemExit`` (like Ctrl-C raises KeyboardInterrupt).
+
+    Python's default for them ends the process at once, running no ``except``/``finally``, so a
+    starter killed halfway would leave the services it started running, recorded nowhere. With
+    this, its clean-up clauses stop them. Outside the main thread (no signal handlers can be set
+    there) it changes nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, _raise) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

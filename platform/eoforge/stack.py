@@ -33,7 +33,7 @@ from pathlib import Path
 import requests
 
 from eoforge.errors import ServiceError
-from eoforge.processes import identity_of, recorded_status
+from eoforge.processes import identity_of, recorded_status, stop_signals_raise
 from eoforge.progress import say
 from eoforge.ray_node import with_node_env
 from eoforge.stack_probe import ray_auth_headers, refuse_taken_ports, verify_stack
@@ -117,12 +117,20 @@ def up(
 ) -> StackState:
     """Start MLflow, then the Ray head; return the recorded state (idempotent when running).
 
+    A SIGTERM or SIGHUP while they start stops whatever was started (nothing is left running
+    unrecorded) and exits.
+
     Args:
         home: state, logs, MLflow's database and artifacts.
         ports: the services' ports (default: the usual ones).
         num_cpus: logical CPUs the head advertises (default max(4, cores)).
         object_store_mb: the head's object store, MiB (see :func:`object_store_bytes`).
     """
+    with stop_signals_raise():
+        return _up(home, ports, num_cpus, object_store_mb)
+
+
+def _up(home: Path, ports: StackPorts | None, num_cpus: int | None, object_store_mb: int | None) -> StackState:
     home = home.absolute()
     store_bytes = object_store_bytes(object_store_mb)  # checked before anything starts
     # secrets first: one that others can read stops `up` before it touches a running stack
