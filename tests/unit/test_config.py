@@ -27,7 +27,7 @@ GOOD = (REPO / "configs/pretrain/demo.yaml").read_text()
             "scaling.resources_per_worker.spot_gpu: Input should be greater than 0",
         ),
         ("kind: dual_simclr", "kind: simclr3", "objective.kind: Input should be 'dual_simclr'"),
-        ("name: demo-dual-simclr-geometric", "name: 'bad name!'", "run.name: String should match pattern"),
+        ("name: demo-dual-simclr-r10t", "name: 'bad name!'", "run.name: String should match pattern"),
         ("temperature: 0.1", "temperature: 0", "objective.temperature: Input should be greater than 0"),
     ],
 )
