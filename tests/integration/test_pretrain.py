@@ -127,11 +127,12 @@ def test_registered_model_loads_by_alias_and_runs_forward(stack, trained) -> Non
     mlflow.set_tracking_uri(stack.mlflow_url)
     model = load_registered_model("models:/it-dual-simclr@candidate")
     out = model(torch.zeros(3, 2, 64, 64), torch.zeros(3, 12, 64, 64))
-    assert out.shape == (3, 1024)  # resnet18 pooled features of both sensors
+    assert out.shape == (3, 1024)  # pooled features of both sensors (resnet10t / resnet18: 512 each)
     from eoforge.tracking.registry import show_model
 
     shown = show_model(stack.mlflow_url, "it-dual-simclr@candidate")
-    assert shown["aliases"] == ["candidate"] and shown["tags"]["eoforge.backbone"] == "resnet18"
+    demo_backbone = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())["model"]["backbone"]
+    assert shown["aliases"] == ["candidate"] and shown["tags"]["eoforge.backbone"] == demo_backbone
 
 
 def test_rerun_with_same_name_resumes_from_checkpoint(stack, trained) -> None:
