@@ -85,7 +85,8 @@ def protocol(stack, demo_catalog, tmp_path_factory):
             "seeds": [0],
             "lr": LRS,
         },
-        "resources": {"num_workers": 1, "max_concurrent_trials": 1},
+        # two one-core trials at once, as the demo runs them (a small step gains nothing from a 2nd core)
+        "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 2},
         "run": {"name": "it-le-sweep", "storage_path": str(tmp / "sweeps")},
         "mlflow": {"experiment": "it-le-sweeps", "registered_model": "it-le-cls"},
     }
