@@ -331,8 +331,8 @@ def main() -> None:
         type=int,
         default=2,
         help="trials at once, each worker on --cpus-per-worker / N CPUs (CPU only; GPU trials run one at a "
-        "time): a 32 px fine-tuning step takes as long on one thread as on two (resnet10t 0.34 s, resnet18 "
-        "0.56-0.62 s, batch 32), so two one-core trials do up to twice the work of one two-core trial",
+        "time): two one-core trials do 1.43-1.61x the work of one two-core trial (bench/trial_threads.py, "
+        "32 px, batch 32; resnet18 1.55x)",
     )
     ap.add_argument("--pretrain-batch", type=int, default=32, help="global pretraining batch (split over workers)")
     ap.add_argument("--gpu", action="store_true", help="trials and pretraining on GPU workers")
