@@ -331,7 +331,7 @@ def main() -> None:
         type=int,
         default=2,
         help="trials at once, each worker on --cpus-per-worker / N CPUs (CPU only; GPU trials run one at a "
-        "time): two one-core trials do 1.43-1.61x the work of one two-core trial (bench/trial_threads.py, "
+        "time): two one-core trials do 1.4-1.9x the work of one two-core trial (bench/trial_threads.py, "
         "32 px, batch 32; resnet18 1.55x)",
     )
     ap.add_argument("--pretrain-batch", type=int, default=32, help="global pretraining batch (split over workers)")
