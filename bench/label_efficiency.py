@@ -25,11 +25,12 @@ label-fraction PNG of each sweep (copied next to the bench's files).
 Usage: python bench/label_efficiency.py [--world-seed 0] [--seeds 3] [--fractions 0.01,0.1,1.0]
        [--objectives dual_simclr] [--tasks classification] [--down]
 
-The sizes default to the demo's (16 labelled scenes, a 24-scene pool, 32 px chips, resnet18, 1,200
-pretraining steps), and every trained arm gets 400 steps with a cosine lr. With ``--fractions 0.1,1.0
---lrs 0.003`` and 3 seeds the 12 trained trials alone took 3,004 s on a slow 2-core machine (docs/benchmarks.md,
-"A budget that settles", one trial at a time); the default fractions and lr grid triple the trials. On CPU
-two trials now run at once on one core each (``--concurrent-trials``).
+The sizes default to the demo's (16 labelled scenes, a 24-scene pool, 32 px chips, 1,200 pretraining
+steps), with a resnet18 (the demo's is a resnet10t), and every trained arm gets 400 steps with a cosine
+lr. With ``--fractions 0.1,1.0 --lrs 0.003`` and 3 seeds the 12 trained trials alone took 3,004 s on a
+slow 2-core machine (docs/benchmarks.md, "A budget that settles", one trial at a time); the default
+fractions and lr grid triple the trials. On CPU two trials now run at once on one core each
+(``--concurrent-trials``).
 """
 
 from __future__ import annotations
