@@ -60,6 +60,9 @@ PRETRAIN_CONFIGS = {
     **{k: f"configs/pretrain/{k}.yaml" for k in ("simclr", "moco_v3", "barlow_twins", "vicreg", "decur", "mae")},
 }
 
+#: Objectives that only run on a ViT: they keep their config's backbone (``img_size`` set to the chips).
+VIT_OBJECTIVES = {"mae"}
+
 
 def sh(*cmd: str, env: dict[str, str] | None = None) -> str:
     """Run a command, stream its output to stderr as it comes (progress), return its stdout."""
@@ -171,8 +174,17 @@ def pretrain_on_pool(
     pre["data"].update(
         {"plan": str(work / "pool-plan.parquet"), "config": str(work / "demo-pool.yaml"), "split": "train"}
     )
+    pre["data"]["materialize"] = True  # every objective reads the same decoded pool
     pre["train"].update({"epochs": 1000, "max_steps": args.pretrain_steps})
-    pre["model"]["backbone"] = args.backbone
+    if str(pre["objective"]["kind"]) in VIT_OBJECTIVES:  # keeps its ViT, sized to the chips
+        pre["model"]["img_size"] = args.chip_px
+        if args.chip_px % int(pre["model"].get("patch_size", 16)):
+            raise SystemExit(f"bench: {config}'s patch_size does not divide --chip-px {args.chip_px}")
+    else:
+        pre["model"]["backbone"] = args.backbone
+        if not args.backbone.startswith(("vit", "swin")):  # a ViT config (MoCo v3's) run on a CNN
+            pre["model"].pop("patch_size", None)
+            pre["model"].pop("img_size", None)
     pre["scaling"].update(
         {"num_workers": args.num_workers, "cpus_per_worker": args.cpus_per_worker, "use_gpu": args.gpu}
     )
