@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
@@ -177,3 +178,21 @@ def test_summary_keeps_objectives_apart() -> None:
     ax = label_fraction_figure(summary, "test/aa").axes[0]
     _, labels = ax.get_legend_handles_labels()
     assert set(labels) == {"dual_simclr · ssl", "mae · ssl", "scratch", "scratch @ 100 %"}
+
+
+def test_an_objectives_sweep_gets_a_colour_per_line() -> None:
+    """Six objectives x (probe, kNN) are 12 lines: more than the 10-colour cycle, none may share a colour."""
+    stats = {"test_mean": 0.6, "test_std": 0.01, "seeds": 3}
+    rows = [
+        {"label fraction": f, "objective": obj, "method": f"{obj}_{arm}", **stats}
+        for obj in ("dual_simclr", "simclr", "moco_v3", "barlow_twins", "decur", "mae")
+        for arm in ("probe", "knn")
+        for f in (0.1, 1.0)
+    ]
+    rows += [{"label fraction": 1.0, "objective": None, "method": "scratch", **stats}]
+    ax = label_fraction_figure(pd.DataFrame(rows), "test/aa").axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    lines = [(h.lines[0].get_color(), label) for h, label in zip(handles, labels, strict=True) if hasattr(h, "lines")]
+    pretrained = [matplotlib.colors.to_hex(c) for c, label in lines if not label.startswith("scratch")]
+    assert len(pretrained) == 12 and len(set(pretrained)) == 12
+    assert matplotlib.colors.to_hex("0.3") not in pretrained  # scratch's grey

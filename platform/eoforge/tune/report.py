@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -47,6 +47,8 @@ METRIC_NAMES = {"aa": "AA", "oa": "OA", "map": "mAP", "miou": "mIoU", "f1": "F1"
 # the dashed line is reserved for the scratch reference; objectives get these styles
 _OBJECTIVE_STYLES = [("o", "-"), ("s", "-."), ("^", ":"), ("D", (0, (5, 1, 1, 1, 1, 1))), ("v", (0, (1, 2)))]
 _SCRATCH_COLOUR = "0.3"
+#: tab20's dark shades, then its light ones, without its greys (14, 15: scratch is grey): 18 colours.
+_TAB20_ORDER = [i for i in (*range(0, 20, 2), *range(1, 20, 2)) if i not in (14, 15)]
 
 
 def _arm_keys(frame: pd.DataFrame) -> list[str]:
@@ -208,7 +210,13 @@ def label_fraction_figure(
     named = [o for o in objectives if isinstance(o, str) and o]
     # a colour per pretrained line, grey for scratch; marker and line style per objective
     pretrained = [k for k, _ in lines if k[-1] != scratch_arm]
-    colour = {k: f"C{i % 10}" for i, k in enumerate(pretrained)}
+    # the default cycle has 10 colours; an objectives sweep (6 objectives x probe and kNN) has more lines
+    palette: list[Any] = [f"C{i}" for i in range(10)]
+    if len(pretrained) > 10:
+        from matplotlib import colormaps
+
+        palette = [colormaps["tab20"](i) for i in _TAB20_ORDER]
+    colour = {k: palette[i % len(palette)] for i, k in enumerate(pretrained)}
     seed_counts = {k: part["seeds"] for k, part in lines}
     per_line_n = data["seeds"].nunique() > 1  # title shows a range then; the legend says which line has what
 
