@@ -1,8 +1,8 @@
 """Windows to model outputs on Ray Data: tile-aware reading tasks, then an inference actor pool.
 
 The driver cuts each output tile's windows into read tasks of at most :data:`TASK_WINDOWS`
-(:func:`read_tasks`), in tile order. A task (:func:`read_window_task`, a plain function run in
-Ray's pooled worker processes, whose open datasets stay warm) groups its windows by source tile
+(:func:`read_tasks`), in tile order. A fixed pool of reading actors (:class:`WindowReader`, whose
+open datasets stay warm from task to task) takes the tasks; each groups its windows by source tile
 and reads each tile's asset windows once (:func:`eoforge.data.tiles.read_rows`, the same reader
 as training). The blocks go to :class:`eoforge.predict.model.WindowPredictor` actors. With
 ``preserve_order`` the driver receives outputs in task order, so it holds the accumulators of
@@ -114,13 +114,26 @@ def read_block(
     return out
 
 
-def read_window_task(batch: dict[str, np.ndarray], min_valid_fraction: float) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data UDF: read tasks (``tile``, ``rows``, ``home``) -> window blocks (:func:`read_block`)."""
-    from eoforge.data.reader_task import process_cache
+class WindowReader:
+    """Ray Data UDF of one reading actor: read tasks (``tile``, ``rows``, ``home``) -> window blocks.
 
-    cache = process_cache(PREDICT_OPEN_FILES)
-    for tile, rows, home in zip(batch["tile"], batch["rows"], batch["home"], strict=True):
-        yield read_block(str(tile), json.loads(str(rows)), json.loads(str(home)), min_valid_fraction, cache)
+    The job runs ``inference.read_tasks`` of these for its whole area, so the reading processes,
+    each with its :data:`PREDICT_OPEN_FILES` open datasets and GDAL blocks, are as many on 10 km2
+    as on 10,000 (plain tasks in Ray's worker pool spread a large area over more processes, and
+    each one kept its files and caches after: docs/benchmarks.md, "Predict").
+    """
+
+    def __init__(self, min_valid_fraction: float) -> None:
+        from eoforge.data.files import DatasetCache
+
+        self.min_valid_fraction = min_valid_fraction
+        self.cache = DatasetCache(max_open=PREDICT_OPEN_FILES)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """One block (:func:`read_block`) per read task of ``batch``."""
+        for tile, rows, home in zip(batch["tile"], batch["rows"], batch["home"], strict=True):
+            rows_, home_ = json.loads(str(rows)), json.loads(str(home))
+            yield read_block(str(tile), rows_, home_, self.min_valid_fraction, self.cache)
 
 
 def window_outputs(
@@ -143,11 +156,11 @@ def window_outputs(
     ds.context.execution_options.preserve_order = True
     ds.context.enable_progress_bars = False
     ds = ds.map_batches(
-        read_window_task,
+        WindowReader,
         batch_size=1,
-        fn_kwargs={"min_valid_fraction": cfg.min_valid_fraction},
+        fn_constructor_kwargs={"min_valid_fraction": cfg.min_valid_fraction},
+        compute=ray.data.ActorPoolStrategy(size=inf.read_tasks),
         num_cpus=inf.read_cpus,
-        concurrency=inf.read_tasks,
     )
     ds = ds.map_batches(
         WindowPredictor,
