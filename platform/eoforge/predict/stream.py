@@ -124,10 +124,11 @@ class WindowReader:
     """
 
     def __init__(self, min_valid_fraction: float) -> None:
-        from eoforge.data.files import DatasetCache
+        from eoforge.data.reader_task import process_cache
 
         self.min_valid_fraction = min_valid_fraction
-        self.cache = DatasetCache(max_open=PREDICT_OPEN_FILES)
+        # the process's cache: its files are closed at exit, before rasterio is torn down
+        self.cache = process_cache(PREDICT_OPEN_FILES)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """One block (:func:`read_block`) per read task of ``batch``."""
