@@ -299,10 +299,21 @@ def test_per_pixel_outputs_blend_without_seams(stack, demo_catalog, models, tmp_
     Overlap 6 px (stride 26): the regular grid stops at 110 px of the 128 px scene, so the last
     row and column of windows are flush with its bottom and right edges and overlap their
     neighbours by 14 px; those seams must not show either.
+
+    The stream runs under an object-store budget smaller than one window block (``inflight_mb: 1``):
+    Ray Data still has to pass every block through, one at a time, with nothing lost.
     """
 
     item = demo_catalog.s2_item_ids[0]
-    cfg = predict_cfg(demo_catalog, tmp_path / "pixel", models["pixel"], [item], tile_px=40, overlap_px=6)
+    cfg = predict_cfg(
+        demo_catalog,
+        tmp_path / "pixel",
+        models["pixel"],
+        [item],
+        tile_px=40,
+        overlap_px=6,
+        inference={"batch_size": 32, "inflight_mb": 1},
+    )
     result = run_predict(cfg)
     starts = {window_origin(r["chip_id"])[1] for r in plan_rows(tmp_path / "pixel")}
     assert starts == {0, 26, 52, 78, 96}

@@ -61,6 +61,16 @@ class InferenceConfig(Strict):
     batch_size: PosInt = Field(64, description="Windows per forward pass.")
     read_tasks: PosInt = Field(2, description="Parallel Ray Data reading tasks (tile-aware reader).")
     read_cpus: Annotated[float, Field(gt=0)] = Field(0.5, description="Logical CPUs per reading task.")
+    inflight_mb: PosInt | None = Field(
+        None,
+        description="Ray object-store budget (MiB) of the job's window blocks: reading runs at most this far "
+        "ahead of inference. Default 64 MiB (about two 256-window blocks of 64 px) per reading and inference actor.",
+    )
+
+    def inflight_bytes(self) -> int:
+        """The object-store budget of the stream, bytes (``inflight_mb`` or its default)."""
+        mb = self.inflight_mb if self.inflight_mb is not None else 64 * (self.read_tasks + self.actors)
+        return mb << 20
 
 
 class EmbeddingsConfig(Strict):

@@ -156,6 +156,11 @@ def window_outputs(
     ds = ray.data.from_items(tasks, override_num_blocks=max(1, len(tasks)))
     ds.context.execution_options.preserve_order = True
     ds.context.enable_progress_bars = False
+    # readers are faster than inference on CPU: unbounded, they fill the object store with blocks that wait,
+    # and the processes' resident pages grow with the area (docs/benchmarks.md, "Predict")
+    ds.context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+        object_store_memory=inf.inflight_bytes()
+    )
     ds = ds.map_batches(
         WindowReader,
         batch_size=1,
