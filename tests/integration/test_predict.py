@@ -275,6 +275,46 @@ def test_run_is_recorded_in_mlflow(classified, stack) -> None:
     assert result.collection in made
 
 
+def test_inference_actors_need_neither_mlflow_nor_credentials(classified, stack) -> None:
+    """The driver reads the weights once (``share_weights``); an actor whose MLflow is unreachable still
+    builds the registered model from those bytes and predicts what the model itself gives."""
+    import ray
+    from eoforge.data.normalize import normalize_batch
+    from eoforge.predict.model import WindowPredictor, resolve_models, share_weights
+
+    spec = resolve_models(stack.mlflow_url, "models:/pt-classifier/1", None, ["classes"], None)
+    weights = share_weights(spec, stack.mlflow_url)
+    nowhere = {
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "MLFLOW_TRACKING_USERNAME": "",
+        "MLFLOW_TRACKING_PASSWORD": "",
+    }
+    actor = (
+        ray.remote(WindowPredictor)
+        .options(num_cpus=0.5, runtime_env={"env_vars": nowhere})
+        .remote(spec.to_dict(), weights)
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "s2": rng.integers(0, 5000, (3, 12, 32, 32)).astype(np.uint16),
+        "s1": rng.uniform(-25, -5, (3, 2, 32, 32)).astype(np.float16),
+        "valid": np.ones((3, 2, 32, 32), bool),
+        "ok": np.array([True, True, False]),
+    }
+    out = ray.get(actor.__call__.remote(batch))
+    ray.kill(actor)
+    s2, s1 = normalize_batch(
+        torch.from_numpy(batch["s2"].astype(np.int32)),
+        torch.from_numpy(batch["s1"]),
+        torch.from_numpy(batch["valid"]),
+        "ssl4eo",
+    )
+    with torch.inference_mode():
+        expected = torch.softmax(load_registered_model("models:/pt-classifier/1").eval()(s1, s2), 1).numpy()
+    np.testing.assert_allclose(out["probs"][:2].astype(np.float32), expected[:2], atol=2e-3)
+    assert not out["probs"][2].any()  # a window that failed to read gets zeros
+
+
 def test_a_rerun_writes_only_the_missing_and_broken_tiles(classified) -> None:
     import shutil
 

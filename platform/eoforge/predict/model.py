@@ -3,8 +3,10 @@
 :func:`resolve_models` pins every ``models:/NAME@ALIAS`` to its version once, on the driver (a
 saved model folder to its weights' SHA-256, :mod:`eoforge.predict.saved_model`), and refuses a
 model whose card names other bands or a normalisation the reader cannot give, before any pixel
-is read. :class:`WindowPredictor` is the Ray Data actor: one copy of the models per
-actor, on the actor's GPU when it has one.
+is read. :func:`share_weights` reads each model's weights once, on the driver, into Ray's object
+store. :class:`WindowPredictor` is the Ray Data actor: one copy of the models per actor, built
+from those bytes (an actor neither talks to MLflow nor reads the model folder), on the actor's GPU
+when it has one.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class ModelRef:
         asked: what the config said (``models:/NAME@champion``), redacted.
         name, version: registry coordinates; for a folder its name and ``sha256:<12 hex>``.
         card: the model card (bands, normalisation, task, classes, ...).
-        path: the saved model folder as given (None for a registered version); actors load it.
+        path: the saved model folder as given (None for a registered version); the driver reads it for the actors.
         sha256: hex SHA-256 of a folder's ``weights.safetensors`` (None for a registered version).
     """
 
@@ -112,7 +114,7 @@ def _pin_saved(asked: str) -> ModelRef:
     card, data, shown = read_saved_model(asked)
     module_of(shown, data, card)  # the weights fit the card's architecture: refused here, not in the actors
     digest = weights_sha256(data)
-    where = model_location(asked)  # absolute: the actors do not share the driver's working directory
+    where = model_location(asked)  # absolute: the lineage names the folder whatever the working directory
     ref = ModelRef(
         shown, redact(asked), PurePosixPath(shown).name, f"sha256:{digest[:12]}", card, path=where, sha256=digest
     )
@@ -211,6 +213,35 @@ def _feature_maps(model: Any, s1: Any, s2: Any) -> Any:
     return torch.cat(maps, dim=1)
 
 
+def share_weights(spec: PredictModels, tracking_uri: str) -> dict[str, Any]:
+    """Each distinct model's (weights bytes, card) read once here and put in Ray's object store.
+
+    Returns:
+        ``{ref.uri: ObjectRef}`` for :class:`WindowPredictor`. The actors then import neither MLflow
+        nor the storage clients and need no tracking credentials, and N actors cost one download.
+
+    Raises:
+        UnsafeArtifactError: a registered version is not weights + card; a folder's weights are no
+            longer the bytes :func:`resolve_models` pinned (changed since the job started).
+    """
+    import ray
+
+    from eoforge.predict.saved_model import read_pinned_weights
+    from eoforge.tracking.registry import download_weight_bytes
+
+    out: dict[str, Any] = {}
+    for ref in (spec.task, spec.embedding):
+        if ref is None or ref.uri in out:
+            continue
+        if ref.path is not None and ref.sha256 is not None:
+            card, data, _ = read_pinned_weights(ref.path, ref.sha256)
+        else:
+            data, card = download_weight_bytes(ref.uri, tracking_uri)
+        out[ref.uri] = ray.put((data, card))
+        del data
+    return out
+
+
 class WindowPredictor:
     """Ray Data actor: window blocks in storage units -> model outputs per window.
 
@@ -221,21 +252,20 @@ class WindowPredictor:
     ``embedding_map`` float16 [B, D, H, W]. Windows with ``ok`` False get zeros.
     """
 
-    def __init__(self, models: dict[str, Any], tracking_uri: str) -> None:
+    def __init__(self, models: dict[str, Any], weights: dict[str, Any]) -> None:
+        """``models``: :meth:`PredictModels.to_dict`; ``weights``: :func:`share_weights` of them."""
+        import ray
         import torch
 
-        from eoforge.finetune.registered import load_registered_model
-        from eoforge.predict.saved_model import load_saved_model
+        from eoforge.predict.saved_model import module_of
 
         self.spec = PredictModels.from_dict(models)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         loaded: dict[str, Any] = {}
         for ref in (self.spec.task, self.spec.embedding):
             if ref is not None and ref.uri not in loaded:
-                if ref.path is not None and ref.sha256 is not None:
-                    loaded[ref.uri] = load_saved_model(ref.path, ref.sha256, self.device).eval()
-                else:
-                    loaded[ref.uri] = load_registered_model(ref.uri, self.device, tracking_uri).eval()
+                data, card = ray.get(weights[ref.uri])
+                loaded[ref.uri] = module_of(ref.uri, data, card).to(self.device).eval()
         self.task = loaded[self.spec.task.uri] if self.spec.task else None
         self.embedding = loaded[self.spec.embedding.uri] if self.spec.embedding else None
 

@@ -10,7 +10,8 @@ Nothing in the folder is ever unpickled: a folder without those two files is ref
 :class:`~eoforge.errors.UnsafeArtifactError`, naming any pickle it holds instead (a pretraining
 ``state.pt`` or fine-tuning ``finetune_state.pt`` checkpoint carries no card: register the model
 and give its ``models:/`` URI). The weights' SHA-256 is taken on the driver and checked again
-where the actors load them, so every window comes from the same bytes; it goes into the items'
+when the driver reads them for the actors (:func:`eoforge.predict.model.share_weights`), so every
+window comes from the same bytes; it goes into the items'
 lineage beside the path (redacted by :func:`eoforge.redact.redact`).
 """
 
@@ -148,12 +149,12 @@ def module_of(shown: str, data: bytes, card: dict[str, Any]) -> Any:
     return module_from_card(shown, state, card)
 
 
-def load_saved_model(path: str, sha256: str, map_location: Any = "cpu") -> Any:
-    """The module of a saved model folder, on ``map_location`` (for the inference actors).
+def read_pinned_weights(path: str, sha256: str) -> tuple[dict[str, Any], bytes, str]:
+    """:func:`read_saved_model`, refused unless the weights are still the bytes the driver pinned.
 
     Raises:
-        UnsafeArtifactError: the weights' SHA-256 is no longer the one the driver pinned (the
-            folder changed during the run), or they do not rebuild.
+        UnsafeArtifactError: the weights' SHA-256 is no longer ``sha256`` (the folder changed
+            during the run); see also :func:`read_saved_model`.
     """
     card, data, shown = read_saved_model(path)
     got = weights_sha256(data)
@@ -161,4 +162,14 @@ def load_saved_model(path: str, sha256: str, map_location: Any = "cpu") -> Any:
         raise UnsafeArtifactError(
             f"model {shown}: {WEIGHTS_FILE} changed during the run (SHA-256 {got[:12]}, pinned {sha256[:12]})"
         )
+    return card, data, shown
+
+
+def load_saved_model(path: str, sha256: str, map_location: Any = "cpu") -> Any:
+    """The module of a saved model folder pinned to ``sha256``, on ``map_location``.
+
+    Raises:
+        UnsafeArtifactError: the folder changed since it was pinned, or its weights do not rebuild.
+    """
+    card, data, shown = read_pinned_weights(path, sha256)
     return module_of(shown, data, card).to(map_location)

@@ -145,14 +145,15 @@ def window_outputs(
     Args:
         tasks: :func:`read_tasks` of every pending tile, in tile order.
         models: :meth:`eoforge.predict.model.PredictModels.to_dict`.
-        tracking_uri: where the actors load the models from.
+        tracking_uri: where the driver reads the registered models' weights from (once, for every actor).
         cfg: the job's :class:`~eoforge.config.predict.PredictConfig`.
     """
     import ray.data
 
-    from eoforge.predict.model import WindowPredictor
+    from eoforge.predict.model import PredictModels, WindowPredictor, share_weights
 
     inf = cfg.inference
+    weights = share_weights(PredictModels.from_dict(models), tracking_uri)
     ds = ray.data.from_items(tasks, override_num_blocks=max(1, len(tasks)))
     ds.context.execution_options.preserve_order = True
     ds.context.enable_progress_bars = False
@@ -170,7 +171,7 @@ def window_outputs(
     )
     ds = ds.map_batches(
         WindowPredictor,
-        fn_constructor_kwargs={"models": models, "tracking_uri": tracking_uri},
+        fn_constructor_kwargs={"models": models, "weights": weights},
         batch_size=inf.batch_size,
         compute=ray.data.ActorPoolStrategy(size=inf.actors),
         num_gpus=1 if inf.use_gpu else 0,

@@ -215,10 +215,8 @@ def model_card(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
         return json.loads(Path(path).read_text())
 
 
-def download_weights(uri: str, tracking_uri: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(state dict of tensors on the CPU, card) of a model version, via a temporary folder that is removed.
-
-    Reads ``weights.safetensors`` (tensors only: nothing is unpickled) and ``card.json``.
+def download_weight_bytes(uri: str, tracking_uri: str | None = None) -> tuple[bytes, dict[str, Any]]:
+    """(the bytes of ``weights.safetensors``, card) of a model version, via a temporary folder that is removed.
 
     Raises:
         UnsafeArtifactError: the version is not stored as weights + card (a legacy pickle, or foreign).
@@ -227,14 +225,27 @@ def download_weights(uri: str, tracking_uri: str | None = None) -> tuple[dict[st
     import tempfile
 
     import mlflow
-    from safetensors.torch import load_file
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     refuse_unless_weights(uri, _version_files(uri))
     with tempfile.TemporaryDirectory(prefix="eoforge-model-") as tmp:
         card = json.loads(Path(mlflow.artifacts.download_artifacts(f"{uri}/{CARD_FILE}", dst_path=tmp)).read_text())
-        return load_file(mlflow.artifacts.download_artifacts(f"{uri}/{WEIGHTS_FILE}", dst_path=tmp)), card
+        return Path(mlflow.artifacts.download_artifacts(f"{uri}/{WEIGHTS_FILE}", dst_path=tmp)).read_bytes(), card
+
+
+def download_weights(uri: str, tracking_uri: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state dict of tensors on the CPU, card) of a model version (:func:`download_weight_bytes`).
+
+    ``weights.safetensors`` holds tensors only: nothing is unpickled.
+
+    Raises:
+        UnsafeArtifactError: the version is not stored as weights + card (a legacy pickle, or foreign).
+    """
+    from safetensors.torch import load
+
+    data, card = download_weight_bytes(uri, tracking_uri)
+    return load(data), card
 
 
 def load_legacy_pickled_model(uri: str, tracking_uri: str, *, trust_pickle: bool) -> tuple[Any, dict[str, Any]]:
