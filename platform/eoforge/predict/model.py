@@ -214,20 +214,24 @@ def _feature_maps(model: Any, s1: Any, s2: Any) -> Any:
 
 
 def share_weights(spec: PredictModels, tracking_uri: str) -> dict[str, Any]:
-    """Each distinct model's (weights bytes, card) read once here and put in Ray's object store.
+    """Each distinct model's (weights bytes, card), read once and put in Ray's object store.
+
+    A saved folder is read here, on the driver (its filesystem and credentials are the driver's); a
+    registered version is downloaded by one Ray task.
 
     Returns:
         ``{ref.uri: ObjectRef}`` for :class:`WindowPredictor`. The actors then import neither MLflow
-        nor the storage clients and need no tracking credentials, and N actors cost one download.
+        nor the storage clients and need no tracking credentials (the one download task does), and N
+        actors cost one download.
 
     Raises:
-        UnsafeArtifactError: a registered version is not weights + card; a folder's weights are no
-            longer the bytes :func:`resolve_models` pinned (changed since the job started).
+        UnsafeArtifactError: a registered version is not weights + card (checked here, before the
+            download); a folder's weights are no longer the bytes :func:`resolve_models` pinned.
     """
     import ray
 
     from eoforge.predict.saved_model import read_pinned_weights
-    from eoforge.tracking.registry import download_weight_bytes
+    from eoforge.tracking.registry import check_weights_only
 
     out: dict[str, Any] = {}
     for ref in (spec.task, spec.embedding):
@@ -235,11 +239,22 @@ def share_weights(spec: PredictModels, tracking_uri: str) -> dict[str, Any]:
             continue
         if ref.path is not None and ref.sha256 is not None:
             card, data, _ = read_pinned_weights(ref.path, ref.sha256)
+            out[ref.uri] = ray.put((data, card))
+            del data
         else:
-            data, card = download_weight_bytes(ref.uri, tracking_uri)
-        out[ref.uri] = ray.put((data, card))
-        del data
+            check_weights_only(ref.uri, tracking_uri)  # a pickled version is refused here, not in the actors
+            # one task downloads while the actors import torch; its worker, not the driver, writes the
+            # ~100 MB into the object store (the driver's RSS would keep those pages: docs/benchmarks.md).
+            # num_cpus=0: the actors that wait for it hold the CPUs.
+            out[ref.uri] = ray.remote(num_cpus=0)(_download).remote(ref.uri, tracking_uri)
     return out
+
+
+def _download(uri: str, tracking_uri: str) -> tuple[bytes, dict[str, Any]]:
+    """Ray task of :func:`share_weights`: a registered version's (weights bytes, card)."""
+    from eoforge.tracking.registry import download_weight_bytes
+
+    return download_weight_bytes(uri, tracking_uri)
 
 
 class WindowPredictor:

@@ -215,6 +215,19 @@ def model_card(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
         return json.loads(Path(path).read_text())
 
 
+def check_weights_only(uri: str, tracking_uri: str | None = None) -> None:
+    """Refuse, before any download, a model version that is not stored as weights + card.
+
+    Raises:
+        UnsafeArtifactError: a legacy pickle, or foreign (see :func:`refuse_unless_weights`).
+    """
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    refuse_unless_weights(uri, _version_files(uri))
+
+
 def download_weight_bytes(uri: str, tracking_uri: str | None = None) -> tuple[bytes, dict[str, Any]]:
     """(the bytes of ``weights.safetensors``, card) of a model version, via a temporary folder that is removed.
 
