@@ -145,7 +145,7 @@ def window_outputs(
     Args:
         tasks: :func:`read_tasks` of every pending tile, in tile order.
         models: :meth:`eoforge.predict.model.PredictModels.to_dict`.
-        tracking_uri: where the driver reads the registered models' weights from (once, for every actor).
+        tracking_uri: where the registered models' weights are downloaded from (once, for every actor).
         cfg: the job's :class:`~eoforge.config.predict.PredictConfig`.
     """
     import ray.data
