@@ -3,8 +3,9 @@
 :func:`resolve_models` pins every ``models:/NAME@ALIAS`` to its version once, on the driver (a
 saved model folder to its weights' SHA-256, :mod:`eoforge.predict.saved_model`), and refuses a
 model whose card names other bands or a normalisation the reader cannot give, before any pixel
-is read. :func:`share_weights` reads each model's weights once, on the driver, into Ray's object
-store. :class:`WindowPredictor` is the Ray Data actor: one copy of the models per actor, built
+is read. :func:`share_weights` puts each model's weights into Ray's object store once (a folder read
+by the driver, a registered version downloaded by one Ray task).
+:class:`WindowPredictor` is the Ray Data actor: one copy of the models per actor, built
 from those bytes (an actor neither talks to MLflow nor reads the model folder), on the actor's GPU
 when it has one.
 """

@@ -239,9 +239,7 @@ def download_weight_bytes(uri: str, tracking_uri: str | None = None) -> tuple[by
 
     import mlflow
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    refuse_unless_weights(uri, _version_files(uri))
+    check_weights_only(uri, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="eoforge-model-") as tmp:
         card = json.loads(Path(mlflow.artifacts.download_artifacts(f"{uri}/{CARD_FILE}", dst_path=tmp)).read_text())
         return Path(mlflow.artifacts.download_artifacts(f"{uri}/{WEIGHTS_FILE}", dst_path=tmp)).read_bytes(), card
