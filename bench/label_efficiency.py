@@ -60,6 +60,14 @@ PRETRAIN_CONFIGS = {
     **{k: f"configs/pretrain/{k}.yaml" for k in ("simclr", "moco_v3", "barlow_twins", "vicreg", "decur", "mae")},
 }
 
+#: Changes to each objective's views (``--views``): ``config`` keeps its config's; ``geometric`` turns the
+#: radiometric augmentations off (band dropout, noise, S2 brightness/contrast jitter), leaving one crop box,
+#: flips and rotations: the views val chose for Dual-SimCLR (docs/benchmarks.md, "Choosing the views on val").
+VIEWS: dict[str, dict] = {
+    "config": {},
+    "geometric": {"objective": {"augment": {"band_dropout": 0.0, "noise_std": 0.0, "s2_jitter": 0.0}}},
+}
+
 #: Objectives that only run on a ViT: they keep their config's backbone (``img_size`` set to the chips).
 VIT_OBJECTIVES = {"mae"}
 
@@ -233,7 +241,12 @@ def refuse_overlap(mlflow_url: str, model_uri: str, plan: Path) -> None:
         )
 
 
-def arms(objectives: list[str], task: str) -> dict[str, dict[str, str]]:
+def bench_model(objective: str, views: str = "config") -> str:
+    """The registered model of one objective's pretraining: ``eoforge-bench-<objective>[-<views>]``."""
+    return f"eoforge-bench-{objective.replace('_', '-')}" + ("" if views == "config" else f"-{views}")
+
+
+def arms(objectives: list[str], task: str, views: str = "config") -> dict[str, dict[str, str]]:
     """The sweep's methods: the controls, then each objective's probe, kNN, fine-tune and LP-FT."""
     whole_chip = task != "segmentation"
     out = {"scratch": {"source": "scratch", "mode": "finetune"}}
@@ -241,7 +254,7 @@ def arms(objectives: list[str], task: str) -> dict[str, dict[str, str]]:
     if whole_chip:
         out["band_stats_probe"] = {"source": "band_stats", "mode": "linear_probe"}
     for obj in objectives:
-        src = f"models:/eoforge-bench-{obj.replace('_', '-')}@candidate"
+        src = f"models:/{bench_model(obj, views)}@candidate"
         out[f"{obj}_probe"] = {"source": src, "mode": "linear_probe", "objective": obj}
         if whole_chip:
             out[f"{obj}_knn"] = {"source": src, "mode": "knn", "objective": obj}
@@ -318,6 +331,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="label-subset and init seeds per arm and fraction")
     ap.add_argument("--fractions", default="0.01,0.1,1.0", help="comma-separated label fractions; 1.0 is added")
     ap.add_argument("--objectives", default="dual_simclr", help=f"comma-separated, of {sorted(PRETRAIN_CONFIGS)}")
+    ap.add_argument(
+        "--views",
+        choices=sorted(VIEWS),
+        default="config",
+        help="each objective's views: its config's, or geometric (no radiometric augmentation)",
+    )
     ap.add_argument("--tasks", default="classification", help=f"comma-separated, of {sorted(TASKS)}")
     ap.add_argument("--scenes", type=int, default=16, help="labelled scenes (every 4th is a test region)")
     ap.add_argument("--pool-scenes", type=int, default=24, help="unlabelled pool scenes (four seasons each)")
@@ -375,8 +394,9 @@ def main() -> None:
 
     pretrain: dict[str, dict[str, object]] = {}
     for obj in objectives:
-        model = f"eoforge-bench-{obj.replace('_', '-')}"
-        pretrain[obj] = pretrain_on_pool(args, work, env, obj, PRETRAIN_CONFIGS[obj], model, {})
+        model = bench_model(obj, args.views)
+        label = obj if args.views == "config" else f"{obj}-{args.views}"
+        pretrain[obj] = pretrain_on_pool(args, work, env, label, PRETRAIN_CONFIGS[obj], model, VIEWS[args.views])
         refuse_overlap(mlflow_url, f"models:/{model}@candidate", plan)
 
     results, compare, pngs = {}, {}, {}
@@ -394,7 +414,7 @@ def main() -> None:
             "kind": "sweep",
             "base": base,
             "search": {
-                "methods": pick_arms(arms(objectives, task), args.arms),
+                "methods": pick_arms(arms(objectives, task, args.views), args.arms),
                 "label_fractions": fractions,
                 "lr": [float(x) for x in args.lrs.split(",")],
                 "seeds": list(range(args.seeds)),
@@ -426,6 +446,7 @@ def main() -> None:
                 "fractions": fractions,
                 "seeds": args.seeds,
                 "objectives": objectives,
+                "views": args.views,
                 "pretrain": pretrain,
                 "finetune_steps": args.steps,
                 "arms": args.arms or "all",
