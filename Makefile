@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	VENV=$(VENV) bash scripts/bootstrap.sh
 
-## make demo: local stack + demo catalog (labelled scenes + an unlabelled pool) + chip plans + Dual-SimCLR
+## make demo: local stack + demo catalog (labelled scenes + an unlabelled pool) + chip plans + SimCLR
 ## pretraining on the pool, then the label-efficiency sweep (every arm of the protocol) that ends with the
 ## results table, the label-fraction PNG and the models:/...@champion URI; then the champion maps a test scene
 ## (classes, probabilities) and the SSL backbone writes its embedding field, as COGs + STAC, with a quicklook PNG

@@ -54,9 +54,9 @@ TASKS = {
     "multilabel": {"kind": "multilabel", "classes": "dfc8"},
     "segmentation": {"kind": "segmentation", "classes": "dfc8"},
 }
-#: The pretraining config of each objective (the demo's for Dual-SimCLR, configs/pretrain/<objective>.yaml else).
+#: The pretraining config of each objective: configs/pretrain/<objective>.yaml.
 PRETRAIN_CONFIGS = {
-    "dual_simclr": "configs/pretrain/demo.yaml",
+    "dual_simclr": "configs/pretrain/dual_simclr.yaml",
     **{k: f"configs/pretrain/{k}.yaml" for k in ("simclr", "moco_v3", "barlow_twins", "vicreg", "decur", "mae")},
 }
 

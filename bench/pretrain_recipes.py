@@ -38,7 +38,7 @@ from label_efficiency import (
     world_tag,
 )
 
-#: Changes to configs/pretrain/demo.yaml (Dual-SimCLR) that make each recipe.
+#: Changes to configs/pretrain/dual_simclr.yaml (Dual-SimCLR) that make each recipe.
 RECIPES: dict[str, dict] = {
     # the demo's: AdamW 3e-4, constant, tau 0.1, geometric views only (since session 12: "geometric" below won)
     "demo": {},
@@ -99,7 +99,7 @@ def main() -> None:
     for name in recipes:
         model = f"eoforge-recipe-{name}"
         pretrain[name] = pretrain_on_pool(
-            args, work, env, f"recipe-{name}", "configs/pretrain/demo.yaml", model, RECIPES[name]
+            args, work, env, f"recipe-{name}", "configs/pretrain/dual_simclr.yaml", model, RECIPES[name]
         )
         refuse_overlap(mlflow_url, f"models:/{model}@candidate", plan)
         src = f"models:/{model}@candidate"

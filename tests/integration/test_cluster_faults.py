@@ -70,7 +70,7 @@ def plan(demo_catalog, tmp_path_factory) -> Path:
 
 def pretrain_config(folder: Path, plan: Path, name: str, **train: Any) -> Path:
     """A tiny pretraining config whose 2 workers run on the second node; checkpoints every 3 steps."""
-    config = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())
+    config = yaml.safe_load((REPO / "configs/pretrain/dual_simclr.yaml").read_text())
     config["data"].update({"plan": str(plan), "split": "all", "config": None, "materialize": False, "read_tasks": 1})
     config["model"].update({"backbone": "resnet10t", "proj_dim": 32})
     config["train"].update({"epochs": 100, "batch_size": 4, "checkpoint_every_steps": 3, "max_steps": 12, **train})

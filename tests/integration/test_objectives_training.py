@@ -25,7 +25,7 @@ CHIPS = 8
 
 
 def _config_file(kind: str) -> Path:
-    return REPO / "configs/pretrain" / ("demo.yaml" if kind == "dual_simclr" else f"{kind}.yaml")
+    return REPO / "configs/pretrain" / f"{kind}.yaml"
 
 
 def _loop(config: dict[str, Any]) -> None:

@@ -52,7 +52,7 @@ def trained(stack, demo_catalog, tmp_path_factory):
             access = {k: {**v, "signing": "test_planted"} for k, v in json.loads(row["access"]).items()}
             row["access"] = json.dumps(access, sort_keys=True)
         write_plan(rows, tmp / "plan.parquet", cfg_data)
-        config = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())
+        config = yaml.safe_load((REPO / "configs/pretrain/dual_simclr.yaml").read_text())
         config["data"].update({"plan": str(tmp / "plan.parquet"), "split": "all", "config": None, "materialize": False})
         config["model"]["proj_dim"] = 32
         config["optim"]["lr"] = 0.001
@@ -131,7 +131,7 @@ def test_registered_model_loads_by_alias_and_runs_forward(stack, trained) -> Non
     from eoforge.tracking.registry import show_model
 
     shown = show_model(stack.mlflow_url, "it-dual-simclr@candidate")
-    demo_backbone = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())["model"]["backbone"]
+    demo_backbone = yaml.safe_load((REPO / "configs/pretrain/dual_simclr.yaml").read_text())["model"]["backbone"]
     assert shown["aliases"] == ["candidate"] and shown["tags"]["eoforge.backbone"] == demo_backbone
 
 

@@ -61,7 +61,7 @@ def test_another_config_changes_only_name_and_entrypoint(
     monkeypatch.delenv("EOFORGE_HOME", raising=False)  # demo.yaml uses ${EOFORGE_HOME}: set in the pods
     job = render_job(ROOT / "configs/pretrain/demo.yaml", "local", ROOT)
     (template,) = find(rendered["local"], "RayJob", "eoforge-pretrain-local")
-    assert job.name == "demo-dual-simclr-r10t"  # run.name: demo-dual-simclr-r10t
+    assert job.name == "demo-simclr-r10t"  # run.name: demo-simclr-r10t
     assert job.rayjob["spec"]["entrypoint"] == "python jobs/pretrain.py --config configs/pretrain/demo.yaml"
     same = {
         **job.rayjob,

@@ -7,7 +7,7 @@ from eoforge.config import DataConfig, PretrainConfig, load_config
 from eoforge.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-GOOD = (REPO / "configs/pretrain/demo.yaml").read_text()
+GOOD = (REPO / "configs/pretrain/dual_simclr.yaml").read_text()
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_missing_file_and_unset_variable(tmp_path: Path, monkeypatch: pytest.Mon
         load_config(tmp_path / "nope.yaml")
     monkeypatch.delenv("EOFORGE_HOME", raising=False)
     with pytest.raises(ConfigError, match=r"data.plan: environment variable \$\{EOFORGE_HOME\} is not set"):
-        load_config(REPO / "configs/pretrain/demo.yaml", PretrainConfig)
+        load_config(REPO / "configs/pretrain/dual_simclr.yaml", PretrainConfig)
 
 
 def test_cli_and_job_exit_2_without_traceback(tmp_path: Path) -> None:

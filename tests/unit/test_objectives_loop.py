@@ -27,7 +27,7 @@ def test_warmup_then_cosine_schedule() -> None:
 def test_gpu_switches_are_ignored_on_cpu_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EOFORGE_HOME", "/tmp/eoforge-test-home")
     cfg = load_config(
-        REPO / "configs/pretrain/demo.yaml",
+        REPO / "configs/pretrain/dual_simclr.yaml",
         PretrainConfig,
         ["train.precision=bf16", "train.channels_last=true", "train.compile=true", "scaling.num_workers=2"],
     )  # two workers: SyncBatchNorm is on where there is more than one
@@ -39,7 +39,7 @@ def test_gpu_switches_are_ignored_on_cpu_with_a_note(monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.parametrize(
-    "kind", ["simclr", "mma", "moco_v2", "moco_v3", "byol", "barlow_twins", "vicreg", "decur", "mae"]
+    "kind", ["dual_simclr", "simclr", "mma", "moco_v2", "moco_v3", "byol", "barlow_twins", "vicreg", "decur", "mae"]
 )
 def test_one_ready_config_per_objective(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EOFORGE_HOME", "/tmp/eoforge-test-home")
@@ -49,7 +49,7 @@ def test_one_ready_config_per_objective(kind: str, monkeypatch: pytest.MonkeyPat
 
 def test_a_parameter_of_another_objective_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EOFORGE_HOME", "/tmp/eoforge-test-home")
-    text = (REPO / "configs/pretrain/demo.yaml").read_text().replace("temperature: 0.1", "queue_size: 10")
+    text = (REPO / "configs/pretrain/dual_simclr.yaml").read_text().replace("temperature: 0.1", "queue_size: 10")
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(ConfigError, match=r"objective\.queue_size: unknown key"):
         load_config(tmp_path / "bad.yaml", PretrainConfig)

@@ -104,7 +104,7 @@ def test_jobs_find_build_and_read_a_plan_in_s3(s3: str, data_cfg: DataConfig) ->
 
     uri = f"s3://{BUCKET}/jobs/plan.parquet"
     overrides = [f"data.plan={uri}", f"data.config={REPO / 'configs/data/demo.yaml'}", "data.split=all"]
-    cfg = load_config(REPO / "configs/pretrain/demo.yaml", PretrainConfig, overrides)
+    cfg = load_config(REPO / "configs/pretrain/dual_simclr.yaml", PretrainConfig, overrides)
     check_inputs(cfg)  # plan missing but its data config exists: fine
     digest, counts = ensure_plan(cfg.data.plan, cfg.data.config)  # builds the plan into the bucket, reads it back
     assert plan_exists(uri) and stored_hash(uri) == digest and sum(counts.values()) == len(read_plan(uri)[0])

@@ -92,7 +92,7 @@ def test_embedded_credentials_are_found() -> None:
 
 
 def _pretrain(tmp_path: Path, **changes: dict[str, object]) -> Path:
-    config = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())
+    config = yaml.safe_load((REPO / "configs/pretrain/dual_simclr.yaml").read_text())
     for section, values in changes.items():
         config[section].update(values)
     path = tmp_path / "pretrain.yaml"
