@@ -29,6 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_efficiency import (
     REPO,
+    VIEWS,
     build_world,
     open_stack,
     pretrain_on_pool,
@@ -49,7 +50,7 @@ RECIPES: dict[str, dict] = {
     # the demo's without the radiometric augmentations (band dropout, noise, S2 brightness/contrast jitter):
     # one crop box, flips and rotations only. Cross-modal views differ in radiometry already (SAR against
     # optics); jitter may teach invariance to the spectra that separate land-cover classes
-    "geometric": {"objective": {"augment": {"band_dropout": 0.0, "noise_std": 0.0, "s2_jitter": 0.0}}},
+    "geometric": VIEWS["geometric"],
     # no augmentation at all: the raw co-located pair, as ISPRS22 pretrained Dual-SimCLR (ssl-methods.md §7.1)
     "raw-pair": {"objective": {"augment": None}},
     # the same with tau 0.2 (D-Swin's and MoCo's temperature; 0.07-0.1 is tuned for large batches)
