@@ -208,6 +208,42 @@ def put(maps: dict[str, np.ndarray], grids: dict[str, Any], item: str, row: int,
     maps[item][r0:r1, c0:c1] = cls
 
 
+def put_own_grid(maps: dict[str, np.ndarray], grids: dict[str, Any], bounds: list[float], cls: int) -> bool:
+    """Hand stitching for a sampler with its own grid (TorchGeo's): one window's class into its centre block.
+
+    The window goes to the item it overlaps most (its last row and column may run past the item's edge).
+    Its block is the centre ``stride`` square; on a side where the window reaches the item's extent, the
+    block reaches it too, so a regular grid's blocks tile the extent whatever pixel the grid starts on
+    (``GridGeoSampler`` starts at each item's bottom-left corner, eoforge's plan at its top-left). False when
+    the window meets no item.
+
+    Args:
+        bounds: the window's ``[xmin, xmax, ..., ymin, ymax, ...]`` as TorchGeo's ``sample["bounds"]``, metres.
+    """
+
+    def overlap(g: Any) -> float:
+        e = extent(g)
+        return max(0.0, min(bounds[1], e[2]) - max(bounds[0], e[0])) * max(
+            0.0, min(bounds[4], e[3]) - max(bounds[3], e[1])
+        )
+
+    g = max(grids.values(), key=overlap)
+    if overlap(g) <= 0:
+        return False
+    if g.item not in maps:
+        maps[g.item] = np.full((g.rows, g.cols), 255, np.uint8)
+    m, s = g.margin, g.stride
+    row, col = round((g.y0 - bounds[4]) / g.res), round((bounds[0] - g.x0) / g.res)
+    spans = []
+    for start, first, end in ((row, g.first_row, g.rows), (col, g.first_col, g.cols)):
+        lo = first if start <= first else start + m
+        hi = end if start + g.size >= end else start + m + s
+        spans.append((max(lo, first), min(hi, end)))
+    (r0, r1), (c0, c1) = spans
+    maps[g.item][r0:r1, c0:c1] = cls
+    return True
+
+
 def write_maps(maps: dict[str, np.ndarray], grids: dict[str, Any], out: Path) -> None:
     import rasterio
     from rasterio.transform import Affine
@@ -292,18 +328,14 @@ def run_torchgeo(plan: str, mlflow_url: str, uri: str, out: Path, workers: int) 
         with torch.inference_mode():
             classes = model(s1n, s2n).argmax(1).tolist()
         for b, cls in zip(sample["bounds"].double().tolist(), classes, strict=True):  # [xmin, xmax, xres, ymin, ymax..]
-            x, y = b[0], b[4]
-            g = next((g for g in grids.values() if (e := extent(g))[0] <= x < e[2] and e[1] < y <= e[3]), None)
-            if g is None:  # the sampler's grid runs on over the union roi; this window starts in no item
-                outside += 1
-                continue
-            put(maps, grids, g.item, round((g.y0 - y) / g.res), round((x - g.x0) / g.res), cls)
+            outside += not put_own_grid(maps, grids, b, cls)
         n += len(classes)
     write_maps(maps, grids, out)
     note = (
         "S2 12 bands (10/20/60 m COGs, separate_files, resampled to 10 m by TorchGeo) & S1 vv/vh "
         "(EPSG:4326 0.0001 deg, warped to the S2 UTM grid at 10 m); no SCL cloud mask, nodata -> 0; "
-        f"GridGeoSampler windows {n} vs plan {len(rows)} ({outside} starting in no item, run but not stitched); "
+        f"GridGeoSampler windows {n} vs plan {len(rows)} (its grid starts at each item's bottom-left corner; "
+        f"{outside} meeting no item, run but not stitched; centre blocks stitched by hand); "
         f"DataLoader workers {workers}"
     )
     return {"wall_s": time.perf_counter() - t0, "km2": km2(grids), "windows": n}, maps, note
