@@ -411,6 +411,7 @@ def main() -> None:
 
     results, compare, pngs = {}, {}, {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    views = "" if args.views == "config" else f"-{args.views}-views"  # the sweep's name titles its PNG
     concurrent = 1 if args.gpu else max(1, min(args.concurrent_trials, args.cpus_per_worker))
     trial_cpus = args.cpus_per_worker // concurrent
     for task in tasks:
@@ -435,7 +436,7 @@ def main() -> None:
                 "max_concurrent_trials": concurrent,
                 "use_gpu": args.gpu,
             },
-            "run": {"name": f"bench-{task}-{tag}-{stamp}", "storage_path": str(work / "sweeps")},
+            "run": {"name": f"bench-{task}-{tag}{views}-{stamp}", "storage_path": str(work / "sweeps")},
             "mlflow": {"experiment": "eoforge-bench-sweeps", "registered_model": f"eoforge-bench-{task}"},
         }
         cfg_path = work / f"sweep-{task}.yaml"
