@@ -201,11 +201,15 @@ def km2(grids: dict[str, Any]) -> float:
 
 def put(maps: dict[str, np.ndarray], grids: dict[str, Any], item: str, row: int, col: int, cls: int) -> None:
     """One window's class into its centre block (``ItemGrid.block``) of the item's full-size map."""
-    g = grids[item]
-    if item not in maps:
-        maps[item] = np.full((g.rows, g.cols), 255, np.uint8)
-    r0, c0, r1, c1 = g.block(row, col)
-    maps[item][r0:r1, c0:c1] = cls
+    r0, c0, r1, c1 = grids[item].block(row, col)
+    item_map(maps, grids[item])[r0:r1, c0:c1] = cls
+
+
+def item_map(maps: dict[str, np.ndarray], g: Any) -> np.ndarray:
+    """The item's full-size class map in ``maps``, made (all nodata, 255) on first use."""
+    if g.item not in maps:
+        maps[g.item] = np.full((g.rows, g.cols), 255, np.uint8)
+    return maps[g.item]
 
 
 def put_own_grid(maps: dict[str, np.ndarray], grids: dict[str, Any], bounds: list[float], cls: int) -> bool:
@@ -230,17 +234,13 @@ def put_own_grid(maps: dict[str, np.ndarray], grids: dict[str, Any], bounds: lis
     g = max(grids.values(), key=overlap)
     if overlap(g) <= 0:
         return False
-    if g.item not in maps:
-        maps[g.item] = np.full((g.rows, g.cols), 255, np.uint8)
-    m, s = g.margin, g.stride
     row, col = round((g.y0 - bounds[4]) / g.res), round((bounds[0] - g.x0) / g.res)
-    spans = []
-    for start, first, end in ((row, g.first_row, g.rows), (col, g.first_col, g.cols)):
-        lo = first if start <= first else start + m
-        hi = end if start + g.size >= end else start + m + s
-        spans.append((max(lo, first), min(hi, end)))
+    spans = [  # per axis: the centre block, out to the extent on a side the window reaches
+        (first if start <= first else start + g.margin, end if start + g.size >= end else start + g.margin + g.stride)
+        for start, first, end in ((row, g.first_row, g.rows), (col, g.first_col, g.cols))
+    ]
     (r0, r1), (c0, c1) = spans
-    maps[g.item][r0:r1, c0:c1] = cls
+    item_map(maps, g)[r0:r1, c0:c1] = cls
     return True
 
 
